@@ -1,0 +1,70 @@
+//! The engine's error type: every failure names what was wrong (path, mount, syscall, spec field).
+
+use std::path::PathBuf;
+
+/// Result alias for the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong in the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The OCI spec asks for something invalid or unsupported; the message names the field.
+    #[error("invalid spec: {0}")]
+    InvalidSpec(String),
+    /// The rootfs directory is missing or unusable.
+    #[error("rootfs {path}: {reason}")]
+    Rootfs { path: PathBuf, reason: String },
+    /// The workload's executable could not be found or executed (reported before Start returns).
+    #[error("exec {cmd:?}: {reason}")]
+    Exec { cmd: String, reason: String },
+    /// A failure inside the init helper, reported back over its sync pipe.
+    #[error("container init: {0}")]
+    Init(String),
+    /// A mount or unmount failed.
+    #[error("mount {target}: {reason}")]
+    Mount { target: PathBuf, reason: String },
+    /// Cgroup creation, placement or limit failed.
+    #[error("cgroup {path}: {reason}")]
+    Cgroup { path: String, reason: String },
+    /// The requested operation does not fit the container's current status.
+    #[error("container {id} is {status}: cannot {op}")]
+    WrongState {
+        id: String,
+        status: String,
+        op: String,
+    },
+    /// The state record could not be read or written.
+    #[error("state {path}: {reason}")]
+    State { path: PathBuf, reason: String },
+    /// A system call failed.
+    #[error("{context}: {source}")]
+    Sys {
+        context: String,
+        #[source]
+        source: nix::Error,
+    },
+    /// An I/O operation failed.
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Wrap a nix error with what was being done.
+    pub fn sys(context: impl Into<String>, source: nix::Error) -> Self {
+        Error::Sys {
+            context: context.into(),
+            source,
+        }
+    }
+    /// Wrap an I/O error with what was being done.
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}

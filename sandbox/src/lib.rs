@@ -1,0 +1,30 @@
+//! cryo's embedded sandbox engine.
+//!
+//! Owns everything a container *is* on the host: the process tree in its own namespaces, the
+//! rootfs mounts, the cgroup, stdio file descriptors and signals. It knows nothing of containerd:
+//! the shim translates containerd's requests into calls on [`Container`].
+//!
+//! Process model (as `runc create`/`runc start`): [`Container::create`] re-executes the current
+//! binary as a single-threaded init helper (see [`init`]); the embedding binary must call
+//! [`init::run_if_requested`] first thing in `main`, before any thread or runtime starts. The
+//! helper sets up namespaces and mounts, forks the container's PID 1, which pivots into the rootfs
+//! and blocks until [`Container::start`] lets it exec the workload.
+//!
+//! Reaping: the engine never calls `wait()`. The embedding process is a child subreaper and reaps
+//! every child (containerd-shim's reaper does); it learns exits by pid.
+//!
+//! A container's layout (rootfs mounts, namespaces, cgroup, pid) is kept in a [`state::State`]
+//! record in its bundle so that a later process can find, clean up or rebuild it.
+
+pub mod cgroup;
+pub mod config;
+pub mod container;
+pub mod error;
+pub mod init;
+pub mod mount;
+pub mod state;
+
+pub use config::{ContainerConfig, RootfsMount, Stdio};
+pub use container::Container;
+pub use error::{Error, Result};
+pub use state::State;
