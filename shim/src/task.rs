@@ -1,0 +1,203 @@
+//! The Task ttrpc service: translates containerd's task requests into calls on the shim's
+//! tasks ([`crate::process::Task`]) and answers with containerd's types and error codes.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use containerd_shim::asynchronous::ExitSignal;
+use containerd_shim::TtrpcResult;
+use containerd_shim_protos::api::{self, ProcessInfo};
+use containerd_shim_protos::events::task::TaskDelete;
+use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::shim_async::Task as TaskApi;
+use containerd_shim_protos::topics::TASK_DELETE_EVENT_TOPIC;
+use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
+use log::info;
+
+use crate::errors;
+use crate::events::Events;
+use crate::exits::Exits;
+use crate::pod::Pod;
+use crate::process::Task;
+
+pub struct TaskService {
+    pod: Pod,
+    exits: Arc<Exits>,
+    events: Arc<Events>,
+    exit: Arc<ExitSignal>,
+}
+
+impl TaskService {
+    pub fn new(exits: Arc<Exits>, events: Events, exit: Arc<ExitSignal>) -> Self {
+        TaskService {
+            pod: Pod::default(),
+            exits,
+            events: Arc::new(events),
+            exit,
+        }
+    }
+}
+
+/// Exec processes arrive with the next issue; until then an exec id names nothing.
+fn no_exec(exec_id: &str) -> TtrpcResult<()> {
+    if exec_id.is_empty() {
+        Ok(())
+    } else {
+        Err(errors::not_found(format!("process {exec_id} not found")))
+    }
+}
+
+#[async_trait]
+impl TaskApi for TaskService {
+    async fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> TtrpcResult<api::CreateTaskResponse> {
+        info!("create {} (bundle {})", req.id, req.bundle);
+        if self.pod.contains(&req.id) {
+            return Err(errors::already_exists(format!(
+                "container {} already exists",
+                req.id
+            )));
+        }
+        let task = Task::create(&req, &self.exits, self.events.clone()).await?;
+        let pid = task.pid as u32;
+        self.pod.insert(task)?;
+        Ok(api::CreateTaskResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> TtrpcResult<api::StartResponse> {
+        no_exec(&req.exec_id)?;
+        let pid = self.pod.get(&req.id)?.start(&self.events).await?;
+        Ok(api::StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> TtrpcResult<api::StateResponse> {
+        no_exec(&req.exec_id)?;
+        let task = self.pod.get(&req.id)?;
+        let exit = task.exited();
+        Ok(api::StateResponse {
+            id: task.id.clone(),
+            bundle: task.bundle.clone(),
+            pid: task.pid as u32,
+            status: task.status().into(),
+            stdin: task.stdio.stdin.clone(),
+            stdout: task.stdio.stdout.clone(),
+            stderr: task.stdio.stderr.clone(),
+            terminal: task.stdio.terminal,
+            exit_status: exit.as_ref().map_or(0, |e| e.status),
+            exited_at: MessageField::from_option(exit.map(|e| e.at)),
+            ..Default::default()
+        })
+    }
+
+    async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
+        no_exec(&req.exec_id)?;
+        self.pod.get(&req.id)?.kill(req.signal, req.all)?;
+        Ok(api::Empty::default())
+    }
+
+    async fn wait(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::WaitRequest,
+    ) -> TtrpcResult<api::WaitResponse> {
+        no_exec(&req.exec_id)?;
+        let exit = self.pod.get(&req.id)?.wait().await;
+        Ok(api::WaitResponse {
+            exit_status: exit.status,
+            exited_at: MessageField::some(exit.at),
+            ..Default::default()
+        })
+    }
+
+    async fn pids(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::PidsRequest,
+    ) -> TtrpcResult<api::PidsResponse> {
+        let pids = self.pod.get(&req.id)?.pids()?;
+        Ok(api::PidsResponse {
+            processes: pids
+                .into_iter()
+                .map(|pid| ProcessInfo {
+                    pid: pid as u32,
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+    }
+
+    async fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> TtrpcResult<api::DeleteResponse> {
+        no_exec(&req.exec_id)?;
+        let task = self.pod.get(&req.id)?;
+        let exit = task.destroy().await?;
+        self.pod.remove(&req.id);
+        info!("deleted container {}", req.id);
+        self.events
+            .publish(
+                TASK_DELETE_EVENT_TOPIC,
+                Box::new(TaskDelete {
+                    container_id: req.id.clone(),
+                    pid: task.pid as u32,
+                    exit_status: exit.status,
+                    exited_at: MessageField::some(exit.at.clone()),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        Ok(api::DeleteResponse {
+            pid: task.pid as u32,
+            exit_status: exit.status,
+            exited_at: MessageField::some(exit.at),
+            ..Default::default()
+        })
+    }
+
+    async fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> TtrpcResult<api::ConnectResponse> {
+        let task_pid = self.pod.get(&req.id).map(|t| t.pid as u32).unwrap_or(0);
+        Ok(api::ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid,
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        })
+    }
+
+    async fn shutdown(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::ShutdownRequest,
+    ) -> TtrpcResult<api::Empty> {
+        // One shim serves a pod: it leaves only when its last task is gone.
+        if self.pod.is_empty() {
+            info!("last task deleted: shutting down");
+            self.exit.signal();
+        }
+        Ok(api::Empty::default())
+    }
+}
