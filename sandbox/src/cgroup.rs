@@ -1,2 +1,180 @@
-//! Cgroup placement and resource limits (memory, cpu, pids) for a container, v1 and v2, through
-//! cgroups-rs.
+//! The container's cgroup: created from the spec's `cgroupsPath` with its resources, joined by
+//! the init helper before it forks PID 1, listed for pids and signals, frozen and thawed, and
+//! removed once empty. cgroup v1 (every mounted controller) or v2, through `cgroups-rs`.
+
+use std::time::{Duration, Instant};
+
+use cgroups_rs::fs::hierarchies;
+use cgroups_rs::manager::FsManager;
+use cgroups_rs::{CgroupPid, FreezerState, Manager};
+use oci_spec::runtime::LinuxResources;
+
+use crate::error::{Error, Result};
+
+/// How long [`Cgroup::destroy`] waits for killed processes to leave.
+const EMPTY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A container's cgroup, addressed by its path below the hierarchy roots (e.g. `/default/c1`).
+pub struct Cgroup {
+    path: String,
+    manager: FsManager,
+    cgroup: cgroups_rs::fs::Cgroup,
+}
+
+impl std::fmt::Debug for Cgroup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cgroup").field("path", &self.path).finish()
+    }
+}
+
+impl Cgroup {
+    /// Open the cgroup at `path` (it may or may not exist yet).
+    pub fn open(path: &str) -> Result<Cgroup> {
+        let path = normalize(path)?;
+        // Both take the path relative to the hierarchy roots.
+        let relative = path.trim_start_matches('/');
+        let manager = FsManager::new(relative).map_err(|e| err(&path, "open", e))?;
+        let cgroup = cgroups_rs::fs::Cgroup::load(hierarchies::auto(), relative);
+        Ok(Cgroup {
+            path,
+            manager,
+            cgroup,
+        })
+    }
+
+    /// Create the cgroup and apply `resources`.
+    pub fn create(path: &str, resources: Option<&LinuxResources>) -> Result<Cgroup> {
+        let mut cg = Cgroup::open(path)?;
+        cg.cgroup.create().map_err(|e| err(&cg.path, "create", e))?;
+        if let Some(res) = resources {
+            if let Err(e) = cg.update(res) {
+                let _ = cg.cgroup.delete();
+                return Err(e);
+            }
+        }
+        Ok(cg)
+    }
+
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn exists(&self) -> bool {
+        self.cgroup.exists()
+    }
+
+    /// Apply new resource limits.
+    pub fn update(&mut self, resources: &LinuxResources) -> Result<()> {
+        self.manager
+            .set(resources)
+            .map_err(|e| err(&self.path, "set resources", e))
+    }
+
+    /// Move process `pid` (all its threads) into the cgroup.
+    pub fn add(&self, pid: i32) -> Result<()> {
+        self.cgroup
+            .add_task_by_tgid(CgroupPid::from(pid as u64))
+            .map_err(|e| err(&self.path, &format!("add pid {pid}"), e))
+    }
+
+    /// Processes in the cgroup (thread group ids, host view).
+    pub fn procs(&self) -> Vec<i32> {
+        if !self.exists() {
+            return Vec::new();
+        }
+        self.cgroup
+            .procs()
+            .into_iter()
+            .map(|p| p.pid as i32)
+            .collect()
+    }
+
+    /// Send `signal` to every process in the cgroup; processes already gone are skipped.
+    pub fn signal_all(&self, signal: nix::sys::signal::Signal) {
+        for pid in self.procs() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
+        }
+    }
+
+    pub fn freeze(&self) -> Result<()> {
+        self.manager
+            .freeze(FreezerState::Frozen)
+            .map_err(|e| err(&self.path, "freeze", e))
+    }
+
+    pub fn thaw(&self) -> Result<()> {
+        self.manager
+            .freeze(FreezerState::Thawed)
+            .map_err(|e| err(&self.path, "thaw", e))
+    }
+
+    /// Resource usage figures.
+    pub fn stats(&self) -> cgroups_rs::CgroupStats {
+        self.manager.stats()
+    }
+
+    /// SIGKILL whatever is left (thawing it first), wait until the cgroup is empty, remove it.
+    /// A cgroup that does not exist is fine.
+    pub fn destroy(&self) -> Result<()> {
+        if !self.exists() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + EMPTY_TIMEOUT;
+        loop {
+            let procs = self.procs();
+            if procs.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(Error::Cgroup {
+                    path: self.path.clone(),
+                    reason: format!("processes {procs:?} did not exit after SIGKILL"),
+                });
+            }
+            let _ = self.thaw();
+            self.signal_all(nix::sys::signal::Signal::SIGKILL);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // rmdir can report EBUSY for a moment while exited tasks are released.
+        loop {
+            match self.cgroup.delete() {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() > deadline => return Err(err(&self.path, "remove", e)),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    }
+}
+
+/// Cgroup paths are absolute below the hierarchy roots; systemd's `slice:prefix:name` form is
+/// not supported.
+fn normalize(path: &str) -> Result<String> {
+    if path.is_empty() || path.contains("..") || path.split(':').count() == 3 {
+        return Err(Error::Cgroup {
+            path: path.into(),
+            reason: "expected an absolute cgroupfs path like /namespace/id (systemd cgroup paths are not supported)".into(),
+        });
+    }
+    Ok(format!("/{}", path.trim_start_matches('/')))
+}
+
+fn err(path: &str, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Cgroup {
+        path: path.into(),
+        reason: format!("{what}: {e}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize;
+
+    #[test]
+    fn paths_are_made_absolute_and_checked() {
+        assert_eq!(normalize("default/c1").unwrap(), "/default/c1");
+        assert_eq!(normalize("/k8s.io/abc").unwrap(), "/k8s.io/abc");
+        assert!(normalize("/a/../../etc").is_err());
+        assert!(normalize("system.slice:cri-containerd:abc").is_err());
+        assert!(normalize("").is_err());
+    }
+}

@@ -1,21 +1,34 @@
 //! A container: create (PID 1 waiting), start, signal, list pids, destroy; and cleanup of a
 //! container whose owner died, from its state record.
 
-use std::os::fd::OwnedFd;
-use std::path::Path;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::config::ContainerConfig;
-use crate::error::Result;
-use crate::state::{State, Status};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use oci_spec::runtime::Spec;
+
+use crate::cgroup::Cgroup;
+use crate::config::{ContainerConfig, RootfsMount, Stdio};
+use crate::error::{Error, Result};
+use crate::init::protocol::{Channel, FromInit, InitConfig, ToInit};
+use crate::init::{INIT_ENV, INIT_FD};
+use crate::mount;
+use crate::state::{NamespaceRecord, State, Status};
+
+/// How long the init helper may take to get PID 1 ready, or to exec after Start.
+const INIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A live container owned by this process.
 #[derive(Debug)]
 pub struct Container {
     state: State,
-    /// Write end of the start pipe: one byte lets PID 1 exec the workload.
-    start: Option<OwnedFd>,
-    /// Read end of the sync pipe from PID 1: EOF on exec success, a message on failure.
-    sync: Option<OwnedFd>,
+    cgroup: Cgroup,
+    /// The socket to PID 1 until it exec'd the workload.
+    init: Option<Channel>,
     /// Master side of the container's pty when created with [`crate::Stdio::Terminal`].
     console: Option<OwnedFd>,
 }
@@ -26,8 +39,93 @@ impl Container {
     /// so a missing command fails Create. On any error nothing stays mounted or running.
     /// Blocking: call it off the async runtime.
     pub fn create(config: ContainerConfig) -> Result<Container> {
-        let _ = config;
-        todo!("sandbox engine")
+        let ContainerConfig {
+            id,
+            bundle,
+            rootfs,
+            rootfs_mounts,
+            spec,
+            stdio,
+        } = config;
+        validate(&spec)?;
+        if !rootfs.is_dir() {
+            return Err(Error::Rootfs {
+                path: rootfs,
+                reason: "does not exist or is not a directory".into(),
+            });
+        }
+        let cgroup_path = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("/cryo/{id}"));
+        let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+
+        let mut undo = Undo::default();
+        mount::mount_rootfs(&rootfs, &rootfs_mounts)?;
+        undo.rootfs = Some((rootfs.clone(), rootfs_mounts.clone()));
+        let cgroup = Cgroup::create(&cgroup_path, resources)?;
+        undo.cgroup = Some(Cgroup::open(&cgroup_path)?);
+
+        let terminal = matches!(stdio, Stdio::Terminal);
+        let (ours, theirs) = Channel::pair()?;
+        ours.set_timeout(INIT_TIMEOUT)?;
+        let helper = spawn_helper(theirs, stdio)?;
+        undo.pids.push(helper);
+        cgroup.add(helper)?;
+        ours.send(&ToInit::Config(Box::new(InitConfig {
+            spec: spec.clone(),
+            rootfs: rootfs.clone(),
+            bundle: bundle.clone(),
+            terminal,
+        })))?;
+
+        let mut pid = None;
+        let mut console = None;
+        loop {
+            match ours.recv::<FromInit>()? {
+                Some((FromInit::Pid(p), _)) => {
+                    undo.pids.push(p);
+                    pid = Some(p);
+                }
+                Some((FromInit::Console, fd)) => console = fd,
+                Some((FromInit::Ready, _)) => break,
+                Some((FromInit::Error(msg), _)) => return Err(Error::Init(msg)),
+                None => {
+                    return Err(Error::Init(
+                        "the init helper exited before the container was ready".into(),
+                    ))
+                }
+            }
+        }
+        let pid = pid.ok_or_else(|| Error::Init("PID 1's pid was never reported".into()))?;
+        if terminal && console.is_none() {
+            return Err(Error::Init("no pty master was received".into()));
+        }
+        let state = State {
+            id,
+            bundle,
+            rootfs,
+            rootfs_mounts,
+            pid,
+            pid_start_time: start_time(pid).unwrap_or(0),
+            cgroup_path: cgroup.path().to_string(),
+            namespaces: namespace_records(&spec),
+            status: Status::Created,
+            created_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        state.save()?;
+        undo.disarm();
+        Ok(Container {
+            state,
+            cgroup,
+            init: Some(ours),
+            console,
+        })
     }
 
     pub fn id(&self) -> &str {
@@ -47,6 +145,11 @@ impl Container {
         self.state.status
     }
 
+    /// The container's cgroup (for stats, freezing, updates).
+    pub fn cgroup(&self) -> &Cgroup {
+        &self.cgroup
+    }
+
     /// The pty master when the container was created with a terminal (taken once).
     pub fn take_console(&mut self) -> Option<OwnedFd> {
         self.console.take()
@@ -55,31 +158,60 @@ impl Container {
     /// Let PID 1 exec the workload; returns once exec happened (or with its error).
     /// Blocking.
     pub fn start(&mut self) -> Result<()> {
-        let _ = (&self.start, &self.sync);
-        todo!("sandbox engine")
+        let init = match (self.state.status, self.init.take()) {
+            (Status::Created, Some(init)) => init,
+            (status, _) => return Err(self.wrong_state(status, "start")),
+        };
+        init.send(&ToInit::Start)?;
+        match init.recv::<FromInit>()? {
+            None => {}
+            Some((FromInit::Error(msg), _)) => return Err(Error::Init(msg)),
+            Some((other, _)) => {
+                return Err(Error::Init(format!(
+                    "unexpected message {other:?} at start"
+                )))
+            }
+        }
+        self.state.status = Status::Running;
+        self.state.save()
     }
 
     /// Send `signal` to PID 1, or to every process of the container when `all`.
     pub fn kill(&self, signal: i32, all: bool) -> Result<()> {
-        let _ = (signal, all);
-        todo!("sandbox engine")
+        let sig =
+            Signal::try_from(signal).map_err(|e| Error::sys(format!("signal {signal}"), e))?;
+        if all {
+            self.cgroup.signal_all(sig);
+            return Ok(());
+        }
+        kill(Pid::from_raw(self.state.pid), sig)
+            .map_err(|e| Error::sys(format!("kill {sig} pid {}", self.state.pid), e))
     }
 
     /// Host pids of every process in the container (from its cgroup).
     pub fn pids(&self) -> Result<Vec<i32>> {
-        todo!("sandbox engine")
+        Ok(self.cgroup.procs())
     }
 
     /// The embedder observed PID 1's exit: record it.
     pub fn set_stopped(&mut self) {
         self.state.status = Status::Stopped;
+        self.init = None;
         let _ = self.state.save();
     }
 
     /// Kill whatever remains, remove the cgroup, unmount the rootfs mounts cryo made, remove the
     /// state record. Blocking.
     pub fn destroy(self) -> Result<()> {
-        todo!("sandbox engine")
+        teardown(&self.state, &self.cgroup)
+    }
+
+    fn wrong_state(&self, status: Status, op: &str) -> Error {
+        Error::WrongState {
+            id: self.state.id.clone(),
+            status: format!("{status:?}").to_lowercase(),
+            op: op.into(),
+        }
     }
 }
 
@@ -87,6 +219,158 @@ impl Container {
 /// left in its cgroup, remove the cgroup, unmount, remove the record. Returns the record that
 /// was found (`None` when there was nothing to clean). Blocking.
 pub fn cleanup(bundle: &Path) -> Result<Option<State>> {
-    let _ = bundle;
-    todo!("sandbox engine")
+    let Some(state) = State::load(bundle)? else {
+        return Ok(None);
+    };
+    // PID 1 outside its cgroup (should not happen) is still ours if its start time matches.
+    if state.pid > 0 && start_time(state.pid) == Some(state.pid_start_time) {
+        let _ = kill(Pid::from_raw(state.pid), Signal::SIGKILL);
+    }
+    let cgroup = Cgroup::open(&state.cgroup_path)?;
+    teardown(&state, &cgroup)?;
+    Ok(Some(state))
+}
+
+/// Kill, remove the cgroup, unmount, forget.
+fn teardown(state: &State, cgroup: &Cgroup) -> Result<()> {
+    cgroup.destroy()?;
+    mount::unmount_rootfs(&state.rootfs, &state.rootfs_mounts)?;
+    State::remove(&state.bundle)
+}
+
+/// What a create that failed half-way must undo (in reverse).
+#[derive(Default)]
+struct Undo {
+    rootfs: Option<(PathBuf, Vec<RootfsMount>)>,
+    cgroup: Option<Cgroup>,
+    pids: Vec<i32>,
+}
+
+impl Undo {
+    fn disarm(&mut self) {
+        self.rootfs = None;
+        self.cgroup = None;
+        self.pids.clear();
+    }
+}
+
+impl Drop for Undo {
+    fn drop(&mut self) {
+        for pid in self.pids.drain(..).rev() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        if let Some(cg) = self.cgroup.take() {
+            if let Err(e) = cg.destroy() {
+                log::warn!("undo create: {e}");
+            }
+        }
+        if let Some((rootfs, mounts)) = self.rootfs.take() {
+            if let Err(e) = mount::unmount_rootfs(&rootfs, &mounts) {
+                log::warn!("undo create: {e}");
+            }
+        }
+    }
+}
+
+/// The spec must describe a Linux process to run.
+fn validate(spec: &Spec) -> Result<()> {
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::InvalidSpec("process is missing".into()))?;
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        return Err(Error::InvalidSpec("process.args is empty".into()));
+    }
+    if spec.linux().is_none() {
+        return Err(Error::InvalidSpec("linux section is missing".into()));
+    }
+    Ok(())
+}
+
+/// Re-execute this binary as the init helper, with its end of the channel as [`INIT_FD`] and
+/// the workload's stdio as 0, 1, 2. The helper is never waited for here: the embedding
+/// process's reaper collects it.
+fn spawn_helper(chan: Channel, stdio: Stdio) -> Result<i32> {
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0("cryo-init").env(INIT_ENV, "1");
+    let null = std::process::Stdio::null;
+    match stdio {
+        Stdio::Null | Stdio::Terminal => {
+            cmd.stdin(null()).stdout(null()).stderr(null());
+        }
+        Stdio::Fds {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            let pick = |fd: Option<OwnedFd>| fd.map_or_else(null, std::process::Stdio::from);
+            cmd.stdin(pick(stdin))
+                .stdout(pick(stdout))
+                .stderr(pick(stderr));
+        }
+    }
+    let fd = chan.as_fd().as_raw_fd();
+    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == INIT_FD {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, INIT_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error::io("spawn the init helper", e))?;
+    Ok(child.id() as i32)
+}
+
+/// Namespaces as the state records them.
+fn namespace_records(spec: &Spec) -> Vec<NamespaceRecord> {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .map(|nss| {
+            nss.iter()
+                .map(|ns| NamespaceRecord {
+                    kind: ns.typ().to_string(),
+                    path: ns.path().clone(),
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat).
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_time(&stat)
+}
+
+fn parse_start_time(stat: &str) -> Option<u64> {
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_time_is_field_22() {
+        let stat =
+            "1234 (a) b) c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1 2";
+        assert_eq!(parse_start_time(stat), Some(987654));
+        assert!(start_time(std::process::id() as i32).is_some());
+    }
+
+    #[test]
+    fn specs_without_a_process_are_refused() {
+        let spec: Spec = serde_json::from_str(r#"{"ociVersion":"1.0.2","linux":{}}"#).unwrap();
+        assert!(validate(&spec).unwrap_err().to_string().contains("process"));
+    }
 }

@@ -1,2 +1,401 @@
-//! Mounting: the rootfs mounts (overlay from a snapshotter, binds), undone in reverse; option
-//! parsing (`ro`, `rbind`, propagation, data) shared by rootfs and spec mounts.
+//! Mount plumbing shared by the host side and the init helper: parsing `mount -o` style options
+//! into flags and data, resolving a path beneath a root without escaping it through symlinks,
+//! reading mountinfo, and mounting/unmounting the rootfs mounts a container is built from.
+
+use std::path::{Component, Path, PathBuf};
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::config::RootfsMount;
+use crate::error::{Error, Result};
+
+/// `mount -o` options split into what mount(2) takes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountOptions {
+    /// Flags for the mount itself (MS_RDONLY, MS_NOSUID, MS_BIND, ...).
+    pub flags: MsFlags,
+    /// Propagation to apply afterwards (MS_PRIVATE, MS_SLAVE, ... possibly with MS_REC).
+    pub propagation: MsFlags,
+    /// Filesystem-specific data (`mode=755`, `lowerdir=...`), comma-joined.
+    pub data: String,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            flags: MsFlags::empty(),
+            propagation: MsFlags::empty(),
+            data: String::new(),
+        }
+    }
+}
+
+impl MountOptions {
+    /// Parse options as runc does: known flags set or clear bits, propagation words are kept
+    /// apart, anything else is filesystem data.
+    pub fn parse<S: AsRef<str>>(options: &[S]) -> MountOptions {
+        let mut out = MountOptions::default();
+        let mut data = Vec::new();
+        for opt in options {
+            let opt = opt.as_ref();
+            if let Some(p) = propagation_flag(opt) {
+                out.propagation |= p;
+                continue;
+            }
+            match flag(opt) {
+                Some((true, f)) => out.flags |= f,
+                Some((false, f)) => out.flags &= !f,
+                None => data.push(opt),
+            }
+        }
+        out.data = data.join(",");
+        out
+    }
+
+    /// Whether this is a bind mount.
+    pub fn is_bind(&self) -> bool {
+        self.flags.contains(MsFlags::MS_BIND)
+    }
+
+    /// Flags a bind mount needs a second, remounting call for (bind ignores them at first).
+    pub fn remount_flags(&self) -> MsFlags {
+        self.flags & !(MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_REMOUNT)
+    }
+
+    fn data(&self) -> Option<&str> {
+        (!self.data.is_empty()).then_some(self.data.as_str())
+    }
+}
+
+/// `(set, flag)` for a known flag word: `set` false means the word clears the flag.
+fn flag(opt: &str) -> Option<(bool, MsFlags)> {
+    Some(match opt {
+        "defaults" => (true, MsFlags::empty()),
+        "ro" => (true, MsFlags::MS_RDONLY),
+        "rw" => (false, MsFlags::MS_RDONLY),
+        "nosuid" => (true, MsFlags::MS_NOSUID),
+        "suid" => (false, MsFlags::MS_NOSUID),
+        "nodev" => (true, MsFlags::MS_NODEV),
+        "dev" => (false, MsFlags::MS_NODEV),
+        "noexec" => (true, MsFlags::MS_NOEXEC),
+        "exec" => (false, MsFlags::MS_NOEXEC),
+        "sync" => (true, MsFlags::MS_SYNCHRONOUS),
+        "async" => (false, MsFlags::MS_SYNCHRONOUS),
+        "dirsync" => (true, MsFlags::MS_DIRSYNC),
+        "remount" => (true, MsFlags::MS_REMOUNT),
+        "mand" => (true, MsFlags::MS_MANDLOCK),
+        "nomand" => (false, MsFlags::MS_MANDLOCK),
+        "atime" => (false, MsFlags::MS_NOATIME),
+        "noatime" => (true, MsFlags::MS_NOATIME),
+        "diratime" => (false, MsFlags::MS_NODIRATIME),
+        "nodiratime" => (true, MsFlags::MS_NODIRATIME),
+        "relatime" => (true, MsFlags::MS_RELATIME),
+        "norelatime" => (false, MsFlags::MS_RELATIME),
+        "strictatime" => (true, MsFlags::MS_STRICTATIME),
+        "nostrictatime" => (false, MsFlags::MS_STRICTATIME),
+        "bind" => (true, MsFlags::MS_BIND),
+        "rbind" => (true, MsFlags::MS_BIND | MsFlags::MS_REC),
+        _ => return None,
+    })
+}
+
+fn propagation_flag(opt: &str) -> Option<MsFlags> {
+    Some(match opt {
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "slave" => MsFlags::MS_SLAVE,
+        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        _ => return None,
+    })
+}
+
+/// Mount `source` on `target` as `fstype` with `opts`: binds are made first and remounted with
+/// their flags; propagation is applied last.
+pub fn mount_with(
+    source: Option<&Path>,
+    target: &Path,
+    fstype: Option<&str>,
+    opts: &MountOptions,
+) -> Result<()> {
+    let err = |e: nix::Error| Error::Mount {
+        target: target.to_path_buf(),
+        reason: format!(
+            "mount {} ({}): {e}",
+            source.map(|s| s.display().to_string()).unwrap_or_default(),
+            fstype.unwrap_or("bind")
+        ),
+    };
+    if opts.is_bind() {
+        mount(
+            source,
+            target,
+            None::<&str>,
+            opts.flags & (MsFlags::MS_BIND | MsFlags::MS_REC),
+            None::<&str>,
+        )
+        .map_err(err)?;
+        let extra = opts.remount_flags();
+        if !extra.is_empty() {
+            mount(
+                None::<&str>,
+                target,
+                None::<&str>,
+                extra | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
+                None::<&str>,
+            )
+            .map_err(err)?;
+        }
+    } else {
+        mount(source, target, fstype, opts.flags, opts.data()).map_err(err)?;
+    }
+    if !opts.propagation.is_empty() {
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            opts.propagation,
+            None::<&str>,
+        )
+        .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Apply the rootfs mounts onto `rootfs` in order. On failure the ones already made are undone.
+pub fn mount_rootfs(rootfs: &Path, mounts: &[RootfsMount]) -> Result<()> {
+    for (done, m) in mounts.iter().enumerate() {
+        let mut opts = MountOptions::parse(&m.options);
+        if m.fstype == "bind" || m.fstype == "rbind" {
+            opts.flags |= MsFlags::MS_BIND;
+        }
+        let res = mount_with(
+            Some(Path::new(&m.source)),
+            rootfs,
+            Some(m.fstype.as_str()),
+            &opts,
+        );
+        if let Err(e) = res {
+            let _ = unmount_rootfs(rootfs, &mounts[..done]);
+            return Err(e);
+        }
+    }
+    Ok(())
+}
+
+/// Undo [`mount_rootfs`]: unmount `rootfs` once per mount, newest first. A target that is not
+/// mounted any more is fine (cleanup may run twice).
+pub fn unmount_rootfs(rootfs: &Path, mounts: &[RootfsMount]) -> Result<()> {
+    for _ in mounts {
+        unmount(rootfs)?;
+    }
+    Ok(())
+}
+
+/// Unmount `target`, lazily if it is busy; not mounted is not an error.
+pub fn unmount(target: &Path) -> Result<()> {
+    match umount2(target, MntFlags::empty()) {
+        Ok(()) | Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => Ok(()),
+        Err(nix::Error::EBUSY) => umount2(target, MntFlags::MNT_DETACH).map_err(|e| Error::Mount {
+            target: target.to_path_buf(),
+            reason: format!("unmount: {e}"),
+        }),
+        Err(e) => Err(Error::Mount {
+            target: target.to_path_buf(),
+            reason: format!("unmount: {e}"),
+        }),
+    }
+}
+
+/// Resolve `path` as if `root` were `/`: `..` stops at the root and symlinks (absolute or
+/// relative) are followed inside it, so the result always lies beneath `root`. Components that
+/// do not exist yet are kept as they are.
+pub fn resolve_beneath(root: &Path, path: &Path) -> Result<PathBuf> {
+    const MAX_LINKS: usize = 255;
+    let mut pending: Vec<std::ffi::OsString> = components(path);
+    pending.reverse();
+    let mut resolved: Vec<std::ffi::OsString> = Vec::new();
+    let mut links = 0;
+    while let Some(part) = pending.pop() {
+        if part == ".." {
+            resolved.pop();
+            continue;
+        }
+        let candidate: PathBuf = root.join(resolved.iter().collect::<PathBuf>()).join(&part);
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(md) if md.file_type().is_symlink() => {
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(Error::Mount {
+                        target: root.join(path.strip_prefix("/").unwrap_or(path)),
+                        reason: "too many levels of symbolic links".into(),
+                    });
+                }
+                let dest = std::fs::read_link(&candidate)
+                    .map_err(|e| Error::io(format!("readlink {}", candidate.display()), e))?;
+                if dest.is_absolute() {
+                    resolved.clear();
+                }
+                let mut more = components(&dest);
+                more.reverse();
+                pending.extend(more);
+            }
+            _ => resolved.push(part),
+        }
+    }
+    Ok(root.join(resolved.iter().collect::<PathBuf>()))
+}
+
+/// Normal components of `path` (`.` and the root dropped, `..` kept).
+fn components(path: &Path) -> Vec<std::ffi::OsString> {
+    path.components()
+        .filter_map(|c| match c {
+            Component::Normal(s) => Some(s.to_os_string()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// One line of /proc/PID/mountinfo, the fields cryo uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    /// Root of the mount within its filesystem.
+    pub root: String,
+    pub mount_point: PathBuf,
+    pub fstype: String,
+    pub source: String,
+    /// Per-superblock options (for cgroup v1: the controllers).
+    pub super_options: String,
+}
+
+/// Parse mountinfo text (see proc(5)); malformed lines are skipped.
+pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let left: Vec<&str> = left.split(' ').collect();
+            let right: Vec<&str> = right.split(' ').collect();
+            if left.len() < 5 || right.len() < 3 {
+                return None;
+            }
+            Some(MountInfo {
+                root: unescape(left[3]),
+                mount_point: PathBuf::from(unescape(left[4])),
+                fstype: right[0].to_string(),
+                source: unescape(right[1]),
+                super_options: right[2].to_string(),
+            })
+        })
+        .collect()
+}
+
+/// The mounts of this process's mount namespace.
+pub fn mountinfo_self() -> Result<Vec<MountInfo>> {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .map(|t| parse_mountinfo(&t))
+        .map_err(|e| Error::io("read /proc/self/mountinfo", e))
+}
+
+/// Undo mountinfo's octal escapes (`\040` for a space).
+fn unescape(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && i + 3 < bytes.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_split_into_flags_propagation_and_data() {
+        let o = MountOptions::parse(&["nosuid", "noexec", "ro", "mode=755", "size=65536k"]);
+        assert_eq!(
+            o.flags,
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_RDONLY
+        );
+        assert_eq!(o.data, "mode=755,size=65536k");
+        assert!(o.propagation.is_empty());
+
+        let o = MountOptions::parse(&["rbind", "rprivate", "rw"]);
+        assert!(o.is_bind());
+        assert_eq!(o.flags, MsFlags::MS_BIND | MsFlags::MS_REC);
+        assert_eq!(o.propagation, MsFlags::MS_PRIVATE | MsFlags::MS_REC);
+        assert!(o.remount_flags().is_empty());
+    }
+
+    #[test]
+    fn later_words_override_earlier_ones() {
+        let o = MountOptions::parse(&["ro", "rw", "nodev", "dev"]);
+        assert!(o.flags.is_empty());
+    }
+
+    #[test]
+    fn overlay_options_are_data() {
+        let o = MountOptions::parse(&["index=off", "workdir=/w", "upperdir=/u", "lowerdir=/a:/b"]);
+        assert!(o.flags.is_empty());
+        assert_eq!(o.data, "index=off,workdir=/w,upperdir=/u,lowerdir=/a:/b");
+    }
+
+    #[test]
+    fn mountinfo_lines_parse() {
+        let text = "36 35 98:0 /mnt1 /mnt\\040x rw,noatime master:1 - ext3 /dev/root rw,errors=continue\n\
+                    25 20 0:22 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:9 - cgroup cgroup rw,cpu,cpuacct\n\
+                    garbage\n";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].mount_point, PathBuf::from("/mnt x"));
+        assert_eq!(m[0].root, "/mnt1");
+        assert_eq!(m[0].fstype, "ext3");
+        assert_eq!(m[1].super_options, "rw,cpu,cpuacct");
+    }
+
+    #[test]
+    fn resolve_beneath_never_leaves_the_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::os::unix::fs::symlink("/etc", root.join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../..", root.join("a/b/up")).unwrap();
+        std::os::unix::fs::symlink("b", root.join("a/rel")).unwrap();
+        assert_eq!(
+            resolve_beneath(root, Path::new("/abs/passwd")).unwrap(),
+            root.join("etc/passwd")
+        );
+        assert_eq!(
+            resolve_beneath(root, Path::new("/a/b/up/x")).unwrap(),
+            root.join("x")
+        );
+        assert_eq!(
+            resolve_beneath(root, Path::new("../../x")).unwrap(),
+            root.join("x")
+        );
+        assert_eq!(
+            resolve_beneath(root, Path::new("/a/rel/new")).unwrap(),
+            root.join("a/b/new")
+        );
+    }
+
+    #[test]
+    fn symlink_loops_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("loop", dir.path().join("loop")).unwrap();
+        assert!(resolve_beneath(dir.path(), Path::new("/loop/x")).is_err());
+    }
+}

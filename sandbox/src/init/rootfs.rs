@@ -1,0 +1,446 @@
+//! The container's filesystem view, built by PID 1 in its new mount namespace: propagation,
+//! the spec's mounts (proc, sysfs, tmpfs /dev, devpts, mqueue, cgroup, binds), device nodes,
+//! /dev symlinks, pivot_root, the console, masked and readonly paths, a readonly root.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{open, OFlag};
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::unistd::{chown, fchdir, pivot_root, Gid, Uid};
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, LinuxNamespaceType, Mount};
+
+use super::namespaces;
+use super::protocol::InitConfig;
+use crate::error::{Error, Result};
+use crate::mount::{mount_with, mountinfo_self, resolve_beneath, MountOptions};
+
+/// Build the filesystem view and pivot into it. Returns the pty master when the config asks
+/// for a terminal.
+pub fn prepare(config: &InitConfig) -> Result<Option<OwnedFd>> {
+    let spec = &config.spec;
+    let rootfs = &config.rootfs;
+    if !namespaces::has(spec, LinuxNamespaceType::Mount) {
+        return Err(Error::InvalidSpec(
+            "a mount namespace is required (linux.namespaces has no \"mount\")".into(),
+        ));
+    }
+    let linux = spec.linux().as_ref();
+    let propagation = linux
+        .and_then(|l| l.rootfs_propagation().as_deref())
+        .map(|p| MountOptions::parse(&[p]).propagation)
+        .filter(|p| !p.is_empty())
+        .unwrap_or(MsFlags::MS_SLAVE | MsFlags::MS_REC);
+    mount(None::<&str>, "/", None::<&str>, propagation, None::<&str>)
+        .map_err(|e| Error::sys("set rootfs propagation on /", e))?;
+    if !rootfs.is_dir() {
+        return Err(Error::Rootfs {
+            path: rootfs.clone(),
+            reason: "not a directory".into(),
+        });
+    }
+    mount(
+        Some(rootfs.as_path()),
+        rootfs.as_path(),
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| Error::sys(format!("bind rootfs {}", rootfs.display()), e))?;
+
+    let mut dev_is_tmpfs = false;
+    for m in spec.mounts().as_deref().unwrap_or_default() {
+        mount_one(config, m)?;
+        dev_is_tmpfs |= m.destination() == Path::new("/dev");
+    }
+    let spec_devices = linux.and_then(|l| l.devices().clone()).unwrap_or_default();
+    if dev_is_tmpfs {
+        for dev in default_devices().iter().chain(&spec_devices) {
+            create_device(rootfs, dev)?;
+        }
+        dev_symlinks(rootfs)?;
+    } else {
+        for dev in &spec_devices {
+            create_device(rootfs, dev)?;
+        }
+    }
+    if let Some(p) = spec.process() {
+        let cwd = resolve_beneath(rootfs, p.cwd())?;
+        std::fs::create_dir_all(&cwd)
+            .map_err(|e| Error::io(format!("create cwd {}", p.cwd().display()), e))?;
+    }
+    pivot(rootfs)?;
+    let console = if config.terminal {
+        Some(console()?)
+    } else {
+        None
+    };
+    for p in linux
+        .and_then(|l| l.masked_paths().as_deref())
+        .unwrap_or_default()
+    {
+        mask(Path::new(p))?;
+    }
+    for p in linux
+        .and_then(|l| l.readonly_paths().as_deref())
+        .unwrap_or_default()
+    {
+        readonly(Path::new(p))?;
+    }
+    if spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false)
+    {
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+        .map_err(|e| Error::sys("remount the root readonly", e))?;
+    }
+    Ok(console)
+}
+
+/// Mount one entry of the spec's `mounts` beneath the rootfs.
+fn mount_one(config: &InitConfig, m: &Mount) -> Result<()> {
+    let dest = resolve_beneath(&config.rootfs, m.destination())?;
+    let typ = m.typ().as_deref().unwrap_or("");
+    let mut opts = MountOptions::parse(m.options().as_deref().unwrap_or_default());
+    if typ == "bind" {
+        opts.flags |= MsFlags::MS_BIND;
+    }
+    if typ == "cgroup" || typ == "cgroup2" {
+        return mount_cgroup(&dest, &opts);
+    }
+    let mkdir = |p: &Path| {
+        std::fs::create_dir_all(p).map_err(|e| Error::Mount {
+            target: m.destination().clone(),
+            reason: format!("create mount point: {e}"),
+        })
+    };
+    if opts.is_bind() {
+        let source = m.source().as_ref().ok_or_else(|| Error::Mount {
+            target: m.destination().clone(),
+            reason: "bind mount without a source".into(),
+        })?;
+        let source = if source.is_relative() {
+            config.bundle.join(source)
+        } else {
+            source.clone()
+        };
+        let md = std::fs::metadata(&source).map_err(|e| Error::Mount {
+            target: m.destination().clone(),
+            reason: format!("bind source {}: {e}", source.display()),
+        })?;
+        if md.is_dir() {
+            mkdir(&dest)?;
+        } else {
+            mkdir(dest.parent().unwrap_or(&dest))?;
+            if !dest.exists() {
+                std::fs::File::create(&dest).map_err(|e| Error::Mount {
+                    target: m.destination().clone(),
+                    reason: format!("create mount point file: {e}"),
+                })?;
+            }
+        }
+        return mount_with(Some(&source), &dest, None, &opts);
+    }
+    mkdir(&dest)?;
+    let source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
+    match mount_with(Some(&source), &dest, Some(typ), &opts) {
+        // Without a network namespace of its own the container may not mount sysfs: bind the
+        // host's, readonly, as runc does.
+        Err(_) if typ == "sysfs" => {
+            let mut bind = opts.clone();
+            bind.flags |= MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY;
+            mount_with(Some(Path::new("/sys")), &dest, None, &bind)
+        }
+        other => other,
+    }
+}
+
+/// A `cgroup` mount: the container sees its own cgroup as the root of each hierarchy
+/// (bind mounts of its cgroup directories, as runc does without a cgroup namespace).
+fn mount_cgroup(dest: &Path, opts: &MountOptions) -> Result<()> {
+    std::fs::create_dir_all(dest).map_err(|e| Error::io(format!("mkdir {}", dest.display()), e))?;
+    let own = own_cgroups()?;
+    let mounts = mountinfo_self()?;
+    let hierarchies: Vec<_> = mounts
+        .iter()
+        .filter(|m| m.fstype == "cgroup" || m.fstype == "cgroup2")
+        .filter(|m| m.mount_point.starts_with("/sys/fs/cgroup"))
+        .collect();
+    let bind_opts = MountOptions {
+        flags: MsFlags::MS_BIND | (opts.flags & !MsFlags::MS_BIND),
+        ..Default::default()
+    };
+    // Pure cgroup v2 host: one hierarchy at /sys/fs/cgroup.
+    if let Some(v2) = hierarchies
+        .iter()
+        .find(|m| m.mount_point == Path::new("/sys/fs/cgroup"))
+    {
+        let path = own_path(&own, v2).unwrap_or_default();
+        return mount_with(Some(&host_dir(v2, &path)), dest, None, &bind_opts);
+    }
+    let tmpfs = MountOptions {
+        flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        propagation: MsFlags::empty(),
+        data: "mode=755".into(),
+    };
+    mount_with(Some(Path::new("tmpfs")), dest, Some("tmpfs"), &tmpfs)?;
+    for h in &hierarchies {
+        let Some(name) = h.mount_point.file_name() else {
+            continue;
+        };
+        let Some(path) = own_path(&own, h) else {
+            continue;
+        };
+        let target = dest.join(name);
+        std::fs::create_dir_all(&target)
+            .map_err(|e| Error::io(format!("mkdir {}", target.display()), e))?;
+        mount_with(Some(&host_dir(h, &path)), &target, None, &bind_opts)?;
+        let name = name.to_string_lossy();
+        if name.contains(',') {
+            for part in name.split(',') {
+                let _ = symlink(&*name, dest.join(part));
+            }
+        }
+    }
+    if opts.flags.contains(MsFlags::MS_RDONLY) {
+        mount(
+            None::<&str>,
+            dest,
+            None::<&str>,
+            tmpfs.flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            Some("mode=755"),
+        )
+        .map_err(|e| Error::sys(format!("remount {} readonly", dest.display()), e))?;
+    }
+    Ok(())
+}
+
+/// This process's cgroups: (controllers, path) per line of /proc/self/cgroup.
+fn own_cgroups() -> Result<Vec<(String, String)>> {
+    let text = std::fs::read_to_string("/proc/self/cgroup")
+        .map_err(|e| Error::io("read /proc/self/cgroup", e))?;
+    Ok(text
+        .lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let _id = parts.next()?;
+            Some((parts.next()?.to_string(), parts.next()?.to_string()))
+        })
+        .collect())
+}
+
+/// The path of this process's cgroup in hierarchy `h`.
+fn own_path(own: &[(String, String)], h: &crate::mount::MountInfo) -> Option<String> {
+    if h.fstype == "cgroup2" {
+        return own
+            .iter()
+            .find(|(c, _)| c.is_empty())
+            .map(|(_, p)| p.clone());
+    }
+    let opts: Vec<&str> = h.super_options.split(',').collect();
+    own.iter()
+        .find(|(c, _)| !c.is_empty() && c.split(',').all(|x| opts.contains(&x)))
+        .map(|(_, p)| p.clone())
+}
+
+/// Host directory of cgroup `path` in hierarchy `h`.
+fn host_dir(h: &crate::mount::MountInfo, path: &str) -> PathBuf {
+    let rel = path
+        .strip_prefix(h.root.as_str())
+        .unwrap_or(path)
+        .trim_start_matches('/');
+    h.mount_point.join(rel)
+}
+
+/// The devices every container gets on a tmpfs /dev.
+fn default_devices() -> Vec<LinuxDevice> {
+    [
+        ("/dev/null", 1, 3),
+        ("/dev/zero", 1, 5),
+        ("/dev/full", 1, 7),
+        ("/dev/random", 1, 8),
+        ("/dev/urandom", 1, 9),
+        ("/dev/tty", 5, 0),
+    ]
+    .into_iter()
+    .map(|(path, major, minor)| {
+        let mut d = LinuxDevice::default();
+        d.set_path(PathBuf::from(path))
+            .set_typ(LinuxDeviceType::C)
+            .set_major(major)
+            .set_minor(minor)
+            .set_file_mode(Some(0o666))
+            .set_uid(Some(0))
+            .set_gid(Some(0));
+        d
+    })
+    .collect()
+}
+
+fn create_device(rootfs: &Path, dev: &LinuxDevice) -> Result<()> {
+    let path = resolve_beneath(rootfs, dev.path())?;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| Error::io(format!("mkdir {}", parent.display()), e))?;
+    }
+    let kind = match dev.typ() {
+        LinuxDeviceType::B => SFlag::S_IFBLK,
+        LinuxDeviceType::P => SFlag::S_IFIFO,
+        _ => SFlag::S_IFCHR,
+    };
+    let mode = dev.file_mode().unwrap_or(0o666) & 0o7777;
+    let _ = std::fs::remove_file(&path);
+    mknod(
+        &path,
+        kind,
+        Mode::from_bits_truncate(mode),
+        makedev(dev.major() as u64, dev.minor() as u64),
+    )
+    .map_err(|e| Error::sys(format!("mknod {}", dev.path().display()), e))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io(format!("chmod {}", dev.path().display()), e))?;
+    chown(
+        &path,
+        dev.uid().map(Uid::from_raw),
+        dev.gid().map(Gid::from_raw),
+    )
+    .map_err(|e| Error::sys(format!("chown {}", dev.path().display()), e))
+}
+
+fn dev_symlinks(rootfs: &Path) -> Result<()> {
+    let dev = resolve_beneath(rootfs, Path::new("/dev"))?;
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("core", "/proc/kcore"),
+        ("ptmx", "pts/ptmx"),
+    ] {
+        let link = dev.join(name);
+        let _ = std::fs::remove_file(&link);
+        symlink(target, &link).map_err(|e| Error::io(format!("symlink /dev/{name}"), e))?;
+    }
+    Ok(())
+}
+
+/// pivot_root into `rootfs` and detach the old root (runc's `pivot_root(".", ".")` way).
+fn pivot(rootfs: &Path) -> Result<()> {
+    let old = open("/", OFlag::O_DIRECTORY | OFlag::O_RDONLY, Mode::empty())
+        .map_err(|e| Error::sys("open /", e))?;
+    let new = open(rootfs, OFlag::O_DIRECTORY | OFlag::O_RDONLY, Mode::empty())
+        .map_err(|e| Error::sys(format!("open rootfs {}", rootfs.display()), e))?;
+    fchdir(&new).map_err(|e| Error::sys("chdir to the rootfs", e))?;
+    pivot_root(".", ".").map_err(|e| Error::sys("pivot_root", e))?;
+    fchdir(&old).map_err(|e| Error::sys("chdir to the old root", e))?;
+    mount(
+        None::<&str>,
+        ".",
+        None::<&str>,
+        MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| Error::sys("make the old root a slave", e))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(|e| Error::sys("detach the old root", e))?;
+    std::env::set_current_dir("/").map_err(|e| Error::io("chdir /", e))
+}
+
+/// A new pty: the slave becomes stdio, controlling terminal and /dev/console; the master is
+/// returned for the engine.
+fn console() -> Result<OwnedFd> {
+    use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
+    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .map_err(|e| Error::sys("open /dev/ptmx", e))?;
+    grantpt(&master).map_err(|e| Error::sys("grantpt", e))?;
+    unlockpt(&master).map_err(|e| Error::sys("unlockpt", e))?;
+    let name = ptsname_r(&master).map_err(|e| Error::sys("ptsname", e))?;
+    let slave = open(
+        name.as_str(),
+        OFlag::O_RDWR | OFlag::O_NOCTTY,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::sys(format!("open {name}"), e))?;
+    let console = Path::new("/dev/console");
+    if !console.exists() {
+        let _ = std::fs::File::create(console);
+    }
+    let _ = mount(
+        Some(name.as_str()),
+        console,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    );
+    for fd in 0..3 {
+        // SAFETY: installs the slave as stdio; fds 0-2 are ours to replace.
+        if unsafe { libc::dup2(slave.as_raw_fd(), fd) } < 0 {
+            return Err(Error::sys("dup2 pty slave", nix::Error::last()));
+        }
+    }
+    // SAFETY: TIOCSCTTY on our own stdin, which is the pty slave just installed.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+        return Err(Error::sys("TIOCSCTTY", nix::Error::last()));
+    }
+    let fd: OwnedFd = master.into();
+    Ok(fd)
+}
+
+/// Hide `path`: /dev/null over a file, an empty readonly tmpfs over a directory.
+fn mask(path: &Path) -> Result<()> {
+    let md = match std::fs::metadata(path) {
+        Ok(md) => md,
+        Err(_) => return Ok(()),
+    };
+    let res = if md.is_dir() {
+        mount(
+            Some("tmpfs"),
+            path,
+            Some("tmpfs"),
+            MsFlags::MS_RDONLY,
+            None::<&str>,
+        )
+    } else {
+        mount(
+            Some("/dev/null"),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+    };
+    res.map_err(|e| Error::sys(format!("mask {}", path.display()), e))
+}
+
+/// Make `path` readonly with a bind mount onto itself.
+fn readonly(path: &Path) -> Result<()> {
+    if !path.exists() {
+        return Ok(());
+    }
+    let err = |e| Error::sys(format!("readonly {}", path.display()), e);
+    mount(
+        Some(path),
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(err)?;
+    mount(
+        None::<&str>,
+        path,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(err)
+}
