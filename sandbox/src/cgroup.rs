@@ -11,6 +11,9 @@ use oci_spec::runtime::LinuxResources;
 
 use crate::error::{Error, Result};
 
+/// OOM notifications closer together than this are one episode.
+const OOM_BURST: Duration = Duration::from_millis(100);
+
 /// How long [`Cgroup::destroy`] waits for killed processes to leave.
 const EMPTY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -108,6 +111,54 @@ impl Cgroup {
             .map_err(|e| err(&self.path, "thaw", e))
     }
 
+    /// Whether this is a cgroup v2 (unified) hierarchy.
+    pub fn v2(&self) -> bool {
+        self.cgroup.v2()
+    }
+
+    /// A channel that receives one message per OOM kill in the cgroup; it closes when the
+    /// cgroup is removed. v1: the memory controller's eventfd; v2: memory.events polled.
+    pub fn oom_events(&self) -> Result<std::sync::mpsc::Receiver<()>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.v2() {
+            let events = hierarchies::auto()
+                .root()
+                .join(self.path.trim_start_matches('/'))
+                .join("memory.events");
+            std::thread::spawn(move || {
+                let mut seen = oom_kills(&events).unwrap_or(0);
+                while let Some(now) = oom_kills(&events) {
+                    for _ in seen..now {
+                        if tx.send(()).is_err() {
+                            return;
+                        }
+                    }
+                    seen = now;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            });
+            return Ok(rx);
+        }
+        let mem: &cgroups_rs::fs::memory::MemController = self
+            .cgroup
+            .controller_of()
+            .ok_or_else(|| err(&self.path, "oom events", "no memory controller"))?;
+        let events = mem
+            .register_oom_event("oom")
+            .map_err(|e| err(&self.path, "register for oom events", e))?;
+        // The eventfd fires for every OOM condition of one episode (often dozens, before the
+        // kill is even counted): report one event per burst.
+        std::thread::spawn(move || {
+            while events.recv().is_ok() {
+                if tx.send(()).is_err() {
+                    return;
+                }
+                while events.recv_timeout(OOM_BURST).is_ok() {}
+            }
+        });
+        Ok(rx)
+    }
+
     /// Resource usage figures.
     pub fn stats(&self) -> cgroups_rs::CgroupStats {
         self.manager.stats()
@@ -144,6 +195,17 @@ impl Cgroup {
             }
         }
     }
+}
+
+/// The `oom_kill` count of a v2 memory.events file; `None` once it is gone.
+fn oom_kills(path: &std::path::Path) -> Option<u64> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0),
+    )
 }
 
 /// Cgroup paths are absolute below the hierarchy roots; systemd's `slice:prefix:name` form is

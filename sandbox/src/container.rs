@@ -1,11 +1,9 @@
 //! A container: create (PID 1 waiting), start, signal, list pids, destroy; and cleanup of a
 //! container whose owner died, from its state record.
 
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -14,21 +12,21 @@ use oci_spec::runtime::Spec;
 use crate::cgroup::Cgroup;
 use crate::config::{ContainerConfig, RootfsMount, Stdio};
 use crate::error::{Error, Result};
-use crate::init::protocol::{Channel, FromInit, InitConfig, ToInit};
-use crate::init::{INIT_ENV, INIT_FD};
+use crate::exec::{ExecConfig, ExecProcess};
+use crate::init::protocol::InitConfig;
+use crate::launch::{launch, Launched};
 use crate::mount;
 use crate::state::{NamespaceRecord, State, Status};
-
-/// How long the init helper may take to get PID 1 ready, or to exec after Start.
-const INIT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A live container owned by this process.
 #[derive(Debug)]
 pub struct Container {
     state: State,
+    /// The spec it was created from (exec'd processes inherit its seccomp profile).
+    spec: Spec,
     cgroup: Cgroup,
-    /// The socket to PID 1 until it exec'd the workload.
-    init: Option<Channel>,
+    /// PID 1 until it exec'd the workload.
+    init: Option<Launched>,
     /// Master side of the container's pty when created with [`crate::Stdio::Terminal`].
     console: Option<OwnedFd>,
 }
@@ -68,41 +66,18 @@ impl Container {
         let cgroup = Cgroup::create(&cgroup_path, resources)?;
         undo.cgroup = Some(Cgroup::open(&cgroup_path)?);
 
-        let terminal = matches!(stdio, Stdio::Terminal);
-        let (ours, theirs) = Channel::pair()?;
-        ours.set_timeout(INIT_TIMEOUT)?;
-        let helper = spawn_helper(theirs, stdio)?;
-        undo.pids.push(helper);
-        cgroup.add(helper)?;
-        ours.send(&ToInit::Config(Box::new(InitConfig {
-            spec: spec.clone(),
-            rootfs: rootfs.clone(),
-            bundle: bundle.clone(),
-            terminal,
-        })))?;
-
-        let mut pid = None;
-        let mut console = None;
-        loop {
-            match ours.recv::<FromInit>()? {
-                Some((FromInit::Pid(p), _)) => {
-                    undo.pids.push(p);
-                    pid = Some(p);
-                }
-                Some((FromInit::Console, fd)) => console = fd,
-                Some((FromInit::Ready, _)) => break,
-                Some((FromInit::Error(msg), _)) => return Err(Error::Init(msg)),
-                None => {
-                    return Err(Error::Init(
-                        "the init helper exited before the container was ready".into(),
-                    ))
-                }
-            }
-        }
-        let pid = pid.ok_or_else(|| Error::Init("PID 1's pid was never reported".into()))?;
-        if terminal && console.is_none() {
-            return Err(Error::Init("no pty master was received".into()));
-        }
+        let mut launched = launch(
+            InitConfig {
+                spec: spec.clone(),
+                rootfs: rootfs.clone(),
+                bundle: bundle.clone(),
+                terminal: matches!(stdio, Stdio::Terminal),
+                join: None,
+            },
+            stdio,
+            &cgroup,
+        )?;
+        let pid = launched.pid;
         let state = State {
             id,
             bundle,
@@ -122,9 +97,10 @@ impl Container {
         undo.disarm();
         Ok(Container {
             state,
+            spec,
             cgroup,
-            init: Some(ours),
-            console,
+            console: launched.console.take(),
+            init: Some(launched),
         })
     }
 
@@ -162,18 +138,62 @@ impl Container {
             (Status::Created, Some(init)) => init,
             (status, _) => return Err(self.wrong_state(status, "start")),
         };
-        init.send(&ToInit::Start)?;
-        match init.recv::<FromInit>()? {
-            None => {}
-            Some((FromInit::Error(msg), _)) => return Err(Error::Init(msg)),
-            Some((other, _)) => {
-                return Err(Error::Init(format!(
-                    "unexpected message {other:?} at start"
-                )))
-            }
-        }
+        init.start()?;
         self.state.status = Status::Running;
         self.state.save()
+    }
+
+    /// Prepare a new process in the running container (its namespaces, cgroup and the
+    /// container's seccomp profile, with `config.process`'s args, env, cwd, user and
+    /// capabilities); it execs on [`ExecProcess::start`]. Refused unless the container runs.
+    /// Blocking.
+    pub fn exec(&self, config: ExecConfig) -> Result<ExecProcess> {
+        if self.state.status != Status::Running {
+            return Err(self.wrong_state(self.state.status, "exec"));
+        }
+        let mut spec = self.spec.clone();
+        spec.set_process(Some(config.process));
+        validate(&spec)?;
+        let launched = launch(
+            InitConfig {
+                spec,
+                rootfs: self.state.rootfs.clone(),
+                bundle: self.state.bundle.clone(),
+                terminal: matches!(config.stdio, Stdio::Terminal),
+                join: Some(self.state.pid),
+            },
+            config.stdio,
+            &self.cgroup,
+        )?;
+        Ok(ExecProcess::new(launched))
+    }
+
+    /// Freeze every process of the container.
+    pub fn pause(&mut self) -> Result<()> {
+        if self.state.status != Status::Running {
+            return Err(self.wrong_state(self.state.status, "pause"));
+        }
+        self.cgroup.freeze()?;
+        self.state.status = Status::Paused;
+        self.state.save()
+    }
+
+    /// Thaw a paused container.
+    pub fn resume(&mut self) -> Result<()> {
+        if self.state.status != Status::Paused {
+            return Err(self.wrong_state(self.state.status, "resume"));
+        }
+        self.cgroup.thaw()?;
+        self.state.status = Status::Running;
+        self.state.save()
+    }
+
+    /// Apply new cgroup resources to the running container.
+    pub fn update(&mut self, resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+        if self.state.status == Status::Stopped {
+            return Err(self.wrong_state(self.state.status, "update"));
+        }
+        self.cgroup.update(resources)
     }
 
     /// Send `signal` to PID 1, or to every process of the container when `all`.
@@ -242,23 +262,19 @@ fn teardown(state: &State, cgroup: &Cgroup) -> Result<()> {
 #[derive(Default)]
 struct Undo {
     rootfs: Option<(PathBuf, Vec<RootfsMount>)>,
+    /// Destroying it SIGKILLs every process the launch left in it.
     cgroup: Option<Cgroup>,
-    pids: Vec<i32>,
 }
 
 impl Undo {
     fn disarm(&mut self) {
         self.rootfs = None;
         self.cgroup = None;
-        self.pids.clear();
     }
 }
 
 impl Drop for Undo {
     fn drop(&mut self) {
-        for pid in self.pids.drain(..).rev() {
-            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-        }
         if let Some(cg) = self.cgroup.take() {
             if let Err(e) = cg.destroy() {
                 log::warn!("undo create: {e}");
@@ -285,48 +301,6 @@ fn validate(spec: &Spec) -> Result<()> {
         return Err(Error::InvalidSpec("linux section is missing".into()));
     }
     Ok(())
-}
-
-/// Re-execute this binary as the init helper, with its end of the channel as [`INIT_FD`] and
-/// the workload's stdio as 0, 1, 2. The helper is never waited for here: the embedding
-/// process's reaper collects it.
-fn spawn_helper(chan: Channel, stdio: Stdio) -> Result<i32> {
-    let mut cmd = Command::new("/proc/self/exe");
-    cmd.arg0("cryo-init").env(INIT_ENV, "1");
-    let null = std::process::Stdio::null;
-    match stdio {
-        Stdio::Null | Stdio::Terminal => {
-            cmd.stdin(null()).stdout(null()).stderr(null());
-        }
-        Stdio::Fds {
-            stdin,
-            stdout,
-            stderr,
-        } => {
-            let pick = |fd: Option<OwnedFd>| fd.map_or_else(null, std::process::Stdio::from);
-            cmd.stdin(pick(stdin))
-                .stdout(pick(stdout))
-                .stderr(pick(stderr));
-        }
-    }
-    let fd = chan.as_fd().as_raw_fd();
-    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if fd == INIT_FD {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, INIT_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd
-        .spawn()
-        .map_err(|e| Error::io("spawn the init helper", e))?;
-    Ok(child.id() as i32)
 }
 
 /// Namespaces as the state records them.

@@ -20,11 +20,14 @@ pub mod cgroup;
 pub mod config;
 pub mod container;
 pub mod error;
+pub mod exec;
 pub mod init;
+mod launch;
 pub mod mount;
 pub mod state;
 
 pub use config::{ContainerConfig, RootfsMount, Stdio};
 pub use container::Container;
 pub use error::{Error, Result};
+pub use exec::{ExecConfig, ExecProcess};
 pub use state::State;

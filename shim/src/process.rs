@@ -1,32 +1,35 @@
 //! One task as the shim holds it: the engine's container, its stdio copies, its exit, and the
 //! events of its life (TaskCreate, TaskStart, TaskExit, in that order).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use containerd_shim_protos::api::{self, Status};
-use containerd_shim_protos::events::task::{TaskCreate, TaskExit, TaskIO, TaskStart};
-use containerd_shim_protos::protobuf::MessageField;
+use containerd_shim_protos::events::task::{TaskCreate, TaskExit, TaskIO, TaskOOM, TaskStart};
+use containerd_shim_protos::protobuf::{MessageDyn, MessageField};
 use containerd_shim_protos::topics::{
-    TASK_CREATE_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
+    TASK_CREATE_EVENT_TOPIC, TASK_EXIT_EVENT_TOPIC, TASK_OOM_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
 };
 use containerd_shim_protos::ttrpc;
 use cryo_sandbox::state::Status as EngineStatus;
 use cryo_sandbox::{Container, ContainerConfig, RootfsMount};
-use log::info;
+use log::{info, warn};
 use oci_spec::runtime::Spec;
 use tokio::sync::watch;
 
 use crate::errors;
 use crate::events::Events;
+use crate::exec::ExecTask;
 use crate::exits::{Exit, Exits};
-use crate::stdio::{self, StdioPaths};
+use crate::metrics;
+use crate::stdio::{self, Io, IoControl, StdioPaths};
 
 /// How long an exit waits for its stdio copies to drain.
 const IO_DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
-/// The shim's record of one container (its init process).
+/// The shim's record of one container: its init process and the processes exec'd into it.
 pub struct Task {
     pub id: String,
     pub bundle: String,
@@ -34,9 +37,89 @@ pub struct Task {
     pub stdio: StdioPaths,
     /// The engine's container; `None` once destroyed.
     container: Arc<Mutex<Option<Container>>>,
+    life: Life,
+    execs: Mutex<HashMap<String, Arc<ExecTask>>>,
+}
+
+/// What every process of a task (init or exec) shares: its exit as it becomes known, the lock
+/// that orders its start before its exit, and the handle on its stdio.
+pub struct Life {
     exit: watch::Receiver<Option<Exit>>,
     /// Held while Start runs so that TaskExit never precedes TaskStart.
-    start_lock: Arc<tokio::sync::Mutex<()>>,
+    pub start_lock: Arc<tokio::sync::Mutex<()>>,
+    pub io: IoControl,
+}
+
+/// Who a process is, for its TaskExit event.
+pub struct ExitNames {
+    pub container_id: String,
+    /// The exec id, or the container id for the init process (as the runc shim sends it).
+    pub id: String,
+    pub pid: i32,
+}
+
+impl Life {
+    /// Follow a process to its exit: drain its stdio, run `on_exit`, make the exit known, and
+    /// publish TaskExit (after TaskStart if a start is under way).
+    pub fn follow(
+        exit_rx: tokio::sync::oneshot::Receiver<Exit>,
+        mut io: Io,
+        events: Arc<Events>,
+        names: ExitNames,
+        on_exit: impl FnOnce() + Send + 'static,
+    ) -> Life {
+        let (exit_tx, exit) = watch::channel(None);
+        let start_lock = Arc::new(tokio::sync::Mutex::new(()));
+        let control = io.control();
+        let lock = start_lock.clone();
+        tokio::spawn(async move {
+            let Ok(exit) = exit_rx.await else { return };
+            io.wait_outputs(IO_DRAIN_LIMIT).await;
+            let _started = lock.lock().await;
+            on_exit();
+            let _ = exit_tx.send(Some(exit.clone()));
+            info!("process {} exited with {}", names.id, exit.status);
+            events
+                .publish(
+                    TASK_EXIT_EVENT_TOPIC,
+                    Box::new(TaskExit {
+                        container_id: names.container_id,
+                        id: names.id,
+                        pid: names.pid as u32,
+                        exit_status: exit.status,
+                        exited_at: MessageField::some(exit.at),
+                        ..Default::default()
+                    }),
+                )
+                .await;
+        });
+        Life {
+            exit,
+            start_lock,
+            io: control,
+        }
+    }
+
+    pub fn exited(&self) -> Option<Exit> {
+        self.exit.borrow().clone()
+    }
+
+    /// Wait for the exit (known only after stdio drained).
+    pub async fn wait(&self) -> Exit {
+        let mut rx = self.exit.clone();
+        loop {
+            if let Some(exit) = rx.borrow_and_update().clone() {
+                return exit;
+            }
+            if rx.changed().await.is_err() {
+                // The exit path is gone without an exit: report what State would say.
+                return Exit {
+                    status: 255,
+                    at: containerd_shim::util::timestamp().unwrap_or_default(),
+                };
+            }
+        }
+    }
 }
 
 type TtrpcResult<T> = Result<T, ttrpc::Error>;
@@ -95,46 +178,31 @@ impl Task {
         }
         info!("created container {} (pid {pid})", req.id);
 
-        let (exit_tx, exit) = watch::channel(None);
+        let container = Arc::new(Mutex::new(Some(container)));
+        let on_exit = {
+            let container = container.clone();
+            move || {
+                if let Some(c) = lock(&container).as_mut() {
+                    c.set_stopped();
+                }
+            }
+        };
+        let names = ExitNames {
+            container_id: req.id.clone(),
+            id: req.id.clone(),
+            pid,
+        };
+        let life = Life::follow(exit_rx, io, events.clone(), names, on_exit);
         let task = Arc::new(Task {
             id: req.id.clone(),
             bundle: req.bundle.clone(),
             pid,
             stdio: paths,
-            container: Arc::new(Mutex::new(Some(container))),
-            exit,
-            start_lock: Arc::new(tokio::sync::Mutex::new(())),
+            container,
+            life,
+            execs: Mutex::new(HashMap::new()),
         });
-
-        // The exit path: drain stdio, record, then publish (after TaskStart if one runs).
-        let (container, start_lock, id, ev) = (
-            task.container.clone(),
-            task.start_lock.clone(),
-            task.id.clone(),
-            events.clone(),
-        );
-        tokio::spawn(async move {
-            let Ok(exit) = exit_rx.await else { return };
-            io.wait_outputs(IO_DRAIN_LIMIT).await;
-            let _started = start_lock.lock().await;
-            if let Some(c) = lock(&container).as_mut() {
-                c.set_stopped();
-            }
-            let _ = exit_tx.send(Some(exit.clone()));
-            info!("container {id} exited with {}", exit.status);
-            ev.publish(
-                TASK_EXIT_EVENT_TOPIC,
-                Box::new(TaskExit {
-                    container_id: id.clone(),
-                    id,
-                    pid: pid as u32,
-                    exit_status: exit.status,
-                    exited_at: MessageField::some(exit.at),
-                    ..Default::default()
-                }),
-            )
-            .await;
-        });
+        task.watch_oom(events.clone());
 
         events
             .publish(
@@ -161,7 +229,7 @@ impl Task {
 
     /// Let PID 1 exec the workload and publish TaskStart.
     pub async fn start(&self, events: &Events) -> TtrpcResult<u32> {
-        let _guard = self.start_lock.lock().await;
+        let _guard = self.life.start_lock.lock().await;
         match self.engine_status() {
             EngineStatus::Created => {}
             other => {
@@ -203,24 +271,103 @@ impl Task {
     }
 
     pub fn exited(&self) -> Option<Exit> {
-        self.exit.borrow().clone()
+        self.life.exited()
     }
 
     /// Wait for the exit (published only after stdio drained).
     pub async fn wait(&self) -> Exit {
-        let mut rx = self.exit.clone();
-        loop {
-            if let Some(exit) = rx.borrow_and_update().clone() {
-                return exit;
-            }
-            if rx.changed().await.is_err() {
-                // The exit path is gone without an exit: report what State would say.
-                return Exit {
-                    status: 255,
-                    at: containerd_shim::util::timestamp().unwrap_or_default(),
-                };
-            }
+        self.life.wait().await
+    }
+
+    pub fn io(&self) -> &IoControl {
+        &self.life.io
+    }
+
+    /// Create an exec process in the running container (TaskExecAdded is published).
+    pub async fn exec(
+        &self,
+        req: &api::ExecProcessRequest,
+        exits: &Exits,
+        events: Arc<Events>,
+    ) -> TtrpcResult<()> {
+        let taken =
+            || errors::already_exists(format!("exec process {} already exists", req.exec_id));
+        if lock_execs(&self.execs).contains_key(&req.exec_id) {
+            return Err(taken());
         }
+        let exec = ExecTask::create(&self.id, req, &self.container, exits, events).await?;
+        let mut execs = lock_execs(&self.execs);
+        if execs.contains_key(&req.exec_id) {
+            return Err(taken());
+        }
+        execs.insert(req.exec_id.clone(), exec);
+        Ok(())
+    }
+
+    /// An exec process by id.
+    pub fn exec_process(&self, exec_id: &str) -> TtrpcResult<Arc<ExecTask>> {
+        lock_execs(&self.execs)
+            .get(exec_id)
+            .cloned()
+            .ok_or_else(|| errors::not_found(format!("process {exec_id} not found")))
+    }
+
+    /// Forget an exec process (its Delete).
+    pub fn remove_exec(&self, exec_id: &str) {
+        lock_execs(&self.execs).remove(exec_id);
+    }
+
+    pub fn pause(&self) -> TtrpcResult<()> {
+        with(&self.container, |c| c.pause())
+    }
+
+    pub fn resume(&self) -> TtrpcResult<()> {
+        with(&self.container, |c| c.resume())
+    }
+
+    pub fn update(&self, resources: &oci_spec::runtime::LinuxResources) -> TtrpcResult<()> {
+        with(&self.container, |c| c.update(resources))
+    }
+
+    /// The container's cgroup figures in containerd's metrics type.
+    pub fn metrics(&self) -> TtrpcResult<Box<dyn MessageDyn>> {
+        with(&self.container, |c| {
+            Ok(metrics::to_metrics(&c.cgroup().stats(), c.cgroup().v2()))
+        })
+    }
+
+    /// Publish TaskOOM for every OOM kill in the container's cgroup.
+    fn watch_oom(&self, events: Arc<Events>) {
+        let rx = match with(&self.container, |c| c.cgroup().oom_events()) {
+            Ok(rx) => rx,
+            Err(e) => {
+                warn!("container {}: no OOM events: {e:?}", self.id);
+                return;
+            }
+        };
+        let (tx, mut arx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            while rx.recv().is_ok() {
+                if tx.send(()).is_err() {
+                    return;
+                }
+            }
+        });
+        let id = self.id.clone();
+        tokio::spawn(async move {
+            while arx.recv().await.is_some() {
+                info!("container {id}: OOM kill");
+                events
+                    .publish(
+                        TASK_OOM_EVENT_TOPIC,
+                        Box::new(TaskOOM {
+                            container_id: id.clone(),
+                            ..Default::default()
+                        }),
+                    )
+                    .await;
+            }
+        });
     }
 
     pub fn status(&self) -> Status {
@@ -272,8 +419,14 @@ fn lock(c: &Mutex<Option<Container>>) -> std::sync::MutexGuard<'_, Option<Contai
     c.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+fn lock_execs(
+    m: &Mutex<HashMap<String, Arc<ExecTask>>>,
+) -> std::sync::MutexGuard<'_, HashMap<String, Arc<ExecTask>>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Run an engine call on a container that must still exist.
-fn with<R>(
+pub fn with<R>(
     c: &Mutex<Option<Container>>,
     f: impl FnOnce(&mut Container) -> cryo_sandbox::Result<R>,
 ) -> TtrpcResult<R> {

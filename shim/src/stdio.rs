@@ -3,8 +3,9 @@
 //! an output is done when its pipe reaches EOF, so no output is lost at exit.
 
 use std::fs::{File, OpenOptions};
-use std::io;
-use std::os::fd::OwnedFd;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cryo_sandbox::Stdio;
@@ -24,6 +25,52 @@ pub struct StdioPaths {
 #[derive(Default)]
 pub struct Io {
     outputs: Vec<oneshot::Receiver<()>>,
+    control: IoControl,
+}
+
+/// What requests act on while the copies run: stdin (CloseIO) and the pty (ResizePty).
+#[derive(Clone, Default)]
+pub struct IoControl {
+    /// Where stdin's copy writes; taking it closes the process's stdin.
+    stdin: Arc<Mutex<Option<File>>>,
+    /// The pty master (a duplicate), when the process has a terminal.
+    console: Arc<Mutex<Option<OwnedFd>>>,
+}
+
+impl IoControl {
+    /// Close the process's stdin: a pipe sees EOF; a terminal gets an end-of-file character.
+    pub fn close_stdin(&self) {
+        let writer = lock(&self.stdin).take();
+        if let (Some(mut w), Some(_)) = (writer, lock(&self.console).as_ref()) {
+            let _ = w.write_all(&[4]);
+        }
+    }
+
+    /// Set the terminal's window size; an error when the process has no terminal.
+    pub fn resize(&self, width: u16, height: u16) -> io::Result<()> {
+        let console = lock(&self.console);
+        let Some(fd) = console.as_ref() else {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the process has no terminal",
+            ));
+        };
+        let ws = libc::winsize {
+            ws_row: height,
+            ws_col: width,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ with a valid winsize on an open pty master.
+        if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &ws) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Make the pipes for a process: the engine gets the container's ends, the shim copies ours.
@@ -37,7 +84,7 @@ pub fn prepare(paths: &StdioPaths) -> io::Result<(Stdio, Io)> {
         None
     } else {
         let (r, w) = pipe()?;
-        copy_in(paths.stdin.clone(), w);
+        copy_in(paths.stdin.clone(), w, &io.control);
         Some(r)
     };
     let stdout = output(&paths.stdout, &mut io)?;
@@ -64,13 +111,19 @@ fn output(path: &str, io: &mut Io) -> io::Result<Option<OwnedFd>> {
 impl Io {
     /// Copy a terminal's master to stdout and stdin into it.
     pub fn attach_console(&mut self, master: OwnedFd, paths: &StdioPaths) -> io::Result<()> {
+        *lock(&self.control.console) = Some(master.try_clone()?);
         if !paths.stdin.is_empty() {
-            copy_in(paths.stdin.clone(), master.try_clone()?);
+            copy_in(paths.stdin.clone(), master.try_clone()?, &self.control);
         }
         if !paths.stdout.is_empty() {
             self.outputs.push(copy_out(master, paths.stdout.clone()));
         }
         Ok(())
+    }
+
+    /// The handle for CloseIO and ResizePty.
+    pub fn control(&self) -> IoControl {
+        self.control.clone()
     }
 
     /// Wait until every output reached EOF, at most `limit` (a process that left a child
@@ -93,16 +146,33 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
-/// FIFO → container: ends (closing the container's stdin) when the writer closes the FIFO.
-fn copy_in(fifo: String, to: OwnedFd) {
+/// FIFO → container: ends (closing the container's stdin) when the writer closes the FIFO
+/// or CloseIO takes the writer away.
+fn copy_in(fifo: String, to: OwnedFd, control: &IoControl) {
+    *lock(&control.stdin) = Some(File::from(to));
+    let target = control.stdin.clone();
     std::thread::spawn(move || {
-        let result =
-            File::open(&fifo).and_then(|mut from| io::copy(&mut from, &mut File::from(to)));
-        if let Err(e) = result {
-            if e.kind() != io::ErrorKind::BrokenPipe {
+        let mut from = match File::open(&fifo) {
+            Ok(f) => f,
+            Err(e) => {
                 warn!("stdin {fifo}: {e}");
+                target.lock().unwrap_or_else(|e| e.into_inner()).take();
+                return;
+            }
+        };
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let mut guard = lock(&target);
+            let Some(to) = guard.as_mut() else { return };
+            if to.write_all(&buf[..n]).is_err() {
+                break;
             }
         }
+        lock(&target).take();
     });
 }
 

@@ -7,10 +7,12 @@ use async_trait::async_trait;
 use containerd_shim::asynchronous::ExitSignal;
 use containerd_shim::TtrpcResult;
 use containerd_shim_protos::api::{self, ProcessInfo};
-use containerd_shim_protos::events::task::TaskDelete;
+use containerd_shim_protos::events::task::{TaskDelete, TaskPaused, TaskResumed};
 use containerd_shim_protos::protobuf::MessageField;
 use containerd_shim_protos::shim_async::Task as TaskApi;
-use containerd_shim_protos::topics::TASK_DELETE_EVENT_TOPIC;
+use containerd_shim_protos::topics::{
+    TASK_DELETE_EVENT_TOPIC, TASK_PAUSED_EVENT_TOPIC, TASK_RESUMED_EVENT_TOPIC,
+};
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 use log::info;
 
@@ -35,15 +37,6 @@ impl TaskService {
             events: Arc::new(events),
             exit,
         }
-    }
-}
-
-/// Exec processes arrive with the next issue; until then an exec id names nothing.
-fn no_exec(exec_id: &str) -> TtrpcResult<()> {
-    if exec_id.is_empty() {
-        Ok(())
-    } else {
-        Err(errors::not_found(format!("process {exec_id} not found")))
     }
 }
 
@@ -75,8 +68,12 @@ impl TaskApi for TaskService {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        no_exec(&req.exec_id)?;
-        let pid = self.pod.get(&req.id)?.start(&self.events).await?;
+        let task = self.pod.get(&req.id)?;
+        let pid = if req.exec_id.is_empty() {
+            task.start(&self.events).await?
+        } else {
+            task.exec_process(&req.exec_id)?.start(&self.events).await?
+        };
         Ok(api::StartResponse {
             pid,
             ..Default::default()
@@ -88,8 +85,25 @@ impl TaskApi for TaskService {
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        no_exec(&req.exec_id)?;
         let task = self.pod.get(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let exec = task.exec_process(&req.exec_id)?;
+            let exit = exec.exited();
+            return Ok(api::StateResponse {
+                id: exec.exec_id.clone(),
+                bundle: task.bundle.clone(),
+                pid: exec.pid as u32,
+                status: exec.status().into(),
+                stdin: exec.stdio.stdin.clone(),
+                stdout: exec.stdio.stdout.clone(),
+                stderr: exec.stdio.stderr.clone(),
+                terminal: exec.stdio.terminal,
+                exit_status: exit.as_ref().map_or(0, |e| e.status),
+                exited_at: MessageField::from_option(exit.map(|e| e.at)),
+                exec_id: exec.exec_id.clone(),
+                ..Default::default()
+            });
+        }
         let exit = task.exited();
         Ok(api::StateResponse {
             id: task.id.clone(),
@@ -107,8 +121,12 @@ impl TaskApi for TaskService {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        no_exec(&req.exec_id)?;
-        self.pod.get(&req.id)?.kill(req.signal, req.all)?;
+        let task = self.pod.get(&req.id)?;
+        if req.exec_id.is_empty() {
+            task.kill(req.signal, req.all)?;
+        } else {
+            task.exec_process(&req.exec_id)?.kill(req.signal)?;
+        }
         Ok(api::Empty::default())
     }
 
@@ -117,8 +135,12 @@ impl TaskApi for TaskService {
         _ctx: &TtrpcContext,
         req: api::WaitRequest,
     ) -> TtrpcResult<api::WaitResponse> {
-        no_exec(&req.exec_id)?;
-        let exit = self.pod.get(&req.id)?.wait().await;
+        let task = self.pod.get(&req.id)?;
+        let exit = if req.exec_id.is_empty() {
+            task.wait().await
+        } else {
+            task.exec_process(&req.exec_id)?.wait().await
+        };
         Ok(api::WaitResponse {
             exit_status: exit.status,
             exited_at: MessageField::some(exit.at),
@@ -149,8 +171,18 @@ impl TaskApi for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
-        no_exec(&req.exec_id)?;
         let task = self.pod.get(&req.id)?;
+        if !req.exec_id.is_empty() {
+            let exec = task.exec_process(&req.exec_id)?;
+            let exit = exec.finish().await?;
+            task.remove_exec(&req.exec_id);
+            return Ok(api::DeleteResponse {
+                pid: exec.pid as u32,
+                exit_status: exit.status,
+                exited_at: MessageField::some(exit.at),
+                ..Default::default()
+            });
+        }
         let exit = task.destroy().await?;
         self.pod.remove(&req.id);
         info!("deleted container {}", req.id);
@@ -170,6 +202,109 @@ impl TaskApi for TaskService {
             pid: task.pid as u32,
             exit_status: exit.status,
             exited_at: MessageField::some(exit.at),
+            ..Default::default()
+        })
+    }
+
+    async fn exec(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ExecProcessRequest,
+    ) -> TtrpcResult<api::Empty> {
+        info!("exec {} in {}", req.exec_id, req.id);
+        let task = self.pod.get(&req.id)?;
+        task.exec(&req, &self.exits, self.events.clone()).await?;
+        Ok(api::Empty::default())
+    }
+
+    async fn resize_pty(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResizePtyRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let task = self.pod.get(&req.id)?;
+        let (width, height) = (req.width as u16, req.height as u16);
+        let result = if req.exec_id.is_empty() {
+            task.io().resize(width, height)
+        } else {
+            task.exec_process(&req.exec_id)?.io().resize(width, height)
+        };
+        result.map_err(|e| errors::failed_precondition(format!("resize {}: {e}", req.id)))?;
+        Ok(api::Empty::default())
+    }
+
+    async fn close_io(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CloseIORequest,
+    ) -> TtrpcResult<api::Empty> {
+        let task = self.pod.get(&req.id)?;
+        if req.stdin {
+            if req.exec_id.is_empty() {
+                task.io().close_stdin();
+            } else {
+                task.exec_process(&req.exec_id)?.io().close_stdin();
+            }
+        }
+        Ok(api::Empty::default())
+    }
+
+    async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
+        self.pod.get(&req.id)?.pause()?;
+        self.events
+            .publish(
+                TASK_PAUSED_EVENT_TOPIC,
+                Box::new(TaskPaused {
+                    container_id: req.id.clone(),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        Ok(api::Empty::default())
+    }
+
+    async fn resume(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ResumeRequest,
+    ) -> TtrpcResult<api::Empty> {
+        self.pod.get(&req.id)?.resume()?;
+        self.events
+            .publish(
+                TASK_RESUMED_EVENT_TOPIC,
+                Box::new(TaskResumed {
+                    container_id: req.id.clone(),
+                    ..Default::default()
+                }),
+            )
+            .await;
+        Ok(api::Empty::default())
+    }
+
+    async fn update(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::UpdateTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        let task = self.pod.get(&req.id)?;
+        let resources: oci_spec::runtime::LinuxResources =
+            serde_json::from_slice(&req.resources.value).map_err(|e| {
+                errors::invalid_argument(format!("update {}: resources: {e}", req.id))
+            })?;
+        task.update(&resources)?;
+        Ok(api::Empty::default())
+    }
+
+    async fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        let metrics = self.pod.get(&req.id)?.metrics()?;
+        let any = containerd_shim::util::convert_to_any(metrics)
+            .map_err(|e| errors::internal(format!("stats {}: {e}", req.id)))?;
+        Ok(api::StatsResponse {
+            stats: MessageField::some(any),
             ..Default::default()
         })
     }

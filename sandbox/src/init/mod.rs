@@ -59,12 +59,19 @@ fn helper(chan: &Channel) -> Result<()> {
         Some((other, _)) => return Err(Error::Init(format!("expected Config, got {other:?}"))),
         None => return Err(Error::Init("engine closed the socket before Config".into())),
     };
-    namespaces::enter(&config.spec)?;
+    match config.join {
+        Some(pid) => namespaces::join(pid)?,
+        None => namespaces::enter(&config.spec)?,
+    }
     // SAFETY: the helper is single-threaded (a fresh exec that started no threads).
     match unsafe { fork() }.map_err(|e| Error::sys("fork PID 1", e))? {
         ForkResult::Parent { child } => chan.send(&FromInit::Pid(child.as_raw())),
         ForkResult::Child => {
-            let err = container_init(chan, config).unwrap_err();
+            let err = match config.join {
+                Some(_) => exec_init(chan, config),
+                None => container_init(chan, config),
+            }
+            .unwrap_err();
             let _ = chan.send(&FromInit::Error(err.to_string()));
             std::process::exit(1);
         }
@@ -84,7 +91,34 @@ fn container_init(chan: &Channel, config: InitConfig) -> Result<std::convert::In
         let master = console.ok_or_else(|| Error::Init("no pty was created".into()))?;
         chan.send_with_fd(&FromInit::Console, Some(master.as_fd()))?;
     }
+    process::configure_container(spec)?;
     process::configure(spec)?;
+    ready_then_exec(chan, spec, proc_spec)
+}
+
+/// An exec'd process, already in the container's namespaces (and so its root): a pty if asked
+/// for, the process spec, ready, start, exec. Returns only on error.
+fn exec_init(chan: &Channel, config: InitConfig) -> Result<std::convert::Infallible> {
+    nix::unistd::setsid().map_err(|e| Error::sys("setsid", e))?;
+    let spec = &config.spec;
+    let proc_spec = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::InvalidSpec("process is missing".into()))?;
+    if config.terminal {
+        let master = rootfs::console()?;
+        chan.send_with_fd(&FromInit::Console, Some(master.as_fd()))?;
+    }
+    process::configure(spec)?;
+    ready_then_exec(chan, spec, proc_spec)
+}
+
+/// Resolve the executable, report ready, wait for Start, exec. Returns only on error.
+fn ready_then_exec(
+    chan: &Channel,
+    spec: &oci_spec::runtime::Spec,
+    proc_spec: &oci_spec::runtime::Process,
+) -> Result<std::convert::Infallible> {
     let exec = process::prepare(proc_spec)?;
     chan.send(&FromInit::Ready)?;
     match chan.recv::<ToInit>()? {

@@ -40,6 +40,39 @@ pub fn enter(spec: &Spec) -> Result<()> {
     unshare(to_create).map_err(|e| Error::sys(format!("unshare {to_create:?}"), e))
 }
 
+/// Join every namespace of the running process `pid` that differs from ours (an exec into
+/// its container). The mount namespace is joined last: after it, /proc paths change meaning.
+pub fn join(pid: i32) -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let mut fds = Vec::new();
+    for (name, typ) in [
+        ("cgroup", LinuxNamespaceType::Cgroup),
+        ("ipc", LinuxNamespaceType::Ipc),
+        ("uts", LinuxNamespaceType::Uts),
+        ("net", LinuxNamespaceType::Network),
+        ("pid", LinuxNamespaceType::Pid),
+        ("mnt", LinuxNamespaceType::Mount),
+    ] {
+        let theirs = format!("/proc/{pid}/ns/{name}");
+        let ours = format!("/proc/self/ns/{name}");
+        let same = match (std::fs::metadata(&theirs), std::fs::metadata(&ours)) {
+            (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+            (Err(e), _) => return Err(Error::io(format!("container process {pid}: {theirs}"), e)),
+            _ => false,
+        };
+        if !same {
+            let fd =
+                std::fs::File::open(&theirs).map_err(|e| Error::io(format!("open {theirs}"), e))?;
+            fds.push((OwnedFd::from(fd), typ));
+        }
+    }
+    for (fd, typ) in &fds {
+        setns(fd, flag(*typ))
+            .map_err(|e| Error::sys(format!("join {typ} namespace of pid {pid}"), e))?;
+    }
+    Ok(())
+}
+
 /// Whether the spec gives the container a namespace of `typ` (new or joined).
 pub fn has(spec: &Spec, typ: LinuxNamespaceType) -> bool {
     spec.linux()

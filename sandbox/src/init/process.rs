@@ -16,12 +16,8 @@ use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 use super::{namespaces, seccomp};
 use crate::error::{Error, Result};
 
-/// Apply everything about the process but the exec itself. Runs as root, after pivot_root.
-pub fn configure(spec: &Spec) -> Result<()> {
-    let process = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| Error::InvalidSpec("process is missing".into()))?;
+/// What belongs to the whole container: hostname, domainname, sysctls (PID 1 only).
+pub fn configure_container(spec: &Spec) -> Result<()> {
     if namespaces::has(spec, LinuxNamespaceType::Uts) {
         if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
             nix::unistd::sethostname(h).map_err(|e| Error::sys(format!("sethostname {h}"), e))?;
@@ -42,6 +38,16 @@ pub fn configure(spec: &Spec) -> Result<()> {
                 .map_err(|e| Error::io(format!("sysctl {key}={value}"), e))?;
         }
     }
+    Ok(())
+}
+
+/// Apply everything about the process but the exec itself. Runs as root, inside the
+/// container's root.
+pub fn configure(spec: &Spec) -> Result<()> {
+    let process = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::InvalidSpec("process is missing".into()))?;
     if let Some(adj) = process.oom_score_adj() {
         std::fs::write("/proc/self/oom_score_adj", adj.to_string())
             .map_err(|e| Error::io(format!("oom_score_adj {adj}"), e))?;

@@ -31,6 +31,9 @@ pub struct InitConfig {
     pub bundle: PathBuf,
     /// Create a pty and send its master back.
     pub terminal: bool,
+    /// Exec into the running container whose PID 1 has this host pid (join its namespaces)
+    /// instead of creating a new container; `spec.process` is then the exec'd process.
+    pub join: Option<i32>,
 }
 
 /// Engine → helper.

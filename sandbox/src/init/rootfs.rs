@@ -357,7 +357,7 @@ fn pivot(rootfs: &Path) -> Result<()> {
 
 /// A new pty: the slave becomes stdio, controlling terminal and /dev/console; the master is
 /// returned for the engine.
-fn console() -> Result<OwnedFd> {
+pub fn console() -> Result<OwnedFd> {
     use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
     let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(|e| Error::sys("open /dev/ptmx", e))?;

@@ -1,0 +1,137 @@
+//! The host side of the init helper: spawn it (the current binary re-executed), place it in
+//! the container's cgroup, send its configuration, and collect what it reports until the new
+//! process is ready; later, tell it to exec. Used for a container's PID 1 and for exec'd
+//! processes alike.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::cgroup::Cgroup;
+use crate::config::Stdio;
+use crate::error::{Error, Result};
+use crate::init::protocol::{Channel, FromInit, InitConfig, ToInit};
+use crate::init::{INIT_ENV, INIT_FD};
+
+/// How long the init helper may take to get a process ready, or to exec after Start.
+const INIT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A process set up by the helper, waiting for [`Launched::start`].
+#[derive(Debug)]
+pub struct Launched {
+    /// Host pid of the process.
+    pub pid: i32,
+    /// The pty master when a terminal was asked for.
+    pub console: Option<OwnedFd>,
+    chan: Channel,
+}
+
+/// Spawn the helper for `config` in `cgroup` and wait until the process is ready. On failure
+/// the helper and the process are killed.
+pub fn launch(config: InitConfig, stdio: Stdio, cgroup: &Cgroup) -> Result<Launched> {
+    let terminal = config.terminal;
+    let (ours, theirs) = Channel::pair()?;
+    ours.set_timeout(INIT_TIMEOUT)?;
+    let mut spawned = Spawned(vec![spawn_helper(theirs, stdio)?]);
+    cgroup.add(spawned.0[0])?;
+    ours.send(&ToInit::Config(Box::new(config)))?;
+    let mut pid = None;
+    let mut console = None;
+    loop {
+        match ours.recv::<FromInit>()? {
+            Some((FromInit::Pid(p), _)) => {
+                spawned.0.push(p);
+                pid = Some(p);
+            }
+            Some((FromInit::Console, fd)) => console = fd,
+            Some((FromInit::Ready, _)) => break,
+            Some((FromInit::Error(msg), _)) => return Err(Error::Init(msg)),
+            None => {
+                return Err(Error::Init(
+                    "the init helper exited before the process was ready".into(),
+                ))
+            }
+        }
+    }
+    let pid = pid.ok_or_else(|| Error::Init("the process's pid was never reported".into()))?;
+    if terminal && console.is_none() {
+        return Err(Error::Init("no pty master was received".into()));
+    }
+    spawned.0.clear();
+    Ok(Launched {
+        pid,
+        console,
+        chan: ours,
+    })
+}
+
+impl Launched {
+    /// Let the process exec; returns once it did, or with the reason it could not.
+    pub fn start(self) -> Result<()> {
+        self.chan.send(&ToInit::Start)?;
+        match self.chan.recv::<FromInit>()? {
+            None => Ok(()),
+            Some((FromInit::Error(msg), _)) => Err(Error::Init(msg)),
+            Some((other, _)) => Err(Error::Init(format!(
+                "unexpected message {other:?} at start"
+            ))),
+        }
+    }
+}
+
+/// Processes to SIGKILL if the launch fails half-way.
+struct Spawned(Vec<i32>);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        for pid in self.0.drain(..).rev() {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+    }
+}
+
+/// Re-execute this binary as the init helper, with its end of the channel as [`INIT_FD`] and
+/// the process's stdio as 0, 1, 2. The helper is never waited for here: the embedding
+/// process's reaper collects it.
+fn spawn_helper(chan: Channel, stdio: Stdio) -> Result<i32> {
+    let mut cmd = Command::new("/proc/self/exe");
+    cmd.arg0("cryo-init").env(INIT_ENV, "1");
+    let null = std::process::Stdio::null;
+    match stdio {
+        Stdio::Null | Stdio::Terminal => {
+            cmd.stdin(null()).stdout(null()).stderr(null());
+        }
+        Stdio::Fds {
+            stdin,
+            stdout,
+            stderr,
+        } => {
+            let pick = |fd: Option<OwnedFd>| fd.map_or_else(null, std::process::Stdio::from);
+            cmd.stdin(pick(stdin))
+                .stdout(pick(stdout))
+                .stderr(pick(stderr));
+        }
+    }
+    let fd = chan.as_fd().as_raw_fd();
+    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if fd == INIT_FD {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, INIT_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error::io("spawn the init helper", e))?;
+    Ok(child.id() as i32)
+}
