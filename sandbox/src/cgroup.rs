@@ -11,6 +11,9 @@ use oci_spec::runtime::LinuxResources;
 
 use crate::error::{Error, Result};
 
+/// Stack size of the engine's watch threads.
+const WATCH_STACK: usize = 64 * 1024;
+
 /// OOM notifications closer together than this are one episode.
 const OOM_BURST: Duration = Duration::from_millis(100);
 
@@ -116,28 +119,33 @@ impl Cgroup {
         self.cgroup.v2()
     }
 
-    /// A channel that receives one message per OOM kill in the cgroup; it closes when the
-    /// cgroup is removed. v1: the memory controller's eventfd; v2: memory.events polled.
-    pub fn oom_events(&self) -> Result<std::sync::mpsc::Receiver<()>> {
-        let (tx, rx) = std::sync::mpsc::channel();
+    /// Call `on_oom` (from a thread of its own) once per OOM kill episode in the cgroup, until
+    /// the cgroup is removed. v1: the memory controller's eventfd, a burst of notifications
+    /// counting as one; v2: memory.events' `oom_kill` count, polled.
+    pub fn on_oom(&self, on_oom: impl Fn() + Send + 'static) -> Result<()> {
+        let spawn = |f: Box<dyn FnOnce() + Send>| {
+            std::thread::Builder::new()
+                .name("oom".into())
+                .stack_size(WATCH_STACK)
+                .spawn(f)
+                .map(|_| ())
+                .map_err(|e| Error::io("spawn the OOM watch thread", e))
+        };
         if self.v2() {
             let events = hierarchies::auto()
                 .root()
                 .join(self.path.trim_start_matches('/'))
                 .join("memory.events");
-            std::thread::spawn(move || {
+            return spawn(Box::new(move || {
                 let mut seen = oom_kills(&events).unwrap_or(0);
                 while let Some(now) = oom_kills(&events) {
-                    for _ in seen..now {
-                        if tx.send(()).is_err() {
-                            return;
-                        }
+                    if now > seen {
+                        on_oom();
                     }
                     seen = now;
                     std::thread::sleep(Duration::from_millis(200));
                 }
-            });
-            return Ok(rx);
+            }));
         }
         let mem: &cgroups_rs::fs::memory::MemController = self
             .cgroup
@@ -147,16 +155,13 @@ impl Cgroup {
             .register_oom_event("oom")
             .map_err(|e| err(&self.path, "register for oom events", e))?;
         // The eventfd fires for every OOM condition of one episode (often dozens, before the
-        // kill is even counted): report one event per burst.
-        std::thread::spawn(move || {
+        // kill is even counted): report one per burst.
+        spawn(Box::new(move || {
             while events.recv().is_ok() {
-                if tx.send(()).is_err() {
-                    return;
-                }
+                on_oom();
                 while events.recv_timeout(OOM_BURST).is_ok() {}
             }
-        });
-        Ok(rx)
+        }))
     }
 
     /// Resource usage figures.

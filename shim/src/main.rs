@@ -17,6 +17,21 @@ mod service;
 mod stdio;
 mod task;
 
+/// Engine calls (create, start, exec, delete) run on at most this many blocking threads.
+const BLOCKING_THREADS: usize = 4;
+
+/// Stack size of the shim's helper threads (they copy bytes and wait).
+pub const THREAD_STACK: usize = 256 * 1024;
+
+/// Give memory freed after a container came or went back to the system: a shim lives as long
+/// as its pod and mostly waits.
+pub fn release_memory() {
+    // SAFETY: malloc_trim only returns free heap pages to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// The runtime id containerd knows us by.
 pub const RUNTIME_ID: &str = "io.containerd.cryo.v2";
 
@@ -25,10 +40,20 @@ fn main() {
     // any thread exists.
     cryo_sandbox::init::run_if_requested();
 
+    // One malloc arena for all threads: the shim's threads mostly sleep, and per-thread arenas
+    // would multiply its resident memory.
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+
     // A single-threaded runtime keeps the shim small; blocking engine calls go to the blocking
     // pool.
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .thread_keep_alive(std::time::Duration::from_secs(1))
+        .thread_stack_size(THREAD_STACK)
         .build()
     {
         Ok(rt) => rt,

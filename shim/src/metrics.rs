@@ -25,10 +25,12 @@ fn to_v1(s: &CgroupStats) -> v1::Metrics {
     });
     let mut cpu = v1::CPUStat::new();
     if let Some(acct) = &s.cpu.cpu_acct {
+        // cpuacct.stat counts clock ticks; containerd reports nanoseconds.
+        let tick = nanos_per_tick();
         cpu.usage = MessageField::some(v1::CPUUsage {
             total: acct.total_usage,
-            kernel: acct.system_usage,
-            user: acct.user_usage,
+            kernel: acct.system_usage * tick,
+            user: acct.user_usage * tick,
             per_cpu: acct.usage_percpu.clone(),
             ..Default::default()
         });
@@ -91,6 +93,13 @@ fn to_v1(s: &CgroupStats) -> v1::Metrics {
         ..Default::default()
     });
     m
+}
+
+/// Nanoseconds per USER_HZ clock tick.
+fn nanos_per_tick() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    1_000_000_000 / if hz > 0 { hz as u64 } else { 100 }
 }
 
 fn to_v2(s: &CgroupStats) -> v2::Metrics {

@@ -338,21 +338,15 @@ impl Task {
 
     /// Publish TaskOOM for every OOM kill in the container's cgroup.
     fn watch_oom(&self, events: Arc<Events>) {
-        let rx = match with(&self.container, |c| c.cgroup().oom_events()) {
-            Ok(rx) => rx,
-            Err(e) => {
-                warn!("container {}: no OOM events: {e:?}", self.id);
-                return;
-            }
-        };
         let (tx, mut arx) = tokio::sync::mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            while rx.recv().is_ok() {
-                if tx.send(()).is_err() {
-                    return;
-                }
-            }
-        });
+        if let Err(e) = with(&self.container, |c| {
+            c.cgroup().on_oom(move || {
+                let _ = tx.send(());
+            })
+        }) {
+            warn!("container {}: no OOM events: {e:?}", self.id);
+            return;
+        }
         let id = self.id.clone();
         tokio::spawn(async move {
             while arx.recv().await.is_some() {

@@ -46,14 +46,12 @@ impl IoControl {
         }
     }
 
-    /// Set the terminal's window size; an error when the process has no terminal.
+    /// Set the terminal's window size. A process without a terminal ignores it, as with the
+    /// runc shim.
     pub fn resize(&self, width: u16, height: u16) -> io::Result<()> {
         let console = lock(&self.console);
         let Some(fd) = console.as_ref() else {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the process has no terminal",
-            ));
+            return Ok(());
         };
         let ws = libc::winsize {
             ws_row: height,
@@ -151,7 +149,7 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 fn copy_in(fifo: String, to: OwnedFd, control: &IoControl) {
     *lock(&control.stdin) = Some(File::from(to));
     let target = control.stdin.clone();
-    std::thread::spawn(move || {
+    spawn_thread(move || {
         let mut from = match File::open(&fifo) {
             Ok(f) => f,
             Err(e) => {
@@ -179,7 +177,7 @@ fn copy_in(fifo: String, to: OwnedFd, control: &IoControl) {
 /// Container → FIFO: done when the container side is closed by every process.
 fn copy_out(from: OwnedFd, fifo: String) -> oneshot::Receiver<()> {
     let (tx, rx) = oneshot::channel();
-    std::thread::spawn(move || {
+    spawn_thread(move || {
         let mut from = File::from(from);
         match OpenOptions::new().write(true).open(&fifo) {
             Ok(mut to) => {
@@ -198,4 +196,14 @@ fn copy_out(from: OwnedFd, fifo: String) -> oneshot::Receiver<()> {
         let _ = tx.send(());
     });
     rx
+}
+
+/// A copy thread with a small stack.
+fn spawn_thread(f: impl FnOnce() + Send + 'static) {
+    if let Err(e) = std::thread::Builder::new()
+        .stack_size(crate::THREAD_STACK)
+        .spawn(f)
+    {
+        warn!("cannot start a stdio copy thread: {e}");
+    }
 }

@@ -57,6 +57,7 @@ impl TaskApi for TaskService {
         let task = Task::create(&req, &self.exits, self.events.clone()).await?;
         let pid = task.pid as u32;
         self.pod.insert(task)?;
+        crate::release_memory();
         Ok(api::CreateTaskResponse {
             pid,
             ..Default::default()
@@ -185,6 +186,7 @@ impl TaskApi for TaskService {
         }
         let exit = task.destroy().await?;
         self.pod.remove(&req.id);
+        crate::release_memory();
         info!("deleted container {}", req.id);
         self.events
             .publish(
