@@ -58,12 +58,16 @@ impl Container {
             .and_then(|l| l.cgroups_path().as_ref())
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_else(|| format!("/cryo/{id}"));
-        let resources = spec.linux().as_ref().and_then(|l| l.resources().as_ref());
+        let resources = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().clone())
+            .map(with_default_devices);
 
         let mut undo = Undo::default();
         mount::mount_rootfs(&rootfs, &rootfs_mounts)?;
         undo.rootfs = Some((rootfs.clone(), rootfs_mounts.clone()));
-        let cgroup = Cgroup::create(&cgroup_path, resources)?;
+        let cgroup = Cgroup::create(&cgroup_path, resources.as_ref())?;
         undo.cgroup = Some(Cgroup::open(&cgroup_path)?);
 
         let mut launched = launch(
@@ -301,6 +305,42 @@ fn validate(spec: &Spec) -> Result<()> {
         return Err(Error::InvalidSpec("linux section is missing".into()));
     }
     Ok(())
+}
+
+/// The device rules of `resources` followed by the devices every container may use (as runc
+/// appends them): the default /dev nodes, the pty devices, and mknod of any device (access to
+/// it stays denied).
+fn with_default_devices(
+    mut resources: oci_spec::runtime::LinuxResources,
+) -> oci_spec::runtime::LinuxResources {
+    use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
+    let rule = |typ, major: Option<i64>, minor: Option<i64>, access: &str| {
+        let mut r = LinuxDeviceCgroup::default();
+        r.set_allow(true)
+            .set_typ(Some(typ))
+            .set_major(major)
+            .set_minor(minor)
+            .set_access(Some(access.to_string()));
+        r
+    };
+    let mut rules = resources.devices().clone().unwrap_or_default();
+    rules.push(rule(LinuxDeviceType::C, None, None, "m"));
+    rules.push(rule(LinuxDeviceType::B, None, None, "m"));
+    for (major, minor) in [
+        (1, 3),
+        (1, 5),
+        (1, 7),
+        (1, 8),
+        (1, 9),
+        (5, 0),
+        (5, 1),
+        (5, 2),
+    ] {
+        rules.push(rule(LinuxDeviceType::C, Some(major), Some(minor), "rwm"));
+    }
+    rules.push(rule(LinuxDeviceType::C, Some(136), None, "rwm"));
+    resources.set_devices(Some(rules));
+    resources
 }
 
 /// Namespaces as the state records them.

@@ -39,16 +39,19 @@ pub fn launch(config: InitConfig, stdio: Stdio, cgroup: &Cgroup) -> Result<Launc
     let mut spawned = Spawned(vec![spawn_helper(theirs, stdio)?]);
     cgroup.add(spawned.0[0])?;
     ours.send(&ToInit::Config(Box::new(config)))?;
+    // The helper reports the pid after its fork while the new process reports Ready: the two
+    // may arrive in either order.
     let mut pid = None;
     let mut console = None;
-    loop {
+    let mut ready = false;
+    while !(ready && pid.is_some()) {
         match ours.recv::<FromInit>()? {
             Some((FromInit::Pid(p), _)) => {
                 spawned.0.push(p);
                 pid = Some(p);
             }
             Some((FromInit::Console, fd)) => console = fd,
-            Some((FromInit::Ready, _)) => break,
+            Some((FromInit::Ready, _)) => ready = true,
             Some((FromInit::Error(msg), _)) => return Err(Error::Init(msg)),
             None => {
                 return Err(Error::Init(

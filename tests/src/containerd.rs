@@ -1,0 +1,254 @@
+//! A private containerd for one test run: everything (root, state, sockets, CNI dirs, the
+//! shim binary on its PATH) lives in a fresh temp dir, containers live in a unique namespace,
+//! and teardown kills and removes everything, then stops the daemon.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cmd::{self, Output};
+
+/// How long one `ctr` call may take.
+pub const CTR_LIMIT: Duration = Duration::from_secs(60);
+
+/// The runtimes the suite compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    Cryo,
+    Runc,
+}
+
+impl Runtime {
+    pub const ALL: [Runtime; 2] = [Runtime::Cryo, Runtime::Runc];
+
+    /// The name containerd knows it by.
+    pub fn id(self) -> &'static str {
+        match self {
+            Runtime::Cryo => "io.containerd.cryo.v2",
+            Runtime::Runc => "io.containerd.runc.v2",
+        }
+    }
+
+    /// Short name for test and container names.
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Cryo => "cryo",
+            Runtime::Runc => "runc",
+        }
+    }
+}
+
+pub struct Containerd {
+    /// The temp dir holding everything; removed at teardown.
+    pub dir: PathBuf,
+    pub namespace: String,
+    child: Option<Child>,
+}
+
+impl Containerd {
+    /// Start a private containerd that finds `shim` as `containerd-shim-cryo-v2`.
+    pub fn start(shim: &Path) -> Result<Containerd> {
+        if !shim.is_file() {
+            bail!(
+                "{} is missing: build it first (cargo build --workspace --bins)",
+                shim.display()
+            );
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("cryo-test-")
+            .tempdir_in("/tmp")?
+            .keep();
+        for sub in ["bin", "cni/bin", "cni/net.d"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        std::os::unix::fs::symlink(shim, dir.join("bin/containerd-shim-cryo-v2"))?;
+        std::fs::write(dir.join("config.toml"), config(&dir))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .subsec_nanos();
+        let namespace = format!("cryo-test-{}-{nanos}", std::process::id());
+        let log = std::fs::File::create(dir.join("containerd.log"))?;
+        let path = format!(
+            "{}:{}",
+            dir.join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .env("PATH", path)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("start containerd (is it installed? run scripts/setup)")?;
+        let mut cd = Containerd {
+            dir,
+            namespace,
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if cd.ctr(&["version"]).map(|o| o.code == 0).unwrap_or(false) {
+                return Ok(cd);
+            }
+            if Instant::now() > deadline {
+                let log = cd.log_tail();
+                cd.stop();
+                bail!("containerd did not come up; its log ends with:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn address(&self) -> PathBuf {
+        self.dir.join("c.sock")
+    }
+
+    /// `ctr -a SOCK -n NS args...`
+    pub fn ctr(&self, args: &[&str]) -> Result<Output> {
+        self.ctr_in(&self.namespace, args, None)
+    }
+
+    /// The same with `stdin` fed to ctr.
+    pub fn ctr_stdin(&self, args: &[&str], stdin: &[u8]) -> Result<Output> {
+        self.ctr_in(&self.namespace, args, Some(stdin))
+    }
+
+    /// `ctr` in another namespace (e.g. `k8s.io` for CRI).
+    pub fn ctr_in(&self, namespace: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Output> {
+        let mut c = Command::new("ctr");
+        c.arg("-a")
+            .arg(self.address())
+            .arg("-n")
+            .arg(namespace)
+            .args(args);
+        cmd::run(&mut c, stdin, CTR_LIMIT)
+    }
+
+    /// The last lines of containerd's log (for failure messages).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// SIGKILL every task of `namespace`, delete tasks, containers and images.
+    pub fn clean_namespace(&self, namespace: &str) {
+        let list = |args: &[&str]| -> Vec<String> {
+            self.ctr_in(namespace, args, None)
+                .map(|o| o.stdout.lines().map(str::to_string).collect())
+                .unwrap_or_default()
+        };
+        for id in list(&["task", "ls", "-q"]) {
+            let _ = self.ctr_in(
+                namespace,
+                &["task", "kill", "-a", "-s", "SIGKILL", &id],
+                None,
+            );
+        }
+        for id in list(&["task", "ls", "-q"]) {
+            for _ in 0..50 {
+                let o = self.ctr_in(namespace, &["task", "delete", &id], None);
+                if o.map(|o| o.code == 0).unwrap_or(false) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        for id in list(&["container", "ls", "-q"]) {
+            let _ = self.ctr_in(namespace, &["container", "delete", &id], None);
+        }
+        for img in list(&["image", "ls", "-q"]) {
+            let _ = self.ctr_in(namespace, &["image", "rm", &img], None);
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Remove everything this run made and stop containerd; then check that nothing is left
+    /// (mounts, processes, cgroups, the temp dir). Returns what was left, if anything.
+    pub fn teardown(mut self, namespaces: &[&str]) -> Result<()> {
+        self.clean_namespace(&self.namespace.clone());
+        for ns in namespaces {
+            self.clean_namespace(ns);
+        }
+        self.stop();
+        let mut left = crate::leftovers::find(&self.dir, &self.namespace);
+        // Unmount what is still mounted under the temp dir (reported above) so it can go.
+        for m in crate::leftovers::mounts_under(&self.dir) {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+        crate::leftovers::remove_empty_cgroups(&self.namespace);
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
+            left.push(format!("temp dir {}: {e}", self.dir.display()));
+        }
+        if !left.is_empty() {
+            bail!("the suite left things behind:\n  {}", left.join("\n  "));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// containerd's config (shared/ENVIRONMENT.md): everything under `dir`.
+fn config(dir: &Path) -> String {
+    let t = dir.display();
+    format!(
+        r#"version = 2
+root = "{t}/root"
+state = "{t}/state"
+[grpc]
+  address = "{t}/c.sock"
+[ttrpc]
+  address = "{t}/c.sock.ttrpc"
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{t}/opt"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{pause}"
+  netns_mounts_under_state_dir = true
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{t}/cni/bin"
+    conf_dir = "{t}/cni/net.d"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cryo]
+    runtime_type = "io.containerd.cryo.v2"
+    pod_annotations = ["dev.cryo.spec.mount.*", "dev.gvisor.spec.mount.*"]
+"#,
+        pause = crate::image::PAUSE_IMAGE,
+    )
+}
+
+/// The shim built next to this test binary (`<target>/debug/containerd-shim-cryo-v2`).
+pub fn built_shim() -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    // <target>/debug/deps/<test>-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary has no target dir")?;
+    Ok(profile_dir.join("containerd-shim-cryo-v2"))
+}
