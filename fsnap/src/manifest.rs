@@ -1,0 +1,424 @@
+//! The manifest, `fscheckpoint.json`: what a snapshot holds and where. Its types, the version
+//! rules (a newer major is refused; minors only add what older readers may ignore inside
+//! `extensions`), and validation against the data file (ranges inside it, in order, not
+//! overlapping; counts sane). Unknown fields are refused: a manifest means exactly what this
+//! build understands or nothing.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// File name of the manifest inside a snapshot directory.
+pub const MANIFEST_FILE: &str = "fscheckpoint.json";
+/// File name of the data file (the concatenated tar sections).
+pub const DATA_FILE: &str = "data.multitar";
+/// The format this build writes, and the major version it reads.
+pub const FORMAT_MAJOR: u32 = 1;
+pub const FORMAT_MINOR: u32 = 0;
+/// The format's name, so a stray JSON file is not mistaken for a snapshot.
+pub const FORMAT_NAME: &str = "cryo-fscheckpoint";
+
+/// What kind of upper layer a section holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ResourceKind {
+    /// A container's rootfs overlay upper directory.
+    RootfsUpper,
+    /// A pod volume (e.g. an emptyDir's overlay upper).
+    PodVolume,
+    /// A tmpfs mount's contents.
+    Tmpfs,
+}
+
+impl std::fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ResourceKind::RootfsUpper => "rootfs-upper",
+            ResourceKind::PodVolume => "pod-volume",
+            ResourceKind::Tmpfs => "tmpfs",
+        })
+    }
+}
+
+impl std::str::FromStr for ResourceKind {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Ok(match s {
+            "rootfs-upper" => ResourceKind::RootfsUpper,
+            "pod-volume" => ResourceKind::PodVolume,
+            "tmpfs" => ResourceKind::Tmpfs,
+            other => {
+                return Err(format!(
+                    "unknown kind {other:?} (rootfs-upper, pod-volume, tmpfs)"
+                ))
+            }
+        })
+    }
+}
+
+/// Which resource a section is the saved state of.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResourceId {
+    /// The container (or pod) it belongs to; empty when saved from a plain directory.
+    pub container: String,
+    /// The mount path (in the container) or directory it was saved from.
+    pub path: String,
+    pub kind: ResourceKind,
+}
+
+impl std::fmt::Display for ResourceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.container.is_empty() {
+            write!(f, "{} {}", self.kind, self.path)
+        } else {
+            write!(f, "{} {}:{}", self.kind, self.container, self.path)
+        }
+    }
+}
+
+/// One tar section of the data file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Section {
+    pub resource: ResourceId,
+    /// Byte range `[tar_start, tar_end)` of the data file holding this section's tar stream.
+    pub tar_start: u64,
+    pub tar_end: u64,
+    /// `blake3:<hex>` of the bytes in the range.
+    pub checksum: String,
+    /// Entries (files, directories, links, ...) in the section.
+    pub files: u64,
+    /// Bytes of file content as the files are seen (sparse files at their full size).
+    pub logical_bytes: u64,
+    /// Bytes of file content actually stored (holes are not).
+    pub stored_bytes: u64,
+}
+
+/// The manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: String,
+    /// `major.minor`.
+    pub version: String,
+    /// Who wrote it, e.g. `cryo-fsnap 0.1.0`.
+    pub producer: String,
+    /// Creation time, RFC 3339 UTC.
+    pub created: String,
+    /// Name of the data file in the snapshot directory.
+    pub data_file: String,
+    /// Its size in bytes.
+    pub data_size: u64,
+    pub sections: Vec<Section>,
+    /// Room for additions by later minor versions; readers ignore what they do not know.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extensions: BTreeMap<String, serde_json::Value>,
+}
+
+impl Manifest {
+    /// A manifest of this build's format version.
+    pub fn new(sections: Vec<Section>, data_size: u64) -> Manifest {
+        Manifest {
+            format: FORMAT_NAME.into(),
+            version: format!("{FORMAT_MAJOR}.{FORMAT_MINOR}"),
+            producer: format!("cryo-fsnap {}", env!("CARGO_PKG_VERSION")),
+            created: rfc3339_now(),
+            data_file: DATA_FILE.into(),
+            data_size,
+            sections,
+            extensions: BTreeMap::new(),
+        }
+    }
+
+    /// Read and validate the manifest of the snapshot in `dir` (against its data file's size).
+    pub fn load(dir: &Path) -> Result<Manifest> {
+        let path = dir.join(MANIFEST_FILE);
+        let bytes = std::fs::read(&path).map_err(|e| Error::Manifest {
+            path: path.clone(),
+            reason: format!("cannot read: {e}"),
+        })?;
+        let manifest = Manifest::parse(&bytes, &path)?;
+        let data = dir.join(&manifest.data_file);
+        let size = std::fs::metadata(&data)
+            .map_err(|e| Error::Manifest {
+                path: path.clone(),
+                reason: format!("data file {}: {e}", data.display()),
+            })?
+            .len();
+        if size != manifest.data_size {
+            return Err(Error::Manifest {
+                path,
+                reason: format!(
+                    "data file {} is {size} bytes, the manifest says {} (truncated or replaced)",
+                    manifest.data_file, manifest.data_size
+                ),
+            });
+        }
+        Ok(manifest)
+    }
+
+    /// Parse and validate manifest bytes (`path` only names it in errors).
+    pub fn parse(bytes: &[u8], path: &Path) -> Result<Manifest> {
+        let err = |reason: String| Error::Manifest {
+            path: path.to_path_buf(),
+            reason,
+        };
+        // Check the version before the shape: a newer major may look entirely different.
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| err(format!("not JSON: {e}")))?;
+        if let Some(v) = value.get("version").and_then(|v| v.as_str()) {
+            let major = parse_version(v).map_err(err)?.0;
+            if major > FORMAT_MAJOR {
+                return Err(Error::NewerFormat {
+                    found: v.to_string(),
+                    supported: FORMAT_MAJOR,
+                });
+            }
+        }
+        let m: Manifest = serde_json::from_value(value).map_err(|e| err(e.to_string()))?;
+        m.validate().map_err(err)?;
+        Ok(m)
+    }
+
+    /// Internal consistency: format name and version, a plain data file name, section ranges
+    /// in order inside the data file, counts that add up.
+    fn validate(&self) -> std::result::Result<(), String> {
+        if self.format != FORMAT_NAME {
+            return Err(format!("format {:?} is not {FORMAT_NAME:?}", self.format));
+        }
+        let (major, _) = parse_version(&self.version)?;
+        if major != FORMAT_MAJOR {
+            return Err(format!("unsupported version {}", self.version));
+        }
+        if self.data_file.is_empty()
+            || self.data_file.contains('/')
+            || self.data_file == "."
+            || self.data_file == ".."
+            || self.data_file == MANIFEST_FILE
+        {
+            return Err(format!(
+                "data_file {:?} is not a plain file name",
+                self.data_file
+            ));
+        }
+        let mut end = 0u64;
+        for (i, s) in self.sections.iter().enumerate() {
+            if s.tar_start < end {
+                return Err(format!(
+                    "section {i}: tar_start {} overlaps the previous section (ends at {end})",
+                    s.tar_start
+                ));
+            }
+            if s.tar_end < s.tar_start || (s.tar_end - s.tar_start) % 512 != 0 {
+                return Err(format!(
+                    "section {i}: range {}..{} is not a whole number of tar blocks",
+                    s.tar_start, s.tar_end
+                ));
+            }
+            if s.tar_end > self.data_size {
+                return Err(format!(
+                    "section {i}: tar_end {} is beyond the data file ({} bytes)",
+                    s.tar_end, self.data_size
+                ));
+            }
+            if s.stored_bytes > s.tar_end - s.tar_start {
+                return Err(format!(
+                    "section {i}: stored_bytes {} exceed the section's {} bytes",
+                    s.stored_bytes,
+                    s.tar_end - s.tar_start
+                ));
+            }
+            if s.stored_bytes > s.logical_bytes {
+                return Err(format!(
+                    "section {i}: stored_bytes {} exceed logical_bytes {}",
+                    s.stored_bytes, s.logical_bytes
+                ));
+            }
+            if s.files > (s.tar_end - s.tar_start) / 512 {
+                return Err(format!(
+                    "section {i}: {} files cannot fit in {} bytes",
+                    s.files,
+                    s.tar_end - s.tar_start
+                ));
+            }
+            checksum_hex(&s.checksum).map_err(|e| format!("section {i}: {e}"))?;
+            end = s.tar_end;
+        }
+        Ok(())
+    }
+
+    /// Write the manifest as `dir/fscheckpoint.json`.
+    pub fn write(&self, dir: &Path) -> Result<PathBuf> {
+        let path = dir.join(MANIFEST_FILE);
+        let bytes = serde_json::to_vec_pretty(self).map_err(|e| Error::Manifest {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        std::fs::write(&path, bytes)
+            .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+        Ok(path)
+    }
+}
+
+/// `"1.0"` → (1, 0).
+fn parse_version(v: &str) -> std::result::Result<(u32, u32), String> {
+    let (a, b) = v
+        .split_once('.')
+        .ok_or_else(|| format!("version {v:?} is not major.minor"))?;
+    let major = a
+        .parse()
+        .map_err(|_| format!("version {v:?} is not major.minor"))?;
+    let minor = b
+        .parse()
+        .map_err(|_| format!("version {v:?} is not major.minor"))?;
+    Ok((major, minor))
+}
+
+/// The checksum text for `hash`.
+pub fn checksum_text(hash: &blake3::Hash) -> String {
+    format!("blake3:{}", hash.to_hex())
+}
+
+/// The hex digest of a `blake3:<64 hex>` checksum.
+pub fn checksum_hex(c: &str) -> std::result::Result<&str, String> {
+    let hex = c
+        .strip_prefix("blake3:")
+        .ok_or_else(|| format!("checksum {c:?} is not blake3:<hex>"))?;
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("checksum {c:?} is not blake3:<64 hex digits>"));
+    }
+    Ok(hex)
+}
+
+/// Now as RFC 3339 UTC with seconds.
+fn rfc3339_now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = secs / 86400;
+    let rem = secs % 86400;
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 → (year, month, day) (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719468;
+    let era = z.div_euclid(146097);
+    let doe = z.rem_euclid(146097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        let mut m = Manifest::new(
+            vec![Section {
+                resource: ResourceId {
+                    container: "c1".into(),
+                    path: "/".into(),
+                    kind: ResourceKind::RootfsUpper,
+                },
+                tar_start: 0,
+                tar_end: 2048,
+                checksum: checksum_text(&blake3::hash(b"x")),
+                files: 1,
+                logical_bytes: 10,
+                stored_bytes: 10,
+            }],
+            2048,
+        );
+        m.created = "2026-01-01T00:00:00Z".into();
+        m
+    }
+
+    fn parse(m: &serde_json::Value) -> Result<Manifest> {
+        Manifest::parse(&serde_json::to_vec(m).unwrap(), Path::new("m.json"))
+    }
+
+    #[test]
+    fn a_written_manifest_parses_back() {
+        let m = sample();
+        let v = serde_json::to_value(&m).unwrap();
+        assert_eq!(parse(&v).unwrap(), m);
+    }
+
+    #[test]
+    fn a_newer_major_is_refused_by_name() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["version"] = "2.0".into();
+        v["something_new"] = true.into();
+        let e = parse(&v).unwrap_err();
+        assert!(matches!(e, Error::NewerFormat { .. }), "{e}");
+        assert!(e.to_string().contains("2.0"), "{e}");
+    }
+
+    #[test]
+    fn a_newer_minor_with_extensions_is_read() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["version"] = "1.7".into();
+        v["extensions"] = serde_json::json!({"future": {"x": 1}});
+        assert!(parse(&v).is_ok());
+    }
+
+    #[test]
+    fn unknown_and_missing_fields_are_refused() {
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["surprise"] = 1.into();
+        assert!(parse(&v).unwrap_err().to_string().contains("surprise"));
+        let mut v = serde_json::to_value(sample()).unwrap();
+        v["sections"][0].as_object_mut().unwrap().remove("checksum");
+        assert!(parse(&v).unwrap_err().to_string().contains("checksum"));
+    }
+
+    #[test]
+    fn impossible_numbers_are_refused() {
+        let cases: Vec<(&str, serde_json::Value)> = vec![
+            ("tar_end", serde_json::json!(4096)),
+            ("tar_end", serde_json::json!(100)),
+            ("tar_start", serde_json::json!(4096)),
+            ("files", serde_json::json!(1_000_000)),
+            ("stored_bytes", serde_json::json!(1u64 << 40)),
+            ("tar_end", serde_json::json!(1e30)),
+            ("tar_end", serde_json::json!(-1)),
+        ];
+        for (field, value) in cases {
+            let mut v = serde_json::to_value(sample()).unwrap();
+            v["sections"][0][field] = value.clone();
+            assert!(parse(&v).is_err(), "{field}={value} accepted");
+        }
+    }
+
+    #[test]
+    fn data_file_names_are_plain() {
+        for name in ["../x", "/etc/passwd", "", "fscheckpoint.json"] {
+            let mut v = serde_json::to_value(sample()).unwrap();
+            v["data_file"] = name.into();
+            assert!(parse(&v).is_err(), "{name} accepted");
+        }
+    }
+
+    #[test]
+    fn dates_are_civil() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20454), (2026, 1, 1));
+    }
+}

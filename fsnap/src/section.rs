@@ -1,0 +1,140 @@
+//! Reading one section of the data file: a byte range read with positional reads, hashed as
+//! it passes, so that a section's checksum is checked in the same pass that parses it.
+
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+
+use crate::error::{Error, Result};
+use crate::manifest::{checksum_hex, Section};
+use crate::tar::reader::Reader;
+use crate::tar::{Entry, Kind};
+
+/// `Read` over `[start, end)` of a file with positional reads.
+pub struct RangeReader<'a> {
+    file: &'a File,
+    pos: u64,
+    end: u64,
+}
+
+impl<'a> RangeReader<'a> {
+    pub fn new(file: &'a File, start: u64, end: u64) -> Self {
+        RangeReader {
+            file,
+            pos: start,
+            end,
+        }
+    }
+}
+
+impl Read for RangeReader<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = (self.end - self.pos).min(buf.len() as u64) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let n = self.file.read_at(&mut buf[..want], self.pos)?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the data file ends inside the section",
+            ));
+        }
+        self.pos += n as u64;
+        Ok(n)
+    }
+}
+
+/// A reader that hashes what passes through it.
+pub struct Hashing<R> {
+    pub inner: R,
+    pub hasher: blake3::Hasher,
+}
+
+impl<R> Hashing<R> {
+    pub fn new(inner: R) -> Self {
+        Hashing {
+            inner,
+            hasher: blake3::Hasher::new(),
+        }
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// The reader a section is parsed with.
+pub type SectionReader<'a> = Reader<Hashing<RangeReader<'a>>>;
+
+/// Parse section `index` of `data`: every entry (its path checked to stay inside the section)
+/// goes to `each`, which may consume its content; then the checksum of the whole range is
+/// compared. Any failure names the section.
+pub fn read_section(
+    data: &File,
+    index: usize,
+    s: &Section,
+    mut each: impl FnMut(&Entry, &mut SectionReader) -> Result<()>,
+) -> Result<()> {
+    let fail = |reason: String| Error::Section {
+        section: index,
+        resource: s.resource.to_string(),
+        reason,
+    };
+    let mut r = Reader::new(Hashing::new(RangeReader::new(data, s.tar_start, s.tar_end)));
+    let mut entries = 0u64;
+    while let Some(e) = r.next_entry().map_err(&fail)? {
+        check_path(&e.path).map_err(|reason| Error::Entry {
+            section: index,
+            entry: e.path.clone(),
+            reason,
+        })?;
+        if let Kind::HardLink(t) = &e.kind {
+            check_path(t).map_err(|reason| Error::Entry {
+                section: index,
+                entry: e.path.clone(),
+                reason: format!("hard link target: {reason}"),
+            })?;
+        }
+        entries += 1;
+        each(&e, &mut r)?;
+    }
+    r.drain().map_err(&fail)?;
+    let hash = r.into_inner().hasher.finalize();
+    let want = checksum_hex(&s.checksum).map_err(&fail)?;
+    if hash.to_hex().as_str() != want {
+        return Err(fail(format!(
+            "checksum mismatch: the data is corrupt or was changed (blake3 {} != {want})",
+            hash.to_hex()
+        )));
+    }
+    if entries != s.files {
+        return Err(fail(format!(
+            "holds {entries} entries, the manifest says {}",
+            s.files
+        )));
+    }
+    Ok(())
+}
+
+/// An entry path must be relative and stay inside the section: no leading `/`, no `..`, no
+/// NUL.
+pub fn check_path(path: &str) -> std::result::Result<(), String> {
+    if path.starts_with('/') {
+        return Err("absolute path refused".into());
+    }
+    if path.contains('\0') {
+        return Err("path with a NUL byte refused".into());
+    }
+    if path.split('/').any(|c| c == "..") {
+        return Err("path with '..' refused".into());
+    }
+    if path != "." && path.split('/').any(|c| c.is_empty() || c == ".") {
+        return Err("path with empty or '.' components refused".into());
+    }
+    Ok(())
+}
