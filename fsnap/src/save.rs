@@ -67,9 +67,7 @@ pub fn save(
                     reason: format!("rename into place: {e}"),
                 }
             })?;
-            if let Some(parent) = out.parent() {
-                fsync_dir(parent)?;
-            }
+            fsync_dir(&parent_dir(out))?;
             Ok(manifest)
         }
         Err(e) => {
@@ -105,6 +103,14 @@ fn check_destination(out: &Path) -> Result<()> {
     }
 }
 
+/// The directory holding `path` (`.` for a bare name).
+fn parent_dir(path: &Path) -> PathBuf {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 /// A fresh directory next to `path` for work in progress.
 pub(crate) fn temp_sibling(path: &Path, what: &str) -> Result<PathBuf> {
     let name = path
@@ -114,10 +120,7 @@ pub(crate) fn temp_sibling(path: &Path, what: &str) -> Result<PathBuf> {
             reason: "has no file name".into(),
         })?
         .to_string_lossy();
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
+    let parent = parent_dir(path);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.subsec_nanos())
