@@ -1,0 +1,346 @@
+//! Hostile and broken snapshots: hand-made tars with every escape (`..`, absolute names,
+//! symlink and hard-link escapes, device nodes), truncated and flipped data, wrong offsets,
+//! manifests with unknown, missing or impossible fields, a newer format; and a deterministic
+//! mutation run. Each is refused with an error naming the cause, nothing is written outside the
+//! target, and the target is left as it was.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::*;
+
+/// A test area: `snap` (the snapshot), `target` (where restores go), `outside` (must never
+/// change).
+struct Area {
+    dir: tempfile::TempDir,
+}
+
+impl Area {
+    fn new() -> Area {
+        let dir = tempfile::Builder::new()
+            .prefix("fsnap-hostile-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        std::fs::create_dir(dir.path().join("outside")).unwrap();
+        std::fs::write(dir.path().join("outside/keep"), b"untouched").unwrap();
+        Area { dir }
+    }
+    fn p(&self, s: &str) -> PathBuf {
+        self.dir.path().join(s)
+    }
+
+    /// Write a snapshot whose only section is `tar` (with a correct checksum, so that the
+    /// extraction's own checks are what refuse it).
+    fn snapshot_of(&self, tar: &[u8], files: u64) -> PathBuf {
+        let snap = self.p("snap");
+        std::fs::create_dir_all(&snap).unwrap();
+        std::fs::write(snap.join(fsnap::manifest::DATA_FILE), tar).unwrap();
+        fsnap::Manifest::new(
+            vec![fsnap::Section {
+                resource: source(Path::new("/x"), fsnap::ResourceKind::Tmpfs).resource,
+                tar_start: 0,
+                tar_end: tar.len() as u64,
+                checksum: fsnap::manifest::checksum_text(&blake3::hash(tar)),
+                files,
+                logical_bytes: 0,
+                stored_bytes: 0,
+            }],
+            tar.len() as u64,
+        )
+        .write(&snap)
+        .unwrap();
+        snap
+    }
+
+    /// Restore must fail with a message containing `needle`, and leave no trace.
+    fn refused(&self, snap: &Path, needle: &str) {
+        let target = self.p("target");
+        let e = restore_one(snap, 0, &target)
+            .expect_err("a hostile snapshot was restored")
+            .to_string();
+        assert!(
+            e.contains(needle),
+            "error {e:?} does not mention {needle:?}"
+        );
+        self.assert_untouched();
+    }
+
+    fn assert_untouched(&self) {
+        assert!(!self.p("target").exists(), "the target was created");
+        assert_eq!(
+            std::fs::read_dir(self.p("outside")).unwrap().count(),
+            1,
+            "something was written outside"
+        );
+        assert_eq!(std::fs::read(self.p("outside/keep")).unwrap(), b"untouched");
+        let strays: Vec<_> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains("fsnap-restore"))
+            .collect();
+        assert!(strays.is_empty(), "work directories left: {strays:?}");
+        assert!(!Path::new("/var/tmp/evil").exists() && !Path::new("/evil").exists());
+    }
+}
+
+/// A raw ustar header.
+fn header(name: &str, typeflag: u8, size: u64, link: &str, dev: (u32, u32)) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..107].copy_from_slice(b"0000644");
+    h[108..115].copy_from_slice(b"0000000");
+    h[116..123].copy_from_slice(b"0000000");
+    h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+    h[136..147].copy_from_slice(b"00000000000");
+    h[156] = typeflag;
+    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[329..336].copy_from_slice(format!("{:07o}", dev.0).as_bytes());
+    h[337..344].copy_from_slice(format!("{:07o}", dev.1).as_bytes());
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
+}
+
+/// A tar of `(header, content)` pairs, with the root directory first and the end blocks.
+fn tar(entries: &[([u8; 512], &[u8])]) -> (Vec<u8>, u64) {
+    let mut out = header("./", b'5', 0, "", (0, 0)).to_vec();
+    for (h, content) in entries {
+        out.extend_from_slice(h);
+        out.extend_from_slice(content);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    (out, entries.len() as u64 + 1)
+}
+
+fn file(name: &str, content: &'static [u8]) -> ([u8; 512], &'static [u8]) {
+    (
+        header(name, b'0', content.len() as u64, "", (0, 0)),
+        content,
+    )
+}
+
+#[test]
+fn parent_components_are_refused() {
+    for name in ["../evil", "a/../../evil", "../../../../../../var/tmp/evil"] {
+        let a = Area::new();
+        let (t, n) = tar(&[file(name, b"x")]);
+        a.refused(&a.snapshot_of(&t, n), "..");
+    }
+}
+
+#[test]
+fn absolute_names_are_refused() {
+    let a = Area::new();
+    let (t, n) = tar(&[file("/evil", b"x")]);
+    a.refused(&a.snapshot_of(&t, n), "absolute");
+}
+
+#[test]
+fn writing_through_a_symlink_that_leaves_is_refused() {
+    let a = Area::new();
+    let outside = a.p("outside");
+    let link = outside.to_str().unwrap();
+    let (t, n) = tar(&[
+        (header("abs", b'2', 0, link, (0, 0)), b""),
+        file("abs/planted", b"x"),
+    ]);
+    a.refused(&a.snapshot_of(&t, n), "outside the target");
+    let a = Area::new();
+    let (t, n) = tar(&[
+        (header("up", b'2', 0, "../outside", (0, 0)), b""),
+        file("up/planted", b"x"),
+    ]);
+    a.refused(&a.snapshot_of(&t, n), "outside the target");
+}
+
+#[test]
+fn hard_links_that_leave_are_refused() {
+    let a = Area::new();
+    let (t, n) = tar(&[(header("h", b'1', 0, "../outside/keep", (0, 0)), b"")]);
+    a.refused(&a.snapshot_of(&t, n), "..");
+    // Through a symlink to the outside.
+    let a = Area::new();
+    let link = a.p("outside");
+    let (t, n) = tar(&[
+        (header("l", b'2', 0, link.to_str().unwrap(), (0, 0)), b""),
+        (header("h", b'1', 0, "l/keep", (0, 0)), b""),
+    ]);
+    a.refused(&a.snapshot_of(&t, n), "outside the target");
+    let a = Area::new();
+    let (t, n) = tar(&[(header("h", b'1', 0, "/etc/passwd", (0, 0)), b"")]);
+    a.refused(&a.snapshot_of(&t, n), "absolute");
+}
+
+#[test]
+fn device_nodes_need_permission_but_whiteouts_do_not() {
+    let a = Area::new();
+    let (t, n) = tar(&[(header("mem", b'3', 0, "", (1, 1)), b"")]);
+    let snap = a.snapshot_of(&t, n);
+    a.refused(&snap, "device node 1:1 refused");
+    restore_with_devices(&snap, &a.p("target")).unwrap();
+    let a = Area::new();
+    let (t, n) = tar(&[(header("wh", b'3', 0, "", (0, 0)), b"")]);
+    restore_one(&a.snapshot_of(&t, n), 0, &a.p("target")).unwrap();
+}
+
+/// A real snapshot of a small tree.
+fn real_snapshot(a: &Area) -> PathBuf {
+    let src = a.p("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("a"), vec![b'a'; 20000]).unwrap();
+    std::fs::write(src.join("b"), b"bbb").unwrap();
+    let snap = a.p("snap");
+    save(&[&src], &snap).unwrap();
+    snap
+}
+
+fn data_path(snap: &Path) -> PathBuf {
+    snap.join(fsnap::manifest::DATA_FILE)
+}
+
+fn edit_manifest(snap: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let path = snap.join(fsnap::manifest::MANIFEST_FILE);
+    let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    f(&mut v);
+    std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+}
+
+#[test]
+fn a_truncated_data_file_is_refused() {
+    let a = Area::new();
+    let snap = real_snapshot(&a);
+    let len = std::fs::metadata(data_path(&snap)).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(data_path(&snap))
+        .unwrap();
+    f.set_len(len - 1000).unwrap();
+    a.refused(&snap, "truncated");
+    // Even with the manifest edited to match, the section no longer fits.
+    edit_manifest(&snap, |m| m["data_size"] = (len - 1000).into());
+    a.refused(&snap, "beyond the data file");
+}
+
+#[test]
+fn a_flipped_byte_is_refused_naming_the_section() {
+    for at in [700u64, 5000, 300] {
+        let a = Area::new();
+        let snap = real_snapshot(&a);
+        let mut data = std::fs::read(data_path(&snap)).unwrap();
+        data[at as usize] ^= 0x20;
+        std::fs::write(data_path(&snap), &data).unwrap();
+        a.refused(&snap, "section 0");
+        let e = fsnap::verify(&snap).unwrap_err().to_string();
+        assert!(e.contains("section 0"), "{e}");
+    }
+}
+
+#[test]
+fn wrong_offsets_are_refused() {
+    let a = Area::new();
+    let snap = real_snapshot(&a);
+    edit_manifest(&snap, |m| {
+        let s = &mut m["sections"][0];
+        s["tar_start"] = 512.into();
+    });
+    a.refused(&snap, "section 0");
+    let a = Area::new();
+    let snap = real_snapshot(&a);
+    edit_manifest(&snap, |m| m["sections"][0]["tar_end"] = 1000.into());
+    a.refused(&snap, "tar blocks");
+}
+
+#[test]
+fn bad_manifests_are_refused_by_name() {
+    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        (
+            "unknown field",
+            Box::new(|m| m["sections"][0]["owner"] = "me".into()),
+        ),
+        (
+            "missing field",
+            Box::new(|m| {
+                m.as_object_mut().unwrap().remove("data_size");
+            }),
+        ),
+        (
+            "huge",
+            Box::new(|m| m["sections"][0]["tar_end"] = serde_json::json!(1e40)),
+        ),
+        (
+            "files",
+            Box::new(|m| m["sections"][0]["files"] = serde_json::json!(u64::MAX)),
+        ),
+        ("newer", Box::new(|m| m["version"] = "3.1".into())),
+        ("format", Box::new(|m| m["format"] = "tarball".into())),
+    ];
+    for (what, edit) in cases {
+        let a = Area::new();
+        let snap = real_snapshot(&a);
+        edit_manifest(&snap, edit);
+        let e = restore_one(&snap, 0, &a.p("target"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("manifest") || e.contains("newer"), "{what}: {e}");
+        a.assert_untouched();
+    }
+}
+
+#[test]
+fn mutated_snapshots_never_escape_or_panic() {
+    // A fixed-seed run of random corruptions (the fuzz target explores further).
+    let mut seed = 0x9E3779B97F4A7C15u64;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let a = Area::new();
+    let pristine_dir = real_snapshot(&a);
+    let data = std::fs::read(data_path(&pristine_dir)).unwrap();
+    let manifest = std::fs::read(pristine_dir.join(fsnap::manifest::MANIFEST_FILE)).unwrap();
+    let mut refused = 0;
+    for _ in 0..300 {
+        let mut d = data.clone();
+        let mut m = manifest.clone();
+        match rand() % 4 {
+            0 => {
+                let i = (rand() % d.len() as u64) as usize;
+                d[i] ^= 1 << (rand() % 8);
+            }
+            1 => d.truncate((rand() % d.len() as u64) as usize),
+            2 => {
+                let i = (rand() % m.len() as u64) as usize;
+                m[i] = (rand() % 256) as u8;
+            }
+            _ => {
+                for _ in 0..8 {
+                    let i = (rand() % d.len() as u64) as usize;
+                    d[i] = (rand() % 256) as u8;
+                }
+            }
+        }
+        std::fs::write(data_path(&pristine_dir), &d).unwrap();
+        std::fs::write(pristine_dir.join(fsnap::manifest::MANIFEST_FILE), &m).unwrap();
+        let target = a.p("target");
+        match restore_one(&pristine_dir, 0, &target) {
+            Ok(_) => {
+                std::fs::remove_dir_all(&target).unwrap();
+            }
+            Err(_) => {
+                refused += 1;
+                a.assert_untouched();
+            }
+        }
+    }
+    assert!(
+        refused > 250,
+        "only {refused} of 300 corruptions were noticed"
+    );
+}
