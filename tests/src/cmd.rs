@@ -1,6 +1,7 @@
 //! Running a command with optional stdin and a time limit, capturing its output. A command
 //! that overstays its limit is killed and reported, so a hung runtime cannot hang the suite.
 
+use std::cell::Cell;
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -31,9 +32,31 @@ impl Output {
     }
 }
 
+thread_local! {
+    /// A deadline for every command this thread runs (see [`with_budget`]).
+    static DEADLINE: Cell<Option<Instant>> = const { Cell::new(None) };
+}
+
+/// Run `f` with every command it runs on this thread cut off at `budget` from now (or at
+/// its own limit, whichever comes first): a trial whose runtime hangs on every call still
+/// ends within its budget.
+pub fn with_budget<T>(budget: Duration, f: impl FnOnce() -> T) -> T {
+    let outer = DEADLINE.with(|d| d.replace(Some(Instant::now() + budget)));
+    let result = f();
+    DEADLINE.with(|d| d.set(outer));
+    result
+}
+
 /// Run `cmd`, feeding `stdin` (then closing it), for at most `limit`.
 pub fn run(cmd: &mut Command, stdin: Option<&[u8]>, limit: Duration) -> Result<Output> {
     let what = format!("{cmd:?}");
+    let mut deadline = Instant::now() + limit;
+    if let Some(budget) = DEADLINE.with(Cell::get) {
+        if budget <= Instant::now() {
+            bail!("time budget spent before {what}");
+        }
+        deadline = deadline.min(budget);
+    }
     cmd.stdin(if stdin.is_some() {
         Stdio::piped()
     } else {
@@ -61,7 +84,6 @@ pub fn run(cmd: &mut Command, stdin: Option<&[u8]>, limit: Duration) -> Result<O
         let _ = err.read_to_end(&mut v);
         v
     });
-    let deadline = Instant::now() + limit;
     let status = loop {
         if let Some(status) = child.try_wait()? {
             break status;
@@ -69,7 +91,7 @@ pub fn run(cmd: &mut Command, stdin: Option<&[u8]>, limit: Duration) -> Result<O
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            bail!("{what} did not finish within {limit:?}");
+            bail!("{what} did not finish in time (limit {limit:?}, or the trial's budget)");
         }
         std::thread::sleep(Duration::from_millis(10));
     };

@@ -13,6 +13,9 @@ use crate::cmd::{self, Output};
 /// How long one `ctr` call may take.
 pub const CTR_LIMIT: Duration = Duration::from_secs(60);
 
+/// How long removing one namespace's tasks, containers and images may take at teardown.
+pub const TEARDOWN_BUDGET: Duration = Duration::from_secs(60);
+
 /// The runtimes the suite compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Runtime {
@@ -52,7 +55,7 @@ impl Containerd {
     pub fn start(shim: &Path) -> Result<Containerd> {
         if !shim.is_file() {
             bail!(
-                "{} is missing: build it first (cargo build --workspace --bins)",
+                "{} is missing: build it first: cargo build --workspace --bins",
                 shim.display()
             );
         }
@@ -118,7 +121,19 @@ impl Containerd {
     }
 
     /// `ctr` in another namespace (e.g. `k8s.io` for CRI).
+    /// `ctr run` and `ctr task exec` get `--fifo-dir` under the temp dir, so FIFOs that ctr
+    /// cannot remove (its task vanished with a killed shim) go with the temp dir.
     pub fn ctr_in(&self, namespace: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Output> {
+        let fifo_dir = self.fifo_dir().display().to_string();
+        let mut args = args.to_vec();
+        let at = match args.as_slice() {
+            ["run", ..] => Some(1),
+            ["task", "exec", ..] => Some(2),
+            _ => None,
+        };
+        if let Some(at) = at {
+            args.splice(at..at, ["--fifo-dir", fifo_dir.as_str()]);
+        }
         let mut c = Command::new("ctr");
         c.arg("-a")
             .arg(self.address())
@@ -126,6 +141,11 @@ impl Containerd {
             .arg(namespace)
             .args(args);
         cmd::run(&mut c, stdin, CTR_LIMIT)
+    }
+
+    /// Where this run's ctr calls put their FIFOs.
+    pub fn fifo_dir(&self) -> PathBuf {
+        self.dir.join("fifo")
     }
 
     /// The last lines of containerd's log (for failure messages).
@@ -187,17 +207,30 @@ impl Containerd {
     /// Remove everything this run made and stop containerd; then check that nothing is left
     /// (mounts, processes, cgroups, the temp dir). Returns what was left, if anything.
     pub fn teardown(mut self, namespaces: &[&str]) -> Result<()> {
-        self.clean_namespace(&self.namespace.clone());
-        for ns in namespaces {
-            self.clean_namespace(ns);
+        // A hung runtime must not hang teardown: each namespace gets a bounded time.
+        let own = self.namespace.clone();
+        for ns in std::iter::once(own.as_str()).chain(namespaces.iter().copied()) {
+            cmd::with_budget(TEARDOWN_BUDGET, || self.clean_namespace(ns));
         }
         self.stop();
         let mut left = crate::leftovers::find(&self.dir, &self.namespace);
+        // What is reported goes, so that a failed run does not burden the machine.
+        crate::leftovers::kill_processes_mentioning(&[
+            &self.dir.display().to_string(),
+            &self.namespace,
+        ]);
         // Unmount what is still mounted under the temp dir (reported above) so it can go.
         for m in crate::leftovers::mounts_under(&self.dir) {
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }
-        crate::leftovers::remove_empty_cgroups(&self.namespace);
+        crate::leftovers::remove_cgroups(&self.namespace);
+        // runc's shim keeps its state under /run/containerd/runc/<namespace> and leaves the
+        // directory; anything inside it is a container runc still knows.
+        let runc_root = Path::new("/run/containerd/runc").join(&self.namespace);
+        if runc_root.is_dir() && std::fs::remove_dir(&runc_root).is_err() {
+            left.push(format!("runc state left in {}", runc_root.display()));
+            let _ = std::fs::remove_dir_all(&runc_root);
+        }
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             left.push(format!("temp dir {}: {e}", self.dir.display()));
         }
@@ -242,8 +275,12 @@ state = "{t}/state"
     )
 }
 
-/// The shim built next to this test binary (`<target>/debug/containerd-shim-cryo-v2`).
+/// The shim under test: `$CRYO_TEST_SHIM` if set (e.g. a release build), else the one built
+/// next to this test binary (`<target>/debug/containerd-shim-cryo-v2`).
 pub fn built_shim() -> Result<PathBuf> {
+    if let Some(shim) = std::env::var_os("CRYO_TEST_SHIM") {
+        return Ok(PathBuf::from(shim));
+    }
     let exe = std::env::current_exe()?;
     // <target>/debug/deps/<test>-<hash>
     let profile_dir = exe

@@ -34,15 +34,42 @@ pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
 
 /// Processes whose command line contains any of `needles`.
 fn processes_mentioning(needles: &[&str]) -> Vec<String> {
-    let me = std::process::id().to_string();
+    matching_processes(needles)
+        .into_iter()
+        .map(|(pid, cmdline)| format!("process {pid}: {cmdline}"))
+        .collect()
+}
+
+/// SIGKILL the processes whose command line contains any of `needles` (after reporting them).
+/// A killed shim's socket (`-socket unix:///run/containerd/s/...`) is removed too.
+pub fn kill_processes_mentioning(needles: &[&str]) {
+    for (pid, cmdline) in matching_processes(needles) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let mut words = cmdline.split(' ');
+        while let Some(w) = words.next() {
+            if w == "-socket" {
+                if let Some(sock) = words.next().and_then(|a| a.strip_prefix("unix://")) {
+                    let _ = std::fs::remove_file(sock);
+                }
+            }
+        }
+    }
+}
+
+/// (pid, command line) of every other process whose command line contains any of `needles`.
+fn matching_processes(needles: &[&str]) -> Vec<(i32, String)> {
+    let me = std::process::id() as i32;
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return vec![];
     };
     entries
         .flatten()
         .filter_map(|e| {
-            let pid = e.file_name().to_string_lossy().into_owned();
-            if !pid.chars().all(|c| c.is_ascii_digit()) || pid == me {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            if pid == me {
                 return None;
             }
             let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
@@ -50,37 +77,86 @@ fn processes_mentioning(needles: &[&str]) -> Vec<String> {
             needles
                 .iter()
                 .any(|n| cmdline.contains(n))
-                .then(|| format!("process {pid}: {cmdline}"))
+                .then_some((pid, cmdline))
         })
         .collect()
 }
 
-/// cgroup directories of `namespace` (ctr puts containers in `/<namespace>/<id>`) that still
-/// hold processes or sub-cgroups.
+/// cgroups of `namespace` (ctr puts containers in `/<namespace>/<id>`) that still hold
+/// processes, and container cgroups left behind empty (containerd itself leaves only
+/// `/<namespace>`).
 fn busy_cgroups(namespace: &str) -> Vec<String> {
-    cgroup_dirs(namespace)
-        .into_iter()
-        .filter_map(|d| {
+    let mut left = Vec::new();
+    for top in cgroup_dirs(namespace) {
+        for d in tree(&top) {
             let procs = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
-            let children = std::fs::read_dir(&d)
-                .map(|r| r.flatten().filter(|e| e.path().is_dir()).count())
-                .unwrap_or(0);
-            (!procs.trim().is_empty() || children > 0).then(|| {
-                format!(
-                    "cgroup {} (procs: {:?}, children: {children})",
-                    d.display(),
-                    procs.trim()
-                )
-            })
-        })
-        .collect()
+            if !procs.trim().is_empty() {
+                let procs: Vec<&str> = procs.split_whitespace().collect();
+                left.push(format!("cgroup {} holds processes {procs:?}", d.display()));
+            } else if d != top {
+                left.push(format!("cgroup {} left behind", d.display()));
+            }
+        }
+    }
+    left
 }
 
-/// Remove the namespace's (empty) cgroup directories, which containerd leaves.
-pub fn remove_empty_cgroups(namespace: &str) {
-    for d in cgroup_dirs(namespace) {
-        let _ = std::fs::remove_dir(d);
+/// SIGKILL every process in the namespace's cgroups (thawing frozen ones so the signal lands),
+/// then remove them: after a failed run the machine is clean again.
+pub fn remove_cgroups(namespace: &str) {
+    use std::time::{Duration, Instant};
+    for top in cgroup_dirs(namespace) {
+        let dirs = tree(&top);
+        for d in &dirs {
+            let _ = std::fs::write(d.join("freezer.state"), "THAWED");
+            let _ = std::fs::write(d.join("cgroup.freeze"), "0");
+            kill_procs(d);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        // Deepest first: a cgroup goes once its processes are gone.
+        for d in dirs.iter().rev() {
+            while std::fs::remove_dir(d).is_err()
+                && d.exists()
+                && Instant::now() < deadline
+                && !std::fs::read_to_string(d.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .trim()
+                    .is_empty()
+            {
+                kill_procs(d);
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
+}
+
+fn kill_procs(cgroup: &Path) {
+    let procs = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap_or_default();
+    for pid in procs.split_whitespace().filter_map(|p| p.parse().ok()) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// `dir` and every directory below it, parents before children.
+fn tree(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if let Ok(entries) = std::fs::read_dir(&out[i]) {
+            let mut subs: Vec<PathBuf> = entries
+                .flatten()
+                .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                .map(|e| e.path())
+                .collect();
+            subs.sort();
+            out.extend(subs);
+        }
+        i += 1;
+    }
+    out
 }
 
 fn cgroup_dirs(namespace: &str) -> Vec<PathBuf> {

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use harness::cmd::with_budget;
 use harness::image::{self, BUSYBOX_IMAGE};
 use harness::{Containerd, Output, Runtime};
 use libtest_mimic::{Arguments, Failed, Trial};
@@ -19,6 +20,12 @@ struct Suite {
 }
 
 type Case = fn(&Suite, Runtime, &str) -> Result<()>;
+
+/// Every command of one case must finish within this, so a runtime that hangs on every call
+/// fails its trials instead of hanging the suite.
+const TRIAL_BUDGET: Duration = Duration::from_secs(120);
+/// The same for removing a case's container afterwards.
+const CLEANUP_BUDGET: Duration = Duration::from_secs(45);
 
 /// Cases runc's shim is not held to, and why (they run, ignored, with `--include-ignored`).
 const RUNC_FALLS_SHORT: &[(&str, &str)] = &[(
@@ -68,8 +75,8 @@ fn main() {
             let id = format!("{}-{}", rt.name(), name.replace('_', "-"));
             let excused = rt == Runtime::Runc && RUNC_FALLS_SHORT.iter().any(|(c, _)| c == name);
             let trial = Trial::test(format!("{}::{name}", rt.name()), move || {
-                let result = case(&suite, rt, &id);
-                cleanup_container(&suite.cd, &id);
+                let result = with_budget(TRIAL_BUDGET, || case(&suite, rt, &id));
+                with_budget(CLEANUP_BUDGET, || cleanup_container(&suite.cd, &id));
                 result.map_err(|e| {
                     Failed::from(format!("{e:#}\ncontainerd log:\n{}", suite.cd.log_tail()))
                 })
@@ -92,12 +99,22 @@ fn main() {
 
 fn setup() -> Result<Suite> {
     let cd = Containerd::start(&harness::built_shim()?)?;
-    let images = cd.dir.join("images");
-    let (rootfs, busybox, _pause) = image::build_all(&images)?;
-    cd.ctr(&["image", "import", &busybox.display().to_string()])?
-        .ok()
-        .context("import the busybox image")?;
-    Ok(Suite { cd, rootfs })
+    let import = || -> Result<PathBuf> {
+        let (rootfs, busybox, _pause) = image::build_all(&cd.dir.join("images"))?;
+        cd.ctr(&["image", "import", &busybox.display().to_string()])?
+            .ok()
+            .context("import the busybox image")?;
+        Ok(rootfs)
+    };
+    match import() {
+        Ok(rootfs) => Ok(Suite { cd, rootfs }),
+        Err(e) => {
+            if let Err(t) = cd.teardown(&[]) {
+                eprintln!("teardown: {t:#}");
+            }
+            Err(e)
+        }
+    }
 }
 
 /// Kill and remove a case's container, whatever state it is in.
@@ -106,6 +123,7 @@ fn cleanup_container(cd: &Containerd, id: &str) {
     for _ in 0..50 {
         match cd.ctr(&["task", "delete", id]) {
             Ok(o) if o.code == 0 || o.stderr.contains("not found") => break,
+            Err(e) if e.to_string().contains("budget spent") => return,
             _ => std::thread::sleep(Duration::from_millis(100)),
         }
     }
@@ -205,6 +223,8 @@ fn sigkilled_task_exits_137(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
             "-n",
             &ns,
             "run",
+            "--fifo-dir",
+            &cd_dir.join("fifo").display().to_string(),
             "--rm",
             "--runtime",
             rid,
@@ -497,14 +517,17 @@ fn ctr_line(s: &Suite) -> String {
 
 fn terminal_run_and_exec(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     let ctr = ctr_line(s);
+    let fifo = s.cd.fifo_dir().display().to_string();
     let out = in_terminal(&format!(
-        "{ctr} run --rm -t --runtime {} {BUSYBOX_IMAGE} {id} tty",
+        "{ctr} run --fifo-dir {fifo} --rm -t --runtime {} {BUSYBOX_IMAGE} {id} tty",
         rt.id()
     ))?;
     ensure!(out.stdout.contains("/dev/pts/"), "run -t: {out:?}");
     cleanup_container(&s.cd, id);
     run_detached(s, rt, id, &[])?;
-    let out = in_terminal(&format!("{ctr} task exec -t --exec-id t1 {id} tty"))?;
+    let out = in_terminal(&format!(
+        "{ctr} task exec --fifo-dir {fifo} -t --exec-id t1 {id} tty"
+    ))?;
     ensure!(out.stdout.contains("/dev/pts/"), "exec -t: {out:?}");
     Ok(())
 }
@@ -619,6 +642,17 @@ fn killed_shim_is_cleaned_up(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
         .collect();
     let shim = find_shim(&s.cd.namespace, id).context("no shim process found")?;
+    // A SIGKILLed shim cannot remove its socket, and neither runc's shim nor containerd do it
+    // afterwards: the test removes it so the run leaves nothing behind.
+    let bundle =
+        s.cd.dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&s.cd.namespace)
+            .join(id);
+    let socket = std::fs::read_to_string(bundle.join("address"))
+        .ok()
+        .and_then(|a| a.trim().strip_prefix("unix://").map(PathBuf::from));
+    let _socket = RemoveOnDrop(socket);
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shim),
         nix::sys::signal::Signal::SIGKILL,
@@ -662,6 +696,17 @@ fn killed_shim_is_cleaned_up(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     }
     s.cd.ctr(&["container", "delete", id])?.ok()?;
     assert_gone(s, id)
+}
+
+/// Removes a file when dropped.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = &self.0 {
+            let _ = std::fs::remove_file(p);
+        }
+    }
 }
 
 /// The pid of the shim serving `id` (its command line carries `-namespace NS -id ID`).
