@@ -66,6 +66,7 @@ stop_containerd() {
   fi
   [ -n "${CONTAINERD_PID:-}" ] && kill "$CONTAINERD_PID" 2>/dev/null && wait "$CONTAINERD_PID" 2>/dev/null
   for d in /sys/fs/cgroup/*/"$NS"; do [ -d "$d" ] && rmdir "$d" 2>/dev/null; done
+  rmdir "/run/containerd/runc/$NS" 2>/dev/null # runc's shim leaves its (empty) state root
   grep -o " $T[^ ]*" /proc/self/mountinfo | sort -r | while read -r m; do umount -l "$m"; done
   rm -rf "$T"
 }
