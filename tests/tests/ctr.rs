@@ -4,7 +4,7 @@
 //! end everything is torn down and the run fails if anything was left behind.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -58,24 +58,25 @@ const CASES: &[(&str, Case)] = &[
     ("killed_shim_is_cleaned_up", killed_shim_is_cleaned_up),
 ];
 
+/// The suite, set up by the first trial that runs (a run that lists or filters out every
+/// trial starts no containerd); a failed setup fails every trial with its reason.
+type Lazy = OnceLock<std::result::Result<Suite, String>>;
+
 fn main() {
     let args = Arguments::from_args();
-    let suite = match setup() {
-        Ok(s) => Arc::new(s),
-        Err(e) => {
-            eprintln!("suite setup failed: {e:#}");
-            std::process::exit(1);
-        }
-    };
+    let lazy: Arc<Lazy> = Arc::new(OnceLock::new());
     let mut trials = Vec::new();
     for rt in Runtime::ALL {
         for (name, case) in CASES {
-            let suite = suite.clone();
+            let lazy = lazy.clone();
             let case = *case;
             let id = format!("{}-{}", rt.name(), name.replace('_', "-"));
             let excused = rt == Runtime::Runc && RUNC_FALLS_SHORT.iter().any(|(c, _)| c == name);
             let trial = Trial::test(format!("{}::{name}", rt.name()), move || {
-                let result = with_budget(TRIAL_BUDGET, || case(&suite, rt, &id));
+                let suite = lazy
+                    .get_or_init(|| setup().map_err(|e| format!("suite setup failed: {e:#}")))
+                    .as_ref()?;
+                let result = with_budget(TRIAL_BUDGET, || case(suite, rt, &id));
                 with_budget(CLEANUP_BUDGET, || cleanup_container(&suite.cd, &id));
                 result.map_err(|e| {
                     Failed::from(format!("{e:#}\ncontainerd log:\n{}", suite.cd.log_tail()))
@@ -85,8 +86,9 @@ fn main() {
         }
     }
     let conclusion = libtest_mimic::run(&args, trials);
-    let teardown = match Arc::try_unwrap(suite) {
-        Ok(s) => s.cd.teardown(&[]),
+    let teardown = match Arc::try_unwrap(lazy).map(OnceLock::into_inner) {
+        Ok(Some(Ok(suite))) => suite.cd.teardown(&[]),
+        Ok(_) => Ok(()), // never set up, or setup failed (and cleaned up after itself)
         Err(_) => Err(anyhow::anyhow!("suite still referenced at teardown")),
     };
     if let Err(e) = &teardown {
@@ -98,6 +100,10 @@ fn main() {
 }
 
 fn setup() -> Result<Suite> {
+    ensure!(
+        nix::unistd::geteuid().is_root(),
+        "the ctr suite needs root (containerd, mounts, cgroups)"
+    );
     let cd = Containerd::start(&harness::built_shim()?)?;
     let import = || -> Result<PathBuf> {
         let (rootfs, busybox, _pause) = image::build_all(&cd.dir.join("images"))?;
