@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use crate::cmd::{self, Output};
 
 /// How long one `ctr` call may take.
-pub const CTR_LIMIT: Duration = Duration::from_secs(60);
+pub const CTR_LIMIT: Duration = Duration::from_secs(30);
 
 /// How long removing one namespace's tasks, containers and images may take at teardown.
 pub const TEARDOWN_BUDGET: Duration = Duration::from_secs(60);

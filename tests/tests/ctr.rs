@@ -23,9 +23,9 @@ type Case = fn(&Suite, Runtime, &str) -> Result<()>;
 
 /// Every command of one case must finish within this, so a runtime that hangs on every call
 /// fails its trials instead of hanging the suite.
-const TRIAL_BUDGET: Duration = Duration::from_secs(120);
+const TRIAL_BUDGET: Duration = Duration::from_secs(90);
 /// The same for removing a case's container afterwards.
-const CLEANUP_BUDGET: Duration = Duration::from_secs(45);
+const CLEANUP_BUDGET: Duration = Duration::from_secs(30);
 
 /// Cases runc's shim is not held to, and why (they run, ignored, with `--include-ignored`).
 const RUNC_FALLS_SHORT: &[(&str, &str)] = &[(
@@ -239,7 +239,7 @@ fn sigkilled_task_exits_137(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
             "sleep",
             "100000",
         ]);
-        harness::cmd::run(&mut c, None, Duration::from_secs(60))
+        harness::cmd::run(&mut c, None, harness::containerd::CTR_LIMIT)
     });
     wait_status(s, id, "RUNNING")?;
     s.cd.ctr(&["task", "kill", "-s", "SIGKILL", id])?.ok()?;
@@ -514,7 +514,7 @@ fn exec_errors(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
 fn in_terminal(command: &str) -> Result<Output> {
     let mut c = std::process::Command::new("script");
     c.args(["-qec", command, "/dev/null"]);
-    harness::cmd::run(&mut c, None, Duration::from_secs(60))
+    harness::cmd::run(&mut c, None, harness::containerd::CTR_LIMIT)
 }
 
 fn ctr_line(s: &Suite) -> String {
@@ -584,19 +584,37 @@ fn events_in_order_and_oom(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     let stdout = events.stdout.take().expect("piped");
     let (tx, rx) = std::sync::mpsc::channel();
     let needle = format!("\"{id}\"");
+    let probe = format!("{id}-probe");
+    let probe_needle = format!("\"{probe}\"");
     std::thread::spawn(move || {
         for line in std::io::BufReader::new(stdout)
             .lines()
             .map_while(|l| l.ok())
         {
-            if line.contains(&needle) {
+            if line.contains(&probe_needle) {
+                let _ = tx.send(String::new());
+            } else if line.contains(&needle) {
                 if let Some(topic) = line.split_whitespace().find(|w| w.starts_with('/')) {
                     let _ = tx.send(topic.to_string());
                 }
             }
         }
     });
-    std::thread::sleep(Duration::from_millis(300));
+    // Subscribed once a probe container's events come through.
+    let subscribed = Instant::now() + Duration::from_secs(15);
+    loop {
+        let _ = s.cd.ctr(&["container", "create", BUSYBOX_IMAGE, &probe]);
+        let _ = s.cd.ctr(&["container", "delete", &probe]);
+        if rx.recv_timeout(Duration::from_millis(500)).is_ok() {
+            break;
+        }
+        if Instant::now() > subscribed {
+            let _ = events.kill();
+            let _ = events.wait();
+            bail!("ctr events showed nothing of a probe container");
+        }
+    }
+    while rx.try_recv().is_ok() {}
     let out = run(
         s,
         rt,
@@ -604,12 +622,19 @@ fn events_in_order_and_oom(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
         &["--memory-limit", "33554432"],
         &["sh", "-c", "x=$(head -c 200000000 /dev/zero | tr '\\0' a)"],
     );
-    // Collect until the task's delete event arrived.
+    // Collect until the task's delete event arrived, and a little longer (late events).
     let mut topics = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline && !topics.iter().any(|t| t == "/tasks/delete") {
+    let mut deadline = Instant::now() + Duration::from_secs(20);
+    let mut deleted = false;
+    while Instant::now() < deadline {
         if let Ok(t) = rx.recv_timeout(Duration::from_millis(100)) {
-            topics.push(t);
+            if t == "/tasks/delete" && !deleted {
+                deleted = true;
+                deadline = Instant::now() + Duration::from_millis(500);
+            }
+            if !t.is_empty() {
+                topics.push(t);
+            }
         }
     }
     let _ = events.kill();
@@ -630,12 +655,16 @@ fn events_in_order_and_oom(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     ensure!(seen == order, "task events {topics:?}");
     let ooms = topics.iter().filter(|t| *t == "/tasks/oom").count();
     ensure!(ooms >= 1, "no /tasks/oom in {topics:?}");
-    let exit = topics.iter().position(|t| t == "/tasks/exit");
-    let first_oom = topics.iter().position(|t| t == "/tasks/oom");
-    ensure!(
-        first_oom < exit,
-        "the OOM event came after the exit: {topics:?}"
-    );
+    // cryo reports TaskOOM before TaskExit (a watcher of the exit then knows why); runc's shim
+    // reports the two from separate goroutines, in either order.
+    if rt == Runtime::Cryo {
+        let exit = topics.iter().position(|t| t == "/tasks/exit");
+        let first_oom = topics.iter().position(|t| t == "/tasks/oom");
+        ensure!(
+            first_oom < exit,
+            "the OOM event came after the exit: {topics:?}"
+        );
+    }
     Ok(())
 }
 
