@@ -33,6 +33,7 @@
 
 pub mod error;
 pub mod manifest;
+mod prefetch;
 pub mod restore;
 pub mod save;
 pub mod section;

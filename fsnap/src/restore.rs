@@ -12,6 +12,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Condvar, Mutex};
 
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
@@ -179,17 +181,72 @@ fn extract(
         .map_err(|e| Error::io(format!("open {}", dir.display()), e))?
         .into();
     let mut dirs: Vec<Entry> = Vec::new();
-    read_section(data, index, &manifest.sections[index], |e, r| {
-        let fail = |reason: String| Error::Entry {
-            section: index,
-            entry: e.path.clone(),
-            reason,
-        };
-        apply(root.as_fd(), e, r, opts, progress).map_err(fail)?;
-        if e.kind == Kind::Dir {
-            dirs.push(e.clone());
+    let writers = std::thread::available_parallelism()
+        .map(|n| n.get().saturating_sub(1))
+        .unwrap_or(1)
+        .max(1);
+    let pool = Writers::default();
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(256);
+    let rx = std::sync::Mutex::new(rx);
+    std::thread::scope(|scope| -> Result<()> {
+        for _ in 0..writers {
+            scope.spawn(|| pool.work(&rx, index));
         }
-        Ok(())
+        let mut parent_cache: Option<(String, Arc<OwnedFd>)> = None;
+        let result = read_section(data, index, &manifest.sections[index], |e, r| {
+            let fail = |reason: String| Error::Entry {
+                section: index,
+                entry: e.path.clone(),
+                reason,
+            };
+            pool.check()?;
+            if e.kind == Kind::File && e.sparse.is_none() && e.size <= SMALL_FILE && e.path != "." {
+                // Small files: read here, create on a writer thread.
+                let mut bytes = Vec::with_capacity(e.size as usize);
+                r.content(|_, b| {
+                    bytes.extend_from_slice(b);
+                    Ok(())
+                })
+                .map_err(&fail)?;
+                let (dir, name) = e.path.rsplit_once('/').unwrap_or((".", e.path.as_str()));
+                let parent = match &parent_cache {
+                    Some((d, fd)) if d == dir => fd.clone(),
+                    _ => {
+                        let (fd, _) = parent_of(root.as_fd(), &e.path).map_err(&fail)?;
+                        let fd = Arc::new(fd);
+                        parent_cache = Some((dir.to_string(), fd.clone()));
+                        fd
+                    }
+                };
+                progress
+                    .bytes
+                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+                pool.submit(
+                    &tx,
+                    Job {
+                        parent,
+                        name: name.to_string(),
+                        entry: e.clone(),
+                        bytes,
+                    },
+                );
+                return Ok(());
+            }
+            // Anything else may name or replace a file still being written: let them land.
+            if e.kind != Kind::Dir {
+                pool.drain();
+                pool.check()?;
+            }
+            apply(root.as_fd(), e, r, opts, progress).map_err(fail)?;
+            if e.kind == Kind::Dir {
+                dirs.push(e.clone());
+            }
+            Ok(())
+        });
+        drop(tx);
+        pool.drain();
+        result?;
+        pool.check()
     })?;
     // Directory metadata last (creating entries changes mtimes), deepest first.
     for e in dirs.iter().rev() {
@@ -203,6 +260,80 @@ fn extract(
 }
 
 type Res<T> = std::result::Result<T, String>;
+
+/// Files up to this size are read from the stream and written by the writer threads.
+const SMALL_FILE: u64 = 1 << 20;
+
+/// A small file for a writer thread.
+struct Job {
+    parent: Arc<OwnedFd>,
+    name: String,
+    entry: Entry,
+    bytes: Vec<u8>,
+}
+
+/// Writer threads creating small files while the stream is parsed: jobs in flight, and the
+/// first failure.
+#[derive(Default)]
+struct Writers {
+    pending: Mutex<usize>,
+    idle: Condvar,
+    failed: Mutex<Option<Error>>,
+}
+
+impl Writers {
+    fn submit(&self, tx: &SyncSender<Job>, job: Job) {
+        *lock(&self.pending) += 1;
+        if tx.send(job).is_err() {
+            *lock(&self.pending) -= 1;
+        }
+    }
+
+    fn work(&self, rx: &Mutex<Receiver<Job>>, section: usize) {
+        loop {
+            let job = match lock(rx).recv() {
+                Ok(j) => j,
+                Err(_) => return,
+            };
+            if lock(&self.failed).is_none() {
+                if let Err(reason) =
+                    write_small(job.parent.as_fd(), &job.name, &job.entry, &job.bytes)
+                {
+                    lock(&self.failed).get_or_insert(Error::Entry {
+                        section,
+                        entry: job.entry.path.clone(),
+                        reason,
+                    });
+                }
+            }
+            let mut p = lock(&self.pending);
+            *p -= 1;
+            if *p == 0 {
+                self.idle.notify_all();
+            }
+        }
+    }
+
+    /// Wait until every submitted file is written.
+    fn drain(&self) {
+        let mut p = lock(&self.pending);
+        while *p > 0 {
+            p = self.idle.wait(p).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// The first failure of a writer thread, if any.
+    fn check(&self) -> Result<()> {
+        match lock(&self.failed).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Create one entry beneath `root`.
 fn apply(
@@ -234,19 +365,7 @@ fn apply(
             }
         }
         Kind::File => {
-            remove_existing(p, &cname)?;
-            let how = OpenHow::new()
-                .flags(
-                    OFlag::O_WRONLY
-                        | OFlag::O_CREAT
-                        | OFlag::O_EXCL
-                        | OFlag::O_NOFOLLOW
-                        | OFlag::O_CLOEXEC,
-                )
-                .mode(Mode::from_bits_truncate(0o600))
-                .resolve(beneath());
-            let fd = openat2(p, name.as_str(), how).map_err(|e| format!("create: {e}"))?;
-            let f = File::from(fd);
+            let f = create_file(p, &name, &cname)?;
             r.content(|off, bytes| {
                 f.write_all_at(bytes, off)?;
                 progress
@@ -312,6 +431,34 @@ fn apply(
         }
     }
     Ok(())
+}
+
+/// Create a new regular file `name` in `parent` (replacing whatever is there, as tar does).
+fn create_file(parent: BorrowedFd, name: &str, cname: &CString) -> Res<File> {
+    let how = OpenHow::new()
+        .flags(
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        )
+        .mode(Mode::from_bits_truncate(0o600))
+        .resolve(beneath());
+    match openat2(parent, name, how) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(nix::Error::EEXIST) => {
+            remove_existing(parent, cname)?;
+            openat2(parent, name, how)
+                .map(File::from)
+                .map_err(|e| format!("create: {e}"))
+        }
+        Err(e) => Err(format!("create: {e}")),
+    }
+}
+
+/// Write a small file read from the stream, on a writer thread.
+fn write_small(parent: BorrowedFd, name: &str, e: &Entry, bytes: &[u8]) -> Res<()> {
+    let f = create_file(parent, name, &cstring(name)?)?;
+    f.write_all_at(bytes, 0)
+        .map_err(|err| format!("write: {err}"))?;
+    set_meta_fd(f.as_fd(), e)
 }
 
 /// Apply a directory's owner, mode, xattrs and times.

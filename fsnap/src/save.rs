@@ -12,6 +12,7 @@ use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 use crate::manifest::{checksum_text, Manifest, ResourceId, Section, DATA_FILE, MANIFEST_FILE};
+use crate::prefetch::with_prefetch;
 use crate::tar::{header, padded, sparse, Kind, END_OF_ARCHIVE};
 use crate::walk::{plan, Planned};
 
@@ -176,7 +177,7 @@ fn write_snapshot(
     };
     data.set_len(file_len)
         .map_err(|e| Error::io(format!("size {}", data_path.display()), e))?;
-    let jobs: Vec<(usize, &Source, &Vec<Planned>, (u64, u64))> = sources
+    let jobs: Vec<SectionJob> = sources
         .iter()
         .zip(&plans)
         .zip(&ranges)
@@ -201,6 +202,9 @@ fn write_snapshot(
     Ok(manifest)
 }
 
+/// One section to write: its index, source, planned entries and byte range.
+type SectionJob<'a> = (usize, &'a Source, &'a Vec<Planned>, (u64, u64));
+
 /// Stream one section into `data` at its range.
 fn write_section(
     data: &File,
@@ -213,53 +217,43 @@ fn write_section(
 ) -> Result<Section> {
     let mut w = SectionWriter::new(data, start, direct, progress);
     let (mut files, mut logical, mut stored) = (0u64, 0u64, 0u64);
-    let changed = |path: &Path, what: &str| Error::Source {
-        path: path.into(),
-        reason: format!("{what} during the save (pause the writer and save again)"),
-    };
-    for p in entries {
-        let e = &p.entry;
-        let (headers, data_len) = header::encode(e);
-        w.put(&headers)?;
-        if let (Kind::File, Some(map)) = (&e.kind, &e.sparse) {
-            w.put(&sparse::encode_map(map))?;
-        }
-        if let Some(path) = &p.source {
-            let f = File::open(path).map_err(|err| Error::Source {
-                path: path.clone(),
-                reason: err.to_string(),
-            })?;
-            match &e.sparse {
-                Some(map) => {
-                    for (off, len) in map {
-                        w.copy_from(&f, *off, *len)
-                            .map_err(|err| source_err(path, err))?
-                            .then_some(())
-                            .ok_or_else(|| changed(path, "shrank"))?;
+    let readers = std::thread::available_parallelism()
+        .map(|n| n.get().saturating_sub(1))
+        .unwrap_or(1)
+        .max(1);
+    with_prefetch(entries, readers, |pf| -> Result<()> {
+        for (i, p) in entries.iter().enumerate() {
+            let e = &p.entry;
+            let (headers, data_len) = header::encode(e);
+            w.put(&headers)?;
+            if let (Kind::File, Some(map)) = (&e.kind, &e.sparse) {
+                w.put(&sparse::encode_map(map))?;
+            }
+            let ahead = pf.take(i);
+            if let Some(path) = &p.source {
+                match ahead {
+                    Some(read) => {
+                        let (bytes, grew) = read.map_err(|err| source_err(path, err))?;
+                        if bytes.len() as u64 != e.size {
+                            return Err(changed(path, "shrank"));
+                        }
+                        if grew {
+                            return Err(changed(path, "grew"));
+                        }
+                        w.put(&bytes)?;
                     }
-                }
-                None => {
-                    w.copy_from(&f, 0, e.size)
-                        .map_err(|err| source_err(path, err))?
-                        .then_some(())
-                        .ok_or_else(|| changed(path, "shrank"))?;
-                    let mut probe = [0u8; 1];
-                    if f.read_at(&mut probe, e.size)
-                        .map_err(|err| source_err(path, err))?
-                        != 0
-                    {
-                        return Err(changed(path, "grew"));
-                    }
+                    None => stream_file(&mut w, path, e)?,
                 }
             }
+            let pad = padded(data_len) - data_len;
+            w.zeros(pad)?;
+            files += 1;
+            logical += e.size;
+            stored += e.stored_bytes();
+            progress.files.fetch_add(1, Ordering::Relaxed);
         }
-        let pad = padded(data_len) - data_len;
-        w.zeros(pad)?;
-        files += 1;
-        logical += e.size;
-        stored += e.stored_bytes();
-        progress.files.fetch_add(1, Ordering::Relaxed);
-    }
+        Ok(())
+    })?;
     w.put(&END_OF_ARCHIVE)?;
     let (hash, written) = w.finish()?;
     if start + written != end {
@@ -281,6 +275,40 @@ fn write_section(
         stored_bytes: stored,
     })
     .inspect(|_| log::debug!("section {index} written"))
+}
+
+fn changed(path: &Path, what: &str) -> Error {
+    Error::Source {
+        path: path.into(),
+        reason: format!("{what} during the save (pause the writer and save again)"),
+    }
+}
+
+/// Copy a large or sparse file's stored bytes straight from the file.
+fn stream_file(w: &mut SectionWriter, path: &Path, e: &crate::tar::Entry) -> Result<()> {
+    let f = File::open(path).map_err(|err| source_err(path, err))?;
+    let runs: Vec<(u64, u64)> = match &e.sparse {
+        Some(map) => map.clone(),
+        None => vec![(0, e.size)],
+    };
+    for (off, len) in runs {
+        if !w
+            .copy_from(&f, off, len)
+            .map_err(|err| source_err(path, err))?
+        {
+            return Err(changed(path, "shrank"));
+        }
+    }
+    if e.sparse.is_none() {
+        let mut probe = [0u8; 1];
+        if f.read_at(&mut probe, e.size)
+            .map_err(|err| source_err(path, err))?
+            != 0
+        {
+            return Err(changed(path, "grew"));
+        }
+    }
+    Ok(())
 }
 
 fn source_err(path: &Path, e: std::io::Error) -> Error {

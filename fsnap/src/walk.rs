@@ -18,7 +18,9 @@ pub struct Planned {
     pub source: Option<PathBuf>,
 }
 
-/// The entries of the tree at `root`, the root itself first as `.`.
+/// The entries of the tree at `root`, the root itself first as `.`. Names are listed first
+/// (directory reads only), metadata and xattrs are then read on all cores, and hard links are
+/// matched in entry order.
 pub fn plan(root: &Path) -> Result<Vec<Planned>> {
     let md = std::fs::symlink_metadata(root).map_err(|e| src(root, e))?;
     if !md.is_dir() {
@@ -27,30 +29,49 @@ pub fn plan(root: &Path) -> Result<Vec<Planned>> {
             reason: "not a directory".into(),
         });
     }
-    let mut out = Vec::new();
-    let mut links = HashMap::new();
-    let root_entry = entry(root, ".", &md, &mut links)?;
-    out.push(Planned {
-        entry: root_entry,
-        source: None,
-    });
-    walk(root, "", &mut out, &mut links)?;
+    let mut names = vec![(root.to_path_buf(), ".".to_string())];
+    list(root, "", &mut names)?;
+    let chunks: Vec<&[(PathBuf, String)]> = names.chunks(1024).collect();
+    let described: Vec<Vec<Option<(Entry, Inode)>>> =
+        crate::save::parallel(&chunks, |_, chunk| {
+            chunk.iter().map(|(path, rel)| entry(path, rel)).collect()
+        })?;
+    let mut out = Vec::with_capacity(names.len());
+    let mut links: HashMap<(u64, u64), String> = HashMap::new();
+    for ((path, _), described) in names.iter().zip(described.into_iter().flatten()) {
+        let Some((mut e, inode)) = described else {
+            continue;
+        };
+        if inode.nlink > 1 && e.kind != Kind::Dir {
+            match links.get(&(inode.dev, inode.ino)) {
+                Some(first) => {
+                    e.kind = Kind::HardLink(first.clone());
+                    e.size = 0;
+                    e.sparse = None;
+                }
+                None => {
+                    links.insert((inode.dev, inode.ino), e.path.clone());
+                }
+            }
+        }
+        let has_content = e.kind == Kind::File && e.stored_bytes() > 0;
+        out.push(Planned {
+            entry: e,
+            source: has_content.then(|| path.clone()),
+        });
+    }
     Ok(out)
 }
 
-fn walk(
-    dir: &Path,
-    rel: &str,
-    out: &mut Vec<Planned>,
-    links: &mut HashMap<(u64, u64), String>,
-) -> Result<()> {
-    let mut names: Vec<_> = std::fs::read_dir(dir)
+/// Every name below `dir` in walk order (sorted, depth first), from directory reads alone.
+fn list(dir: &Path, rel: &str, out: &mut Vec<(PathBuf, String)>) -> Result<()> {
+    let mut children: Vec<(std::ffi::OsString, bool)> = std::fs::read_dir(dir)
         .map_err(|e| src(dir, e))?
-        .map(|e| e.map(|e| e.file_name()))
+        .map(|e| e.and_then(|e| Ok((e.file_name(), e.file_type()?.is_dir()))))
         .collect::<std::io::Result<_>>()
         .map_err(|e| src(dir, e))?;
-    names.sort();
-    for name in names {
+    children.sort();
+    for (name, is_dir) in children {
         let path = dir.join(&name);
         let name = name.to_str().ok_or_else(|| Error::Source {
             path: path.clone(),
@@ -61,32 +82,29 @@ fn walk(
         } else {
             format!("{rel}/{name}")
         };
-        let md = std::fs::symlink_metadata(&path).map_err(|e| src(&path, e))?;
-        if md.file_type().is_socket() {
-            log::warn!("skipping socket {}", path.display());
-            continue;
-        }
-        let e = entry(&path, &rel_path, &md, links)?;
-        let is_dir = e.kind == Kind::Dir;
-        let has_content = e.kind == Kind::File && e.stored_bytes() > 0;
-        out.push(Planned {
-            entry: e,
-            source: has_content.then(|| path.clone()),
-        });
+        out.push((path.clone(), rel_path.clone()));
         if is_dir {
-            walk(&path, &rel_path, out, links)?;
+            list(&path, &rel_path, out)?;
         }
     }
     Ok(())
 }
 
-fn entry(
-    path: &Path,
-    rel: &str,
-    md: &std::fs::Metadata,
-    links: &mut HashMap<(u64, u64), String>,
-) -> Result<Entry> {
+/// Identity of an inode, for matching hard links.
+struct Inode {
+    dev: u64,
+    ino: u64,
+    nlink: u64,
+}
+
+/// One entry's metadata (`None` for a socket, which cannot be saved).
+fn entry(path: &Path, rel: &str) -> Result<Option<(Entry, Inode)>> {
+    let md = std::fs::symlink_metadata(path).map_err(|e| src(path, e))?;
     let ft = md.file_type();
+    if ft.is_socket() {
+        log::warn!("skipping socket {}", path.display());
+        return Ok(None);
+    }
     let rdev = md.rdev();
     let dev = || (libc::major(rdev), libc::minor(rdev));
     let mut size = 0;
@@ -103,11 +121,6 @@ fn entry(
                     reason: "symlink target is not UTF-8".into(),
                 })?,
         )
-    } else if let Some(first) = (md.nlink() > 1)
-        .then(|| links.get(&(md.dev(), md.ino())).cloned())
-        .flatten()
-    {
-        Kind::HardLink(first)
     } else if ft.is_file() {
         size = md.len();
         // Fewer allocated blocks than the size: look for holes.
@@ -130,10 +143,7 @@ fn entry(
             reason: "unsupported file type".into(),
         });
     };
-    if md.nlink() > 1 && !ft.is_dir() && !matches!(kind, Kind::HardLink(_)) {
-        links.insert((md.dev(), md.ino()), rel.to_string());
-    }
-    Ok(Entry {
+    let entry = Entry {
         path: rel.to_string(),
         kind,
         mode: md.mode() & 0o7777,
@@ -144,7 +154,13 @@ fn entry(
         size,
         xattrs: xattrs(path)?,
         sparse: sparse_map,
-    })
+    };
+    let inode = Inode {
+        dev: md.dev(),
+        ino: md.ino(),
+        nlink: md.nlink(),
+    };
+    Ok(Some((entry, inode)))
 }
 
 /// Extended attributes of `path` itself (not following a symlink), by name.
@@ -188,6 +204,9 @@ fn xattr_call(mut f: impl FnMut(*mut u8, usize) -> isize) -> std::io::Result<Vec
         let n = f(std::ptr::null_mut(), 0);
         if n < 0 {
             return Err(std::io::Error::last_os_error());
+        }
+        if n == 0 {
+            return Ok(Vec::new());
         }
         let mut buf = vec![0u8; n as usize];
         let m = f(buf.as_mut_ptr(), buf.len());

@@ -257,7 +257,8 @@ fn wrong_offsets_are_refused() {
 
 #[test]
 fn bad_manifests_are_refused_by_name() {
-    let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let cases: Vec<(&str, Edit)> = vec![
         (
             "unknown field",
             Box::new(|m| m["sections"][0]["owner"] = "me".into()),

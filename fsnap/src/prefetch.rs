@@ -1,0 +1,158 @@
+//! Reading small files ahead of a section's writer, on other threads: opening and reading
+//! thousands of small files is dominated by per-file kernel work, which then overlaps with the
+//! writer's hashing and writing. Reads stay within a memory budget ahead of the writer and are
+//! handed over in entry order.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Condvar, Mutex};
+
+use crate::walk::Planned;
+
+/// Files up to this size are read ahead whole; larger ones are streamed by the writer.
+pub const SMALL: u64 = 1 << 20;
+/// How many bytes may wait for the writer.
+const AHEAD: usize = 64 << 20;
+
+/// A read-ahead file: its bytes, and whether it had grown past its planned size.
+pub type Read = std::io::Result<(Vec<u8>, bool)>;
+
+pub struct Prefetch<'a> {
+    entries: &'a [Planned],
+    state: Mutex<State>,
+    /// The writer waits here for its file.
+    arrived: Condvar,
+    /// Readers wait here for room in the budget.
+    room: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    ready: HashMap<usize, Read>,
+    bytes: usize,
+    /// The entry the writer is at: its file may always be read, budget or not.
+    writer_at: usize,
+    /// The file the writer waits for, if it waits.
+    writer_waits: Option<usize>,
+    /// Readers waiting for room.
+    readers_waiting: usize,
+    stop: bool,
+}
+
+fn is_small(p: &Planned) -> bool {
+    p.source.is_some() && p.entry.sparse.is_none() && p.entry.size <= SMALL
+}
+
+/// Run `body` with `threads` readers working ahead of it over `entries`.
+pub fn with_prefetch<R>(
+    entries: &[Planned],
+    threads: usize,
+    body: impl FnOnce(&Prefetch) -> R,
+) -> R {
+    let pf = Prefetch {
+        entries,
+        state: Mutex::new(State::default()),
+        arrived: Condvar::new(),
+        room: Condvar::new(),
+    };
+    let next = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| pf.worker(&next));
+        }
+        let r = body(&pf);
+        pf.lock().stop = true;
+        pf.room.notify_all();
+        r
+    })
+}
+
+impl Prefetch<'_> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn worker(&self, next: &AtomicUsize) {
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            let Some(p) = self.entries.get(i) else { return };
+            if !is_small(p) {
+                continue;
+            }
+            {
+                let mut st = self.lock();
+                while !st.stop && st.bytes >= AHEAD && i > st.writer_at {
+                    st.readers_waiting += 1;
+                    st = self.room.wait(st).unwrap_or_else(|e| e.into_inner());
+                    st.readers_waiting -= 1;
+                }
+                if st.stop {
+                    return;
+                }
+            }
+            let read = read_whole(p);
+            let mut st = self.lock();
+            if let Ok((bytes, _)) = &read {
+                st.bytes += bytes.len();
+            }
+            st.ready.insert(i, read);
+            if st.writer_waits == Some(i) {
+                self.arrived.notify_one();
+            }
+        }
+    }
+
+    /// The writer moved to entry `i`; the file's bytes when it was read ahead.
+    pub fn take(&self, i: usize) -> Option<Read> {
+        let mut st = self.lock();
+        st.writer_at = i;
+        if !is_small(&self.entries[i]) {
+            if st.readers_waiting > 0 {
+                self.room.notify_all();
+            }
+            return None;
+        }
+        loop {
+            if let Some(r) = st.ready.remove(&i) {
+                st.writer_waits = None;
+                if let Ok((bytes, _)) = &r {
+                    st.bytes -= bytes.len();
+                }
+                if st.readers_waiting > 0 && st.bytes < AHEAD {
+                    self.room.notify_all();
+                }
+                return Some(r);
+            }
+            st.writer_waits = Some(i);
+            if st.readers_waiting > 0 {
+                // The reader of this very file may be waiting for room.
+                self.room.notify_all();
+            }
+            st = self.arrived.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Read a planned file whole; `true` when it holds more than planned.
+fn read_whole(p: &Planned) -> Read {
+    use std::io::Read as _;
+    let path = p.source.as_ref().expect("small files have a source");
+    let mut f = std::fs::File::open(path)?;
+    // One byte more than planned: a file that grew shows it without another read.
+    let want = p.entry.size as usize + 1;
+    let mut bytes = vec![0u8; want];
+    let mut got = 0;
+    while got < want {
+        match f.read(&mut bytes[got..])? {
+            0 => break,
+            n => got += n,
+        }
+        if got == want - 1 {
+            // Regular files return what they have in one read; probe only if it was short.
+            break;
+        }
+    }
+    let grew = got == want;
+    bytes.truncate(got.min(want - 1));
+    Ok((bytes, grew))
+}
