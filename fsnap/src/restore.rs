@@ -20,7 +20,7 @@ use nix::sys::stat::Mode;
 
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
-use crate::save::{parallel, temp_sibling, Progress};
+use crate::save::{parallel, require_absent_or_empty, temp_sibling, Progress};
 use crate::section::{read_section, SectionReader};
 use crate::tar::{Entry, Kind};
 
@@ -54,7 +54,7 @@ pub fn restore(
         }
     }
     for (_, t) in targets {
-        check_target(t)?;
+        require_absent_or_empty(t, "is not empty; restore into an empty or new directory")?;
     }
     progress.total.store(
         targets
@@ -97,26 +97,6 @@ pub fn restore(
         place(w, target)?;
     }
     Ok(manifest)
-}
-
-/// A target must not exist, or be an empty directory.
-fn check_target(t: &Path) -> Result<()> {
-    match std::fs::read_dir(t) {
-        Ok(mut it) => {
-            if it.next().is_some() {
-                return Err(Error::Target {
-                    path: t.into(),
-                    reason: "is not empty; restore into an empty or new directory".into(),
-                });
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::Target {
-            path: t.into(),
-            reason: e.to_string(),
-        }),
-    }
 }
 
 /// Move a verified work directory into place: rename when possible, else (a mount point or

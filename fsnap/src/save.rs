@@ -86,19 +86,23 @@ fn check_destination(out: &Path) -> Result<()> {
             reason: "already holds a snapshot; save into a new directory".into(),
         });
     }
-    match std::fs::read_dir(out) {
-        Ok(mut entries) => {
-            if entries.next().is_some() {
-                return Err(Error::Target {
-                    path: out.into(),
-                    reason: "is not empty".into(),
-                });
-            }
-            Ok(())
-        }
+    require_absent_or_empty(out, "is not empty")
+}
+
+/// The one rule for where a save or restore may write: nothing there yet, or an empty
+/// directory. `why` completes the refusal.
+pub(crate) fn require_absent_or_empty(path: &Path, why: &str) -> Result<()> {
+    match std::fs::read_dir(path) {
+        Ok(mut entries) => match entries.next() {
+            None => Ok(()),
+            Some(_) => Err(Error::Target {
+                path: path.into(),
+                reason: why.into(),
+            }),
+        },
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(Error::Target {
-            path: out.into(),
+            path: path.into(),
             reason: e.to_string(),
         }),
     }

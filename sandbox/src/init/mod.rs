@@ -80,12 +80,7 @@ fn helper(chan: &Channel) -> Result<()> {
 
 /// PID 1: build the container, report ready, wait for start, exec. Returns only on error.
 fn container_init(chan: &Channel, config: InitConfig) -> Result<std::convert::Infallible> {
-    nix::unistd::setsid().map_err(|e| Error::sys("setsid", e))?;
-    let spec = &config.spec;
-    let proc_spec = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| Error::InvalidSpec("process is missing".into()))?;
+    let (spec, proc_spec) = new_session(&config)?;
     let console = rootfs::prepare(&config)?;
     if config.terminal {
         let master = console.ok_or_else(|| Error::Init("no pty was created".into()))?;
@@ -99,18 +94,26 @@ fn container_init(chan: &Channel, config: InitConfig) -> Result<std::convert::In
 /// An exec'd process, already in the container's namespaces (and so its root): a pty if asked
 /// for, the process spec, ready, start, exec. Returns only on error.
 fn exec_init(chan: &Channel, config: InitConfig) -> Result<std::convert::Infallible> {
-    nix::unistd::setsid().map_err(|e| Error::sys("setsid", e))?;
-    let spec = &config.spec;
-    let proc_spec = spec
-        .process()
-        .as_ref()
-        .ok_or_else(|| Error::InvalidSpec("process is missing".into()))?;
+    let (spec, proc_spec) = new_session(&config)?;
     if config.terminal {
         let master = rootfs::console()?;
         chan.send_with_fd(&FromInit::Console, Some(master.as_fd()))?;
     }
     process::configure(spec)?;
     ready_then_exec(chan, spec, proc_spec)
+}
+
+/// Start the process's own session; its spec and process spec.
+fn new_session(
+    config: &InitConfig,
+) -> Result<(&oci_spec::runtime::Spec, &oci_spec::runtime::Process)> {
+    nix::unistd::setsid().map_err(|e| Error::sys("setsid", e))?;
+    let spec = &config.spec;
+    let proc_spec = spec
+        .process()
+        .as_ref()
+        .ok_or_else(|| Error::InvalidSpec("process is missing".into()))?;
+    Ok((spec, proc_spec))
 }
 
 /// Resolve the executable, report ready, wait for Start, exec. Returns only on error.
