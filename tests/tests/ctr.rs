@@ -436,6 +436,27 @@ fn missing_rootfs_is_refused(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
         out.stderr
     );
     cleanup_container(&s.cd, id);
+    assert_gone(s, id)?;
+    // The same through `ctr run --rootfs`.
+    let out = s.cd.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        rt.id(),
+        "--env",
+        "PATH=/bin",
+        "--rootfs",
+        "/nonexistent/rootfs",
+        id,
+        "true",
+    ])?;
+    ensure!(out.code != 0, "ran without a rootfs (--rootfs)");
+    ensure!(
+        out.stderr.contains("/nonexistent/rootfs"),
+        "stderr {:?}",
+        out.stderr
+    );
+    cleanup_container(&s.cd, id);
     assert_gone(s, id)
 }
 
