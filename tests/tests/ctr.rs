@@ -556,6 +556,15 @@ fn terminal_run_and_exec(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
         "{ctr} task exec --fifo-dir {fifo} -t --exec-id t1 {id} tty"
     ))?;
     ensure!(out.stdout.contains("/dev/pts/"), "exec -t: {out:?}");
+    // ResizePty: ctr sends its terminal's size once the process started; the process sees it.
+    let out = in_terminal(&format!(
+        "stty rows 33 cols 77; {ctr} task exec --fifo-dir {fifo} -t --exec-id t2 {id} \
+         sh -c 'sleep 1; stty size'"
+    ))?;
+    ensure!(
+        out.stdout.contains("33 77"),
+        "window size after resize: {out:?}"
+    );
     Ok(())
 }
 
