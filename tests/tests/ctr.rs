@@ -53,6 +53,7 @@ const CASES: &[(&str, Case)] = &[
     ("exec_errors", exec_errors),
     ("terminal_run_and_exec", terminal_run_and_exec),
     ("pause_resume", pause_resume),
+    ("update_applies_resources", update_applies_resources),
     ("metrics", metrics),
     ("events_in_order_and_oom", events_in_order_and_oom),
     ("killed_shim_is_cleaned_up", killed_shim_is_cleaned_up),
@@ -581,6 +582,60 @@ fn pause_resume(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     wait_status(s, id, "RUNNING")?;
     s.cd.ctr(&["task", "exec", "--exec-id", "r", id, "true"])?
         .ok()?;
+    Ok(())
+}
+
+/// Update through the shim's own Task API (ctr 1.6 has no `task update`): the memory limit of
+/// the running task changes in its cgroup; resources that are not JSON are refused.
+fn update_applies_resources(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    use containerd_shim_protos::protobuf::well_known_types::any::Any;
+    use containerd_shim_protos::protobuf::MessageField;
+    use containerd_shim_protos::{api, ttrpc};
+    run_detached(s, rt, id, &["--memory-limit", "67108864"])?;
+    let bundle =
+        s.cd.dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&s.cd.namespace)
+            .join(id);
+    let address = std::fs::read_to_string(bundle.join("address"))?;
+    let client = containerd_shim_protos::TaskClient::new(
+        ttrpc::Client::connect(address.trim()).context("connect to the shim")?,
+    );
+    let update = |value: &[u8]| {
+        let req = api::UpdateTaskRequest {
+            id: id.to_string(),
+            resources: MessageField::some(Any {
+                type_url: "types.containerd.io/opencontainers/runtime-spec/1/LinuxResources".into(),
+                value: value.to_vec(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        client.update(ttrpc::context::with_timeout(10_000_000_000), &req)
+    };
+    update(br#"{"memory":{"limit":134217728},"pids":{"limit":50}}"#).context("update")?;
+    let cgroup = |ctrl: &str, file: &str| {
+        std::fs::read_to_string(
+            Path::new("/sys/fs/cgroup")
+                .join(ctrl)
+                .join(&s.cd.namespace)
+                .join(id)
+                .join(file),
+        )
+        .map(|v| v.trim().to_string())
+    };
+    ensure!(
+        cgroup("memory", "memory.limit_in_bytes")? == "134217728",
+        "memory limit not updated"
+    );
+    ensure!(
+        cgroup("pids", "pids.max")? == "50",
+        "pids limit not updated"
+    );
+    ensure!(
+        update(b"not json").is_err(),
+        "resources that are not JSON were accepted"
+    );
     Ok(())
 }
 
