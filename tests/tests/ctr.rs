@@ -181,8 +181,13 @@ fn assert_gone(s: &Suite, id: &str) -> Result<()> {
         !tasks.lines().any(|l| l == id),
         "task {id} still listed: {tasks}"
     );
+    // Only this run's mounts: another run on the machine may use the same container ids.
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
-    let left: Vec<&str> = mounts.lines().filter(|l| l.contains(id)).collect();
+    let dir = s.cd.dir.display().to_string();
+    let left: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.contains(id) && l.contains(&dir))
+        .collect();
     ensure!(left.is_empty(), "mounts of {id} left: {left:?}");
     Ok(())
 }
