@@ -534,6 +534,24 @@ fn exec_errors(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
         out.code != 0 && out.stderr.contains("/no/such/cmd"),
         "exec of a missing command: {out:?}"
     );
+    // An exec id in use is refused as AlreadyExists.
+    s.cd.ctr(&[
+        "task",
+        "exec",
+        "-d",
+        "--exec-id",
+        "dup",
+        id,
+        "sleep",
+        "1000",
+    ])?
+    .ok()?;
+    let out =
+        s.cd.ctr(&["task", "exec", "-d", "--exec-id", "dup", id, "true"])?;
+    ensure!(
+        out.code != 0 && out.stderr.contains("already exists"),
+        "a duplicate exec id: {out:?}"
+    );
     Ok(())
 }
 
@@ -641,6 +659,16 @@ fn update_applies_resources(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
         update(b"not json").is_err(),
         "resources that are not JSON were accepted"
     );
+    // Resizing a process without a terminal is not an error (as with runc's shim).
+    let resize = api::ResizePtyRequest {
+        id: id.to_string(),
+        width: 80,
+        height: 24,
+        ..Default::default()
+    };
+    client
+        .resize_pty(ttrpc::context::with_timeout(10_000_000_000), &resize)
+        .context("resize of a process without a terminal")?;
     Ok(())
 }
 
