@@ -5,6 +5,30 @@ use oci_spec::runtime::Spec;
 /// The pod (sandbox) a CRI container belongs to; the shim groups a pod by it.
 pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
 
+/// `sandbox` for a pod's sandbox (pause) container, `container` for its app containers.
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+/// The value of [`CONTAINER_TYPE`] for the sandbox container.
+pub const CONTAINER_TYPE_SANDBOX: &str = "sandbox";
+/// The pod's uid (kubelet's volume directories are `<root>/pods/<uid>/volumes/...`).
+pub const SANDBOX_UID: &str = "io.kubernetes.cri.sandbox-uid";
+/// An app container's name within its pod.
+pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
+
+/// Pod volume hints: `dev.cryo.spec.mount.<volume>.{source,type,share,options}`
+/// (see `crate::volumes::rules` for what they mean).
+pub const MOUNT_PREFIX: &str = "dev.cryo.spec.mount.";
+/// gVisor's spelling of the same hints, accepted as aliases.
+pub const GVISOR_MOUNT_PREFIX: &str = "dev.gvisor.spec.mount.";
+
+/// One annotation of `spec`, if set and not empty.
+pub fn get<'a>(spec: &'a Spec, key: &str) -> Option<&'a str> {
+    spec.annotations()
+        .as_ref()
+        .and_then(|a| a.get(key))
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+}
+
 /// The id that decides which shim serves a container: its pod's sandbox id when CRI created it,
 /// else its own id (one shim per container, as with `ctr`).
 pub fn grouping(spec: Option<&Spec>, id: &str) -> String {
