@@ -25,6 +25,7 @@ pub mod init;
 mod launch;
 pub mod mount;
 pub mod state;
+pub mod volume;
 
 pub use config::{ContainerConfig, RootfsMount, Stdio};
 pub use container::Container;

@@ -16,6 +16,7 @@ mod process;
 mod service;
 mod stdio;
 mod task;
+mod volumes;
 
 /// Engine calls (create, start, exec, delete) run on at most this many blocking threads.
 const BLOCKING_THREADS: usize = 4;

@@ -37,8 +37,10 @@ impl Pod {
         Ok(())
     }
 
+    /// Forget a deleted task; the sandbox's removal unmounts the pod's volumes.
     pub fn remove(&self, id: &str) {
         self.lock().remove(id);
+        crate::volumes::container_removed(id);
     }
 
     pub fn is_empty(&self) -> bool {

@@ -138,6 +138,8 @@ impl Task {
         }
         let bundle = PathBuf::from(&req.bundle);
         let spec = load_spec(&bundle)?;
+        // Pod volumes (dev.cryo.spec.mount.* annotations): mounts rewritten, pod overlays mounted.
+        let spec = crate::volumes::prepare(&bundle, &req.id, spec).await?;
         let rootfs_mounts: Vec<RootfsMount> = req
             .rootfs
             .iter()

@@ -64,10 +64,14 @@ impl Shim for Service {
 
     async fn delete_shim(&mut self) -> Result<DeleteResponse, Error> {
         let bundle = self.bundle.clone();
-        let found = tokio::task::spawn_blocking(move || cryo_sandbox::container::cleanup(&bundle))
-            .await
-            .map_err(|e| Error::Other(format!("cleanup of {}: {e}", self.id)))?
-            .map_err(|e| Error::Other(format!("cleanup of {}: {e}", self.id)))?;
+        let found = tokio::task::spawn_blocking(move || {
+            // Pod overlays a dead shim left mounted in a sandbox bundle go first.
+            crate::volumes::cleanup_bundle(&bundle);
+            cryo_sandbox::container::cleanup(&bundle)
+        })
+        .await
+        .map_err(|e| Error::Other(format!("cleanup of {}: {e}", self.id)))?
+        .map_err(|e| Error::Other(format!("cleanup of {}: {e}", self.id)))?;
         Ok(DeleteResponse {
             pid: found.map_or(0, |s| s.pid as u32),
             exit_status: KILLED_STATUS,

@@ -1,0 +1,220 @@
+//! Pod volumes: the shim side of `dev.cryo.spec.mount.*` (and gVisor's `dev.gvisor.spec.mount.*`)
+//! annotations. Before a container is created its spec's mounts are rewritten ([`prepare`]):
+//! [`rules`] decides each annotated volume's shape once per pod, the engine
+//! (`cryo_sandbox::volume`) places it, and [`rules::rewrite`] points the OCI mounts at it.
+//!
+//! Where things live:
+//! - a `share=pod` volume's overlay is mounted ONCE per pod, in the shim's mount namespace, at
+//!   `<sandbox bundle>/volumes/<volume>`; its filestore (upper and work dirs) is
+//!   `<emptyDir>/.cryo-filestore/pod/`; each container gets a bind of the merged dir;
+//! - a `share=container` overlay is mounted by the container's init in the container's own
+//!   mount namespace (it goes with it), filestore `<emptyDir>/.cryo-filestore/container-<name>/`;
+//! - a private tmpfs is mounted in the container's mount namespace too.
+//!
+//! The pod overlays are unmounted when the sandbox container is deleted
+//! ([`container_removed`]), or by the shim's `delete` after a crash ([`cleanup_bundle`], from
+//! the record `<sandbox bundle>/cryo-volumes.json` and the mount table). The emptyDir itself
+//! is kubelet's: cryo leaves it (with its filestore) for kubelet to delete.
+//!
+//! One shim process serves exactly one pod (grouped by `io.kubernetes.cri.sandbox-id`), so the
+//! pod's volume registry is the process's.
+
+pub mod rules;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex, MutexGuard};
+
+use containerd_shim_protos::ttrpc;
+use cryo_sandbox::volume;
+use log::{info, warn};
+use oci_spec::runtime::Spec;
+
+use crate::annotations;
+use crate::errors;
+use rules::{Decision, Medium, Placement, Shape};
+
+/// The record of the pod overlays mounted, in the sandbox bundle.
+pub const RECORD_FILE: &str = "cryo-volumes.json";
+/// Pod overlays are mounted at `<sandbox bundle>/volumes/<volume>`.
+pub const VOLUMES_DIR: &str = "volumes";
+/// Filestore key of the pod-shared overlay.
+const POD_KEY: &str = "pod";
+
+/// What the pod knows of its volumes.
+#[derive(Default)]
+struct PodVolumes {
+    sandbox_id: Option<String>,
+    sandbox_bundle: Option<PathBuf>,
+    /// Each volume's shape, decided once (by the first container that mounts it).
+    decided: HashMap<String, Decision>,
+    /// Pod overlays mounted: volume name -> mountpoint.
+    mounted: BTreeMap<String, PathBuf>,
+}
+
+static POD: LazyLock<Mutex<PodVolumes>> = LazyLock::new(Default::default);
+
+fn pod() -> MutexGuard<'static, PodVolumes> {
+    POD.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Rewrite `spec`'s mounts for the pod's annotated volumes, mounting the pod overlays they
+/// need. Bad annotations fail with a message naming the key, before anything is mounted.
+pub async fn prepare(bundle: &Path, id: &str, spec: Spec) -> Result<Spec, ttrpc::Error> {
+    let bundle = bundle.to_path_buf();
+    let id = id.to_string();
+    tokio::task::spawn_blocking(move || prepare_blocking(&bundle, &id, spec))
+        .await
+        .map_err(errors::internal)?
+}
+
+fn prepare_blocking(bundle: &Path, id: &str, mut spec: Spec) -> Result<Spec, ttrpc::Error> {
+    let sandbox_id = annotations::grouping(Some(&spec), id);
+    let is_sandbox = annotations::get(&spec, annotations::CONTAINER_TYPE)
+        == Some(annotations::CONTAINER_TYPE_SANDBOX);
+    let mut pod = pod();
+    if is_sandbox || sandbox_id == id {
+        pod.sandbox_id = Some(id.to_string());
+        pod.sandbox_bundle = Some(bundle.to_path_buf());
+    }
+    if is_sandbox {
+        // The sandbox mounts no volumes; its app containers do.
+        return Ok(spec);
+    }
+    let annotations_map = spec.annotations().clone().unwrap_or_default();
+    let mounts = spec.mounts().clone().unwrap_or_default();
+    let uid = annotations::get(&spec, annotations::SANDBOX_UID);
+    let plan = rules::plan(&annotations_map, &mounts, uid, &pod.decided, &medium_of)
+        .map_err(|e| errors::invalid_argument(format!("container {id}: {e}")))?;
+    if plan.is_empty() {
+        return Ok(spec);
+    }
+    let sandbox_bundle = pod
+        .sandbox_bundle
+        .clone()
+        .unwrap_or_else(|| bundle.parent().unwrap_or(Path::new("/")).join(&sandbox_id));
+    let name = annotations::get(&spec, annotations::CONTAINER_NAME)
+        .filter(|n| !n.contains('/') && !n.contains("..") && !n.is_empty())
+        .unwrap_or(id);
+    let mut placed = Vec::new();
+    for (d, new) in plan {
+        if new {
+            info!(
+                "pod {sandbox_id}: volume {} ({}) is {:?}: {}",
+                d.volume,
+                d.source.display(),
+                d.shape,
+                d.reason
+            );
+        }
+        let place = match d.shape {
+            Shape::Bind | Shape::SharedBind => Placement::AsIs,
+            Shape::Tmpfs => Placement::Tmpfs,
+            Shape::PodOverlay => {
+                let mountpoint = sandbox_bundle.join(VOLUMES_DIR).join(&d.volume);
+                pod.mounted.insert(d.volume.clone(), mountpoint.clone());
+                write_record(&sandbox_bundle, &pod.mounted);
+                if let Err(e) = volume::mount_overlay(&d.source, POD_KEY, &mountpoint) {
+                    pod.mounted.remove(&d.volume);
+                    write_record(&sandbox_bundle, &pod.mounted);
+                    return Err(errors::engine(e));
+                }
+                Placement::BindFrom(mountpoint)
+            }
+            Shape::ContainerOverlay => {
+                let store = volume::filestore(&d.source, &format!("container-{name}"))
+                    .map_err(errors::engine)?;
+                Placement::Overlay {
+                    lower: store.lower,
+                    upper: store.upper,
+                    work: store.work,
+                }
+            }
+        };
+        placed.push((d, place));
+    }
+    for (d, _) in &placed {
+        pod.decided
+            .entry(d.volume.clone())
+            .or_insert_with(|| d.clone());
+    }
+    spec.set_mounts(Some(rules::rewrite(&mounts, &placed)));
+    Ok(spec)
+}
+
+/// The emptyDir medium: `Memory` when kubelet mounted a tmpfs there.
+fn medium_of(dir: &Path) -> Medium {
+    match volume::is_memory_backed(dir) {
+        Ok(true) => Medium::Memory,
+        Ok(false) => Medium::Disk,
+        Err(e) => {
+            warn!("{}: medium unknown, taken as disk: {e}", dir.display());
+            Medium::Disk
+        }
+    }
+}
+
+/// A container was deleted: when it is the pod's sandbox, unmount every pod overlay.
+pub fn container_removed(id: &str) {
+    let mut pod = pod();
+    if pod.sandbox_id.as_deref() != Some(id) {
+        return;
+    }
+    let bundle = pod.sandbox_bundle.clone();
+    for (name, mountpoint) in std::mem::take(&mut pod.mounted) {
+        match volume::unmount_overlay(&mountpoint) {
+            Ok(()) => info!("pod {id}: volume {name} unmounted"),
+            Err(e) => warn!("pod {id}: volume {name}: {e}"),
+        }
+    }
+    if let Some(bundle) = bundle {
+        cleanup_bundle(&bundle);
+    }
+    *pod = PodVolumes::default();
+}
+
+/// Unmount every pod overlay under `bundle` (the shim's `delete` after a crash, and the end of
+/// a sandbox): those its record names and any mount found under `<bundle>/volumes`.
+pub fn cleanup_bundle(bundle: &Path) {
+    let dir = bundle.join(VOLUMES_DIR);
+    let mut targets: Vec<PathBuf> = std::fs::read(bundle.join(RECORD_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Vec<String>>(&b).ok())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| !n.is_empty() && !n.contains('/') && !n.contains(".."))
+        .map(|n| dir.join(n))
+        .collect();
+    if let Ok(mounts) = cryo_sandbox::mount::mountinfo_self() {
+        targets.extend(
+            mounts
+                .into_iter()
+                .map(|m| m.mount_point)
+                .filter(|m| m.starts_with(&dir) && m != &dir),
+        );
+    }
+    targets.sort_by_key(|t| std::cmp::Reverse(t.components().count()));
+    targets.dedup();
+    for t in targets {
+        if let Err(e) = volume::unmount_overlay(&t) {
+            warn!("{}: {e}", t.display());
+        }
+    }
+    let _ = std::fs::remove_dir(&dir);
+    let _ = std::fs::remove_file(bundle.join(RECORD_FILE));
+}
+
+/// Record the mounted pod overlays' names in the sandbox bundle (best effort: the mount table
+/// is the fallback).
+fn write_record(bundle: &Path, mounted: &BTreeMap<String, PathBuf>) {
+    let names: Vec<&String> = mounted.keys().collect();
+    let path = bundle.join(RECORD_FILE);
+    let tmp = bundle.join(format!(".{RECORD_FILE}.tmp"));
+    let res = serde_json::to_vec(&names)
+        .map_err(std::io::Error::other)
+        .and_then(|b| std::fs::write(&tmp, b))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = res {
+        warn!("{}: {e}", path.display());
+    }
+}
