@@ -17,9 +17,12 @@ pub enum Error {
     /// The workload's executable could not be found or executed (reported before Start returns).
     #[error("exec {cmd:?}: {reason}")]
     Exec { cmd: String, reason: String },
-    /// A failure inside the init helper, reported back over its sync pipe.
-    #[error("container init: {0}")]
+    /// The init helper could not be run or talked to.
+    #[error("init helper: {0}")]
     Init(String),
+    /// Setting up or exec'ing the process failed; the helper's message names the cause.
+    #[error("{0}")]
+    Setup(String),
     /// A mount or unmount failed.
     #[error("mount {target}: {reason}")]
     Mount { target: PathBuf, reason: String },

@@ -52,7 +52,7 @@ pub fn launch(config: InitConfig, stdio: Stdio, cgroup: &Cgroup) -> Result<Launc
             }
             Some((FromInit::Console, fd)) => console = fd,
             Some((FromInit::Ready, _)) => ready = true,
-            Some((FromInit::Error(msg), _)) => return Err(Error::Init(msg)),
+            Some((FromInit::Error(msg), _)) => return Err(Error::Setup(msg)),
             None => {
                 return Err(Error::Init(
                     "the init helper exited before the process was ready".into(),
@@ -78,7 +78,7 @@ impl Launched {
         self.chan.send(&ToInit::Start)?;
         match self.chan.recv::<FromInit>()? {
             None => Ok(()),
-            Some((FromInit::Error(msg), _)) => Err(Error::Init(msg)),
+            Some((FromInit::Error(msg), _)) => Err(Error::Setup(msg)),
             Some((other, _)) => Err(Error::Init(format!(
                 "unexpected message {other:?} at start"
             ))),

@@ -72,6 +72,7 @@ impl Shim for Service {
         .await
         .map_err(|e| Error::Other(format!("cleanup of {}: {e}", self.id)))?
         .map_err(|e| Error::Other(format!("cleanup of {}: {e}", self.id)))?;
+        remove_stale_socket(&self.bundle);
         Ok(DeleteResponse {
             pid: found.map_or(0, |s| s.pid as u32),
             exit_status: KILLED_STATUS,
@@ -95,5 +96,23 @@ impl Shim for Service {
             Events::new(publisher, self.namespace.clone()),
             self.exit.clone(),
         )
+    }
+}
+
+/// The dead shim's socket (named by the bundle's `address` file) is removed once nothing
+/// answers on it; a live shim serving the rest of the pod keeps its own.
+fn remove_stale_socket(bundle: &std::path::Path) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let Some(path) = address.trim().strip_prefix("unix://") else {
+        return;
+    };
+    if let Err(e) = std::os::unix::net::UnixStream::connect(path) {
+        if e.kind() == std::io::ErrorKind::ConnectionRefused {
+            if let Err(e) = std::fs::remove_file(path) {
+                warn!("remove stale shim socket {path}: {e}");
+            }
+        }
     }
 }
