@@ -267,6 +267,9 @@ state = "{t}/state"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{t}/cni/bin"
     conf_dir = "{t}/cni/net.d"
+  # CRI refuses to load without its default runtime (runc) configured.
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cryo]
     runtime_type = "io.containerd.cryo.v2"
     pod_annotations = ["dev.cryo.spec.mount.*", "dev.gvisor.spec.mount.*"]

@@ -4,6 +4,7 @@
 
 pub mod cmd;
 pub mod containerd;
+pub mod cri;
 pub mod image;
 pub mod leftovers;
 

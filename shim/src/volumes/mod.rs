@@ -77,13 +77,16 @@ fn prepare_blocking(bundle: &Path, id: &str, mut spec: Spec) -> Result<Spec, ttr
         pod.sandbox_id = Some(id.to_string());
         pod.sandbox_bundle = Some(bundle.to_path_buf());
     }
+    let annotations_map = spec.annotations().clone().unwrap_or_default();
+    let uid = annotations::get(&spec, annotations::SANDBOX_UID);
     if is_sandbox {
-        // The sandbox mounts no volumes; its app containers do.
+        // The sandbox mounts no volumes, its app containers do; but bad hints fail the pod
+        // now (RunPodSandbox), before anything of it runs.
+        rules::validate_pod(&annotations_map, uid)
+            .map_err(|e| errors::invalid_argument(format!("pod sandbox {id}: {e}")))?;
         return Ok(spec);
     }
-    let annotations_map = spec.annotations().clone().unwrap_or_default();
     let mounts = spec.mounts().clone().unwrap_or_default();
-    let uid = annotations::get(&spec, annotations::SANDBOX_UID);
     let plan = rules::plan(&annotations_map, &mounts, uid, &pod.decided, &medium_of)
         .map_err(|e| errors::invalid_argument(format!("container {id}: {e}")))?;
     if plan.is_empty() {

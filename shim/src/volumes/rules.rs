@@ -351,14 +351,7 @@ pub fn locate(
 ) -> Result<Option<PathBuf>, RuleError> {
     if let Some(source) = &hint.source {
         if !is_pod_volume(source, pod_uid) {
-            return Err(refuse(
-                format!("{MOUNT_PREFIX}{}.source", hint.name),
-                format!(
-                    "{} is not a volume directory of this pod (<kubelet>/pods/{}/volumes/<plugin>/<name>)",
-                    source.display(),
-                    pod_uid.unwrap_or("<uid>")
-                ),
-            ));
+            return Err(outside(hint, source, pod_uid));
         }
         let used = mounts
             .iter()
@@ -444,6 +437,37 @@ pub fn decide(hint: &Hint, source: &Path, medium: Medium) -> Result<Decision, Ru
         options: hint.options.clone(),
         reason: format!("{why}; backing: {backing} (emptyDir medium: {medium})"),
     })
+}
+
+/// What can be checked of the pod's hints before any container exists (at the sandbox's
+/// create: containerd's CRI reaches the runtime at RunPodSandbox and StartContainer, never at
+/// CreateContainer): every key parses, every given source is a volume directory of this pod,
+/// and overlay or tmpfs hints name an emptyDir.
+pub fn validate_pod(
+    annotations: &HashMap<String, String>,
+    pod_uid: Option<&str>,
+) -> Result<(), RuleError> {
+    for hint in parse_hints(annotations)?.values() {
+        let Some(source) = &hint.source else {
+            continue;
+        };
+        if !is_pod_volume(source, pod_uid) {
+            return Err(outside(hint, source, pod_uid));
+        }
+        decide(hint, source, Medium::Disk)?;
+    }
+    Ok(())
+}
+
+fn outside(hint: &Hint, source: &Path, pod_uid: Option<&str>) -> RuleError {
+    refuse(
+        format!("{MOUNT_PREFIX}{}.source", hint.name),
+        format!(
+            "{} is not a volume directory of this pod (<kubelet>/pods/{}/volumes/<plugin>/<name>)",
+            source.display(),
+            pod_uid.unwrap_or("<uid>")
+        ),
+    )
 }
 
 /// Every annotated volume this container mounts, decided (or taken from `decided`, the pod's
@@ -1015,6 +1039,41 @@ mod tests {
         let slashed = bind("/workspace", Path::new(&format!("{}/", src.display())));
         let out = rewrite(&[slashed], &[(d(Shape::Tmpfs, &[]), Placement::Tmpfs)]);
         assert_eq!(out[0].typ().as_deref(), Some("tmpfs"));
+    }
+
+    #[test]
+    fn the_pod_alone_is_checked_at_the_sandbox() {
+        let src = empty_dir("ws");
+        let s = src.to_str().unwrap();
+        let ok = ann(&[
+            ("dev.cryo.spec.mount.ws.source", s),
+            ("dev.cryo.spec.mount.ws.type", "tmpfs"),
+            ("dev.cryo.spec.mount.ws.share", "pod"),
+            ("dev.gvisor.spec.mount.other.type", "bind"),
+        ]);
+        validate_pod(&ok, Some(UID)).unwrap();
+        for (pairs, key) in [
+            (
+                vec![("dev.cryo.spec.mount.ws.type", "nfs")],
+                "dev.cryo.spec.mount.ws.type",
+            ),
+            (
+                vec![("dev.cryo.spec.mount.ws.source", "/etc")],
+                "dev.cryo.spec.mount.ws.source",
+            ),
+            (
+                vec![
+                    (
+                        "dev.cryo.spec.mount.ws.source",
+                        "/k/pods/0b5c-uid/volumes/kubernetes.io~configmap/ws",
+                    ),
+                    ("dev.cryo.spec.mount.ws.type", "bind"),
+                ],
+                "dev.cryo.spec.mount.ws.type",
+            ),
+        ] {
+            assert_eq!(validate_pod(&ann(&pairs), Some(UID)).unwrap_err().key, key);
+        }
     }
 
     #[test]

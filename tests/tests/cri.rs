@@ -1,0 +1,879 @@
+//! Kubernetes pods on cryo through CRI, as kubelet drives them: a real CRI client (k8s-cri)
+//! against the private containerd's CRI plugin with runtime handler `cryo`. The pod lifecycle
+//! call by call, and emptyDir volumes shaped by `dev.cryo.spec.mount.*` /
+//! `dev.gvisor.spec.mount.*` pod annotations (the seed: gVisor issue 13595, a disk-backed
+//! emptyDir shared by two containers with share=pod). The test is kubelet: it creates the
+//! emptyDir directories at `<tmp>/kubelet/pods/<uid>/volumes/kubernetes.io~empty-dir/<name>`
+//! and passes them as container mounts. Trials run one at a time (memory figures are
+//! compared); each removes its pods even when it fails, and the run fails if anything
+//! (mounts, processes, cgroups) is left behind.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use harness::cri::{self, Cri, K8S_NAMESPACE};
+use harness::Containerd;
+use libtest_mimic::{Arguments, Failed, Trial};
+
+struct Suite {
+    cd: Containerd,
+    cri: Cri,
+    /// kubelet's root dir (pods/<uid>/volumes/...).
+    kubelet: PathBuf,
+    /// Pod log directories.
+    logs: PathBuf,
+    /// Every pod's cgroup parent (removed at the end).
+    cgroup_parent: String,
+}
+
+type Case = fn(&Suite, &str) -> Result<()>;
+
+const CASES: &[(&str, Case)] = &[
+    ("pod_lifecycle_through_cri", pod_lifecycle_through_cri),
+    ("share_pod_agent_and_sidecar", share_pod_agent_and_sidecar),
+    (
+        "each_shape_has_its_backing_and_sharing",
+        each_shape_has_its_backing_and_sharing,
+    ),
+    (
+        "memory_medium_share_pod_stays_in_memory",
+        memory_medium_share_pod_stays_in_memory,
+    ),
+    (
+        "hostile_annotations_are_refused",
+        hostile_annotations_are_refused,
+    ),
+    (
+        "two_gib_in_share_pod_stay_out_of_memory",
+        two_gib_in_share_pod_stay_out_of_memory,
+    ),
+];
+
+type Lazy = OnceLock<std::result::Result<Suite, String>>;
+
+fn main() {
+    let mut args = Arguments::from_args();
+    // One pod at a time: the memory case compares figures.
+    args.test_threads = Some(1);
+    let lazy: Arc<Lazy> = Arc::new(OnceLock::new());
+    let mut trials = Vec::new();
+    for (name, case) in CASES {
+        let lazy = lazy.clone();
+        let case = *case;
+        let short = name.replace('_', "-");
+        trials.push(Trial::test(format!("cri::{name}"), move || {
+            let suite = lazy
+                .get_or_init(|| setup().map_err(|e| format!("suite setup failed: {e:#}")))
+                .as_ref()?;
+            let result = case(suite, &short);
+            let cleanup = remove_all_pods(suite);
+            match (result, cleanup) {
+                (Ok(()), Ok(())) => Ok(()),
+                (Err(e), _) => Err(Failed::from(format!(
+                    "{e:#}\ncontainerd log:\n{}",
+                    suite.cd.log_tail()
+                ))),
+                (Ok(()), Err(e)) => Err(Failed::from(format!("cleanup: {e:#}"))),
+            }
+        }));
+    }
+    let conclusion = libtest_mimic::run(&args, trials);
+    let teardown = match Arc::try_unwrap(lazy).map(OnceLock::into_inner) {
+        Ok(Some(Ok(suite))) => teardown(suite),
+        Ok(_) => Ok(()),
+        Err(_) => Err(anyhow::anyhow!("suite still referenced at teardown")),
+    };
+    if let Err(e) = &teardown {
+        eprintln!("teardown: {e:#}");
+    }
+    if conclusion.has_failed() || teardown.is_err() {
+        std::process::exit(101);
+    }
+}
+
+fn setup() -> Result<Suite> {
+    ensure!(
+        nix::unistd::geteuid().is_root(),
+        "the CRI suite needs root (containerd, mounts, cgroups)"
+    );
+    let cd = Containerd::start(&harness::built_shim()?)?;
+    let rest = || -> Result<(Cri, PathBuf, PathBuf)> {
+        cri::install_cni(&cd)?;
+        cri::import_images(&cd)?;
+        let client = Cri::connect(&cd.address())?;
+        client.version()?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !client.image_present(harness::image::PAUSE_IMAGE)? {
+            ensure!(Instant::now() < deadline, "CRI never saw the pause image");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let kubelet = cd.dir.join("kubelet");
+        let logs = cd.dir.join("logs");
+        std::fs::create_dir_all(&kubelet)?;
+        std::fs::create_dir_all(&logs)?;
+        Ok((client, kubelet, logs))
+    };
+    match rest() {
+        Ok((cri, kubelet, logs)) => Ok(Suite {
+            cgroup_parent: format!("/{}", cd.namespace),
+            cd,
+            cri,
+            kubelet,
+            logs,
+        }),
+        Err(e) => {
+            let e = e.context(format!("containerd log:\n{}", cd.log_tail()));
+            if let Err(t) = cd.teardown(&[K8S_NAMESPACE]) {
+                eprintln!("teardown: {t:#}");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Remove every pod (kubelet's way: stop, then remove), then check that no mount is left in
+/// the run's dir but the images' and the kubelet tmpfs a case forgot.
+fn remove_all_pods(s: &Suite) -> Result<()> {
+    let mut errors = Vec::new();
+    if let Err(e) = remove_pods(s) {
+        errors.push(format!("{e:#}"));
+    }
+    let left: Vec<PathBuf> = harness::leftovers::mounts_under(&s.cd.dir)
+        .into_iter()
+        .filter(|m| !m.starts_with(s.cd.dir.join("root")))
+        .collect();
+    for m in &left {
+        let _ = nix::mount::umount2(m, nix::mount::MntFlags::MNT_DETACH);
+    }
+    if !left.is_empty() {
+        errors.push(format!("mounts left after removing the pods: {left:?}"));
+    }
+    if !errors.is_empty() {
+        bail!("{}", errors.join("\n"));
+    }
+    Ok(())
+}
+
+/// Stop and remove every pod CRI knows.
+fn remove_pods(s: &Suite) -> Result<()> {
+    let mut errors = Vec::new();
+    for pod in s.cri.list_pods()? {
+        if let Err(e) = s.cri.remove_pod_fully(&pod) {
+            errors.push(format!("{pod}: {e:#}"));
+        }
+    }
+    if !errors.is_empty() {
+        bail!("{}", errors.join("\n"));
+    }
+    Ok(())
+}
+
+fn teardown(s: Suite) -> Result<()> {
+    let cleanup = remove_all_pods(&s);
+    let Suite {
+        cd,
+        cri,
+        cgroup_parent,
+        ..
+    } = s;
+    drop(cri);
+    let result = cd.teardown(&[K8S_NAMESPACE]);
+    // The pods' cgroup parent, in every hierarchy: empty by now.
+    let mut left = Vec::new();
+    for hierarchy in cgroup_dirs(&cgroup_parent) {
+        if hierarchy.is_dir() && std::fs::remove_dir(&hierarchy).is_err() {
+            left.push(hierarchy.display().to_string());
+        }
+    }
+    cleanup?;
+    result?;
+    ensure!(left.is_empty(), "cgroups left: {left:?}");
+    Ok(())
+}
+
+/// `parent` in each mounted cgroup hierarchy.
+fn cgroup_dirs(parent: &str) -> Vec<PathBuf> {
+    let rel = parent.trim_start_matches('/');
+    std::fs::read_dir("/sys/fs/cgroup")
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.path().join(rel))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A pod uid unique in this run.
+fn uid(case: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{case}-{nanos:x}")
+}
+
+/// A running pod: its config (CreateContainer wants it again) and id.
+struct Pod {
+    id: String,
+    config: k8s_cri::v1::PodSandboxConfig,
+}
+
+fn run_pod(s: &Suite, case: &str, annotations: &[(&str, &str)]) -> Result<Pod> {
+    run_pod_with_uid(s, case, &uid(case), annotations)
+}
+
+/// CreateContainer + StartContainer of a busybox `sh -c script` in `pod`.
+fn start(
+    s: &Suite,
+    pod: &Pod,
+    name: &str,
+    script: &str,
+    mounts: &[(&str, &Path)],
+) -> Result<String> {
+    let id = create(s, pod, name, script, mounts)?;
+    s.cri.start_container(&id)?;
+    Ok(id)
+}
+
+fn create(
+    s: &Suite,
+    pod: &Pod,
+    name: &str,
+    script: &str,
+    mounts: &[(&str, &Path)],
+) -> Result<String> {
+    s.cri.create_container(
+        &pod.id,
+        cri::container_config(name, script, mounts),
+        &pod.config,
+    )
+}
+
+/// The sandbox container's bundle (where cryo mounts the pod's overlays).
+fn sandbox_bundle(s: &Suite, pod: &Pod) -> PathBuf {
+    s.cd.dir
+        .join("state/io.containerd.runtime.v2.task")
+        .join(K8S_NAMESPACE)
+        .join(&pod.id)
+}
+
+/// (fstype, major:minor) of the mount at `dest` in process `pid`'s mount table.
+fn mount_at(pid: i32, dest: &str) -> Result<(String, String)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+    let line = text
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some(dest))
+        .with_context(|| {
+            format!("{dest} is not a mount point in /proc/{pid}/mountinfo:\n{text}")
+        })?;
+    let (left, right) = line.split_once(" - ").context("bad mountinfo line")?;
+    let dev = left.split(' ').nth(2).unwrap_or_default().to_string();
+    let fstype = right.split(' ').next().unwrap_or_default().to_string();
+    Ok((fstype, dev))
+}
+
+/// Whether `path` lives on a tmpfs.
+fn on_tmpfs(path: &Path) -> Result<bool> {
+    let fs = nix::sys::statfs::statfs(path)?;
+    Ok(fs.filesystem_type() == nix::sys::statfs::TMPFS_MAGIC)
+}
+
+/// Wait until `f` holds (it is tried every 100 ms for 10 s); the last error otherwise.
+fn eventually(what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let last = f();
+        if let Ok(true) = last {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{what}: never happened (last: {last:?})");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn ns(pid: i32, kind: &str) -> Result<PathBuf> {
+    Ok(std::fs::read_link(format!("/proc/{pid}/ns/{kind}"))?)
+}
+
+/// Every CRI call kubelet makes for a pod's life, in order; each failure names its call.
+fn pod_lifecycle_through_cri(s: &Suite, case: &str) -> Result<()> {
+    let pod = run_pod(s, case, &[])?;
+    let pause = s.cri.pod_pid(&pod.id)?;
+    let app = start(s, &pod, "app", "echo started; exec sleep 100000", &[])?;
+    let status = s.cri.container_status(&app)?.status.context("no status")?;
+    ensure!(
+        status.state == 1,
+        "ContainerStatus state {} (want RUNNING=1)",
+        status.state
+    );
+    let (code, out, _) = s.cri.exec_sync(&app, &["echo", "hi"])?;
+    ensure!(code == 0 && out == "hi\n", "ExecSync echo: {code} {out:?}");
+    let (code, _, _) = s.cri.exec_sync(&app, &["sh", "-c", "exit 3"])?;
+    ensure!(code == 3, "ExecSync exit 3 gave {code}");
+    // The app container joins the sandbox's network, ipc and uts namespaces, not its mounts.
+    let pid = s.cri.container_pid(&app)?;
+    for kind in ["net", "ipc", "uts"] {
+        ensure!(
+            ns(pid, kind)? == ns(pause, kind)?,
+            "{kind} namespace not the pod's"
+        );
+    }
+    ensure!(
+        ns(pid, "mnt")? != ns(pause, "mnt")?,
+        "mount namespace shared with the pause container"
+    );
+    let hostname = s.cri.sh(&app, "hostname")?;
+    ensure!(
+        hostname.trim() == pod.config.hostname,
+        "hostname {hostname:?}"
+    );
+    let stats = s.cri.container_stats(&app)?;
+    let ws = stats
+        .memory
+        .as_ref()
+        .and_then(|m| m.working_set_bytes.as_ref())
+        .map(|v| v.value)
+        .context("ContainerStats without memory working set")?;
+    ensure!(ws > 0, "working set 0");
+    s.cri.stop_container(&app, 2)?;
+    let status = s.cri.container_status(&app)?.status.context("no status")?;
+    ensure!(
+        status.state == 2,
+        "after StopContainer: state {} (want EXITED=2)",
+        status.state
+    );
+    s.cri.remove_container(&app)?;
+    s.cri.stop_pod(&pod.id)?;
+    s.cri.remove_pod(&pod.id)?;
+    eventually("pause process gone", || {
+        Ok(!Path::new(&format!("/proc/{pause}")).exists())
+    })?;
+    ensure!(s.cri.list_pods()?.is_empty(), "pod still listed");
+    Ok(())
+}
+
+/// The seed (gVisor #13595): agent writes agent.txt in a loop, sidecar reads it; the emptyDir
+/// is hinted as gVisor pods hint it (type=tmpfs, share=pod, source). Both containers start,
+/// the sidecar sees the latest writes, the bytes are on disk in the emptyDir's filestore, and
+/// both containers mount the same overlay (not a tmpfs).
+fn share_pod_agent_and_sidecar(s: &Suite, case: &str) -> Result<()> {
+    let uid = uid(case);
+    let dir = cri::empty_dir(&s.kubelet, &uid, "ws")?;
+    let source = dir.display().to_string();
+    let pod = run_pod_with_uid(
+        s,
+        case,
+        &uid,
+        &[
+            ("dev.gvisor.spec.mount.ws.type", "tmpfs"),
+            ("dev.gvisor.spec.mount.ws.share", "pod"),
+            ("dev.gvisor.spec.mount.ws.source", &source),
+        ],
+    )?;
+    let agent = start(
+        s,
+        &pod,
+        "agent",
+        "n=0; while :; do n=$((n+1)); echo \"agent n=$n\" > /workspace/agent.txt.tmp; mv /workspace/agent.txt.tmp /workspace/agent.txt; sleep 0.1; done",
+        &[("/workspace", &dir)],
+    )?;
+    // The second container of the same source starts too (gVisor: "repeated submounts are
+    // not supported with overlay optimizations").
+    let sidecar = start(
+        s,
+        &pod,
+        "sidecar",
+        "exec sleep 100000",
+        &[("/workspace", &dir)],
+    )?;
+    for id in [&agent, &sidecar] {
+        let st = s.cri.container_status(id)?.status.context("no status")?;
+        ensure!(
+            st.state == 1,
+            "container {} not running: {st:?}",
+            st.metadata
+                .as_ref()
+                .map(|m| m.name.clone())
+                .unwrap_or_default()
+        );
+    }
+    let n_of = |text: &str| -> Result<u64> {
+        text.trim()
+            .strip_prefix("agent n=")
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("agent.txt holds {text:?}"))
+    };
+    eventually("agent.txt visible to the sidecar", || {
+        Ok(s.cri
+            .exec_sync(&sidecar, &["cat", "/workspace/agent.txt"])?
+            .0
+            == 0)
+    })?;
+    // The sidecar sees the agent's latest writes: what the agent just wrote, or newer.
+    for _ in 0..3 {
+        let seen_by_agent = n_of(&s.cri.sh(&agent, "cat /workspace/agent.txt")?)?;
+        let seen_by_sidecar = n_of(&s.cri.sh(&sidecar, "cat /workspace/agent.txt")?)?;
+        ensure!(
+            seen_by_sidecar >= seen_by_agent,
+            "sidecar saw n={seen_by_sidecar}, agent had already written n={seen_by_agent}"
+        );
+    }
+    // And the other way round, at once.
+    s.cri
+        .sh(&sidecar, "echo from-sidecar > /workspace/side.txt")?;
+    let back = s.cri.sh(&agent, "cat /workspace/side.txt")?;
+    ensure!(back == "from-sidecar\n", "agent read {back:?}");
+    // On disk, inside the emptyDir (cryo's filestore), not in RAM.
+    let upper = dir.join(".cryo-filestore/pod/upper");
+    let on_disk = std::fs::read_to_string(upper.join("agent.txt"))?;
+    n_of(&on_disk)?;
+    ensure!(!on_tmpfs(&upper)?, "the filestore is on a tmpfs");
+    ensure!(
+        !dir.join("agent.txt").exists(),
+        "agent.txt written straight into the emptyDir, not through the overlay"
+    );
+    // Both containers: /workspace is an overlay, the same one (same device).
+    let (t1, d1) = mount_at(s.cri.container_pid(&agent)?, "/workspace")?;
+    let (t2, d2) = mount_at(s.cri.container_pid(&sidecar)?, "/workspace")?;
+    ensure!(
+        t1 == "overlay" && t2 == "overlay",
+        "mount types {t1}, {t2} (want overlay)"
+    );
+    ensure!(
+        d1 == d2,
+        "agent and sidecar mount different overlays ({d1} vs {d2})"
+    );
+    // Mounted once per pod, under the sandbox's bundle; gone with the pod.
+    let merged = sandbox_bundle(s, &pod).join("volumes/ws");
+    let host = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let count = host
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(merged.to_str().unwrap_or_default()))
+        .count();
+    ensure!(
+        count == 1,
+        "{} mounted {count} times on the host",
+        merged.display()
+    );
+    s.cri.remove_pod_fully(&pod.id)?;
+    let host = std::fs::read_to_string("/proc/self/mountinfo")?;
+    ensure!(
+        !host.contains(&source),
+        "a mount inside the emptyDir is left"
+    );
+    ensure!(
+        !host.contains(merged.to_str().unwrap_or_default()),
+        "the pod overlay is left"
+    );
+    // kubelet's directory stays, with the files, for kubelet to delete.
+    ensure!(
+        upper.join("agent.txt").is_file(),
+        "the filestore went with the pod"
+    );
+    Ok(())
+}
+
+fn run_pod_with_uid(s: &Suite, case: &str, uid: &str, annotations: &[(&str, &str)]) -> Result<Pod> {
+    let logs = s.logs.join(uid);
+    std::fs::create_dir_all(&logs)?;
+    let name: String = case.chars().take(50).collect();
+    let config = cri::pod_config(&name, uid, annotations, &s.cgroup_parent, &logs);
+    let id = s.cri.run_pod(config.clone())?;
+    Ok(Pod { id, config })
+}
+
+/// One pod, four volumes, two containers mounting all of them: no hint (bind), share=shared
+/// (bind, with the host), type=bind share=container (private overlay on disk), type=tmpfs
+/// (private tmpfs). Keys mix cryo's and gVisor's spellings; sources are left out (found by
+/// name) except for one.
+fn each_shape_has_its_backing_and_sharing(s: &Suite, case: &str) -> Result<()> {
+    let uid = uid(case);
+    let names = ["plain", "shared", "cpriv", "tmp"];
+    let dirs: Vec<PathBuf> = names
+        .iter()
+        .map(|n| cri::empty_dir(&s.kubelet, &uid, n))
+        .collect::<Result<_>>()?;
+    let plain_src = dirs[0].display().to_string();
+    let pod = run_pod_with_uid(
+        s,
+        case,
+        &uid,
+        &[
+            ("dev.cryo.spec.mount.plain.source", &plain_src),
+            ("dev.cryo.spec.mount.shared.type", "bind"),
+            ("dev.cryo.spec.mount.shared.share", "shared"),
+            ("dev.cryo.spec.mount.cpriv.type", "bind"),
+            ("dev.gvisor.spec.mount.cpriv.share", "container"),
+            ("dev.gvisor.spec.mount.tmp.type", "tmpfs"),
+        ],
+    )?;
+    let dests: Vec<String> = names.iter().map(|n| format!("/v/{n}")).collect();
+    let mounts: Vec<(&str, &Path)> = dests
+        .iter()
+        .map(String::as_str)
+        .zip(dirs.iter().map(PathBuf::as_path))
+        .collect();
+    let a = start(s, &pod, "a", "exec sleep 100000", &mounts)?;
+    let b = start(s, &pod, "b", "exec sleep 100000", &mounts)?;
+    for n in names {
+        s.cri.sh(&a, &format!("echo a > /v/{n}/from-a"))?;
+        s.cri.sh(&b, &format!("echo b > /v/{n}/from-b"))?;
+    }
+    let sees = |id: &str, path: &str| -> Result<bool> {
+        Ok(s.cri.exec_sync(id, &["test", "-e", path])?.0 == 0)
+    };
+    let (pa, pb) = (s.cri.container_pid(&a)?, s.cri.container_pid(&b)?);
+    let host_fs = mount_at(1, "/").map(|(t, _)| t).unwrap_or_default();
+
+    // plain and shared: binds of the directory itself; both containers and the host see all.
+    for (i, n) in ["plain", "shared"].iter().enumerate() {
+        ensure!(
+            sees(&b, &format!("/v/{n}/from-a"))?,
+            "{n}: b does not see a's file"
+        );
+        ensure!(
+            dirs[i].join("from-a").is_file() && dirs[i].join("from-b").is_file(),
+            "{n}: files not in the host dir"
+        );
+        let (t, _) = mount_at(pa, &format!("/v/{n}"))?;
+        ensure!(
+            t != "overlay" && t != "tmpfs",
+            "{n}: mount type {t} (want the host's {host_fs})"
+        );
+        ensure!(
+            !dirs[i].join(".cryo-filestore").exists(),
+            "{n}: has a filestore"
+        );
+    }
+    // cpriv: an overlay per container, on disk in the emptyDir's filestore.
+    ensure!(
+        !sees(&b, "/v/cpriv/from-a")?,
+        "cpriv: b sees a's private file"
+    );
+    ensure!(
+        !sees(&a, "/v/cpriv/from-b")?,
+        "cpriv: a sees b's private file"
+    );
+    for (c, pid) in [("a", pa), ("b", pb)] {
+        let (t, _) = mount_at(pid, "/v/cpriv")?;
+        ensure!(t == "overlay", "cpriv in {c}: mount type {t}");
+        let f = dirs[2].join(format!(".cryo-filestore/container-{c}/upper/from-{c}"));
+        ensure!(f.is_file(), "cpriv: {} missing", f.display());
+    }
+    ensure!(!on_tmpfs(&dirs[2])?, "cpriv on a tmpfs");
+    // tmp: a private tmpfs in each container; nothing reaches the disk.
+    ensure!(!sees(&b, "/v/tmp/from-a")?, "tmp: b sees a's file");
+    for (c, pid) in [("a", pa), ("b", pb)] {
+        let (t, _) = mount_at(pid, "/v/tmp")?;
+        ensure!(t == "tmpfs", "tmp in {c}: mount type {t}");
+    }
+    let in_dir: Vec<_> = std::fs::read_dir(&dirs[3])?.collect();
+    ensure!(
+        in_dir.is_empty(),
+        "tmp: the host dir is not empty: {in_dir:?}"
+    );
+    Ok(())
+}
+
+/// A `Memory` emptyDir (a tmpfs kubelet mounted) with share=pod: still one overlay shared by
+/// the pod, its filestore in that tmpfs (RAM, as the pod asked).
+fn memory_medium_share_pod_stays_in_memory(s: &Suite, case: &str) -> Result<()> {
+    let uid = uid(case);
+    let dir = cri::empty_dir(&s.kubelet, &uid, "mem")?;
+    nix::mount::mount(
+        Some("tmpfs"),
+        &dir,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("mode=777,size=64m"),
+    )?;
+    let result = (|| -> Result<()> {
+        let pod = run_pod_with_uid(
+            s,
+            case,
+            &uid,
+            &[
+                ("dev.cryo.spec.mount.mem.type", "bind"),
+                ("dev.cryo.spec.mount.mem.share", "pod"),
+            ],
+        )?;
+        let a = start(s, &pod, "a", "exec sleep 100000", &[("/mem", &dir)])?;
+        let b = start(s, &pod, "b", "exec sleep 100000", &[("/mem", &dir)])?;
+        s.cri.sh(&a, "echo ram > /mem/f")?;
+        ensure!(
+            s.cri.sh(&b, "cat /mem/f")? == "ram\n",
+            "b does not see a's write"
+        );
+        let upper = dir.join(".cryo-filestore/pod/upper");
+        ensure!(upper.join("f").is_file(), "not in the filestore");
+        ensure!(on_tmpfs(&upper)?, "the filestore is not in the tmpfs");
+        let (t, _) = mount_at(s.cri.container_pid(&a)?, "/mem")?;
+        ensure!(t == "overlay", "mount type {t}");
+        s.cri.remove_pod_fully(&pod.id)?;
+        Ok(())
+    })();
+    let removed = remove_pods(s);
+    nix::mount::umount2(&dir, nix::mount::MntFlags::MNT_DETACH)?;
+    result.and(removed)
+}
+
+/// Pod annotations as (key, value) pairs.
+type Annotations<'a> = &'a [(&'a str, &'a str)];
+
+/// Bad annotations are refused with a message naming the key, and nothing is mounted.
+/// containerd 1.6's CRI reaches the runtime at RunPodSandbox (the sandbox's task) and at
+/// StartContainer (the app's task), never at CreateContainer: hints wrong in themselves fail
+/// RunPodSandbox; a hint wrong only for a container's mounts fails StartContainer.
+fn hostile_annotations_are_refused(s: &Suite, case: &str) -> Result<()> {
+    let pod_level: &[(&str, Annotations, &str)] = &[
+        (
+            "type",
+            &[("dev.cryo.spec.mount.ws.type", "nfs")],
+            "dev.cryo.spec.mount.ws.type",
+        ),
+        (
+            "share",
+            &[
+                ("dev.cryo.spec.mount.ws.type", "bind"),
+                ("dev.gvisor.spec.mount.ws.share", "everyone"),
+            ],
+            "dev.gvisor.spec.mount.ws.share",
+        ),
+        // (A name with `/` never reaches the runtime: containerd matches `pod_annotations` with
+        // a glob whose `*` stops at `/`. The rules refuse it all the same: unit-tested.)
+        (
+            "dotdot",
+            &[("dev.gvisor.spec.mount.....type", "bind")],
+            "dev.gvisor.spec.mount.....type",
+        ),
+        (
+            "source",
+            &[
+                ("dev.cryo.spec.mount.ws.source", "/etc"),
+                ("dev.cryo.spec.mount.ws.type", "bind"),
+            ],
+            "dev.cryo.spec.mount.ws.source",
+        ),
+        (
+            "alias",
+            &[
+                ("dev.cryo.spec.mount.ws.type", "bind"),
+                ("dev.gvisor.spec.mount.ws.type", "tmpfs"),
+                ("dev.cryo.spec.mount.ws.share", "pod"),
+            ],
+            "dev.cryo.spec.mount.ws.type",
+        ),
+        (
+            "options",
+            &[
+                ("dev.cryo.spec.mount.ws.type", "bind"),
+                ("dev.cryo.spec.mount.ws.options", "suid,uid=0"),
+            ],
+            "dev.cryo.spec.mount.ws.options",
+        ),
+    ];
+    let nothing_mounted = |what: &str, dir: &Path, pod_id: &str| -> Result<()> {
+        ensure!(
+            !dir.join(".cryo-filestore").exists(),
+            "{what}: a filestore was made"
+        );
+        let volumes =
+            s.cd.dir
+                .join("state/io.containerd.runtime.v2.task")
+                .join(K8S_NAMESPACE)
+                .join(pod_id)
+                .join("volumes");
+        let host = std::fs::read_to_string("/proc/self/mountinfo")?;
+        ensure!(
+            !host.contains(volumes.to_str().unwrap_or_default()),
+            "{what}: a pod overlay was mounted"
+        );
+        ensure!(
+            !host.contains(dir.to_str().unwrap_or_default()),
+            "{what}: something was mounted in the emptyDir"
+        );
+        Ok(())
+    };
+    for (what, annotations, key) in pod_level {
+        let uid = uid(&format!("{case}-{what}"));
+        let dir = cri::empty_dir(&s.kubelet, &uid, "ws")?;
+        let msg = match run_pod_with_uid(s, case, &uid, annotations) {
+            Ok(pod) => bail!(
+                "{what}: RunPodSandbox accepted {annotations:?} (pod {})",
+                pod.id
+            ),
+            Err(e) => format!("{e:#}"),
+        };
+        ensure!(
+            msg.contains("RunPodSandbox") && msg.contains(&format!("annotation {key}:")),
+            "{what}: the error does not name {key}: {msg}"
+        );
+        nothing_mounted(what, &dir, "")?;
+        ensure!(s.cri.list_pods()?.is_empty(), "{what}: a pod is left");
+    }
+    // Container level: share=pod on a volume found by name that is not an emptyDir.
+    let uid = uid(&format!("{case}-configmap"));
+    let cm = s
+        .kubelet
+        .join("pods")
+        .join(&uid)
+        .join("volumes/kubernetes.io~configmap/ws");
+    std::fs::create_dir_all(&cm)?;
+    let pod = run_pod_with_uid(
+        s,
+        case,
+        &uid,
+        &[
+            ("dev.cryo.spec.mount.ws.type", "bind"),
+            ("dev.cryo.spec.mount.ws.share", "pod"),
+        ],
+    )?;
+    let id = create(s, &pod, "app", "exec sleep 100000", &[("/ws", &cm)])?;
+    let msg = match s.cri.start_container(&id) {
+        Ok(()) => bail!("StartContainer accepted share=pod on a configMap volume"),
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        msg.contains("StartContainer") && msg.contains("annotation dev.cryo.spec.mount.ws.type:"),
+        "configmap: the error does not name the key: {msg}"
+    );
+    nothing_mounted("configmap", &cm, &pod.id)?;
+    s.cri.remove_pod_fully(&pod.id)?;
+    Ok(())
+}
+
+/// Memory figures of a pod: (working set of its containers from ListContainerStats,
+/// the host's Shmem from /proc/meminfo), bytes.
+fn memory_figures(s: &Suite, pod: &Pod) -> Result<(u64, u64)> {
+    let ws = s.cri.pod_working_set(&pod.id)?;
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    let shmem = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("Shmem:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .context("no Shmem in /proc/meminfo")?;
+    Ok((ws, shmem * 1024))
+}
+
+const MIB: u64 = 1 << 20;
+
+/// 2 GiB written into a share=pod volume land on disk: the pod's working set and the host's
+/// shared memory do not grow by more than page-cache noise. Control: 256 MiB written into a
+/// type=tmpfs volume of the same pod do show up (the figures see RAM when it is used).
+fn two_gib_in_share_pod_stay_out_of_memory(s: &Suite, case: &str) -> Result<()> {
+    let uid = uid(case);
+    let ws_dir = cri::empty_dir(&s.kubelet, &uid, "ws")?;
+    let tmp_dir = cri::empty_dir(&s.kubelet, &uid, "scratch")?;
+    let pod = run_pod_with_uid(
+        s,
+        case,
+        &uid,
+        &[
+            ("dev.cryo.spec.mount.ws.type", "tmpfs"),
+            ("dev.cryo.spec.mount.ws.share", "pod"),
+            ("dev.cryo.spec.mount.scratch.type", "tmpfs"),
+        ],
+    )?;
+    let w = start(
+        s,
+        &pod,
+        "writer",
+        "exec sleep 100000",
+        &[("/ws", &ws_dir), ("/scratch", &tmp_dir)],
+    )?;
+    let before = memory_figures(s, &pod)?;
+    let usage = |id: &str| -> Result<u64> {
+        Ok(s.cri
+            .container_stats(id)?
+            .memory
+            .and_then(|m| m.usage_bytes)
+            .map(|v| v.value)
+            .unwrap_or(0))
+    };
+    let usage_before = usage(&w)?;
+    let started = Instant::now();
+    let (code, _, err) = s.cri.exec_sync_within(
+        &w,
+        &[
+            "dd",
+            "if=/dev/zero",
+            "of=/ws/big",
+            "bs=1M",
+            "count=2048",
+            "conv=fsync",
+        ],
+        240,
+    )?;
+    ensure!(code == 0, "dd exited {code}: {err}");
+    let took = started.elapsed();
+    let after = memory_figures(s, &pod)?;
+    let usage_after = usage(&w)?;
+    let big = ws_dir.join(".cryo-filestore/pod/upper/big");
+    let md = std::fs::metadata(&big).with_context(|| format!("{} missing", big.display()))?;
+    use std::os::unix::fs::MetadataExt;
+    let allocated = md.blocks() * 512;
+    eprintln!(
+        "2 GiB into share=pod ({took:.1?}): pod working set {} -> {} MiB, host Shmem {} -> {} MiB, writer cgroup usage (incl. page cache) {} -> {} MiB, file on disk {} MiB allocated",
+        before.0 / MIB,
+        after.0 / MIB,
+        before.1 / MIB,
+        after.1 / MIB,
+        usage_before / MIB,
+        usage_after / MIB,
+        allocated / MIB
+    );
+    ensure!(md.len() == 2048 * MIB, "file size {}", md.len());
+    ensure!(
+        allocated >= 2000 * MIB,
+        "only {} MiB allocated on disk",
+        allocated / MIB
+    );
+    ensure!(!on_tmpfs(&big)?, "the file is on a tmpfs");
+    let noise = 256 * MIB;
+    ensure!(
+        after.0 < before.0 + noise,
+        "pod working set grew by {} MiB",
+        (after.0 - before.0) / MIB
+    );
+    ensure!(
+        after.1 < before.1 + noise,
+        "host Shmem grew by {} MiB",
+        (after.1 - before.1) / MIB
+    );
+
+    // Control: the same measure does see RAM.
+    let (code, _, err) = s.cri.exec_sync_within(
+        &w,
+        &[
+            "dd",
+            "if=/dev/zero",
+            "of=/scratch/ram",
+            "bs=1M",
+            "count=256",
+        ],
+        60,
+    )?;
+    ensure!(code == 0, "dd into tmpfs exited {code}: {err}");
+    let control = memory_figures(s, &pod)?;
+    eprintln!(
+        "control, 256 MiB into type=tmpfs: pod working set {} -> {} MiB, host Shmem {} -> {} MiB",
+        after.0 / MIB,
+        control.0 / MIB,
+        after.1 / MIB,
+        control.1 / MIB
+    );
+    ensure!(
+        control.0 >= after.0 + 200 * MIB,
+        "the control did not raise the working set ({} -> {} MiB): the figures do not see RAM",
+        after.0 / MIB,
+        control.0 / MIB
+    );
+    s.cri.remove_pod_fully(&pod.id)?;
+    // The 2 GiB are kubelet's to delete with the emptyDir; the test is kubelet.
+    std::fs::remove_file(&big)?;
+    Ok(())
+}
