@@ -49,6 +49,10 @@ const CASES: &[(&str, Case)] = &[
         "two_gib_in_share_pod_stay_out_of_memory",
         two_gib_in_share_pod_stay_out_of_memory,
     ),
+    (
+        "killed_shim_leaves_no_volume_mounted",
+        killed_shim_leaves_no_volume_mounted,
+    ),
 ];
 
 type Lazy = OnceLock<std::result::Result<Suite, String>>;
@@ -875,5 +879,85 @@ fn two_gib_in_share_pod_stay_out_of_memory(s: &Suite, case: &str) -> Result<()> 
     s.cri.remove_pod_fully(&pod.id)?;
     // The 2 GiB are kubelet's to delete with the emptyDir; the test is kubelet.
     std::fs::remove_file(&big)?;
+    Ok(())
+}
+
+/// Pids of the cryo shims serving `id` (`containerd-shim-cryo-v2 ... -id ID ...`, not `start`).
+fn shim_pids(id: &str) -> Vec<i32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.first()
+                .is_some_and(|a| a.ends_with(b"containerd-shim-cryo-v2"))
+                && args
+                    .windows(2)
+                    .any(|w| w[0] == b"-id" && w[1] == id.as_bytes())
+                && !args.contains(&b"start".as_slice())
+        })
+        .collect()
+}
+
+/// The pod's shim dies (SIGKILL) with a share=pod overlay mounted: containerd's cleanup runs
+/// the shim's `delete` for each bundle, which unmounts the pod overlay before containerd
+/// removes the sandbox bundle, so no mount is left and the files in the emptyDir survive
+/// (a bundle removed with the overlay still mounted would delete them through it).
+fn killed_shim_leaves_no_volume_mounted(s: &Suite, case: &str) -> Result<()> {
+    let uid = uid(case);
+    let dir = cri::empty_dir(&s.kubelet, &uid, "ws")?;
+    let pod = run_pod_with_uid(
+        s,
+        case,
+        &uid,
+        &[
+            ("dev.cryo.spec.mount.ws.type", "bind"),
+            ("dev.cryo.spec.mount.ws.share", "pod"),
+        ],
+    )?;
+    let app = start(
+        s,
+        &pod,
+        "app",
+        "echo kept > /ws/kept; exec sleep 100000",
+        &[("/ws", &dir)],
+    )?;
+    let kept = dir.join(".cryo-filestore/pod/upper/kept");
+    eventually("the app wrote its file", || Ok(kept.is_file()))?;
+    let merged = sandbox_bundle(s, &pod).join("volumes/ws");
+    ensure!(
+        std::fs::read_to_string("/proc/self/mountinfo")?
+            .contains(merged.to_str().unwrap_or_default()),
+        "the pod overlay is not mounted"
+    );
+    let shims = shim_pids(&pod.id);
+    ensure!(shims.len() == 1, "shims serving the pod: {shims:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    eventually("the shim is gone", || {
+        Ok(!Path::new(&format!("/proc/{}", shims[0])).exists())
+    })?;
+    // kubelet notices and removes the pod.
+    let _ = s.cri.stop_container(&app, 1);
+    s.cri.remove_pod_fully(&pod.id)?;
+    let host = std::fs::read_to_string("/proc/self/mountinfo")?;
+    ensure!(
+        !host.contains(merged.to_str().unwrap_or_default()),
+        "the pod overlay is still mounted"
+    );
+    ensure!(
+        !host.contains(dir.to_str().unwrap_or_default()),
+        "a mount inside the emptyDir is left"
+    );
+    ensure!(
+        std::fs::read_to_string(&kept).ok().as_deref() == Some("kept\n"),
+        "the emptyDir's files did not survive the cleanup"
+    );
     Ok(())
 }
