@@ -96,6 +96,12 @@ fn prepare_blocking(bundle: &Path, id: &str, mut spec: Spec) -> Result<Spec, ttr
         .sandbox_bundle
         .clone()
         .unwrap_or_else(|| bundle.parent().unwrap_or(Path::new("/")).join(&sandbox_id));
+    if plan.iter().any(|(d, _)| d.shape == Shape::PodOverlay) && !sandbox_bundle.is_dir() {
+        return Err(errors::failed_precondition(format!(
+            "container {id}: pod sandbox {sandbox_id} is gone ({} missing): no pod volume to join",
+            sandbox_bundle.display()
+        )));
+    }
     let name = annotations::get(&spec, annotations::CONTAINER_NAME)
         .filter(|n| !n.contains('/') && !n.contains("..") && !n.is_empty())
         .unwrap_or(id);
