@@ -330,6 +330,44 @@ fn pod_lifecycle_through_cri(s: &Suite, case: &str) -> Result<()> {
         ns(pid, "mnt")? != ns(pause, "mnt")?,
         "mount namespace shared with the pause container"
     );
+    // No pid mode asked is CRI's POD: the pod's pid namespace (shareProcessNamespace), where
+    // the pause process shows; a container asking CONTAINER gets its own.
+    ensure!(
+        ns(pid, "pid")? == ns(pause, "pid")?,
+        "pid namespace not the pod's"
+    );
+    let ps = s.cri.sh(&app, "ps")?;
+    ensure!(
+        ps.contains("sleep 2147483647"),
+        "the pause process is not visible in a shared pid namespace:\n{ps}"
+    );
+    let mut own = cri::container_config("own-pid", "exec sleep 100000", &[]);
+    own.linux = Some(k8s_cri::v1::LinuxContainerConfig {
+        security_context: Some(k8s_cri::v1::LinuxContainerSecurityContext {
+            namespace_options: Some(k8s_cri::v1::NamespaceOption {
+                pid: k8s_cri::v1::NamespaceMode::Container as i32,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let own = s.cri.create_container(&pod.id, own, &pod.config)?;
+    s.cri.start_container(&own)?;
+    let own_pid = s.cri.container_pid(&own)?;
+    ensure!(
+        ns(own_pid, "pid")? != ns(pause, "pid")?,
+        "pid mode CONTAINER shares the pod's pid namespace"
+    );
+    ensure!(
+        ns(own_pid, "net")? == ns(pause, "net")?,
+        "net namespace not the pod's"
+    );
+    let ps = s.cri.sh(&own, "ps")?;
+    ensure!(
+        !ps.contains("2147483647"),
+        "the pause process is visible in a private pid namespace:\n{ps}"
+    );
     let hostname = s.cri.sh(&app, "hostname")?;
     ensure!(
         hostname.trim() == pod.config.hostname,
@@ -351,6 +389,8 @@ fn pod_lifecycle_through_cri(s: &Suite, case: &str) -> Result<()> {
         status.state
     );
     s.cri.remove_container(&app)?;
+    s.cri.stop_container(&own, 2)?;
+    s.cri.remove_container(&own)?;
     s.cri.stop_pod(&pod.id)?;
     s.cri.remove_pod(&pod.id)?;
     eventually("pause process gone", || {
@@ -450,6 +490,16 @@ fn share_pod_agent_and_sidecar(s: &Suite, case: &str) -> Result<()> {
     ensure!(
         d1 == d2,
         "agent and sidecar mount different overlays ({d1} vs {d2})"
+    );
+    // The shape was decided once for the pod, and why is in the shim's log.
+    let log = std::fs::read_to_string(s.cd.dir.join("containerd.log"))?;
+    let decided = log
+        .lines()
+        .filter(|l| l.contains(&format!("pod {}: volume ws", pod.id)))
+        .collect::<Vec<_>>();
+    ensure!(
+        decided.len() == 1 && decided[0].contains("PodOverlay") && decided[0].contains("share=pod"),
+        "the decision is not logged once with its reason: {decided:?}"
     );
     // Mounted once per pod, under the sandbox's bundle; gone with the pod.
     let merged = sandbox_bundle(s, &pod).join("volumes/ws");
