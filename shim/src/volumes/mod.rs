@@ -227,3 +227,38 @@ fn write_record(bundle: &Path, mounted: &BTreeMap<String, PathBuf>) {
         warn!("{}: {e}", path.display());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleanup_bundle_unmounts_recorded_and_found_overlays() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let tmp = std::env::temp_dir().join(format!("cryo-volumes-test-{}", std::process::id()));
+        let bundle = tmp.join("bundle");
+        let vol = tmp.join("vol");
+        std::fs::create_dir_all(&bundle).unwrap();
+        std::fs::create_dir_all(&vol).unwrap();
+        let recorded = bundle.join(VOLUMES_DIR).join("ws");
+        let unrecorded = bundle.join(VOLUMES_DIR).join("other");
+        volume::mount_overlay(&vol, POD_KEY, &recorded).unwrap();
+        volume::mount_overlay(&vol, "other", &unrecorded).unwrap();
+        std::fs::write(recorded.join("f"), b"x").unwrap();
+        let mut mounted = BTreeMap::new();
+        mounted.insert("ws".to_string(), recorded.clone());
+        write_record(&bundle, &mounted);
+        cleanup_bundle(&bundle);
+        let left =
+            volume::is_mounted(&recorded).unwrap() || volume::is_mounted(&unrecorded).unwrap();
+        assert!(!bundle.join(VOLUMES_DIR).exists());
+        assert!(!bundle.join(RECORD_FILE).exists());
+        // The files stay in the volume's filestore.
+        assert!(vol.join(".cryo-filestore/pod/upper/f").is_file());
+        let _ = std::fs::remove_dir_all(&tmp);
+        assert!(!left, "an overlay is still mounted");
+    }
+}
