@@ -355,6 +355,12 @@ fn pod_lifecycle_through_cri(s: &Suite, case: &str) -> Result<()> {
     let own = s.cri.create_container(&pod.id, own, &pod.config)?;
     s.cri.start_container(&own)?;
     let own_pid = s.cri.container_pid(&own)?;
+    // One shim serves the pod: the sandbox and both app containers.
+    let shims = run_shims(s);
+    ensure!(
+        shims.len() == 1,
+        "shims of this run: {shims:?} (want one for the pod)"
+    );
     ensure!(
         ns(own_pid, "pid")? != ns(pause, "pid")?,
         "pid mode CONTAINER shares the pod's pid namespace"
@@ -930,6 +936,26 @@ fn two_gib_in_share_pod_stay_out_of_memory(s: &Suite, case: &str) -> Result<()> 
     // The 2 GiB are kubelet's to delete with the emptyDir; the test is kubelet.
     std::fs::remove_file(&big)?;
     Ok(())
+}
+
+/// Pids of every cryo shim serving this run's containerd (not `start` helpers).
+fn run_shims(s: &Suite) -> Vec<i32> {
+    let address = s.cd.address().display().to_string();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.first()
+                .is_some_and(|a| a.ends_with(b"containerd-shim-cryo-v2"))
+                && args.contains(&address.as_bytes())
+                && !args.contains(&b"start".as_slice())
+        })
+        .collect()
 }
 
 /// Pids of the cryo shims serving `id` (`containerd-shim-cryo-v2 ... -id ID ...`, not `start`).
