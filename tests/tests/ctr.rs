@@ -44,6 +44,7 @@ const CASES: &[(&str, Case)] = &[
     ("env_and_cwd", env_and_cwd),
     ("user_and_hostname", user_and_hostname),
     ("host_processes_are_hidden", host_processes_are_hidden),
+    ("no_descriptors_leak_in", no_descriptors_leak_in),
     ("memory_limit_is_enforced", memory_limit_is_enforced),
     ("missing_command_is_refused", missing_command_is_refused),
     ("missing_rootfs_is_refused", missing_rootfs_is_refused),
@@ -393,6 +394,24 @@ fn host_processes_are_hidden(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     ensure!(init.starts_with("sh -c"), "PID 1 is {init:?}");
     let count: usize = lines.next().unwrap_or("0").trim().parse()?;
     ensure!(count <= 4, "the container sees {count} processes");
+    Ok(())
+}
+
+/// The workload holds only its stdio: nothing of the shim's (sockets, pipes, logs) leaks in.
+fn no_descriptors_leak_in(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let out = run(
+        s,
+        rt,
+        id,
+        &[],
+        &["sh", "-c", "ls /proc/$$/fd | tr '\\n' ' '"],
+    )?
+    .ok()?;
+    ensure!(
+        out.stdout.trim() == "0 1 2",
+        "open descriptors: {:?}",
+        out.stdout
+    );
     Ok(())
 }
 

@@ -34,6 +34,12 @@ pub fn run_if_requested() {
     if std::env::var_os(INIT_ENV).is_none() {
         return;
     }
+    // Nothing of the embedding process may reach the container: keep stdio and the channel,
+    // close every other inherited descriptor.
+    // SAFETY: close_range on descriptors this fresh process does not use.
+    unsafe {
+        libc::syscall(libc::SYS_close_range, INIT_FD as u32 + 1, u32::MAX, 0u32);
+    }
     // SAFETY: the engine passes its end of the pair as INIT_FD; nothing else owns it.
     let chan = unsafe { Channel::from_raw_fd(INIT_FD) };
     let code = match helper(&chan) {
