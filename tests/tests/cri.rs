@@ -9,11 +9,11 @@
 //! (mounts, processes, cgroups) is left behind.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use harness::cri::{self, Cri, K8S_NAMESPACE};
+use harness::suite::{conclude, Lazy};
 use harness::Containerd;
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -55,22 +55,18 @@ const CASES: &[(&str, Case)] = &[
     ),
 ];
 
-type Lazy = OnceLock<std::result::Result<Suite, String>>;
-
 fn main() {
     let mut args = Arguments::from_args();
     // One pod at a time: the memory case compares figures.
     args.test_threads = Some(1);
-    let lazy: Arc<Lazy> = Arc::new(OnceLock::new());
+    let lazy: Lazy<Suite> = Lazy::default();
     let mut trials = Vec::new();
     for (name, case) in CASES {
         let lazy = lazy.clone();
         let case = *case;
         let short = name.replace('_', "-");
         trials.push(Trial::test(format!("cri::{name}"), move || {
-            let suite = lazy
-                .get_or_init(|| setup().map_err(|e| format!("suite setup failed: {e:#}")))
-                .as_ref()?;
+            let suite = lazy.get(setup)?;
             let result = case(suite, &short);
             let cleanup = remove_all_pods(suite);
             match (result, cleanup) {
@@ -83,18 +79,7 @@ fn main() {
             }
         }));
     }
-    let conclusion = libtest_mimic::run(&args, trials);
-    let teardown = match Arc::try_unwrap(lazy).map(OnceLock::into_inner) {
-        Ok(Some(Ok(suite))) => teardown(suite),
-        Ok(_) => Ok(()),
-        Err(_) => Err(anyhow::anyhow!("suite still referenced at teardown")),
-    };
-    if let Err(e) = &teardown {
-        eprintln!("teardown: {e:#}");
-    }
-    if conclusion.has_failed() || teardown.is_err() {
-        std::process::exit(101);
-    }
+    conclude(&args, trials, lazy, teardown);
 }
 
 fn setup() -> Result<Suite> {

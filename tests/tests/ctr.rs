@@ -4,12 +4,12 @@
 //! end everything is torn down and the run fails if anything was left behind.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use harness::cmd::with_budget;
 use harness::image::{self, BUSYBOX_IMAGE};
+use harness::suite::{conclude, Lazy};
 use harness::{Containerd, Output, Runtime};
 use libtest_mimic::{Arguments, Failed, Trial};
 
@@ -60,13 +60,9 @@ const CASES: &[(&str, Case)] = &[
     ("killed_shim_is_cleaned_up", killed_shim_is_cleaned_up),
 ];
 
-/// The suite, set up by the first trial that runs (a run that lists or filters out every
-/// trial starts no containerd); a failed setup fails every trial with its reason.
-type Lazy = OnceLock<std::result::Result<Suite, String>>;
-
 fn main() {
     let args = Arguments::from_args();
-    let lazy: Arc<Lazy> = Arc::new(OnceLock::new());
+    let lazy: Lazy<Suite> = Lazy::default();
     let mut trials = Vec::new();
     for rt in Runtime::ALL {
         for (name, case) in CASES {
@@ -75,9 +71,7 @@ fn main() {
             let id = format!("{}-{}", rt.name(), name.replace('_', "-"));
             let excused = rt == Runtime::Runc && RUNC_FALLS_SHORT.iter().any(|(c, _)| c == name);
             let trial = Trial::test(format!("{}::{name}", rt.name()), move || {
-                let suite = lazy
-                    .get_or_init(|| setup().map_err(|e| format!("suite setup failed: {e:#}")))
-                    .as_ref()?;
+                let suite = lazy.get(setup)?;
                 let result = with_budget(TRIAL_BUDGET, || case(suite, rt, &id));
                 with_budget(CLEANUP_BUDGET, || cleanup_container(&suite.cd, &id));
                 result.map_err(|e| {
@@ -87,18 +81,7 @@ fn main() {
             trials.push(trial.with_ignored_flag(excused));
         }
     }
-    let conclusion = libtest_mimic::run(&args, trials);
-    let teardown = match Arc::try_unwrap(lazy).map(OnceLock::into_inner) {
-        Ok(Some(Ok(suite))) => suite.cd.teardown(&[]),
-        Ok(_) => Ok(()), // never set up, or setup failed (and cleaned up after itself)
-        Err(_) => Err(anyhow::anyhow!("suite still referenced at teardown")),
-    };
-    if let Err(e) = &teardown {
-        eprintln!("teardown: {e:#}");
-    }
-    if conclusion.has_failed() || teardown.is_err() {
-        std::process::exit(101);
-    }
+    conclude(&args, trials, lazy, |suite| suite.cd.teardown(&[]));
 }
 
 fn setup() -> Result<Suite> {
@@ -404,14 +387,12 @@ fn no_descriptors_leak_in(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
         rt,
         id,
         &[],
-        &["sh", "-c", "ls /proc/$$/fd | tr '\\n' ' '"],
+        // PID 1 (the shell) waits for ls with only what it was started with.
+        &["sh", "-c", "ls /proc/1/fd; true"],
     )?
     .ok()?;
-    ensure!(
-        out.stdout.trim() == "0 1 2",
-        "open descriptors: {:?}",
-        out.stdout
-    );
+    let fds: Vec<&str> = out.stdout.split_whitespace().collect();
+    ensure!(fds == ["0", "1", "2"], "open descriptors of PID 1: {fds:?}");
     Ok(())
 }
 
