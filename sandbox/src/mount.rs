@@ -149,6 +149,8 @@ pub fn mount_with(
             )
             .map_err(err)?;
         }
+    } else if fstype == Some("overlay") && opts.data.len() > MAX_MOUNT_DATA {
+        overlay_by_parts(target, opts)?;
     } else {
         mount(source, target, fstype, opts.flags, opts.data()).map_err(err)?;
     }
@@ -161,6 +163,119 @@ pub fn mount_with(
             None::<&str>,
         )
         .map_err(err)?;
+    }
+    Ok(())
+}
+
+/// mount(2) takes at most a page of options.
+const MAX_MOUNT_DATA: usize = 4000;
+
+/// An overlay whose options exceed a page (an image with many layers): mounted through the new
+/// mount API one option at a time, each lower layer appended with `lowerdir+` (Linux 6.8+).
+fn overlay_by_parts(target: &Path, opts: &MountOptions) -> Result<()> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const FSOPEN_CLOEXEC: libc::c_uint = 1;
+    const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+    const FSCONFIG_SET_STRING: libc::c_uint = 1;
+    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
+    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+    let fail = |what: &str| Error::Mount {
+        target: target.to_path_buf(),
+        reason: format!(
+            "overlay ({} bytes of options) {what}: {}",
+            opts.data.len(),
+            std::io::Error::last_os_error()
+        ),
+    };
+    let cstr = |s: &str| {
+        CString::new(s).map_err(|_| Error::Mount {
+            target: target.to_path_buf(),
+            reason: format!("option {s:?} has a NUL byte"),
+        })
+    };
+    let fstype = cstr("overlay")?;
+    // SAFETY: the mount-API syscalls get valid C strings; returned descriptors are owned.
+    let fs = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) };
+    if fs < 0 {
+        return Err(fail("fsopen"));
+    }
+    // SAFETY: a fresh descriptor from fsopen.
+    let fs = unsafe { OwnedFd::from_raw_fd(fs as i32) };
+    let set = |cmd: libc::c_uint, key: &str, value: Option<&str>| -> Result<()> {
+        let k = cstr(key)?;
+        let v = value.map(cstr).transpose()?;
+        let vp = v.as_ref().map_or(std::ptr::null(), |v| v.as_ptr());
+        // SAFETY: valid descriptor and C strings (or null for a flag).
+        let rc =
+            unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), cmd, k.as_ptr(), vp, 0) };
+        if rc < 0 {
+            return Err(fail(&format!("option {key}")));
+        }
+        Ok(())
+    };
+    for opt in opts.data.split(',').filter(|o| !o.is_empty()) {
+        match opt.split_once('=') {
+            Some(("lowerdir", dirs)) => {
+                for dir in dirs.split(':') {
+                    set(FSCONFIG_SET_STRING, "lowerdir+", Some(dir))?;
+                }
+            }
+            Some((k, v)) => set(FSCONFIG_SET_STRING, k, Some(v))?,
+            None => set(FSCONFIG_SET_FLAG, opt, None)?,
+        }
+    }
+    // SAFETY: valid descriptor; CMD_CREATE takes no key or value.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            0,
+            0,
+            0,
+        )
+    };
+    if rc < 0 {
+        return Err(fail("create"));
+    }
+    let mut attrs: libc::c_uint = 0;
+    for (flag, attr) in [
+        (MsFlags::MS_RDONLY, 0x1),
+        (MsFlags::MS_NOSUID, 0x2),
+        (MsFlags::MS_NODEV, 0x4),
+        (MsFlags::MS_NOEXEC, 0x8),
+    ] {
+        if opts.flags.contains(flag) {
+            attrs |= attr;
+        }
+    }
+    // SAFETY: valid descriptor.
+    let mnt = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
+    if mnt < 0 {
+        return Err(fail("fsmount"));
+    }
+    // SAFETY: a fresh descriptor from fsmount.
+    let mnt = unsafe { OwnedFd::from_raw_fd(mnt as i32) };
+    let to = CString::new(target.as_os_str().as_encoded_bytes()).map_err(|_| Error::Mount {
+        target: target.to_path_buf(),
+        reason: "path has a NUL byte".into(),
+    })?;
+    let empty = cstr("")?;
+    // SAFETY: valid descriptor and C strings.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt.as_raw_fd(),
+            empty.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if rc < 0 {
+        return Err(fail("move_mount"));
     }
     Ok(())
 }
@@ -390,6 +505,49 @@ mod tests {
             resolve_beneath(root, Path::new("/a/rel/new")).unwrap(),
             root.join("a/b/new")
         );
+    }
+
+    #[test]
+    fn an_overlay_with_more_layers_than_a_page_of_options_mounts() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let long = "l".repeat(60);
+        let mut lowers = Vec::new();
+        for i in 0..100 {
+            let d = dir.path().join(format!("{long}-{i:03}"));
+            std::fs::create_dir(&d).unwrap();
+            std::fs::write(d.join(format!("layer-{i:03}")), i.to_string()).unwrap();
+            lowers.push(d.display().to_string());
+        }
+        let (upper, work, root) = (
+            dir.path().join("u"),
+            dir.path().join("w"),
+            dir.path().join("r"),
+        );
+        for d in [&upper, &work, &root] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let mounts = vec![RootfsMount {
+            fstype: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![
+                "index=off".into(),
+                format!("workdir={}", work.display()),
+                format!("upperdir={}", upper.display()),
+                format!("lowerdir={}", lowers.join(":")),
+            ],
+        }];
+        assert!(mounts[0].options[3].len() > MAX_MOUNT_DATA);
+        mount_rootfs(&root, &mounts).unwrap();
+        let first = std::fs::read_to_string(root.join("layer-000"));
+        let last = std::fs::read_to_string(root.join("layer-099"));
+        unmount_rootfs(&root, &mounts).unwrap();
+        assert_eq!(first.unwrap(), "0");
+        assert_eq!(last.unwrap(), "99");
+        assert!(!root.join("layer-000").exists(), "still mounted");
     }
 
     #[test]
