@@ -241,6 +241,41 @@ fn a_flipped_byte_is_refused_naming_the_section() {
 }
 
 #[test]
+fn an_existing_empty_target_is_left_as_it_was() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // The last content byte: the whole section extracts before the checksum disagrees.
+    let a = Area::new();
+    let snap = real_snapshot(&a);
+    let mut data = std::fs::read(data_path(&snap)).unwrap();
+    let at = data.iter().rposition(|&b| b == b'b').unwrap();
+    data[at] = b'x';
+    std::fs::write(data_path(&snap), &data).unwrap();
+    let target = a.p("target");
+    std::fs::create_dir(&target).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let before = std::fs::metadata(&target).unwrap();
+    let e = restore_one(&snap, 0, &target).unwrap_err().to_string();
+    assert!(e.contains("section 0"), "{e}");
+    let after = std::fs::metadata(&target).unwrap();
+    assert_eq!(
+        std::fs::read_dir(&target).unwrap().count(),
+        0,
+        "target written"
+    );
+    assert_eq!(
+        (
+            before.ino(),
+            before.mode(),
+            before.mtime(),
+            before.mtime_nsec()
+        ),
+        (after.ino(), after.mode(), after.mtime(), after.mtime_nsec())
+    );
+    std::fs::remove_dir(&target).unwrap();
+    a.assert_untouched();
+}
+
+#[test]
 fn wrong_offsets_are_refused() {
     let a = Area::new();
     let snap = real_snapshot(&a);
