@@ -1,5 +1,12 @@
 //! A container: create (PID 1 waiting), start, signal, list pids, destroy; and cleanup of a
-//! container whose owner died, from its state record.
+//! container whose owner died, from its state record. Checkpoint and restore with CRIU are in
+//! the child modules `checkpoint` and `restore`.
+
+mod checkpoint;
+mod restore;
+
+pub use checkpoint::CheckpointOptions;
+pub use restore::RestoreOptions;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -29,6 +36,8 @@ pub struct Container {
     init: Option<Launched>,
     /// Master side of the container's pty when created with [`crate::Stdio::Terminal`].
     console: Option<OwnedFd>,
+    /// A checkpoint to restore at start instead of exec'ing the workload.
+    restore: Option<restore::Pending>,
 }
 
 impl Container {
@@ -105,6 +114,7 @@ impl Container {
             cgroup,
             console: launched.console.take(),
             init: Some(launched),
+            restore: None,
         })
     }
 
@@ -138,6 +148,9 @@ impl Container {
     /// Let PID 1 exec the workload; returns once exec happened (or with its error).
     /// Blocking.
     pub fn start(&mut self) -> Result<()> {
+        if let (Status::Created, Some(pending)) = (self.state.status, self.restore.take()) {
+            return self.run_restore(pending);
+        }
         let init = match (self.state.status, self.init.take()) {
             (Status::Created, Some(init)) => init,
             (status, _) => return Err(self.wrong_state(status, "start")),

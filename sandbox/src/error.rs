@@ -39,6 +39,16 @@ pub enum Error {
     /// The state record could not be read or written.
     #[error("state {path}: {reason}")]
     State { path: PathBuf, reason: String },
+    /// CRIU is not installed where cryo looks for it (or cannot be run).
+    #[error("CRIU is missing: {0}")]
+    CriuMissing(String),
+    /// CRIU failed; the reason quotes CRIU's own last error and names its log.
+    #[error("criu {op}: {reason}")]
+    Criu { op: String, reason: String },
+    /// A checkpoint directory that cannot be restored (no manifest, a newer format, no CRIU
+    /// images); the reason says which.
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint { path: PathBuf, reason: String },
     /// A system call failed.
     #[error("{context}: {source}")]
     Sys {

@@ -19,6 +19,7 @@
 pub mod cgroup;
 pub mod config;
 pub mod container;
+pub mod criu;
 pub mod error;
 pub mod exec;
 pub mod init;
@@ -28,7 +29,7 @@ pub mod state;
 pub mod volume;
 
 pub use config::{ContainerConfig, RootfsMount, Stdio};
-pub use container::Container;
+pub use container::{CheckpointOptions, Container, RestoreOptions};
 pub use error::{Error, Result};
 pub use exec::{ExecConfig, ExecProcess};
 pub use state::State;

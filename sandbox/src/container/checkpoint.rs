@@ -1,0 +1,143 @@
+//! Checkpoint of a running or paused container with CRIU into a directory: CRIU's images plus
+//! the manifest (`cryo-checkpoint.json`). The container keeps running (or stays paused) unless
+//! asked to exit; CRIU's log stays in the work directory and a failure quotes it.
+
+use std::fs::File;
+use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::Container;
+use crate::criu::manifest::{spec_digest, DumpOptions, Format, Manifest};
+use crate::criu::manifest::{FORMAT_MAJOR, FORMAT_MINOR};
+use crate::criu::swrk::{Opts, ReqType, Session, FIRST_EXTRA_FD};
+use crate::criu::{self, externals};
+use crate::error::{Error, Result};
+use crate::state::Status;
+
+/// CRIU's log of a dump, in the work directory.
+pub const DUMP_LOG: &str = "dump.log";
+
+/// How to checkpoint.
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointOptions {
+    /// The CRIU binary (see [`crate::criu::locate`]).
+    pub criu: PathBuf,
+    /// Where CRIU's images and the manifest go (created if missing).
+    pub image_dir: PathBuf,
+    /// Where CRIU's log goes (created if missing; default: `image_dir`).
+    pub work_dir: Option<PathBuf>,
+    /// Stop the container after the dump (its processes are killed) instead of leaving it.
+    pub exit: bool,
+    /// Dump established TCP connections.
+    pub tcp_established: bool,
+    /// Dump Unix sockets connected outside the container.
+    pub ext_unix_sk: bool,
+    /// Dump file locks.
+    pub file_locks: bool,
+    /// The container's terminal is outside it (a shell job).
+    pub shell_job: bool,
+}
+
+impl Container {
+    /// Dump the container with CRIU into `opts.image_dir` and write its manifest there.
+    /// A paused container is dumped as it is and stays paused. Blocking.
+    pub fn checkpoint(&mut self, opts: &CheckpointOptions) -> Result<Manifest> {
+        let paused = match self.state.status {
+            Status::Running => false,
+            Status::Paused => true,
+            other => return Err(self.wrong_state(other, "checkpoint")),
+        };
+        let work_dir = opts.work_dir.clone().unwrap_or_else(|| opts.image_dir.clone());
+        for dir in [&opts.image_dir, &work_dir] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        }
+        let criu_version = criu::version(&opts.criu)?;
+        let pid = self.state.pid;
+        let stdio: Vec<String> = (0..3)
+            .map(|fd| {
+                std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let externals = externals::for_dump(&self.spec, pid)?;
+        let options = DumpOptions {
+            tcp_established: opts.tcp_established,
+            ext_unix_sk: opts.ext_unix_sk,
+            file_locks: opts.file_locks,
+            shell_job: opts.shell_job,
+        };
+
+        let mut req = Opts::new();
+        req.set_pid(pid);
+        req.set_images_dir_fd(FIRST_EXTRA_FD);
+        req.set_work_dir_fd(FIRST_EXTRA_FD + 1);
+        req.set_log_file(DUMP_LOG.into());
+        req.set_log_level(4);
+        req.set_leave_running(!opts.exit);
+        req.set_manage_cgroups(true);
+        if let Some(freezer) = externals::freezer_dir(self.cgroup.path())? {
+            req.set_freeze_cgroup(freezer.display().to_string());
+        }
+        req.set_tcp_established(options.tcp_established);
+        req.set_ext_unix_sk(options.ext_unix_sk);
+        req.set_file_locks(options.file_locks);
+        req.set_shell_job(options.shell_job);
+        externals::fill_dump(&externals, pid, &mut req)?;
+        let open = |dir: &PathBuf| {
+            File::open(dir).map_err(|e| Error::io(format!("open {}", dir.display()), e))
+        };
+        let fds = vec![open(&opts.image_dir)?.into(), open(&work_dir)?.into()];
+        let log = work_dir.join(DUMP_LOG);
+        let mut session = Session::spawn(&opts.criu, [None, None, None], fds)?;
+        let dumped = session.call(ReqType::DUMP, Some(req));
+        drop(session);
+        // CRIU froze the cgroup for the dump; what it was before is what it is after.
+        if !opts.exit {
+            let _ = if paused {
+                self.cgroup.freeze()
+            } else {
+                self.cgroup.thaw()
+            };
+        }
+        dumped.map_err(|e| with_log(e, &log))?;
+
+        let manifest = Manifest {
+            format: Format {
+                major: FORMAT_MAJOR,
+                minor: FORMAT_MINOR,
+            },
+            cryo_version: env!("CARGO_PKG_VERSION").to_string(),
+            criu_version,
+            container_id: self.state.id.clone(),
+            spec_digest: spec_digest(&self.spec),
+            paused,
+            stdio,
+            options,
+            externals,
+            created_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        manifest.save(&opts.image_dir)?;
+        log::info!(
+            "checkpointed container {} into {}",
+            self.state.id,
+            opts.image_dir.display()
+        );
+        Ok(manifest)
+    }
+}
+
+/// CRIU's failure with its log's last error line and the log's path.
+pub(super) fn with_log(e: Error, log: &std::path::Path) -> Error {
+    match e {
+        Error::Criu { op, reason } => Error::Criu {
+            op,
+            reason: criu::log::explain(&reason, log),
+        },
+        other => other,
+    }
+}

@@ -1,0 +1,278 @@
+//! Restore of a container from a checkpoint directory, in two steps as containerd drives it:
+//! [`Container::prepare_restore`] (Create) builds the container from the new spec — rootfs
+//! mounted, cgroup created, the image's manifest and externals checked against the spec — and
+//! starts no process; [`Container::start`] then runs CRIU's restore into it: CRIU in the
+//! container's cgroup, the rootfs as its root, external mounts and joined namespaces mapped,
+//! the image's stdio pipes reconnected to the new ones, and the restored PID 1 made a sibling
+//! of CRIU, i.e. the embedder's child. A failed restore kills whatever it started.
+
+use std::fs::File;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::sys::signal::Signal;
+use rust_criu::rust_criu_protobuf::rpc;
+
+use super::checkpoint::with_log;
+use super::{namespace_records, start_time, validate, with_default_devices, Container, Undo};
+use crate::cgroup::Cgroup;
+use crate::config::{ContainerConfig, Stdio};
+use crate::criu::externals;
+use crate::criu::manifest::{External, Manifest};
+use crate::criu::swrk::{Opts, ReqType, Session, FIRST_EXTRA_FD};
+use crate::error::{Error, Result};
+use crate::mount;
+use crate::state::{State, Status};
+
+/// CRIU's log of a restore, in the work directory.
+pub const RESTORE_LOG: &str = "restore.log";
+
+/// Where the checkpoint is and how to run CRIU.
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// The CRIU binary (see [`crate::criu::locate`]).
+    pub criu: PathBuf,
+    /// The checkpoint directory (CRIU's images and `cryo-checkpoint.json`).
+    pub image_dir: PathBuf,
+    /// Where CRIU's log goes (created if missing; default: `<bundle>/criu`).
+    pub work_dir: Option<PathBuf>,
+}
+
+/// A prepared restore, run by [`Container::start`].
+#[derive(Debug)]
+pub(super) struct Pending {
+    options: RestoreOptions,
+    manifest: Manifest,
+    stdio: Stdio,
+}
+
+impl Container {
+    /// Build the container from `config` for a restore of `options.image_dir`: checks the
+    /// checkpoint (manifest, format, CRIU images, externals the spec must provide), mounts the
+    /// rootfs and creates the cgroup; no process runs until [`Container::start`]. On any error
+    /// nothing stays mounted or created. Blocking.
+    pub fn prepare_restore(config: ContainerConfig, options: RestoreOptions) -> Result<Container> {
+        let ContainerConfig {
+            id,
+            bundle,
+            rootfs,
+            rootfs_mounts,
+            spec,
+            stdio,
+        } = config;
+        validate(&spec)?;
+        let manifest = Manifest::load(&options.image_dir)?;
+        if manifest.options.shell_job || matches!(stdio, Stdio::Terminal) {
+            return Err(Error::InvalidSpec(
+                "process.terminal: restoring a container with a terminal is not supported yet"
+                    .into(),
+            ));
+        }
+        if !rootfs.is_dir() {
+            return Err(Error::Rootfs {
+                path: rootfs,
+                reason: "does not exist or is not a directory".into(),
+            });
+        }
+        // The same cgroup rule as Container::create.
+        let cgroup_path = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("/cryo/{id}"));
+        let resources = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().clone())
+            .map(with_default_devices);
+
+        let mut undo = Undo::default();
+        mount::mount_rootfs(&rootfs, &rootfs_mounts)?;
+        undo.rootfs = Some((rootfs.clone(), rootfs_mounts.clone()));
+        let cgroup = Cgroup::create(&cgroup_path, resources.as_ref())?;
+        undo.cgroup = Some(Cgroup::open(&cgroup_path)?);
+        // Everything external to the images must be there now, not only at Start.
+        externals::for_restore(&manifest.externals, &spec, &bundle, cgroup.path())?;
+
+        let state = State {
+            id,
+            bundle,
+            rootfs,
+            rootfs_mounts,
+            pid: 0,
+            pid_start_time: 0,
+            cgroup_path: cgroup.path().to_string(),
+            namespaces: namespace_records(&spec),
+            status: Status::Created,
+            created_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        state.save()?;
+        undo.disarm();
+        log::info!(
+            "prepared container {} for a restore of {} (checkpoint of {}, CRIU {})",
+            state.id,
+            options.image_dir.display(),
+            manifest.container_id,
+            manifest.criu_version
+        );
+        Ok(Container {
+            state,
+            spec,
+            cgroup,
+            init: None,
+            console: None,
+            restore: Some(Pending {
+                options,
+                manifest,
+                stdio,
+            }),
+        })
+    }
+
+    /// Run CRIU's restore into the prepared container; on success PID 1 is the restored init.
+    pub(super) fn run_restore(&mut self, pending: Pending) -> Result<()> {
+        let Pending {
+            options,
+            manifest,
+            stdio,
+        } = pending;
+        let work_dir = options
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| self.state.bundle.join("criu"));
+        std::fs::create_dir_all(&work_dir)
+            .map_err(|e| Error::io(format!("create {}", work_dir.display()), e))?;
+        let log = work_dir.join(RESTORE_LOG);
+        let ext = externals::for_restore(
+            &manifest.externals,
+            &self.spec,
+            &self.state.bundle,
+            self.cgroup.path(),
+        )?;
+        // Bind mounts need their mount points in the new rootfs.
+        for e in &manifest.externals {
+            if let External::Bind { destination } = e {
+                if let Some((_, source)) = ext.mounts.iter().find(|(d, _)| d == destination) {
+                    mount_point(&self.state.rootfs, Path::new(destination), Path::new(source))?;
+                }
+            }
+        }
+
+        let mut req = Opts::new();
+        req.set_images_dir_fd(FIRST_EXTRA_FD);
+        req.set_work_dir_fd(FIRST_EXTRA_FD + 1);
+        req.set_log_file(RESTORE_LOG.into());
+        req.set_log_level(4);
+        req.set_root(self.state.rootfs.display().to_string());
+        req.set_rst_sibling(true);
+        req.set_evasive_devices(true);
+        // CRIU runs in the new cgroup: the restored processes are created in it.
+        req.set_manage_cgroups_mode(rpc::Criu_cg_mode::IGNORE);
+        req.set_tcp_established(manifest.options.tcp_established);
+        req.set_ext_unix_sk(manifest.options.ext_unix_sk);
+        req.set_file_locks(manifest.options.file_locks);
+        for (key, val) in &ext.mounts {
+            req.ext_mnt.push(externals::ext_mnt(key, val));
+        }
+        // The image's stdio pipes become the new ones, which CRIU holds as its own 0, 1, 2.
+        for (fd, what) in manifest.stdio.iter().enumerate() {
+            if what.starts_with("pipe:") {
+                req.inherit_fd.push(inherit(what, fd as i32));
+            }
+        }
+        let open = |dir: &Path| {
+            File::open(dir).map_err(|e| Error::io(format!("open {}", dir.display()), e))
+        };
+        let mut fds: Vec<OwnedFd> = vec![
+            open(&options.image_dir)?.into(),
+            open(&work_dir)?.into(),
+        ];
+        for (key, file) in ext.namespaces {
+            req.inherit_fd
+                .push(inherit(&key, FIRST_EXTRA_FD + fds.len() as i32));
+            fds.push(file.into());
+        }
+        let stdio = match stdio {
+            Stdio::Fds {
+                stdin,
+                stdout,
+                stderr,
+            } => [stdin, stdout, stderr],
+            Stdio::Null | Stdio::Terminal => [None, None, None],
+        };
+
+        let mut session = Session::spawn(&options.criu, stdio, fds)?;
+        if let Err(e) = self.cgroup.add(session.pid()) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(session.pid()), Signal::SIGKILL);
+            return Err(e);
+        }
+        let restored = session.call(ReqType::RESTORE, Some(req));
+        drop(session);
+        let pid = match restored {
+            Ok(resp) if resp.restore.pid() > 0 => resp.restore.pid(),
+            Ok(_) => {
+                self.cgroup.signal_all(Signal::SIGKILL);
+                return Err(with_log(
+                    Error::Criu {
+                        op: "restore".into(),
+                        reason: "CRIU reported no restored pid".into(),
+                    },
+                    &log,
+                ));
+            }
+            Err(e) => {
+                // Whatever CRIU started (and CRIU itself) goes.
+                self.cgroup.signal_all(Signal::SIGKILL);
+                return Err(with_log(e, &log));
+            }
+        };
+        self.state.pid = pid;
+        self.state.pid_start_time = start_time(pid).unwrap_or(0);
+        self.state.status = Status::Running;
+        self.state.save()?;
+        log::info!(
+            "restored container {} (pid {pid}) from {}",
+            self.state.id,
+            options.image_dir.display()
+        );
+        Ok(())
+    }
+
+    /// Whether [`Container::start`] will restore a checkpoint rather than exec the workload.
+    pub fn is_restore(&self) -> bool {
+        self.restore.is_some()
+    }
+}
+
+fn inherit(key: &str, fd: i32) -> rpc::Inherit_fd {
+    let mut i = rpc::Inherit_fd::new();
+    i.set_key(key.to_string());
+    i.set_fd(fd);
+    i
+}
+
+/// Create the mount point of a bind mount of `source` at `destination` beneath `rootfs` (a
+/// directory or an empty file, like the source) when it is missing.
+fn mount_point(rootfs: &Path, destination: &Path, source: &Path) -> Result<()> {
+    let dest = mount::resolve_beneath(rootfs, destination)?;
+    if dest.symlink_metadata().is_ok() {
+        return Ok(());
+    }
+    let err = |e| Error::Mount {
+        target: destination.to_path_buf(),
+        reason: format!("create mount point: {e}"),
+    };
+    if std::fs::metadata(source).map(|m| m.is_dir()).unwrap_or(true) {
+        std::fs::create_dir_all(&dest).map_err(err)
+    } else {
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(err)?;
+        }
+        std::fs::File::create(&dest).map(drop).map_err(err)
+    }
+}

@@ -1,0 +1,46 @@
+//! CRIU's log file: where it is and the line that says why CRIU failed, so that an error can
+//! quote it and point to the whole log.
+
+use std::path::Path;
+
+/// The last error line of CRIU's log (`... Error (file:line): ...`), else its last non-empty
+/// line; `None` when the log cannot be read.
+pub fn last_error(log: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    lines
+        .iter()
+        .rev()
+        .find(|l| l.contains("Error (") || l.contains("Error:"))
+        .or(lines.last())
+        .map(|l| l.to_string())
+}
+
+/// `reason`, CRIU's own last error line and where its log is.
+pub fn explain(reason: &str, log: &Path) -> String {
+    match last_error(log) {
+        Some(line) => format!("{reason}: {line} (CRIU log: {})", log.display()),
+        None => format!("{reason} (CRIU log: {}, unreadable)", log.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_last_error_line_is_quoted() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("restore.log");
+        std::fs::write(
+            &log,
+            "(00.001) Version: 4.1.1\n(00.002) Error (criu/cr-restore.c:1): first\n\
+             (00.003) Error (criu/image.c:2): can't open inventory\n(00.004) Restore failed\n",
+        )
+        .unwrap();
+        let text = explain("restore failed", &log);
+        assert!(text.contains("can't open inventory"), "{text}");
+        assert!(text.contains(&log.display().to_string()), "{text}");
+        assert!(!text.contains("first"), "{text}");
+    }
+}

@@ -1,0 +1,226 @@
+//! One `criu swrk` session: CRIU started with its end of a SOCK_SEQPACKET pair as fd 3, file
+//! descriptors it should see installed by number, requests sent and answers read (notifications
+//! acknowledged on the way; a terminal's new pty master, sent with `orphan-pts-master`, kept).
+//!
+//! The session never waits for CRIU: each answer carries its own success, and the embedder's
+//! reaper collects the process once it leaves (CRIU exits when its socket closes).
+
+use std::io::IoSliceMut;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use nix::sys::socket::{
+    recvmsg, send, socketpair, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType,
+};
+use protobuf::Message;
+use rust_criu::rust_criu_protobuf::rpc;
+
+use crate::error::{Error, Result};
+
+pub use rpc::{Criu_opts as Opts, Criu_req_type as ReqType, Criu_resp as Resp};
+
+/// CRIU's end of the RPC socket, as CRIU is told (`criu swrk 3`).
+const SOCK_FD: RawFd = 3;
+/// Extra descriptors are installed from here on, in the order given.
+pub const FIRST_EXTRA_FD: RawFd = 4;
+/// Descriptors are moved above this before the exec so that no installation clobbers another.
+const HIGH_FD: RawFd = 100;
+/// Largest answer CRIU sends (answers are small; a truncated one is an error).
+const MAX_ANSWER: usize = 1 << 20;
+
+/// A running `criu swrk`.
+pub struct Session {
+    pid: i32,
+    sock: OwnedFd,
+    /// The pty master CRIU sent with `orphan-pts-master` during a restore.
+    pts_master: Option<OwnedFd>,
+}
+
+impl Session {
+    /// Start `binary swrk 3` with `stdio` as its fds 0-2 (`None`: /dev/null) and `extra` as fds
+    /// [`FIRST_EXTRA_FD`], [`FIRST_EXTRA_FD`]+1, ...
+    pub fn spawn(binary: &Path, stdio: [Option<OwnedFd>; 3], extra: Vec<OwnedFd>) -> Result<Self> {
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| Error::sys("socketpair for criu swrk", e))?;
+        // Everything CRIU must see, moved high first: (high fd, number CRIU sees).
+        let mut installs = vec![(high(&theirs)?, SOCK_FD)];
+        for (i, fd) in extra.iter().enumerate() {
+            installs.push((high(fd)?, FIRST_EXTRA_FD + i as RawFd));
+        }
+        let raw: Vec<(RawFd, RawFd)> = installs
+            .iter()
+            .map(|(h, to)| (h.as_raw_fd(), *to))
+            .collect();
+        let mut cmd = Command::new(binary);
+        cmd.arg("swrk").arg(SOCK_FD.to_string());
+        let [i, o, e] = stdio;
+        let pick = |fd: Option<OwnedFd>| fd.map_or_else(Stdio::null, Stdio::from);
+        cmd.stdin(pick(i)).stdout(pick(o)).stderr(pick(e));
+        // SAFETY: only dup2 (async-signal-safe) between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                for (from, to) in &raw {
+                    if libc::dup2(*from, *to) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(|e| Error::CriuMissing(format!(
+            "cannot run {}: {e}",
+            binary.display()
+        )))?;
+        // Never waited for: the embedder's reaper collects it.
+        let pid = child.id() as i32;
+        drop(installs);
+        drop(theirs);
+        Ok(Session {
+            pid,
+            sock: ours,
+            pts_master: None,
+        })
+    }
+
+    /// CRIU's pid (to place it in a cgroup before a restore).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// The pty master received during the last call, if any.
+    pub fn take_pts_master(&mut self) -> Option<OwnedFd> {
+        self.pts_master.take()
+    }
+
+    /// Send one request and return CRIU's successful answer to it; notifications on the way
+    /// are acknowledged. A failed answer becomes [`Error::Criu`] with CRIU's message and errno.
+    pub fn call(&mut self, kind: ReqType, opts: Option<Opts>) -> Result<Resp> {
+        let mut req = rpc::Criu_req::new();
+        req.set_type(kind);
+        if let Some(opts) = opts {
+            req.opts = protobuf::MessageField::some(opts);
+        }
+        self.send(&req)?;
+        loop {
+            let resp = self.recv(kind)?;
+            if !resp.success() {
+                let mut reason = format!("CRIU answered {:?} unsuccessfully", resp.type_());
+                if resp.has_cr_errmsg() {
+                    reason.push_str(&format!(": {}", resp.cr_errmsg()));
+                }
+                if resp.has_cr_errno() && resp.cr_errno() != 0 {
+                    reason.push_str(&format!(
+                        " ({})",
+                        nix::errno::Errno::from_raw(resp.cr_errno())
+                    ));
+                }
+                return Err(Error::Criu {
+                    op: op_name(kind),
+                    reason,
+                });
+            }
+            if resp.type_() == ReqType::NOTIFY {
+                let mut ack = rpc::Criu_req::new();
+                ack.set_type(ReqType::NOTIFY);
+                ack.set_notify_success(true);
+                self.send(&ack)?;
+                continue;
+            }
+            if resp.type_() != kind {
+                return Err(Error::Criu {
+                    op: op_name(kind),
+                    reason: format!("CRIU answered {:?} to {kind:?}", resp.type_()),
+                });
+            }
+            return Ok(resp);
+        }
+    }
+
+    fn send(&self, req: &rpc::Criu_req) -> Result<()> {
+        let bytes = req
+            .write_to_bytes()
+            .map_err(|e| Error::Criu {
+                op: op_name(req.type_()),
+                reason: format!("encode the request: {e}"),
+            })?;
+        send(self.sock.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL)
+            .map_err(|e| Error::sys("send a request to criu swrk", e))?;
+        Ok(())
+    }
+
+    fn recv(&mut self, kind: ReqType) -> Result<Resp> {
+        let mut buf = vec![0u8; MAX_ANSWER];
+        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+        let (len, fd) = {
+            let mut iov = [IoSliceMut::new(&mut buf)];
+            let msg = loop {
+                match recvmsg::<()>(
+                    self.sock.as_raw_fd(),
+                    &mut iov,
+                    Some(&mut cmsg),
+                    MsgFlags::MSG_CMSG_CLOEXEC,
+                ) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    other => break other,
+                }
+            }
+            .map_err(|e| Error::sys("read criu's answer", e))?;
+            if msg.flags.contains(MsgFlags::MSG_TRUNC) {
+                return Err(Error::Criu {
+                    op: op_name(kind),
+                    reason: "CRIU's answer was larger than expected".into(),
+                });
+            }
+            let mut fd = None;
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::ScmRights(fds) = c {
+                        for raw in fds {
+                            // SAFETY: received with SCM_RIGHTS: a new descriptor that is ours.
+                            let owned = unsafe { OwnedFd::from_raw_fd(raw) };
+                            fd.get_or_insert(owned);
+                        }
+                    }
+                }
+            }
+            (msg.bytes, fd)
+        };
+        if len == 0 {
+            return Err(Error::Criu {
+                op: op_name(kind),
+                reason: "CRIU exited without answering".into(),
+            });
+        }
+        let resp = Resp::parse_from_bytes(&buf[..len]).map_err(|e| Error::Criu {
+            op: op_name(kind),
+            reason: format!("unreadable answer: {e}"),
+        })?;
+        if let Some(fd) = fd {
+            if resp.notify.script() == "orphan-pts-master" {
+                self.pts_master = Some(fd);
+            }
+        }
+        Ok(resp)
+    }
+}
+
+/// A duplicate of `fd` numbered at least [`HIGH_FD`], close-on-exec (the child's dup2 clears it).
+fn high(fd: &impl std::os::fd::AsFd) -> Result<OwnedFd> {
+    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(HIGH_FD))
+        .map(|raw| {
+            // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
+            unsafe { OwnedFd::from_raw_fd(raw) }
+        })
+        .map_err(|e| Error::sys("duplicate a descriptor for criu", e))
+}
+
+fn op_name(kind: ReqType) -> String {
+    format!("{kind:?}").to_lowercase()
+}
