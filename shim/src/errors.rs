@@ -28,13 +28,6 @@ pub fn already_exists(what: impl std::fmt::Display) -> ttrpc::Error {
     ))
 }
 
-pub fn unimplemented(what: impl std::fmt::Display) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(ttrpc::get_status(
-        ttrpc::Code::UNIMPLEMENTED,
-        what.to_string(),
-    ))
-}
-
 /// An engine failure: its message names the cause; the code follows its kind.
 pub fn engine(e: cryo_sandbox::Error) -> ttrpc::Error {
     use cryo_sandbox::Error as E;
@@ -42,6 +35,7 @@ pub fn engine(e: cryo_sandbox::Error) -> ttrpc::Error {
         E::InvalidSpec(_) => ttrpc::Code::INVALID_ARGUMENT,
         E::WrongState { .. } => ttrpc::Code::FAILED_PRECONDITION,
         E::Rootfs { .. } | E::Exec { .. } => ttrpc::Code::FAILED_PRECONDITION,
+        E::CriuMissing(_) | E::Checkpoint { .. } => ttrpc::Code::FAILED_PRECONDITION,
         _ => ttrpc::Code::UNKNOWN,
     };
     ttrpc::Error::RpcStatus(ttrpc::get_status(code, e.to_string()))

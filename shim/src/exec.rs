@@ -71,7 +71,7 @@ impl ExecTask {
         let names = ExitNames {
             container_id: container_id.to_string(),
             id: req.exec_id.clone(),
-            pid,
+            pid: Arc::new(pid.into()),
         };
         let life = Life::follow(exit_rx, io, events.clone(), names, || {});
         events

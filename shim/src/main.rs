@@ -6,6 +6,7 @@
 
 mod annotations;
 mod bootstrap;
+mod checkpoint;
 mod errors;
 mod events;
 mod exec;

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,13 +34,19 @@ const IO_DRAIN_LIMIT: Duration = Duration::from_secs(5);
 pub struct Task {
     pub id: String,
     pub bundle: String,
-    pub pid: i32,
+    /// PID 1's host pid; 0 for a restore until Start ran it.
+    pid: Pid,
     pub stdio: StdioPaths,
     /// The engine's container; `None` once destroyed.
     container: Arc<Mutex<Option<Container>>>,
     life: Life,
     execs: Mutex<HashMap<String, Arc<ExecTask>>>,
+    /// For a restore: how Start connects the restored PID 1's exit to `life`.
+    restored_exit: Mutex<Option<crate::checkpoint::RestoredExit>>,
 }
+
+/// A pid learnt once (at create, or at start for a restore) and read by requests and events.
+pub type Pid = Arc<AtomicI32>;
 
 /// What every process of a task (init or exec) shares: its exit as it becomes known, the lock
 /// that orders its start before its exit, and the handle on its stdio.
@@ -55,7 +62,7 @@ pub struct ExitNames {
     pub container_id: String,
     /// The exec id, or the container id for the init process (as the runc shim sends it).
     pub id: String,
-    pub pid: i32,
+    pub pid: Pid,
 }
 
 impl Life {
@@ -85,7 +92,7 @@ impl Life {
                     Box::new(TaskExit {
                         container_id: names.container_id,
                         id: names.id,
-                        pid: names.pid as u32,
+                        pid: names.pid.load(Ordering::Relaxed) as u32,
                         exit_status: exit.status,
                         exited_at: MessageField::some(exit.at),
                         ..Default::default()
@@ -128,14 +135,10 @@ impl Task {
     /// Create the container (PID 1 waiting for Start) and publish TaskCreate.
     pub async fn create(
         req: &api::CreateTaskRequest,
-        exits: &Exits,
+        exits: &Arc<Exits>,
         events: Arc<Events>,
     ) -> TtrpcResult<Arc<Task>> {
-        if !req.checkpoint.is_empty() {
-            return Err(errors::unimplemented(
-                "restore from a checkpoint is not supported yet",
-            ));
-        }
+        let restore = crate::checkpoint::restore_options(req)?;
         let bundle = PathBuf::from(&req.bundle);
         let spec = load_spec(&bundle)?;
         // Pod volumes (dev.cryo.spec.mount.* annotations): mounts rewritten, pod overlays mounted.
@@ -168,17 +171,25 @@ impl Task {
         };
 
         let mark = exits.mark();
-        let mut container = tokio::task::spawn_blocking(move || Container::create(config))
-            .await
-            .map_err(errors::internal)?
-            .map_err(errors::engine)?;
+        let mut container = tokio::task::spawn_blocking(move || match restore {
+            Some(restore) => Container::prepare_restore(config, restore),
+            None => Container::create(config),
+        })
+        .await
+        .map_err(errors::internal)?
+        .map_err(errors::engine)?;
         let pid = container.pid();
-        let exit_rx = exits.watch(pid, mark);
+        let (exit_rx, restored_exit) = if container.is_restore() {
+            crate::checkpoint::RestoredExit::pending(exits)
+        } else {
+            (exits.watch(pid, mark), None)
+        };
+        let pid: Pid = Arc::new(AtomicI32::new(pid));
         if let Some(master) = container.take_console() {
             io.attach_console(master, &paths)
                 .map_err(|e| errors::internal(format!("console: {e}")))?;
         }
-        info!("created container {} (pid {pid})", req.id);
+        info!("created container {} (pid {pid:?})", req.id);
 
         let container = Arc::new(Mutex::new(Some(container)));
         let on_exit = {
@@ -192,7 +203,7 @@ impl Task {
         let names = ExitNames {
             container_id: req.id.clone(),
             id: req.id.clone(),
-            pid,
+            pid: pid.clone(),
         };
         let life = Life::follow(exit_rx, io, events.clone(), names, on_exit);
         let task = Arc::new(Task {
@@ -203,6 +214,7 @@ impl Task {
             container,
             life,
             execs: Mutex::new(HashMap::new()),
+            restored_exit: Mutex::new(restored_exit),
         });
         task.watch_oom(events.clone());
 
@@ -221,7 +233,7 @@ impl Task {
                         ..Default::default()
                     }),
                     checkpoint: req.checkpoint.clone(),
-                    pid: pid as u32,
+                    pid: task.pid() as u32,
                     ..Default::default()
                 }),
             )
@@ -241,21 +253,42 @@ impl Task {
                 )))
             }
         }
+        let restored_exit = self
+            .restored_exit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let mark = restored_exit.as_ref().map(|r| r.mark());
         let container = self.container.clone();
         tokio::task::spawn_blocking(move || with(&container, |c| c.start()))
             .await
             .map_err(errors::internal)??;
+        if let (Some(restored_exit), Some(mark)) = (restored_exit, mark) {
+            let pid = with(&self.container, |c| Ok(c.pid()))?;
+            self.pid.store(pid, Ordering::Relaxed);
+            restored_exit.connect(pid, mark);
+        }
         events
             .publish(
                 TASK_START_EVENT_TOPIC,
                 Box::new(TaskStart {
                     container_id: self.id.clone(),
-                    pid: self.pid as u32,
+                    pid: self.pid() as u32,
                     ..Default::default()
                 }),
             )
             .await;
-        Ok(self.pid as u32)
+        Ok(self.pid() as u32)
+    }
+
+    /// PID 1's host pid (0 for a restore before Start).
+    pub fn pid(&self) -> i32 {
+        self.pid.load(Ordering::Relaxed)
+    }
+
+    /// The engine's container (checkpoint works on it directly).
+    pub fn container(&self) -> &Arc<Mutex<Option<Container>>> {
+        &self.container
     }
 
     pub fn kill(&self, signal: u32, all: bool) -> TtrpcResult<()> {

@@ -55,7 +55,7 @@ impl TaskApi for TaskService {
             )));
         }
         let task = Task::create(&req, &self.exits, self.events.clone()).await?;
-        let pid = task.pid as u32;
+        let pid = task.pid() as u32;
         self.pod.insert(task)?;
         crate::release_memory();
         Ok(api::CreateTaskResponse {
@@ -109,7 +109,7 @@ impl TaskApi for TaskService {
         Ok(api::StateResponse {
             id: task.id.clone(),
             bundle: task.bundle.clone(),
-            pid: task.pid as u32,
+            pid: task.pid() as u32,
             status: task.status().into(),
             stdin: task.stdio.stdin.clone(),
             stdout: task.stdio.stdout.clone(),
@@ -193,7 +193,7 @@ impl TaskApi for TaskService {
                 TASK_DELETE_EVENT_TOPIC,
                 Box::new(TaskDelete {
                     container_id: req.id.clone(),
-                    pid: task.pid as u32,
+                    pid: task.pid() as u32,
                     exit_status: exit.status,
                     exited_at: MessageField::some(exit.at.clone()),
                     ..Default::default()
@@ -201,7 +201,7 @@ impl TaskApi for TaskService {
             )
             .await;
         Ok(api::DeleteResponse {
-            pid: task.pid as u32,
+            pid: task.pid() as u32,
             exit_status: exit.status,
             exited_at: MessageField::some(exit.at),
             ..Default::default()
@@ -316,13 +316,24 @@ impl TaskApi for TaskService {
         _ctx: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
-        let task_pid = self.pod.get(&req.id).map(|t| t.pid as u32).unwrap_or(0);
+        let task_pid = self.pod.get(&req.id).map(|t| t.pid() as u32).unwrap_or(0);
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,
             version: env!("CARGO_PKG_VERSION").to_string(),
             ..Default::default()
         })
+    }
+
+    async fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CheckpointTaskRequest,
+    ) -> TtrpcResult<api::Empty> {
+        info!("checkpoint {} into {}", req.id, req.path);
+        let task = self.pod.get(&req.id)?;
+        crate::checkpoint::checkpoint(&task, &req, &self.events).await?;
+        Ok(api::Empty::default())
     }
 
     async fn shutdown(

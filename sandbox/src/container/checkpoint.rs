@@ -3,13 +3,14 @@
 //! asked to exit; CRIU's log stays in the work directory and a failure quotes it.
 
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::Container;
 use crate::criu::manifest::{spec_digest, DumpOptions, Format, Manifest};
 use crate::criu::manifest::{FORMAT_MAJOR, FORMAT_MINOR};
-use crate::criu::swrk::{Opts, ReqType, Session, FIRST_EXTRA_FD};
+use crate::criu::swrk::{Opts, ReqType, Session};
 use crate::criu::{self, externals};
 use crate::error::{Error, Result};
 use crate::state::Status;
@@ -47,7 +48,10 @@ impl Container {
             Status::Paused => true,
             other => return Err(self.wrong_state(other, "checkpoint")),
         };
-        let work_dir = opts.work_dir.clone().unwrap_or_else(|| opts.image_dir.clone());
+        let work_dir = opts
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| opts.image_dir.clone());
         for dir in [&opts.image_dir, &work_dir] {
             std::fs::create_dir_all(dir)
                 .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
@@ -69,10 +73,15 @@ impl Container {
             shell_job: opts.shell_job,
         };
 
+        let open = |dir: &PathBuf| {
+            File::open(dir).map_err(|e| Error::io(format!("open {}", dir.display()), e))
+        };
+        // CRIU opens these through /proc/<our pid>/fd: they stay open here during the call.
+        let (images, work) = (open(&opts.image_dir)?, open(&work_dir)?);
         let mut req = Opts::new();
         req.set_pid(pid);
-        req.set_images_dir_fd(FIRST_EXTRA_FD);
-        req.set_work_dir_fd(FIRST_EXTRA_FD + 1);
+        req.set_images_dir_fd(images.as_raw_fd());
+        req.set_work_dir_fd(work.as_raw_fd());
         req.set_log_file(DUMP_LOG.into());
         req.set_log_level(4);
         req.set_leave_running(!opts.exit);
@@ -85,14 +94,11 @@ impl Container {
         req.set_file_locks(options.file_locks);
         req.set_shell_job(options.shell_job);
         externals::fill_dump(&externals, pid, &mut req)?;
-        let open = |dir: &PathBuf| {
-            File::open(dir).map_err(|e| Error::io(format!("open {}", dir.display()), e))
-        };
-        let fds = vec![open(&opts.image_dir)?.into(), open(&work_dir)?.into()];
         let log = work_dir.join(DUMP_LOG);
-        let mut session = Session::spawn(&opts.criu, [None, None, None], fds)?;
+        let mut session = Session::spawn(&opts.criu, [None, None, None], Vec::new())?;
         let dumped = session.call(ReqType::DUMP, Some(req));
         drop(session);
+        drop((images, work));
         // CRIU froze the cgroup for the dump; what it was before is what it is after.
         if !opts.exit {
             let _ = if paused {

@@ -7,7 +7,7 @@
 //! of CRIU, i.e. the embedder's child. A failed restore kills whatever it started.
 
 use std::fs::File;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -158,14 +158,23 @@ impl Container {
         for e in &manifest.externals {
             if let External::Bind { destination } = e {
                 if let Some((_, source)) = ext.mounts.iter().find(|(d, _)| d == destination) {
-                    mount_point(&self.state.rootfs, Path::new(destination), Path::new(source))?;
+                    mount_point(
+                        &self.state.rootfs,
+                        Path::new(destination),
+                        Path::new(source),
+                    )?;
                 }
             }
         }
 
+        let open = |dir: &Path| {
+            File::open(dir).map_err(|e| Error::io(format!("open {}", dir.display()), e))
+        };
+        // CRIU opens these through /proc/<our pid>/fd: they stay open here during the call.
+        let (images, work) = (open(&options.image_dir)?, open(&work_dir)?);
         let mut req = Opts::new();
-        req.set_images_dir_fd(FIRST_EXTRA_FD);
-        req.set_work_dir_fd(FIRST_EXTRA_FD + 1);
+        req.set_images_dir_fd(images.as_raw_fd());
+        req.set_work_dir_fd(work.as_raw_fd());
         req.set_log_file(RESTORE_LOG.into());
         req.set_log_level(4);
         req.set_root(self.state.rootfs.display().to_string());
@@ -185,13 +194,8 @@ impl Container {
                 req.inherit_fd.push(inherit(what, fd as i32));
             }
         }
-        let open = |dir: &Path| {
-            File::open(dir).map_err(|e| Error::io(format!("open {}", dir.display()), e))
-        };
-        let mut fds: Vec<OwnedFd> = vec![
-            open(&options.image_dir)?.into(),
-            open(&work_dir)?.into(),
-        ];
+        // Joined namespaces go to CRIU as its own descriptors, inherited under their keys.
+        let mut fds: Vec<OwnedFd> = Vec::new();
         for (key, file) in ext.namespaces {
             req.inherit_fd
                 .push(inherit(&key, FIRST_EXTRA_FD + fds.len() as i32));
@@ -208,11 +212,13 @@ impl Container {
 
         let mut session = Session::spawn(&options.criu, stdio, fds)?;
         if let Err(e) = self.cgroup.add(session.pid()) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(session.pid()), Signal::SIGKILL);
+            let _ =
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(session.pid()), Signal::SIGKILL);
             return Err(e);
         }
         let restored = session.call(ReqType::RESTORE, Some(req));
         drop(session);
+        drop((images, work));
         let pid = match restored {
             Ok(resp) if resp.restore.pid() > 0 => resp.restore.pid(),
             Ok(_) => {
@@ -267,7 +273,10 @@ fn mount_point(rootfs: &Path, destination: &Path, source: &Path) -> Result<()> {
         target: destination.to_path_buf(),
         reason: format!("create mount point: {e}"),
     };
-    if std::fs::metadata(source).map(|m| m.is_dir()).unwrap_or(true) {
+    if std::fs::metadata(source)
+        .map(|m| m.is_dir())
+        .unwrap_or(true)
+    {
         std::fs::create_dir_all(&dest).map_err(err)
     } else {
         if let Some(parent) = dest.parent() {

@@ -31,10 +31,17 @@ pub fn for_dump(spec: &Spec, pid: i32) -> Result<Vec<External>> {
             continue;
         }
         let destination = m.mount_point.display().to_string();
-        if out.iter().any(|e| matches!(e, External::Bind { destination: d } if *d == destination)) {
+        if out
+            .iter()
+            .any(|e| matches!(e, External::Bind { destination: d } if *d == destination))
+        {
             continue;
         }
-        let hierarchy = if m.mount_point.parent().is_some_and(|p| p == Path::new(CGROUP_ROOT)) {
+        let hierarchy = if m
+            .mount_point
+            .parent()
+            .is_some_and(|p| p == Path::new(CGROUP_ROOT))
+        {
             m.mount_point
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -160,9 +167,9 @@ pub fn for_restore(
 pub fn freezer_dir(cgroup_path: &str) -> Result<Option<PathBuf>> {
     let host = mountinfo_self()?;
     let rel = cgroup_path.trim_start_matches('/');
-    if let Some(h) = hierarchies(&host).find(|m| {
-        m.fstype == "cgroup" && m.super_options.split(',').any(|o| o == "freezer")
-    }) {
+    if let Some(h) = hierarchies(&host)
+        .find(|m| m.fstype == "cgroup" && m.super_options.split(',').any(|o| o == "freezer"))
+    {
         return Ok(Some(h.mount_point.join(rel)));
     }
     let v2 = hierarchies(&host)
@@ -218,12 +225,7 @@ fn bind_mounts(spec: &Spec) -> Vec<(String, PathBuf)> {
             m.typ().as_deref() == Some("bind")
                 || MountOptions::parse(m.options().as_deref().unwrap_or_default()).is_bind()
         })
-        .filter_map(|m| {
-            Some((
-                m.destination().display().to_string(),
-                m.source().clone()?,
-            ))
-        })
+        .filter_map(|m| Some((m.destination().display().to_string(), m.source().clone()?)))
         .collect()
 }
 

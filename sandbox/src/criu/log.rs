@@ -7,7 +7,11 @@ use std::path::Path;
 /// line; `None` when the log cannot be read.
 pub fn last_error(log: &Path) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
-    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
     lines
         .iter()
         .rev()

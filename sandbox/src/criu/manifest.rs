@@ -113,7 +113,9 @@ impl Manifest {
             .get("format")
             .cloned()
             .ok_or_else(|| invalid(&path, "no \"format\" field"))
-            .and_then(|f| serde_json::from_value(f).map_err(|e| invalid(&path, format!("format: {e}"))))?;
+            .and_then(|f| {
+                serde_json::from_value(f).map_err(|e| invalid(&path, format!("format: {e}")))
+            })?;
         if format.major != FORMAT_MAJOR {
             return Err(invalid(
                 &path,

@@ -81,7 +81,10 @@ mod tests {
         let bogus = dir.path().join("criu");
         std::fs::write(&bogus, "").unwrap();
         let err = locate(Some(&bogus), None).unwrap_err();
-        assert!(err.to_string().contains(&bogus.display().to_string()), "{err}");
+        assert!(
+            err.to_string().contains(&bogus.display().to_string()),
+            "{err}"
+        );
     }
 
     #[test]

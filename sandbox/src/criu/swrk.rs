@@ -23,7 +23,8 @@ pub use rpc::{Criu_opts as Opts, Criu_req_type as ReqType, Criu_resp as Resp};
 
 /// CRIU's end of the RPC socket, as CRIU is told (`criu swrk 3`).
 const SOCK_FD: RawFd = 3;
-/// Extra descriptors are installed from here on, in the order given.
+/// Extra descriptors (inherited ones CRIU refers to by its own numbers) are installed from
+/// here on, in the order given.
 pub const FIRST_EXTRA_FD: RawFd = 4;
 /// Descriptors are moved above this before the exec so that no installation clobbers another.
 const HIGH_FD: RawFd = 100;
@@ -74,10 +75,9 @@ impl Session {
                 Ok(())
             });
         }
-        let child = cmd.spawn().map_err(|e| Error::CriuMissing(format!(
-            "cannot run {}: {e}",
-            binary.display()
-        )))?;
+        let child = cmd
+            .spawn()
+            .map_err(|e| Error::CriuMissing(format!("cannot run {}: {e}", binary.display())))?;
         // Never waited for: the embedder's reaper collects it.
         let pid = child.id() as i32;
         drop(installs);
@@ -144,12 +144,10 @@ impl Session {
     }
 
     fn send(&self, req: &rpc::Criu_req) -> Result<()> {
-        let bytes = req
-            .write_to_bytes()
-            .map_err(|e| Error::Criu {
-                op: op_name(req.type_()),
-                reason: format!("encode the request: {e}"),
-            })?;
+        let bytes = req.write_to_bytes().map_err(|e| Error::Criu {
+            op: op_name(req.type_()),
+            reason: format!("encode the request: {e}"),
+        })?;
         send(self.sock.as_raw_fd(), &bytes, MsgFlags::MSG_NOSIGNAL)
             .map_err(|e| Error::sys("send a request to criu swrk", e))?;
         Ok(())
