@@ -3,8 +3,17 @@
 
 use std::path::Path;
 
-/// The last error line of CRIU's log (`... Error (file:line): ...`), else its last non-empty
-/// line; `None` when the log cannot be read.
+/// Errors CRIU logs on every run here that say nothing about a failure (no CAP_SYS_RESOURCE
+/// to raise its own descriptor limit).
+const NOISE: &[&str] = &["Can't setup RLIMIT_NOFILE"];
+
+/// Whether a CRIU error line is known noise.
+pub fn is_noise(line: &str) -> bool {
+    NOISE.iter().any(|n| line.contains(n))
+}
+
+/// The last error line of CRIU's log (`... Error (file:line): ...`) that is not noise, else its
+/// last non-empty line; `None` when the log cannot be read.
 pub fn last_error(log: &Path) -> Option<String> {
     let text = std::fs::read_to_string(log).ok()?;
     let lines: Vec<&str> = text
@@ -15,7 +24,7 @@ pub fn last_error(log: &Path) -> Option<String> {
     lines
         .iter()
         .rev()
-        .find(|l| l.contains("Error (") || l.contains("Error:"))
+        .find(|l| (l.contains("Error (") || l.contains("Error:")) && !is_noise(l))
         .or(lines.last())
         .map(|l| l.to_string())
 }
@@ -23,8 +32,8 @@ pub fn last_error(log: &Path) -> Option<String> {
 /// `reason`, CRIU's own last error line and where its log is.
 pub fn explain(reason: &str, log: &Path) -> String {
     match last_error(log) {
-        Some(line) => format!("{reason}: {line} (CRIU log: {})", log.display()),
-        None => format!("{reason} (CRIU log: {}, unreadable)", log.display()),
+        Some(line) => format!("{reason}; CRIU's log says {line} (log: {})", log.display()),
+        None => format!("{reason} (CRIU's log {} is unreadable)", log.display()),
     }
 }
 
@@ -39,7 +48,9 @@ mod tests {
         std::fs::write(
             &log,
             "(00.001) Version: 4.1.1\n(00.002) Error (criu/cr-restore.c:1): first\n\
-             (00.003) Error (criu/image.c:2): can't open inventory\n(00.004) Restore failed\n",
+             (00.003) Error (criu/image.c:2): can't open inventory\n\
+             (00.004) Error (criu/util.c:1533): rlimit: Can't setup RLIMIT_NOFILE for self\n\
+             (00.005) Restore failed\n",
         )
         .unwrap();
         let text = explain("restore failed", &log);

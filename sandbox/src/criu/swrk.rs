@@ -112,8 +112,9 @@ impl Session {
             let resp = self.recv(kind)?;
             if !resp.success() {
                 let mut reason = format!("CRIU answered {:?} unsuccessfully", resp.type_());
-                if resp.has_cr_errmsg() {
-                    reason.push_str(&format!(": {}", resp.cr_errmsg()));
+                let msg = resp.cr_errmsg().trim();
+                if !msg.is_empty() && !super::log::is_noise(msg) {
+                    reason.push_str(&format!(": {msg}"));
                 }
                 if resp.has_cr_errno() && resp.cr_errno() != 0 {
                     reason.push_str(&format!(

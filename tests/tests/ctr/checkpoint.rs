@@ -2,6 +2,8 @@
 //! `ctr container restore --live --rw` into a new container; `ctr task checkpoint`), for both
 //! runtimes with the same assertions.
 
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -11,13 +13,24 @@ use harness::Runtime;
 use super::{assert_gone, cleanup_container, run_detached, wait_status, Case, Suite};
 
 /// Cases runc's shim is not held to, and why.
-pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[];
+pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[(
+    "restore_of_a_newer_format_is_refused",
+    "cryo's own checkpoint manifest (cryo-checkpoint.json): runc's checkpoints have none",
+)];
 
 pub const CASES: &[(&str, Case)] = &[
     ("checkpoint_restore_continues", checkpoint_restore_continues),
     (
         "task_checkpoint_running_and_paused",
         task_checkpoint_running_and_paused,
+    ),
+    (
+        "restore_of_a_corrupt_image_fails_cleanly",
+        restore_of_a_corrupt_image_fails_cleanly,
+    ),
+    (
+        "restore_of_a_newer_format_is_refused",
+        restore_of_a_newer_format_is_refused,
     ),
 ];
 
@@ -234,4 +247,224 @@ fn task_checkpoint_running_and_paused(s: &Suite, rt: Runtime, id: &str) -> Resul
     s.cd.ctr(&["task", "resume", &paused])?.ok()?;
     wait_status(s, &paused, "RUNNING")?;
     Ok(())
+}
+
+/// A checkpoint of a sleeping container, the container removed; returns the image name.
+fn checkpoint_of_sleeper(s: &Suite, rt: Runtime, id: &str) -> Result<String> {
+    run_detached(s, rt, id, &[])?;
+    let image = unique_ref(id);
+    s.cd.ctr(&["container", "checkpoint", "--task", "--rw", id, &image])?
+        .ok()
+        .context("checkpoint")?;
+    kill_and_remove_task(s, id)?;
+    s.cd.ctr(&["container", "delete", id])?.ok()?;
+    Ok(image)
+}
+
+/// A copy of checkpoint image `image` under a new name whose CRIU directory `edit` changed
+/// (the image's blobs fetched, the CRIU tar rebuilt, a new index, `ctr image import`).
+fn doctored(s: &Suite, image: &str, edit: impl Fn(&Path) -> Result<()>) -> Result<String> {
+    let work = tempfile::tempdir_in(&s.cd.dir)?;
+    let blobs = work.path().join("layout/blobs/sha256");
+    std::fs::create_dir_all(&blobs)?;
+    let listing = s.cd.ctr(&["image", "ls"])?.ok()?.stdout;
+    let index_digest = listing
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(image))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .with_context(|| format!("{image} not in image ls:\n{listing}"))?
+        .to_string();
+    let fetch = |digest: &str| -> Result<std::path::PathBuf> {
+        let to = blobs.join(digest.trim_start_matches("sha256:"));
+        let file = std::fs::File::create(&to)?;
+        let status = Command::new("ctr")
+            .arg("-a")
+            .arg(s.cd.address())
+            .args(["-n", &s.cd.namespace, "content", "get", digest])
+            .stdout(file)
+            .status()?;
+        ensure!(status.success(), "ctr content get {digest}: {status}");
+        Ok(to)
+    };
+    let mut index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(fetch(&index_digest)?)?)?;
+    let criu_type = "application/vnd.containerd.container.criu.checkpoint.criu.tar";
+    for m in index["manifests"]
+        .as_array_mut()
+        .context("index has no manifests")?
+    {
+        let digest = m["digest"]
+            .as_str()
+            .context("descriptor digest")?
+            .to_string();
+        let blob = fetch(&digest)?;
+        if m["mediaType"] != criu_type {
+            continue;
+        }
+        let dir = work.path().join("criu");
+        std::fs::create_dir_all(&dir)?;
+        sh(Command::new("tar")
+            .arg("-xf")
+            .arg(&blob)
+            .arg("-C")
+            .arg(&dir))?;
+        edit(&dir)?;
+        let mut names: Vec<String> = std::fs::read_dir(&dir)?
+            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_>>()?;
+        names.sort();
+        let new = work.path().join("criu.tar");
+        sh(Command::new("tar")
+            .arg("-cf")
+            .arg(&new)
+            .arg("-C")
+            .arg(&dir)
+            .args(&names))?;
+        let (hex, size) = add_blob(&blobs, &new)?;
+        m["digest"] = format!("sha256:{hex}").into();
+        m["size"] = size.into();
+    }
+    let new_index = work.path().join("index.blob");
+    std::fs::write(&new_index, serde_json::to_vec(&index)?)?;
+    let (hex, size) = add_blob(&blobs, &new_index)?;
+    let name = unique_ref("doctored");
+    let layout = work.path().join("layout");
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.index.v1+json",
+                "digest": format!("sha256:{hex}"),
+                "size": size,
+                "annotations": {"io.containerd.image.name": name},
+            }],
+        })
+        .to_string(),
+    )?;
+    let tar = work.path().join("doctored.tar");
+    sh(Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&layout)
+        .args(["oci-layout", "index.json", "blobs"]))?;
+    s.cd.ctr(&[
+        "image",
+        "import",
+        "--all-platforms",
+        "--no-unpack",
+        &tar.display().to_string(),
+    ])?
+    .ok()
+    .context("import the doctored checkpoint")?;
+    Ok(name)
+}
+
+/// Move `file` into the layout's blobs under its digest: (hex digest, size).
+fn add_blob(blobs: &Path, file: &Path) -> Result<(String, u64)> {
+    let out = Command::new("sha256sum").arg(file).output()?;
+    ensure!(out.status.success(), "sha256sum {}", file.display());
+    let hex = String::from_utf8(out.stdout)?
+        .split_whitespace()
+        .next()
+        .context("sha256sum output")?
+        .to_string();
+    let size = std::fs::metadata(file)?.len();
+    std::fs::rename(file, blobs.join(&hex))?;
+    Ok((hex, size))
+}
+
+fn sh(cmd: &mut Command) -> Result<()> {
+    let out = cmd.output()?;
+    ensure!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// After a failed restore of `id`: no process of it runs; removing what ctr left (task,
+/// container) leaves nothing (no task, no mount).
+fn nothing_left_after_failed_restore(s: &Suite, id: &str) -> Result<()> {
+    let ps = s.cd.ctr(&["task", "ps", id])?;
+    let running: Vec<&str> = ps
+        .stdout
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
+    ensure!(
+        running.is_empty(),
+        "processes left by the failed restore: {running:?}"
+    );
+    let _ = s.cd.ctr(&["task", "rm", "-f", id]);
+    s.cd.ctr(&["container", "delete", id])?.ok()?;
+    assert_gone(s, id)
+}
+
+/// A checkpoint whose CRIU inventory is garbage: the restore fails naming CRIU's complaint, and
+/// nothing of the new container is left.
+fn restore_of_a_corrupt_image_fails_cleanly(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let restored = format!("{id}-restored");
+    let _cleanup = Cleanup(s, restored.clone());
+    let image = checkpoint_of_sleeper(s, rt, id)?;
+    let bad = doctored(s, &image, |dir| {
+        std::fs::write(
+            dir.join("inventory.img"),
+            b"this is not a CRIU image at all",
+        )?;
+        Ok(())
+    })?;
+    let out =
+        s.cd.ctr(&["container", "restore", "--live", "--rw", &restored, &bad])?;
+    eprintln!("{}: restore of a corrupt image: {out:?}", rt.name());
+    ensure!(
+        out.code != 0,
+        "the corrupt checkpoint was restored: {out:?}"
+    );
+    ensure!(
+        out.stderr.to_lowercase().contains("criu"),
+        "the error does not name CRIU: {:?}",
+        out.stderr
+    );
+    // cryo quotes CRIU's complaint (runc's shim only points to the log).
+    ensure!(
+        rt == Runtime::Runc || out.stderr.contains("inventory.img"),
+        "the error does not quote CRIU's complaint about inventory.img: {:?}",
+        out.stderr
+    );
+    nothing_left_after_failed_restore(s, &restored)
+}
+
+/// A checkpoint whose manifest claims a newer format major: Create refuses it by name before
+/// CRIU runs, and nothing is left.
+fn restore_of_a_newer_format_is_refused(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let restored = format!("{id}-restored");
+    let _cleanup = Cleanup(s, restored.clone());
+    let image = checkpoint_of_sleeper(s, rt, id)?;
+    let bad = doctored(s, &image, |dir| {
+        let path = dir.join("cryo-checkpoint.json");
+        let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+        manifest["format"]["major"] = 99.into();
+        std::fs::write(&path, serde_json::to_vec(&manifest)?)?;
+        Ok(())
+    })?;
+    let out =
+        s.cd.ctr(&["container", "restore", "--live", "--rw", &restored, &bad])?;
+    ensure!(
+        out.code != 0,
+        "a format 99 checkpoint was restored: {out:?}"
+    );
+    ensure!(
+        out.stderr.contains("format 99.0"),
+        "the error does not name the format: {:?}",
+        out.stderr
+    );
+    nothing_left_after_failed_restore(s, &restored)
 }
