@@ -32,6 +32,10 @@ pub const CASES: &[(&str, Case)] = &[
         "restore_of_a_newer_format_is_refused",
         restore_of_a_newer_format_is_refused,
     ),
+    (
+        "checkpoint_with_a_running_exec",
+        checkpoint_with_a_running_exec,
+    ),
 ];
 
 /// PID 1 of the restore case: a counter loop, an open descriptor part-way into a file, a file
@@ -467,4 +471,56 @@ fn restore_of_a_newer_format_is_refused(s: &Suite, rt: Runtime, id: &str) -> Res
         out.stderr
     );
     nothing_left_after_failed_restore(s, &restored)
+}
+
+/// A container with an exec'd process running at checkpoint time: the checkpoint leaves both
+/// running (the exec'd process keeps counting), and the restored container runs and takes
+/// execs. The exec'd process itself is not in CRIU's images (it is not a descendant of PID 1,
+/// whose tree CRIU dumps), with either runtime: the restored container has PID 1's tree only.
+fn checkpoint_with_a_running_exec(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let restored = format!("{id}-restored");
+    let _cleanup = Cleanup(s, restored.clone());
+    run_detached(s, rt, id, &[])?;
+    s.cd.ctr(&[
+        "task",
+        "exec",
+        "-d",
+        "--exec-id",
+        "counter",
+        id,
+        "sh",
+        "-c",
+        "i=0; while true; do i=$((i+1)); echo $i > /tmp/ecount; sleep 0.1; done",
+    ])?
+    .ok()?;
+    let read = |task: &str| -> Result<u64> {
+        let text = exec_until(s, task, "cat /tmp/ecount", |o| o.parse::<u64>().is_ok())?;
+        Ok(text.parse()?)
+    };
+    exec_until(s, id, "cat /tmp/ecount", |o| {
+        o.parse::<u64>().is_ok_and(|n| n >= 5)
+    })?;
+    let image = unique_ref(id);
+    s.cd.ctr(&["container", "checkpoint", "--task", "--rw", id, &image])?
+        .ok()
+        .context("checkpoint with a running exec")?;
+    let after_checkpoint = read(id)?;
+    exec_until(s, id, "cat /tmp/ecount", |o| {
+        o.parse::<u64>().is_ok_and(|n| n > after_checkpoint)
+    })
+    .context("the exec'd process stopped counting after the checkpoint")?;
+    kill_and_remove_task(s, id)?;
+    s.cd.ctr(&["container", "delete", id])?.ok()?;
+
+    s.cd.ctr(&["container", "restore", "--live", "--rw", &restored, &image])?
+        .ok()
+        .context("restore")?;
+    wait_status(s, &restored, "RUNNING")?;
+    ensure!(
+        exec(s, &restored, "cat /proc/1/cmdline | tr '\\0' ' '")?.starts_with("sleep"),
+        "PID 1 of the restored container is not the sleeper"
+    );
+    let _ = kill_and_remove_task(s, &restored)?;
+    s.cd.ctr(&["container", "delete", &restored])?.ok()?;
+    assert_gone(s, &restored)
 }
