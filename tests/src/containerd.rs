@@ -53,6 +53,11 @@ pub struct Containerd {
 impl Containerd {
     /// Start a private containerd that finds `shim` as `containerd-shim-cryo-v2`.
     pub fn start(shim: &Path) -> Result<Containerd> {
+        Self::start_with_path(shim, &std::env::var("PATH").unwrap_or_default())
+    }
+
+    /// The same with `path` as containerd's (and so the shims') `PATH`, after the shim's dir.
+    pub fn start_with_path(shim: &Path, path: &str) -> Result<Containerd> {
         if !shim.is_file() {
             bail!(
                 "{} is missing: build it first: cargo build --workspace --bins",
@@ -73,11 +78,7 @@ impl Containerd {
             .subsec_nanos();
         let namespace = format!("cryo-test-{}-{nanos}", std::process::id());
         let log = std::fs::File::create(dir.join("containerd.log"))?;
-        let path = format!(
-            "{}:{}",
-            dir.join("bin").display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
+        let path = format!("{}:{path}", dir.join("bin").display());
         let child = Command::new("containerd")
             .arg("--config")
             .arg(dir.join("config.toml"))

@@ -11,6 +11,7 @@ use harness::image::BUSYBOX_IMAGE;
 use harness::Runtime;
 
 use super::{assert_gone, cleanup_container, run_detached, wait_status, Case, Suite};
+use harness::Containerd;
 
 /// Cases runc's shim is not held to, and why.
 pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[(
@@ -36,6 +37,7 @@ pub const CASES: &[(&str, Case)] = &[
         "checkpoint_with_a_running_exec",
         checkpoint_with_a_running_exec,
     ),
+    ("missing_criu_is_named", missing_criu_is_named),
 ];
 
 /// PID 1 of the restore case: a counter loop, an open descriptor part-way into a file, a file
@@ -269,7 +271,28 @@ fn checkpoint_of_sleeper(s: &Suite, rt: Runtime, id: &str) -> Result<String> {
 /// (the image's blobs fetched, the CRIU tar rebuilt, a new index, `ctr image import`).
 fn doctored(s: &Suite, image: &str, edit: impl Fn(&Path) -> Result<()>) -> Result<String> {
     let work = tempfile::tempdir_in(&s.cd.dir)?;
-    let blobs = work.path().join("layout/blobs/sha256");
+    let (tar, name) = checkpoint_tar(s, image, work.path(), edit)?;
+    s.cd.ctr(&[
+        "image",
+        "import",
+        "--all-platforms",
+        "--no-unpack",
+        &tar.display().to_string(),
+    ])?
+    .ok()
+    .context("import the doctored checkpoint")?;
+    Ok(name)
+}
+
+/// An OCI layout tar (in `work`) of checkpoint image `image` with its CRIU directory changed
+/// by `edit`, under a new name: (the tar, the name).
+fn checkpoint_tar(
+    s: &Suite,
+    image: &str,
+    work: &Path,
+    edit: impl Fn(&Path) -> Result<()>,
+) -> Result<(std::path::PathBuf, String)> {
+    let blobs = work.join("layout/blobs/sha256");
     std::fs::create_dir_all(&blobs)?;
     let listing = s.cd.ctr(&["image", "ls"])?.ok()?.stdout;
     let index_digest = listing
@@ -305,7 +328,7 @@ fn doctored(s: &Suite, image: &str, edit: impl Fn(&Path) -> Result<()>) -> Resul
         if m["mediaType"] != criu_type {
             continue;
         }
-        let dir = work.path().join("criu");
+        let dir = work.join("criu");
         std::fs::create_dir_all(&dir)?;
         sh(Command::new("tar")
             .arg("-xf")
@@ -317,7 +340,7 @@ fn doctored(s: &Suite, image: &str, edit: impl Fn(&Path) -> Result<()>) -> Resul
             .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
             .collect::<Result<_>>()?;
         names.sort();
-        let new = work.path().join("criu.tar");
+        let new = work.join("criu.tar");
         sh(Command::new("tar")
             .arg("-cf")
             .arg(&new)
@@ -328,11 +351,11 @@ fn doctored(s: &Suite, image: &str, edit: impl Fn(&Path) -> Result<()>) -> Resul
         m["digest"] = format!("sha256:{hex}").into();
         m["size"] = size.into();
     }
-    let new_index = work.path().join("index.blob");
+    let new_index = work.join("index.blob");
     std::fs::write(&new_index, serde_json::to_vec(&index)?)?;
     let (hex, size) = add_blob(&blobs, &new_index)?;
     let name = unique_ref("doctored");
-    let layout = work.path().join("layout");
+    let layout = work.join("layout");
     std::fs::write(
         layout.join("oci-layout"),
         r#"{"imageLayoutVersion":"1.0.0"}"#,
@@ -350,23 +373,14 @@ fn doctored(s: &Suite, image: &str, edit: impl Fn(&Path) -> Result<()>) -> Resul
         })
         .to_string(),
     )?;
-    let tar = work.path().join("doctored.tar");
+    let tar = work.join("doctored.tar");
     sh(Command::new("tar")
         .arg("-cf")
         .arg(&tar)
         .arg("-C")
         .arg(&layout)
         .args(["oci-layout", "index.json", "blobs"]))?;
-    s.cd.ctr(&[
-        "image",
-        "import",
-        "--all-platforms",
-        "--no-unpack",
-        &tar.display().to_string(),
-    ])?
-    .ok()
-    .context("import the doctored checkpoint")?;
-    Ok(name)
+    Ok((tar, name))
 }
 
 /// Move `file` into the layout's blobs under its digest: (hex digest, size).
@@ -523,4 +537,96 @@ fn checkpoint_with_a_running_exec(s: &Suite, rt: Runtime, id: &str) -> Result<()
     let _ = kill_and_remove_task(s, &restored)?;
     s.cd.ctr(&["container", "delete", &restored])?.ok()?;
     assert_gone(s, &restored)
+}
+
+/// Where containerd (and the shims) look for binaries in the missing-CRIU case: the system's
+/// directories, not /usr/local/sbin where scripts/setup installs CRIU.
+const PATH_WITHOUT_CRIU: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// With no CRIU on containerd's PATH (a second private containerd): a checkpoint fails naming
+/// CRIU and the task keeps running; a restore of a good checkpoint fails naming CRIU and leaves
+/// nothing.
+fn missing_criu_is_named(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    for dir in std::env::split_paths(PATH_WITHOUT_CRIU) {
+        ensure!(
+            !dir.join("criu").exists(),
+            "precondition: {} holds a criu; this case needs a PATH without one",
+            dir.display()
+        );
+    }
+    let image = checkpoint_of_sleeper(s, rt, id)?;
+    let work = tempfile::tempdir_in(&s.cd.dir)?;
+    let (tar, name) = checkpoint_tar(s, &image, work.path(), |_| Ok(()))?;
+    let cd = Containerd::start_with_path(&harness::built_shim()?, PATH_WITHOUT_CRIU)?;
+    let result = without_criu(&cd, s, rt, id, &tar, &name);
+    let teardown = cd.teardown(&[]);
+    result?;
+    teardown
+}
+
+fn without_criu(
+    cd: &Containerd,
+    s: &Suite,
+    rt: Runtime,
+    id: &str,
+    tar: &Path,
+    name: &str,
+) -> Result<()> {
+    let busybox = s.cd.dir.join("images/busybox.tar");
+    ensure!(busybox.is_file(), "{} is missing", busybox.display());
+    cd.ctr(&["image", "import", &busybox.display().to_string()])?
+        .ok()?;
+    cd.ctr(&[
+        "image",
+        "import",
+        "--all-platforms",
+        "--no-unpack",
+        &tar.display().to_string(),
+    ])?
+    .ok()?;
+    cd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        rt.id(),
+        BUSYBOX_IMAGE,
+        id,
+        "sleep",
+        "100000",
+    ])?
+    .ok()?;
+    let out = cd.ctr(&["task", "checkpoint", id])?;
+    eprintln!("{}: checkpoint without CRIU: {out:?}", rt.name());
+    ensure!(
+        out.code != 0,
+        "a checkpoint without CRIU succeeded: {out:?}"
+    );
+    ensure!(
+        out.stderr.to_lowercase().contains("criu"),
+        "the error does not name CRIU: {:?}",
+        out.stderr
+    );
+    let ls = cd.ctr(&["task", "ls"])?.stdout;
+    ensure!(
+        ls.lines()
+            .any(|l| l.starts_with(id) && l.contains("RUNNING")),
+        "the task does not run after the failed checkpoint:\n{ls}"
+    );
+
+    let restored = format!("{id}-restored");
+    let out = cd.ctr(&["container", "restore", "--live", "--rw", &restored, name])?;
+    eprintln!("{}: restore without CRIU: {out:?}", rt.name());
+    ensure!(out.code != 0, "a restore without CRIU succeeded: {out:?}");
+    ensure!(
+        out.stderr.to_lowercase().contains("criu"),
+        "the error does not name CRIU: {:?}",
+        out.stderr
+    );
+    let ps = cd.ctr(&["task", "ps", &restored])?;
+    ensure!(
+        ps.stdout.lines().skip(1).all(|l| l.trim().is_empty()),
+        "processes left by the failed restore: {}",
+        ps.stdout
+    );
+    Ok(())
 }
