@@ -24,6 +24,7 @@ pub mod exec;
 pub mod init;
 mod launch;
 pub mod mount;
+mod sealed_exe;
 pub mod state;
 pub mod volume;
 
