@@ -42,6 +42,7 @@ pub const CASES: &[(&str, Case)] = &[
     ),
     ("seccomp_notify_refused", seccomp_notify_refused),
     ("exec_format_error_refused", exec_format_error_refused),
+    ("unknown_seccomp_names_named", unknown_seccomp_names_named),
 ];
 
 /// How many times each refused input is tried.
@@ -435,4 +436,47 @@ fn exec_format_error_refused(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
         spec["process"]["args"] = serde_json::json!(["/bin/not-an-executable"]);
     })?;
     refused_every_time(s, rt, id, &spec, &["exec format error"])
+}
+
+/// An action, an operator and an architecture no runtime knows: refused, the value named;
+/// cryo also names the field (`linux.seccomp.syscalls[1].action`).
+fn unknown_seccomp_names_named(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let cases = [
+        (
+            serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                {"names": ["read"], "action": "SCMP_ACT_ERRNO"},
+                {"names": ["mkdir"], "action": "SCMP_ACT_FOO"}]}),
+            "SCMP_ACT_FOO",
+            "linux.seccomp.syscalls[1].action: SCMP_ACT_FOO",
+        ),
+        (
+            serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                {"names": ["personality"], "action": "SCMP_ACT_ERRNO",
+                 "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_ALMOST"}]}]}),
+            "SCMP_CMP_ALMOST",
+            "linux.seccomp.syscalls[0].args[0].op: SCMP_CMP_ALMOST",
+        ),
+        (
+            serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW",
+                               "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_Z80"]}),
+            "SCMP_ARCH_Z80",
+            "linux.seccomp.architectures[1]: SCMP_ARCH_Z80",
+        ),
+    ];
+    for (profile, value, field) in cases {
+        let spec = spec_file(s, id, |spec| {
+            spec["process"]["args"] = serde_json::json!(["true"]);
+            spec["linux"]["seccomp"] = profile;
+        })?;
+        let out = run_spec(s, rt, id, &spec)?;
+        ensure!(out.code != 0, "{value}: it ran");
+        ensure!(out.stderr.contains(value), "{value}: {:?}", out.stderr);
+        if rt == Runtime::Cryo {
+            ensure!(out.stderr.contains(field), "{field}: {:?}", out.stderr);
+        }
+        let left = assert_gone(s, id);
+        cleanup_container(&s.cd, id);
+        left?;
+    }
+    Ok(())
 }
