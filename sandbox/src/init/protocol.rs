@@ -25,9 +25,10 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 
 /// The largest message either side may send, in bytes of JSON (the encoded [`InitConfig`]:
-/// the spec with its arguments, environment, gids and seccomp profile). The kernel's own
-/// limits on argv and the environment (128 KiB per string, a quarter of the stack limit in
-/// all) are far below it.
+/// the spec with its arguments, environment, gids and seccomp profile). It equals containerd's
+/// default gRPC message limit, which a spec has to pass through first, and is far above the
+/// kernel's own limits on argv and the environment (128 KiB per string, a quarter of the stack
+/// limit in all) and a 65536-entry additionalGids list (about 450 KB).
 pub const MAX_MESSAGE: usize = 16 << 20;
 
 /// The payload of one packet: well below the socket's default buffer (about 208 KiB).
