@@ -1,5 +1,5 @@
-//! The host side of the init helper: check what can be checked on the host (the seccomp
-//! profile, the configuration's size), spawn the helper (the current binary re-executed from
+//! The host side of the init helper: check what can be checked on the host (namespaces, the
+//! seccomp profile, the configuration's size), spawn the helper (the current binary re-executed from
 //! its sealed copy), place it in the container's cgroup, send its configuration, and collect
 //! what it reports until the new process is ready; later, tell it to exec. Used for a
 //! container's PID 1 and for exec'd processes alike.
@@ -16,7 +16,7 @@ use crate::cgroup::Cgroup;
 use crate::config::Stdio;
 use crate::error::{Error, Result};
 use crate::init::protocol::{self, Channel, FromInit, InitConfig, ToInit, MAX_MESSAGE};
-use crate::init::{seccomp, INIT_ENV, INIT_FD};
+use crate::init::{namespaces, seccomp, INIT_ENV, INIT_FD};
 use crate::sealed_exe;
 
 /// How long the init helper may take to get a process ready, or to exec after Start.
@@ -37,8 +37,10 @@ pub struct Launched {
 /// failure the helper and the process are killed.
 pub fn launch(config: InitConfig, stdio: Stdio, cgroup: &Cgroup) -> Result<Launched> {
     let terminal = config.terminal;
-    // An exec carries the container's profile, checked when the container was created.
+    // An exec joins the container's namespaces and carries its seccomp profile, both checked
+    // when the container was created.
     if config.join.is_none() {
+        namespaces::validate(&config.spec)?;
         seccomp::validate(&config.spec)?;
     }
     let message = protocol::encode(&ToInit::Config(Box::new(config)))?;

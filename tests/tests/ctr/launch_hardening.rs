@@ -43,6 +43,7 @@ pub const CASES: &[(&str, Case)] = &[
     ("seccomp_notify_refused", seccomp_notify_refused),
     ("exec_format_error_refused", exec_format_error_refused),
     ("unknown_seccomp_names_named", unknown_seccomp_names_named),
+    ("bad_namespaces_refused", bad_namespaces_refused),
 ];
 
 /// How many times each refused input is tried.
@@ -478,5 +479,60 @@ fn unknown_seccomp_names_named(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
         cleanup_container(&s.cd, id);
         left?;
     }
+    Ok(())
+}
+
+/// Namespaces that cannot be what the spec says: a path to a namespace of another type, a
+/// path to a file that is no namespace, the same type twice. Refused, nothing left behind;
+/// cryo names the entry and the value.
+fn bad_namespaces_refused(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let not_a_namespace = s.cd.dir.join(format!("{id}.not-a-namespace"));
+    std::fs::write(&not_a_namespace, b"plain file\n")?;
+    let not_a_namespace = not_a_namespace.display().to_string();
+    let pid_ns = format!("/proc/{}/ns/pid", std::process::id());
+    // What, the entry that replaces the type's own, and what cryo's error names.
+    let cases = [
+        (
+            "a pid namespace as the network namespace",
+            serde_json::json!({"type": "network", "path": pid_ns}),
+            format!("linux.namespaces[4].path: {pid_ns}"),
+        ),
+        (
+            "a plain file as the ipc namespace",
+            serde_json::json!({"type": "ipc", "path": not_a_namespace}),
+            format!("linux.namespaces[4].path: {not_a_namespace}"),
+        ),
+        (
+            "two network namespaces",
+            serde_json::json!({"type": "network"}),
+            "linux.namespaces[5]: a second network namespace".to_string(),
+        ),
+    ];
+    for (what, entry, named) in cases {
+        let spec = spec_file(s, id, |spec| {
+            spec["process"]["args"] = serde_json::json!(["true"]);
+            let nss = spec["linux"]["namespaces"]
+                .as_array_mut()
+                .expect("namespaces");
+            // The type's own entry goes (but for the duplicate), the new one comes last.
+            if entry.get("path").is_some() {
+                nss.retain(|ns| ns["type"] != entry["type"]);
+            }
+            nss.push(entry);
+        })?;
+        let out = run_spec(s, rt, id, &spec)?;
+        ensure!(out.code != 0, "{what}: it ran: {out:?}");
+        if rt == Runtime::Cryo {
+            ensure!(
+                out.stderr.contains(&named),
+                "{what}: the error does not say {named:?}: {:?}",
+                out.stderr
+            );
+        }
+        let left = assert_gone(s, id);
+        cleanup_container(&s.cd, id);
+        left.with_context(|| what.to_string())?;
+    }
+    std::fs::remove_file(&not_a_namespace)?;
     Ok(())
 }
