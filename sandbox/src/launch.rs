@@ -1,8 +1,8 @@
 //! The host side of the init helper: check what can be checked on the host (namespaces, the
-//! seccomp profile, the configuration's size), spawn the helper (the current binary re-executed from
-//! its sealed copy), place it in the container's cgroup, send its configuration, and collect
-//! what it reports until the new process is ready; later, tell it to exec. Used for a
-//! container's PID 1 and for exec'd processes alike.
+//! seccomp profile, the configuration's size), spawn the helper (the current binary
+//! re-executed from its sealed view, [`crate::sealed_exe`]), place it in the container's
+//! cgroup, send its configuration, and collect what it reports until the new process is
+//! ready; later, tell it to exec. Used for a container's PID 1 and for exec'd processes alike.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -33,8 +33,8 @@ pub struct Launched {
 }
 
 /// Spawn the helper for `config` in `cgroup` and wait until the process is ready. Nothing is
-/// spawned for a spec whose seccomp profile would not load or that is too large to send. On
-/// failure the helper and the process are killed.
+/// spawned for a spec whose namespaces are wrong, whose seccomp profile would not load, or
+/// that is too large to send. On failure the helper and the process are killed.
 pub fn launch(config: InitConfig, stdio: Stdio, cgroup: &Cgroup) -> Result<Launched> {
     let terminal = config.terminal;
     // An exec joins the container's namespaces and carries its seccomp profile, both checked
@@ -115,11 +115,11 @@ impl Drop for Spawned {
     }
 }
 
-/// Re-execute this binary, from its sealed copy, as the init helper, with its end of the
+/// Re-execute this binary, from its sealed view, as the init helper, with its end of the
 /// channel as [`INIT_FD`] and the process's stdio as 0, 1, 2. The helper is never waited for
 /// here: the embedding process's reaper collects it.
 fn spawn_helper(chan: Channel, stdio: Stdio) -> Result<i32> {
-    // The copy's descriptor is above INIT_FD, so the dup2s below leave it in place for the
+    // The view's descriptor is above INIT_FD, so the dup2s below leave it in place for the
     // exec; it is close-on-exec, so the helper does not keep it.
     let mut cmd = Command::new(sealed_exe::exec_path(sealed_exe::sealed_self()?));
     cmd.arg0("cryo-init").env(INIT_ENV, "1");

@@ -112,10 +112,10 @@ fn seal_copy_of(source: &File) -> Result<OwnedFd> {
     Ok(file.into())
 }
 
-/// An `O_PATH` descriptor of `binary` (of `size` bytes) seen through a detached read-only overlayfs whose layers
-/// are the binary's directory and an empty directory (overlayfs needs two layers to run
-/// without an upper one). The empty directory is made in `scratch` for the mount and removed
-/// at once.
+/// An `O_PATH` descriptor of `binary` (of `size` bytes) seen through a detached read-only
+/// overlayfs whose layers are the binary's directory and an empty directory (overlayfs needs
+/// two layers to run without an upper one). The empty directory is made in `scratch` for the
+/// mount and removed at once.
 fn overlay_view_of(binary: &Path, size: u64, scratch: &Path) -> Result<OwnedFd> {
     let (Some(dir), Some(name)) = (binary.parent(), binary.file_name()) else {
         return Err(Error::Init(format!(

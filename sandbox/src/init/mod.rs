@@ -9,7 +9,7 @@
 //! pid and exits (the embedding process, a subreaper, inherits PID 1). PID 1 sets up the rootfs
 //! and the process, resolves the executable, reports `Ready` and waits for `Start`; then execs.
 //!
-//! The helper runs from a sealed copy of the binary ([`crate::sealed_exe`]) and makes itself
+//! The helper runs from a sealed view of the binary ([`crate::sealed_exe`]) and makes itself
 //! non-dumpable before anything else, so that no process of the container can open its
 //! `/proc/<pid>/exe` (nor its memory or descriptors) while it waits; the workload's own exec
 //! gives it the dumpable flag its binary deserves. Nothing here sets it back.
