@@ -51,12 +51,10 @@ pub fn sealed_self() -> Result<BorrowedFd<'static>> {
         std::fs::metadata("/proc/self/exe"),
     );
     let fd = match running {
-        (Ok(path), Ok(meta)) => {
-            overlay_view_of(&path, meta.len(), &std::env::temp_dir()).or_else(|e| {
-                log::debug!("sealed binary: no overlayfs view ({e}); copying it into a memfd");
-                copy_of_self()
-            })
-        }
+        (Ok(path), Ok(meta)) => overlay_view_of(&path, &meta, &std::env::temp_dir()).or_else(|e| {
+            log::debug!("sealed binary: no overlayfs view ({e}); copying it into a memfd");
+            copy_of_self()
+        }),
         _ => copy_of_self(),
     }?;
     let fd = above_stdio(fd)?;
@@ -112,11 +110,11 @@ fn seal_copy_of(source: &File) -> Result<OwnedFd> {
     Ok(file.into())
 }
 
-/// An `O_PATH` descriptor of `binary` (of `size` bytes) seen through a detached read-only
-/// overlayfs whose layers are the binary's directory and an empty directory (overlayfs needs
-/// two layers to run without an upper one). The empty directory is made in `scratch` for the
-/// mount and removed at once.
-fn overlay_view_of(binary: &Path, size: u64, scratch: &Path) -> Result<OwnedFd> {
+/// An `O_PATH` descriptor of `binary` (the running binary, `running`) seen through a detached
+/// read-only overlayfs whose layers are the binary's directory and an empty directory
+/// (overlayfs needs two layers to run without an upper one). The empty directory is made in
+/// `scratch` for the mount and removed at once.
+fn overlay_view_of(binary: &Path, running: &std::fs::Metadata, scratch: &Path) -> Result<OwnedFd> {
     let (Some(dir), Some(name)) = (binary.parent(), binary.file_name()) else {
         return Err(Error::Init(format!(
             "{} has no directory",
@@ -210,13 +208,18 @@ fn overlay_view_of(binary: &Path, size: u64, scratch: &Path) -> Result<OwnedFd> 
     }
     // SAFETY: a fresh descriptor from openat.
     let exe = unsafe { OwnedFd::from_raw_fd(exe) };
-    // The view must show the running binary (its size), not whatever now has its name.
+    // The view must show the running binary, not whatever has its name now (an upgrade):
+    // without xino, overlayfs shows a lower file's own inode number.
     let view = nix::sys::stat::fstat(&exe).map_err(|e| Error::sys("sealed binary: fstat", e))?;
-    if view.st_size as u64 != size {
+    use std::os::unix::fs::MetadataExt;
+    if view.st_ino != running.ino() || view.st_size as u64 != running.size() {
         return Err(Error::Init(format!(
-            "{} is no longer the running binary ({} bytes, not {size})",
+            "{} is no longer the running binary (inode {}, {} bytes; running: inode {}, {} bytes)",
             binary.display(),
-            view.st_size
+            view.st_ino,
+            view.st_size,
+            running.ino(),
+            running.size()
         )));
     }
     Ok(exe)
@@ -279,8 +282,8 @@ mod tests {
         std::fs::copy("/bin/true", &binary).unwrap();
         std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
         let scratch = tempfile::tempdir().unwrap();
-        let size = std::fs::metadata(&binary).unwrap().len();
-        let fd = above_stdio(overlay_view_of(&binary, size, scratch.path()).unwrap()).unwrap();
+        let meta = std::fs::metadata(&binary).unwrap();
+        let fd = above_stdio(overlay_view_of(&binary, &meta, scratch.path()).unwrap()).unwrap();
         let path = exec_path(fd.as_fd());
         let status = std::process::Command::new(&path).status().unwrap();
         assert!(status.success());
@@ -298,6 +301,24 @@ mod tests {
             "{mounts}"
         );
         assert_eq!(std::fs::read_dir(scratch.path()).unwrap().count(), 0);
+    }
+
+    /// A binary replaced under its name since it started (an upgrade) is not used.
+    #[test]
+    fn a_replaced_binary_is_not_viewed() {
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("tool");
+        std::fs::write(&binary, b"old").unwrap();
+        let old = std::fs::metadata(&binary).unwrap();
+        let new = dir.path().join("tool.new");
+        std::fs::write(&new, b"new").unwrap();
+        std::fs::rename(&new, &binary).unwrap();
+        let scratch = tempfile::tempdir().unwrap();
+        let e = overlay_view_of(&binary, &old, scratch.path()).unwrap_err();
+        assert!(
+            e.to_string().contains("no longer the running binary"),
+            "{e}"
+        );
     }
 
     #[test]
