@@ -17,7 +17,7 @@ use super::{assert_gone, cleanup_container, run_detached, run_spec, spec_file, C
 
 /// Cases runc's shim is not held to, and why.
 pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[(
-    "waiting_helpers_run_sealed_copies",
+    "waiting_helpers_run_no_host_binary",
     "runc 1.1.5 (Debian) runs a created container's `runc init` from /usr/sbin/runc itself; \
      only its being non-dumpable keeps the container from opening it",
 )];
@@ -28,8 +28,8 @@ pub const CASES: &[(&str, Case)] = &[
         helpers_expose_no_host_binary,
     ),
     (
-        "waiting_helpers_run_sealed_copies",
-        waiting_helpers_run_sealed_copies,
+        "waiting_helpers_run_no_host_binary",
+        waiting_helpers_run_no_host_binary,
     ),
     (
         "large_arguments_arrive_intact",
@@ -228,7 +228,7 @@ fn helpers_expose_no_host_binary(s: &Suite, rt: Runtime, id: &str) -> Result<()>
 
 /// The same waiting processes, seen from the host: their executables are not the host's
 /// runtime binaries, and take no write even from root on the host.
-fn waiting_helpers_run_sealed_copies(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+fn waiting_helpers_run_no_host_binary(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     with_waiting_processes(s, rt, id, |waiting, host| {
         for (what, pid) in waiting {
             exe_is_sealed(*pid, host, what)?;
