@@ -60,8 +60,24 @@ pub fn validate(spec: &Spec) -> Result<()> {
 
 /// `path` is a namespace of type `typ`.
 fn check_path(field: &str, typ: LinuxNamespaceType, path: &Path) -> Result<()> {
+    use nix::fcntl::OFlag;
     let shown = path.display();
-    let file = std::fs::File::open(path)
+    // Looked at through O_PATH first: opening a FIFO would block, a device could act.
+    let handle = nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::InvalidSpec(format!("{field}.path: {shown}: {}", e.desc())))?;
+    let fs = nix::sys::statfs::fstatfs(&handle)
+        .map_err(|e| Error::sys(format!("{field}.path: statfs {shown}"), e))?;
+    if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+        return Err(Error::InvalidSpec(format!(
+            "{field}.path: {shown} is not a namespace (not a file of the nsfs filesystem)"
+        )));
+    }
+    let reopen = format!("/proc/self/fd/{}", handle.as_raw_fd());
+    let file = std::fs::File::open(&reopen)
         .map_err(|e| Error::InvalidSpec(format!("{field}.path: {shown}: {e}")))?;
     // SAFETY: NS_GET_NSTYPE takes no argument; the descriptor is open.
     let got = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
@@ -201,6 +217,19 @@ mod tests {
             e.contains("linux.namespaces[0].path: /proc/self/status is not a namespace"),
             "{e}"
         );
+        // Neither blocks nor touches a device: a FIFO and /dev/null are merely not namespaces.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        for path in [fifo.display().to_string(), "/dev/null".to_string()] {
+            let e = refusal(serde_json::json!([{"type": "network", "path": path}]));
+            assert!(
+                e.contains(&format!(
+                    "linux.namespaces[0].path: {path} is not a namespace"
+                )),
+                "{e}"
+            );
+        }
         let e = refusal(serde_json::json!([{"type": "uts", "path": "/no/such/ns"}]));
         assert!(e.contains("linux.namespaces[0].path: /no/such/ns"), "{e}");
         let e = refusal(serde_json::json!([
