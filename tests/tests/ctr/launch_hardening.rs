@@ -372,12 +372,34 @@ fn many_additional_gids(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     Ok(())
 }
 
-/// `ctr run` of `spec` fails `REFUSAL_RUNS` times out of as many, with `cause` in its error,
-/// and leaves no task and no mount behind each time (before any cleanup).
-fn refused_every_time(s: &Suite, rt: Runtime, id: &str, spec: &str, cause: &[&str]) -> Result<()> {
+/// When a refusal must come.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Refused {
+    /// At Create: ctr says it "failed to create shim task".
+    AtCreate,
+    /// At Create or Start.
+    Before,
+}
+
+/// `ctr run` of `spec` fails `REFUSAL_RUNS` times out of as many, `when` it must, with one of
+/// `cause` in its error, and leaves no task and no mount behind each time (before any
+/// cleanup).
+fn refused_every_time(
+    s: &Suite,
+    rt: Runtime,
+    id: &str,
+    spec: &str,
+    when: Refused,
+    cause: &[&str],
+) -> Result<()> {
     for run in 0..REFUSAL_RUNS {
         let out = run_spec(s, rt, id, spec)?;
         ensure!(out.code != 0, "run {run}: it ran: {out:?}");
+        ensure!(
+            when == Refused::Before || out.stderr.contains("failed to create shim task"),
+            "run {run}: not refused at create: {:?}",
+            out.stderr
+        );
         ensure!(
             cause.iter().any(|c| out.stderr.contains(c)),
             "run {run}: the error names none of {cause:?}: {:?}",
@@ -407,7 +429,7 @@ fn seccomp_over_kernel_limit_refused(s: &Suite, rt: Runtime, id: &str) -> Result
         spec["linux"]["seccomp"] =
             serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": rules});
     })?;
-    refused_every_time(s, rt, id, &spec, &["seccomp"])
+    refused_every_time(s, rt, id, &spec, Refused::AtCreate, &["seccomp"])
 }
 
 /// SCMP_ACT_NOTIFY without a listener.
@@ -419,7 +441,7 @@ fn seccomp_notify_refused(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
             "syscalls": [{"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]
         });
     })?;
-    refused_every_time(s, rt, id, &spec, &["listenerPath"])
+    refused_every_time(s, rt, id, &spec, Refused::AtCreate, &["listenerPath"])
 }
 
 /// An executable file that is in no format the kernel knows.
@@ -436,7 +458,7 @@ fn exec_format_error_refused(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     let spec = spec_file(s, id, |spec| {
         spec["process"]["args"] = serde_json::json!(["/bin/not-an-executable"]);
     })?;
-    refused_every_time(s, rt, id, &spec, &["exec format error"])
+    refused_every_time(s, rt, id, &spec, Refused::Before, &["exec format error"])
 }
 
 /// An action, an operator and an architecture no runtime knows: refused, the value named;
