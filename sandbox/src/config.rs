@@ -19,11 +19,8 @@ pub struct RootfsMount {
 }
 
 /// The container's standard streams.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub enum Stdio {
-    /// Inherit nothing: stdin, stdout and stderr are `/dev/null`.
-    #[default]
-    Null,
     /// File descriptors to install as 0, 1 and 2 in the workload (`None` means `/dev/null`).
     /// The caller keeps the other ends (typically pipes it copies to containerd's FIFOs).
     Fds {

@@ -1,7 +1,8 @@
-//! The host side of the init helper: spawn it (the current binary re-executed), place it in
-//! the container's cgroup, send its configuration, and collect what it reports until the new
-//! process is ready; later, tell it to exec. Used for a container's PID 1 and for exec'd
-//! processes alike.
+//! The host side of the init helper: check what can be checked on the host (namespaces, the
+//! seccomp profile, the configuration's size), spawn the helper (the current binary
+//! re-executed from its sealed view, [`crate::sealed_exe`]), place it in the container's
+//! cgroup, send its configuration, and collect what it reports until the new process is
+//! ready; later, tell it to exec. Used for a container's PID 1 and for exec'd processes alike.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
@@ -14,8 +15,9 @@ use nix::unistd::Pid;
 use crate::cgroup::Cgroup;
 use crate::config::Stdio;
 use crate::error::{Error, Result};
-use crate::init::protocol::{Channel, FromInit, InitConfig, ToInit};
-use crate::init::{INIT_ENV, INIT_FD};
+use crate::init::protocol::{self, Channel, FromInit, InitConfig, ToInit, MAX_MESSAGE};
+use crate::init::{namespaces, seccomp, INIT_ENV, INIT_FD};
+use crate::sealed_exe;
 
 /// How long the init helper may take to get a process ready, or to exec after Start.
 const INIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -30,15 +32,31 @@ pub struct Launched {
     chan: Channel,
 }
 
-/// Spawn the helper for `config` in `cgroup` and wait until the process is ready. On failure
-/// the helper and the process are killed.
+/// Spawn the helper for `config` in `cgroup` and wait until the process is ready. Nothing is
+/// spawned for a spec whose namespaces are wrong, whose seccomp profile would not load, or
+/// that is too large to send. On failure the helper and the process are killed.
 pub fn launch(config: InitConfig, stdio: Stdio, cgroup: &Cgroup) -> Result<Launched> {
     let terminal = config.terminal;
+    // An exec joins the container's namespaces and carries its seccomp profile, both checked
+    // when the container was created.
+    if config.join.is_none() {
+        namespaces::validate(&config.spec)?;
+        seccomp::validate(&config.spec)?;
+    }
+    let message = protocol::encode(&ToInit::Config(Box::new(config)))?;
+    if message.len() > MAX_MESSAGE {
+        return Err(Error::InvalidSpec(format!(
+            "the spec is {} bytes as the init helper's configuration, over the limit of \
+             {MAX_MESSAGE} bytes",
+            message.len()
+        )));
+    }
     let (ours, theirs) = Channel::pair()?;
     ours.set_timeout(INIT_TIMEOUT)?;
     let mut spawned = Spawned(vec![spawn_helper(theirs, stdio)?]);
     cgroup.add(spawned.0[0])?;
-    ours.send(&ToInit::Config(Box::new(config)))?;
+    ours.send_encoded(&message, None)?;
+    drop(message);
     // The helper reports the pid after its fork while the new process reports Ready: the two
     // may arrive in either order.
     let mut pid = None;
@@ -97,15 +115,17 @@ impl Drop for Spawned {
     }
 }
 
-/// Re-execute this binary as the init helper, with its end of the channel as [`INIT_FD`] and
-/// the process's stdio as 0, 1, 2. The helper is never waited for here: the embedding
-/// process's reaper collects it.
+/// Re-execute this binary, from its sealed view, as the init helper, with its end of the
+/// channel as [`INIT_FD`] and the process's stdio as 0, 1, 2. The helper is never waited for
+/// here: the embedding process's reaper collects it.
 fn spawn_helper(chan: Channel, stdio: Stdio) -> Result<i32> {
-    let mut cmd = Command::new("/proc/self/exe");
+    // The view's descriptor is above INIT_FD, so the dup2s below leave it in place for the
+    // exec; it is close-on-exec, so the helper does not keep it.
+    let mut cmd = Command::new(sealed_exe::exec_path(sealed_exe::sealed_self()?));
     cmd.arg0("cryo-init").env(INIT_ENV, "1");
     let null = std::process::Stdio::null;
     match stdio {
-        Stdio::Null | Stdio::Terminal => {
+        Stdio::Terminal => {
             cmd.stdin(null()).stdout(null()).stderr(null());
         }
         Stdio::Fds {

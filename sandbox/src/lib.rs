@@ -25,6 +25,8 @@ pub mod exec;
 pub mod init;
 mod launch;
 pub mod mount;
+mod sealed_exe;
+pub mod spec;
 pub mod state;
 pub mod volume;
 

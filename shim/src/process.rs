@@ -468,7 +468,7 @@ pub fn with<R>(
 /// The bundle's config.json, or an error naming what is wrong with it.
 fn load_spec(bundle: &Path) -> TtrpcResult<Spec> {
     let path = bundle.join("config.json");
-    Spec::load(&path).map_err(|e| errors::invalid_argument(format!("{}: {e}", path.display())))
+    cryo_sandbox::spec::load(&path).map_err(|e| errors::invalid_argument(e.to_string()))
 }
 
 /// Where the rootfs is: `<bundle>/rootfs` when containerd gave mounts, else the spec's root

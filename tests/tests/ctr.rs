@@ -45,6 +45,7 @@ mod shim_hardening;
 
 /// Every module's cases and the cases runc's shim is not held to.
 fn all_cases() -> Vec<(&'static str, Case, Option<&'static str>)> {
+    #[allow(clippy::type_complexity)]
     let topics: &[(&[(&str, Case)], &[(&str, &str)])] = &[
         (CASES, RUNC_FALLS_SHORT),
         (engine_hardening::CASES, engine_hardening::RUNC_FALLS_SHORT),

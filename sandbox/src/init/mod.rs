@@ -8,12 +8,17 @@
 //! unshares the new ones and forks: the child is the container's PID 1, the helper reports its
 //! pid and exits (the embedding process, a subreaper, inherits PID 1). PID 1 sets up the rootfs
 //! and the process, resolves the executable, reports `Ready` and waits for `Start`; then execs.
+//!
+//! The helper runs from a sealed view of the binary ([`crate::sealed_exe`]) and makes itself
+//! non-dumpable before anything else, so that no process of the container can open its
+//! `/proc/<pid>/exe` (nor its memory or descriptors) while it waits; the workload's own exec
+//! gives it the dumpable flag its binary deserves. Nothing here sets it back.
 
-mod namespaces;
+pub(crate) mod namespaces;
 mod process;
 pub mod protocol;
 mod rootfs;
-mod seccomp;
+pub(crate) mod seccomp;
 
 use std::os::fd::AsFd;
 
@@ -33,6 +38,13 @@ pub const INIT_FD: i32 = 3;
 pub fn run_if_requested() {
     if std::env::var_os(INIT_ENV).is_none() {
         return;
+    }
+    // Before anything else, and long before entering the container's namespaces.
+    if let Err(e) = nix::sys::prctl::set_dumpable(false) {
+        // SAFETY: the engine passes its end of the pair as INIT_FD; nothing else owns it.
+        let chan = unsafe { Channel::from_raw_fd(INIT_FD) };
+        let _ = chan.send(&FromInit::Error(format!("PR_SET_DUMPABLE 0: {e}")));
+        std::process::exit(1);
     }
     // Nothing of the embedding process may reach the container: keep stdio and the channel,
     // close every other inherited descriptor.

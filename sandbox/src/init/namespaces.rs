@@ -1,15 +1,114 @@
-//! Namespaces of a new container, in the helper before it forks PID 1: join those the spec
-//! names by path (all opened first, as joining a mount namespace changes what paths mean), then
-//! unshare the ones to create. A new pid namespace takes effect for the forked child.
+//! Namespaces of a new container: checked on the host before anything is spawned (each type
+//! at most once, every path a namespace of its entry's type), then, in the helper before it
+//! forks PID 1, joined where the spec names a path (all opened first, as joining a mount
+//! namespace changes what paths mean) and unshared where it does not. A new pid namespace
+//! takes effect for the forked child.
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 
 use nix::sched::{setns, unshare, CloneFlags};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::error::{Error, Result};
 
-/// Join and create the spec's namespaces.
+/// `ioctl(NS_GET_NSTYPE)`: the CLONE_NEW* type of a namespace file (Linux 4.11+).
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// The types cryo can give a container, by their spec names (`network`, not `net`).
+const KNOWN: [LinuxNamespaceType; 7] = [
+    LinuxNamespaceType::Mount,
+    LinuxNamespaceType::Cgroup,
+    LinuxNamespaceType::Uts,
+    LinuxNamespaceType::Ipc,
+    LinuxNamespaceType::Pid,
+    LinuxNamespaceType::Network,
+    LinuxNamespaceType::Time,
+];
+
+/// Check the spec's namespaces on the host: no user namespace (not supported yet), each type
+/// at most once (runc: "duplicated ns"), and every path a namespace of its entry's type. The
+/// error names the entry and the value.
+pub fn validate(spec: &Spec) -> Result<()> {
+    let namespaces = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().clone())
+        .unwrap_or_default();
+    let mut seen = CloneFlags::empty();
+    for (i, ns) in namespaces.iter().enumerate() {
+        let field = format!("linux.namespaces[{i}]");
+        let typ = ns.typ();
+        let name = spec_name(typ);
+        if typ == LinuxNamespaceType::User {
+            return Err(Error::InvalidSpec(format!(
+                "{field}: user namespaces are not supported yet"
+            )));
+        }
+        if seen.contains(flag(typ)) {
+            return Err(Error::InvalidSpec(format!(
+                "{field}: a second {name} namespace (each type may appear once)"
+            )));
+        }
+        seen |= flag(typ);
+        if let Some(path) = ns.path() {
+            check_path(&field, typ, path)?;
+        }
+    }
+    Ok(())
+}
+
+/// `path` is a namespace of type `typ`.
+fn check_path(field: &str, typ: LinuxNamespaceType, path: &Path) -> Result<()> {
+    use nix::fcntl::OFlag;
+    let shown = path.display();
+    // Looked at through O_PATH first: opening a FIFO would block, a device could act.
+    let handle = nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| Error::InvalidSpec(format!("{field}.path: {shown}: {}", e.desc())))?;
+    let fs = nix::sys::statfs::fstatfs(&handle)
+        .map_err(|e| Error::sys(format!("{field}.path: statfs {shown}"), e))?;
+    if fs.filesystem_type() != nix::sys::statfs::NSFS_MAGIC {
+        return Err(Error::InvalidSpec(format!(
+            "{field}.path: {shown} is not a namespace (not a file of the nsfs filesystem)"
+        )));
+    }
+    let reopen = format!("/proc/self/fd/{}", handle.as_raw_fd());
+    let file = std::fs::File::open(&reopen)
+        .map_err(|e| Error::InvalidSpec(format!("{field}.path: {shown}: {e}")))?;
+    // SAFETY: NS_GET_NSTYPE takes no argument; the descriptor is open.
+    let got = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if got < 0 {
+        return Err(Error::InvalidSpec(format!(
+            "{field}.path: {shown} is not a namespace ({})",
+            std::io::Error::last_os_error()
+        )));
+    }
+    if got != typ as i32 {
+        let is = KNOWN
+            .into_iter()
+            .find(|t| *t as i32 == got)
+            .map_or_else(|| format!("{got:#x}"), spec_name);
+        return Err(Error::InvalidSpec(format!(
+            "{field}.path: {shown} is a {is} namespace, not a {} namespace",
+            spec_name(typ)
+        )));
+    }
+    Ok(())
+}
+
+/// The name a namespace type has in the spec (`network`, `mount`, `pid`, ...).
+fn spec_name(typ: LinuxNamespaceType) -> String {
+    serde_json::to_value(typ)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_else(|| typ.to_string())
+}
+
+/// Join and create the spec's namespaces (already [`validate`]d).
 pub fn enter(spec: &Spec) -> Result<()> {
     let namespaces = spec
         .linux()
@@ -18,12 +117,8 @@ pub fn enter(spec: &Spec) -> Result<()> {
         .unwrap_or_default();
     let mut to_join: Vec<(OwnedFd, LinuxNamespaceType)> = Vec::new();
     let mut to_create = CloneFlags::empty();
+    // The engine ran [`validate`] on the host: no user namespace, each type once.
     for ns in &namespaces {
-        if ns.typ() == LinuxNamespaceType::User {
-            return Err(Error::InvalidSpec(
-                "user namespaces are not supported yet".into(),
-            ));
-        }
         match ns.path() {
             Some(path) => {
                 let fd = std::fs::File::open(path).map_err(|e| {
@@ -89,6 +184,64 @@ fn flag(typ: LinuxNamespaceType) -> CloneFlags {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn spec_with(namespaces: serde_json::Value) -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs"},
+            "linux": {"namespaces": namespaces}
+        }))
+        .unwrap()
+    }
+
+    fn refusal(namespaces: serde_json::Value) -> String {
+        validate(&spec_with(namespaces)).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn namespaces_are_checked_by_entry() {
+        validate(&spec_with(serde_json::json!([
+            {"type": "pid"}, {"type": "mount"}, {"type": "network", "path": "/proc/self/ns/net"}
+        ])))
+        .unwrap();
+        let e = refusal(serde_json::json!([
+            {"type": "pid"}, {"type": "network", "path": "/proc/self/ns/pid"}
+        ]));
+        assert!(
+            e.contains("linux.namespaces[1].path: /proc/self/ns/pid is a pid namespace, not a network namespace"),
+            "{e}"
+        );
+        let e = refusal(serde_json::json!([{"type": "ipc", "path": "/proc/self/status"}]));
+        assert!(
+            e.contains("linux.namespaces[0].path: /proc/self/status is not a namespace"),
+            "{e}"
+        );
+        // Neither blocks nor touches a device: a FIFO and /dev/null are merely not namespaces.
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        for path in [fifo.display().to_string(), "/dev/null".to_string()] {
+            let e = refusal(serde_json::json!([{"type": "network", "path": path}]));
+            assert!(
+                e.contains(&format!(
+                    "linux.namespaces[0].path: {path} is not a namespace"
+                )),
+                "{e}"
+            );
+        }
+        let e = refusal(serde_json::json!([{"type": "uts", "path": "/no/such/ns"}]));
+        assert!(e.contains("linux.namespaces[0].path: /no/such/ns"), "{e}");
+        let e = refusal(serde_json::json!([
+            {"type": "network"}, {"type": "pid"}, {"type": "network"}
+        ]));
+        assert!(
+            e.contains("linux.namespaces[2]: a second network namespace"),
+            "{e}"
+        );
+        let e = refusal(serde_json::json!([{"type": "user"}]));
+        assert!(e.contains("linux.namespaces[0]: user namespaces"), "{e}");
+    }
 
     #[test]
     fn namespace_types_map_to_clone_flags() {

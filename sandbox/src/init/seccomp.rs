@@ -1,7 +1,11 @@
 //! The spec's seccomp profile compiled with libseccomp and loaded into PID 1. With
 //! no_new_privs the filter is loaded as the very last step before exec; without it, before
-//! capabilities are dropped (loading then needs CAP_SYS_ADMIN), as runc does.
+//! capabilities are dropped (loading then needs CAP_SYS_ADMIN), as runc does. The engine
+//! compiles the whole profile on the host first ([`validate`], before anything is spawned), so
+//! a profile libseccomp or the kernel would refuse fails Create, not Start. Every error names
+//! the field and the value (`linux.seccomp.syscalls[3].action: SCMP_ACT_NOTIFY ...`).
 
+use std::os::fd::AsFd;
 use std::str::FromStr;
 
 use libseccomp::{
@@ -10,6 +14,79 @@ use libseccomp::{
 use oci_spec::runtime::{LinuxSeccomp, LinuxSeccompAction, Spec};
 
 use crate::error::{Error, Result};
+
+/// The kernel's limit on a classic BPF program (`BPF_MAXINSNS`): a longer filter is refused
+/// with EINVAL when it is loaded.
+const MAX_INSTRUCTIONS: u64 = 4096;
+
+/// Size of one classic BPF instruction (`struct sock_filter`).
+const INSTRUCTION_BYTES: u64 = 8;
+
+/// The highest syscall argument index (syscalls take six arguments).
+const MAX_ARG_INDEX: usize = 5;
+
+/// Compile the spec's profile as PID 1 would load it and check that the kernel would take it;
+/// nothing is loaded. Called by the engine on the host before it spawns anything.
+pub fn validate(spec: &Spec) -> Result<()> {
+    let Some(p) = profile(spec) else {
+        return Ok(());
+    };
+    let ctx = build(p)?;
+    let out =
+        nix::sys::memfd::memfd_create("cryo-seccomp-check", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .map_err(|e| Error::sys("seccomp check: memfd_create", e))?;
+    ctx.export_bpf(out.as_fd()).map_err(|e| {
+        invalid(format!(
+            "linux.seccomp: libseccomp cannot compile the profile: {e}"
+        ))
+    })?;
+    let bytes = nix::sys::stat::fstat(&out)
+        .map_err(|e| Error::sys("seccomp check: fstat", e))?
+        .st_size as u64;
+    let instructions = bytes / INSTRUCTION_BYTES;
+    if instructions > MAX_INSTRUCTIONS {
+        return Err(invalid(format!(
+            "linux.seccomp: the profile compiles to {instructions} BPF instructions, over the \
+             kernel's limit of {MAX_INSTRUCTIONS}"
+        )));
+    }
+    Ok(())
+}
+
+/// Check the names in a profile as JSON (`linux.seccomp`, or null) against the values the spec
+/// allows, before it is parsed, so that an unknown one is refused with its place and value.
+pub fn check_names(profile: &serde_json::Value) -> Result<()> {
+    use oci_spec::runtime::{Arch, LinuxSeccompFilterFlag, LinuxSeccompOperator};
+    let f = "linux.seccomp";
+    known::<LinuxSeccompAction>(&profile["defaultAction"], &format!("{f}.defaultAction"))?;
+    for (i, v) in items(&profile["architectures"]) {
+        known::<Arch>(v, &format!("{f}.architectures[{i}]"))?;
+    }
+    for (i, v) in items(&profile["flags"]) {
+        known::<LinuxSeccompFilterFlag>(v, &format!("{f}.flags[{i}]"))?;
+    }
+    for (i, rule) in items(&profile["syscalls"]) {
+        known::<LinuxSeccompAction>(&rule["action"], &format!("{f}.syscalls[{i}].action"))?;
+        for (j, arg) in items(&rule["args"]) {
+            known::<LinuxSeccompOperator>(&arg["op"], &format!("{f}.syscalls[{i}].args[{j}].op"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The elements of `v` if it is an array, with their indexes.
+fn items(v: &serde_json::Value) -> impl Iterator<Item = (usize, &serde_json::Value)> {
+    v.as_array().into_iter().flatten().enumerate()
+}
+
+/// `v` (when present) is one of `T`'s names.
+fn known<T: serde::de::DeserializeOwned>(v: &serde_json::Value, field: &str) -> Result<()> {
+    if v.is_null() || serde_json::from_value::<T>(v.clone()).is_ok() {
+        return Ok(());
+    }
+    let shown = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+    Err(invalid(format!("{field}: {shown} is not supported")))
+}
 
 /// Load the profile now (the early, no_new_privs-less case).
 pub fn load(spec: &Spec) -> Result<()> {
@@ -39,56 +116,89 @@ fn profile(spec: &Spec) -> Option<&LinuxSeccomp> {
     spec.linux().as_ref().and_then(|l| l.seccomp().as_ref())
 }
 
+fn invalid(msg: String) -> Error {
+    Error::InvalidSpec(msg)
+}
+
 /// Compile the profile. Syscalls unknown to this libseccomp are skipped, as runc does.
 fn build(p: &LinuxSeccomp) -> Result<ScmpFilterContext> {
-    let err =
-        |what: &str, e: &dyn std::fmt::Display| Error::InvalidSpec(format!("seccomp {what}: {e}"));
-    let default = action(p.default_action(), p.default_errno_ret())?;
-    let mut ctx = ScmpFilterContext::new(default).map_err(|e| err("init", &e))?;
+    let default = action(
+        "linux.seccomp.defaultAction",
+        p.default_action(),
+        p.default_errno_ret(),
+    )?;
+    let mut ctx = ScmpFilterContext::new(default)
+        .map_err(|e| invalid(format!("linux.seccomp.defaultAction: libseccomp: {e}")))?;
     // no_new_privs is the spec's decision, not libseccomp's.
     ctx.set_ctl_nnp(false)
-        .map_err(|e| err("nnp attribute", &e))?;
-    for arch in p.architectures().as_deref().unwrap_or_default() {
+        .map_err(|e| Error::Init(format!("seccomp nnp attribute: {e}")))?;
+    for (i, arch) in p.architectures().iter().flatten().enumerate() {
         let name = json_name(arch);
-        let a = ScmpArch::from_str(&name).map_err(|e| err(&format!("architecture {name}"), &e))?;
+        let field = format!("linux.seccomp.architectures[{i}]");
+        let a = ScmpArch::from_str(&name)
+            .map_err(|e| invalid(format!("{field}: {name} is not supported: {e}")))?;
         ctx.add_arch(a)
-            .map_err(|e| err(&format!("architecture {name}"), &e))?;
+            .map_err(|e| invalid(format!("{field}: {name}: libseccomp: {e}")))?;
     }
-    for rule in p.syscalls().as_deref().unwrap_or_default() {
-        let act = action(rule.action(), rule.errno_ret())?;
+    for (i, rule) in p.syscalls().iter().flatten().enumerate() {
+        let field = format!("linux.seccomp.syscalls[{i}]");
+        let act = action(&format!("{field}.action"), rule.action(), rule.errno_ret())?;
+        let conditions = rule
+            .args()
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(j, a)| condition(&format!("{field}.args[{j}]"), a))
+            .collect::<Result<Vec<_>>>()?;
         if act == default {
             continue;
-        }
-        let mut conditions = Vec::new();
-        for a in rule.args().as_deref().unwrap_or_default() {
-            let op = json_name(&a.op());
-            let (op, datum) = match op.as_str() {
-                "SCMP_CMP_NE" => (ScmpCompareOp::NotEqual, a.value()),
-                "SCMP_CMP_LT" => (ScmpCompareOp::Less, a.value()),
-                "SCMP_CMP_LE" => (ScmpCompareOp::LessOrEqual, a.value()),
-                "SCMP_CMP_EQ" => (ScmpCompareOp::Equal, a.value()),
-                "SCMP_CMP_GE" => (ScmpCompareOp::GreaterEqual, a.value()),
-                "SCMP_CMP_GT" => (ScmpCompareOp::Greater, a.value()),
-                "SCMP_CMP_MASKED_EQ" => (
-                    ScmpCompareOp::MaskedEqual(a.value()),
-                    a.value_two().unwrap_or(0),
-                ),
-                other => return Err(Error::InvalidSpec(format!("seccomp operator {other}"))),
-            };
-            conditions.push(ScmpArgCompare::new(a.index() as u32, op, datum));
         }
         for name in rule.names() {
             let Ok(sc) = ScmpSyscall::from_name(name) else {
                 continue;
             };
             ctx.add_rule_conditional(act, sc, &conditions)
-                .map_err(|e| err(&format!("rule for {name}"), &e))?;
+                .map_err(|e| {
+                    invalid(format!(
+                        "{field} ({name}): libseccomp refused the rule: {e}"
+                    ))
+                })?;
         }
     }
     Ok(ctx)
 }
 
-fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<ScmpAction> {
+/// One argument comparison; `field` is its place in the spec.
+fn condition(field: &str, a: &oci_spec::runtime::LinuxSeccompArg) -> Result<ScmpArgCompare> {
+    if a.index() > MAX_ARG_INDEX {
+        return Err(invalid(format!(
+            "{field}.index: {} is out of range (a syscall has arguments 0 to {MAX_ARG_INDEX})",
+            a.index()
+        )));
+    }
+    let op = json_name(&a.op());
+    let (op, datum) = match op.as_str() {
+        "SCMP_CMP_NE" => (ScmpCompareOp::NotEqual, a.value()),
+        "SCMP_CMP_LT" => (ScmpCompareOp::Less, a.value()),
+        "SCMP_CMP_LE" => (ScmpCompareOp::LessOrEqual, a.value()),
+        "SCMP_CMP_EQ" => (ScmpCompareOp::Equal, a.value()),
+        "SCMP_CMP_GE" => (ScmpCompareOp::GreaterEqual, a.value()),
+        "SCMP_CMP_GT" => (ScmpCompareOp::Greater, a.value()),
+        "SCMP_CMP_MASKED_EQ" => (
+            ScmpCompareOp::MaskedEqual(a.value()),
+            a.value_two().unwrap_or(0),
+        ),
+        other => {
+            return Err(invalid(format!(
+                "{field}.op: {other} is not a supported operator"
+            )))
+        }
+    };
+    Ok(ScmpArgCompare::new(a.index() as u32, op, datum))
+}
+
+/// A profile action; `field` is its place in the spec.
+fn action(field: &str, a: LinuxSeccompAction, errno: Option<u32>) -> Result<ScmpAction> {
     let errno = errno.map(|e| e as i32).unwrap_or(libc::EPERM);
     Ok(match json_name(&a).as_str() {
         "SCMP_ACT_KILL" | "SCMP_ACT_KILL_THREAD" => ScmpAction::KillThread,
@@ -98,11 +208,14 @@ fn action(a: LinuxSeccompAction, errno: Option<u32>) -> Result<ScmpAction> {
         "SCMP_ACT_TRACE" => ScmpAction::Trace(errno as u16),
         "SCMP_ACT_ALLOW" => ScmpAction::Allow,
         "SCMP_ACT_LOG" => ScmpAction::Log,
-        other => {
-            return Err(Error::InvalidSpec(format!(
-                "seccomp action {other} is not supported"
+        // runc refuses it without a listener; cryo has no seccomp agent support at all.
+        "SCMP_ACT_NOTIFY" => {
+            return Err(invalid(format!(
+                "{field}: SCMP_ACT_NOTIFY is not supported (it needs a seccomp agent at \
+                 linux.seccomp.listenerPath, which cryo does not support)"
             )))
         }
+        other => return Err(invalid(format!("{field}: {other} is not supported"))),
     })
 }
 
@@ -130,9 +243,79 @@ mod tests {
         build(&p).unwrap();
     }
 
+    fn spec_with(seccomp: serde_json::Value) -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "root": {"path": "rootfs"},
+            "linux": {"seccomp": seccomp}
+        }))
+        .unwrap()
+    }
+
+    fn refusal(seccomp: serde_json::Value) -> String {
+        validate(&spec_with(seccomp)).unwrap_err().to_string()
+    }
+
     #[test]
-    fn unsupported_actions_are_named() {
-        let e = action(LinuxSeccompAction::ScmpActNotify, None).unwrap_err();
-        assert!(e.to_string().contains("SCMP_ACT_NOTIFY"), "{e}");
+    fn notify_is_refused_with_its_place() {
+        let e = refusal(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["read"], "action": "SCMP_ACT_ERRNO"},
+                         {"names": ["mkdir"], "action": "SCMP_ACT_NOTIFY"}]
+        }));
+        assert!(
+            e.contains("linux.seccomp.syscalls[1].action: SCMP_ACT_NOTIFY"),
+            "{e}"
+        );
+        let e = refusal(serde_json::json!({"defaultAction": "SCMP_ACT_NOTIFY"}));
+        assert!(
+            e.contains("linux.seccomp.defaultAction: SCMP_ACT_NOTIFY"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn operators_and_indexes_are_named() {
+        let e = refusal(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ALLOW",
+            "syscalls": [{"names": ["personality"], "action": "SCMP_ACT_ERRNO",
+                          "args": [{"index": 0, "value": 1, "op": "SCMP_CMP_EQ"},
+                                   {"index": 7, "value": 1, "op": "SCMP_CMP_EQ"}]}]
+        }));
+        assert!(
+            e.contains("linux.seccomp.syscalls[0].args[1].index: 7"),
+            "{e}"
+        );
+    }
+
+    /// A profile libseccomp compiles but the kernel would refuse: about 6000 instructions,
+    /// over BPF_MAXINSNS, in under 100 KB of JSON.
+    fn too_long_for_the_kernel() -> serde_json::Value {
+        let rules: Vec<serde_json::Value> = (0..250u64)
+            .map(|v| {
+                let args: Vec<serde_json::Value> = (0..6)
+                    .map(|i| serde_json::json!({"index": i, "value": (v << 33) + i, "op": "SCMP_CMP_EQ"}))
+                    .collect();
+                serde_json::json!({"names": ["personality"], "action": "SCMP_ACT_ERRNO", "args": args})
+            })
+            .collect();
+        serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": rules})
+    }
+
+    #[test]
+    fn a_filter_over_the_kernel_limit_is_refused_before_loading() {
+        let e = refusal(too_long_for_the_kernel());
+        assert!(e.contains("BPF instructions") && e.contains("4096"), "{e}");
+    }
+
+    #[test]
+    fn an_ordinary_profile_passes() {
+        validate(&spec_with(serde_json::json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+            "syscalls": [{"names": ["read", "write", "exit_group"], "action": "SCMP_ACT_ALLOW"}]
+        })))
+        .unwrap();
     }
 }
