@@ -207,7 +207,7 @@ impl Container {
                 stdout,
                 stderr,
             } => [stdin, stdout, stderr],
-            Stdio::Null | Stdio::Terminal => [None, None, None],
+            Stdio::Terminal => [None, None, None],
         };
 
         let mut session = Session::spawn(&options.criu, stdio, fds)?;
