@@ -3,9 +3,13 @@
 
 use std::path::Path;
 
-/// Errors CRIU logs on every run here that say nothing about a failure (no CAP_SYS_RESOURCE
-/// to raise its own descriptor limit).
-const NOISE: &[&str] = &["Can't setup RLIMIT_NOFILE"];
+/// Errors CRIU logs that say nothing about why it failed: on every run here (no
+/// CAP_SYS_RESOURCE to raise its own descriptor limit), and its closing summaries.
+const NOISE: &[&str] = &[
+    "Can't setup RLIMIT_NOFILE",
+    "Restoring FAILED",
+    "Dumping FAILED",
+];
 
 /// Whether a CRIU error line is known noise.
 pub fn is_noise(line: &str) -> bool {
@@ -50,7 +54,7 @@ mod tests {
             "(00.001) Version: 4.1.1\n(00.002) Error (criu/cr-restore.c:1): first\n\
              (00.003) Error (criu/image.c:2): can't open inventory\n\
              (00.004) Error (criu/util.c:1533): rlimit: Can't setup RLIMIT_NOFILE for self\n\
-             (00.005) Restore failed\n",
+             (00.005) Error (criu/cr-restore.c:2320): Restoring FAILED.\n",
         )
         .unwrap();
         let text = explain("restore failed", &log);
