@@ -139,8 +139,8 @@ fn kill_and_remove_task(s: &Suite, id: &str) -> Result<String> {
 
 /// Checkpoint a busy container (with its rootfs changes), remove it, restore it live into a
 /// new container: the counter goes on from where it was, the 64 MiB buffer checks out, the
-/// file written into the rootfs is there, the open descriptor reads on from its offset, exec
-/// works, and SIGKILL gives 137.
+/// file written into the rootfs is there, the open descriptor reads on from its offset, exec,
+/// pause/resume, ps and metrics work, and SIGKILL gives 137.
 fn checkpoint_restore_continues(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     let restored = format!("{id}-restored");
     let _cleanup = Cleanup(s, restored.clone());
@@ -215,6 +215,20 @@ fn checkpoint_restore_continues(s: &Suite, rt: Runtime, id: &str) -> Result<()> 
         verdict == expected,
         "the 64 MiB buffer sums to {verdict:?}, expected {expected:?}"
     );
+
+    // Pause/Resume, Pids and Stats work on the restored task.
+    s.cd.ctr(&["task", "pause", &restored])?.ok()?;
+    wait_status(s, &restored, "PAUSED")?;
+    s.cd.ctr(&["task", "resume", &restored])?.ok()?;
+    wait_status(s, &restored, "RUNNING")?;
+    let ps = s.cd.ctr(&["task", "ps", &restored])?.ok()?.stdout;
+    ensure!(
+        ps.lines().skip(1).any(|l| !l.trim().is_empty()),
+        "ctr task ps of the restored task lists nothing:\n{ps}"
+    );
+    s.cd.ctr(&["task", "metrics", &restored])?
+        .ok()
+        .context("metrics of the restored task")?;
 
     let warning = kill_and_remove_task(s, &restored)?;
     ensure!(
