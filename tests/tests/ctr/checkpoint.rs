@@ -38,6 +38,10 @@ pub const CASES: &[(&str, Case)] = &[
         checkpoint_with_a_running_exec,
     ),
     ("missing_criu_is_named", missing_criu_is_named),
+    (
+        "checkpoint_options_are_honoured",
+        checkpoint_options_are_honoured,
+    ),
 ];
 
 /// PID 1 of the restore case: a counter loop, an open descriptor part-way into a file, a file
@@ -642,5 +646,80 @@ fn without_criu(
         "processes left by the failed restore: {}",
         ps.stdout
     );
+    Ok(())
+}
+
+/// The Task API's Checkpoint with options, as clients send them to runc's shim (ctr 1.6 sends
+/// none to another runtime): an unknown options type is refused naming it and the task keeps
+/// running; runc's `CheckpointOptions` with `exit`, `image_path` and `work_path` put the images
+/// and CRIU's log where asked and stop the task.
+fn checkpoint_options_are_honoured(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    use containerd_shim_protos::protobuf::well_known_types::any::Any;
+    use containerd_shim_protos::protobuf::{Message, MessageField};
+    use containerd_shim_protos::shim::oci::CheckpointOptions;
+    use containerd_shim_protos::{api, ttrpc};
+    run_detached(s, rt, id, &[])?;
+    let bundle =
+        s.cd.dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&s.cd.namespace)
+            .join(id);
+    let address = std::fs::read_to_string(bundle.join("address"))?;
+    let client = containerd_shim_protos::TaskClient::new(
+        ttrpc::Client::connect(address.trim()).context("connect to the shim")?,
+    );
+    let work = tempfile::tempdir_in(&s.cd.dir)?;
+    let (images, logs) = (work.path().join("images"), work.path().join("work"));
+    let checkpoint = |options: Any| {
+        // containerd passes image_path, when a client gives one, as the request's path too.
+        let req = api::CheckpointTaskRequest {
+            id: id.to_string(),
+            path: images.display().to_string(),
+            options: MessageField::some(options),
+            ..Default::default()
+        };
+        client.checkpoint(ttrpc::context::with_timeout(60_000_000_000), &req)
+    };
+
+    let bogus = checkpoint(Any {
+        type_url: "example.com/bogus.CheckpointOptions".into(),
+        value: vec![],
+        ..Default::default()
+    });
+    let err = match bogus {
+        Ok(_) => bail!("checkpoint options of an unknown type were accepted"),
+        Err(e) => e.to_string(),
+    };
+    ensure!(
+        rt == Runtime::Runc || err.contains("bogus.CheckpointOptions"),
+        "the refusal does not name the type: {err}"
+    );
+    wait_status(s, id, "RUNNING")?;
+
+    let options = CheckpointOptions {
+        exit: true,
+        image_path: images.display().to_string(),
+        work_path: logs.display().to_string(),
+        ..Default::default()
+    };
+    checkpoint(Any {
+        type_url: "containerd.runc.v1.CheckpointOptions".into(),
+        value: options.write_to_bytes()?,
+        ..Default::default()
+    })
+    .context("checkpoint with runc's options")?;
+    wait_status(s, id, "STOPPED").context("exit was asked for")?;
+    ensure!(
+        images.join("inventory.img").is_file(),
+        "no CRIU images in image_path {}",
+        images.display()
+    );
+    let logged = std::fs::read_dir(&logs)
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        })
+        .unwrap_or(false);
+    ensure!(logged, "no CRIU log in work_path {}", logs.display());
     Ok(())
 }
