@@ -202,6 +202,42 @@ impl Cgroup {
     }
 }
 
+/// The device rules of `resources` followed by the devices every container may use (as runc
+/// appends them): the default /dev nodes, the pty devices, and mknod of any device (access to
+/// it stays denied).
+pub(crate) fn with_default_devices(
+    mut resources: oci_spec::runtime::LinuxResources,
+) -> oci_spec::runtime::LinuxResources {
+    use oci_spec::runtime::{LinuxDeviceCgroup, LinuxDeviceType};
+    let rule = |typ, major: Option<i64>, minor: Option<i64>, access: &str| {
+        let mut r = LinuxDeviceCgroup::default();
+        r.set_allow(true)
+            .set_typ(Some(typ))
+            .set_major(major)
+            .set_minor(minor)
+            .set_access(Some(access.to_string()));
+        r
+    };
+    let mut rules = resources.devices().clone().unwrap_or_default();
+    rules.push(rule(LinuxDeviceType::C, None, None, "m"));
+    rules.push(rule(LinuxDeviceType::B, None, None, "m"));
+    for (major, minor) in [
+        (1, 3),
+        (1, 5),
+        (1, 7),
+        (1, 8),
+        (1, 9),
+        (5, 0),
+        (5, 1),
+        (5, 2),
+    ] {
+        rules.push(rule(LinuxDeviceType::C, Some(major), Some(minor), "rwm"));
+    }
+    rules.push(rule(LinuxDeviceType::C, Some(136), None, "rwm"));
+    resources.set_devices(Some(rules));
+    resources
+}
+
 /// The `oom_kill` count of a v2 memory.events file; `None` once it is gone.
 fn oom_kills(path: &std::path::Path) -> Option<u64> {
     let text = std::fs::read_to_string(path).ok()?;

@@ -1,0 +1,16 @@
+//! Update: new cgroup resources for a container that has not stopped.
+
+use oci_spec::runtime::LinuxResources;
+
+use super::Container;
+use crate::error::Result;
+
+impl Container {
+    /// Apply new cgroup resources to the running container.
+    pub fn update(&mut self, resources: &LinuxResources) -> Result<()> {
+        if !self.state.status.can_update() {
+            return Err(self.wrong_state("update"));
+        }
+        self.cgroup.update(resources)
+    }
+}
