@@ -30,7 +30,7 @@ impl Container {
             spec,
             stdio,
         } = config;
-        validate(&spec)?;
+        validate(&spec, matches!(stdio, Stdio::Terminal))?;
         if !rootfs.is_dir() {
             return Err(Error::Rootfs {
                 path: rootfs,

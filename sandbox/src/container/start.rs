@@ -34,7 +34,7 @@ impl Container {
         }
         let mut spec = self.spec.clone();
         spec.set_process(Some(config.process));
-        validate(&spec)?;
+        validate(&spec, matches!(config.stdio, Stdio::Terminal))?;
         let launched = launch(
             InitConfig {
                 spec,

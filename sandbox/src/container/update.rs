@@ -2,6 +2,7 @@
 
 use oci_spec::runtime::LinuxResources;
 
+use super::validate::check_resources;
 use super::Container;
 use crate::error::Result;
 
@@ -11,6 +12,7 @@ impl Container {
         if !self.state.status.can_update() {
             return Err(self.wrong_state("update"));
         }
+        check_resources(resources)?;
         self.cgroup.update(resources)
     }
 }

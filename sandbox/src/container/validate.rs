@@ -1,12 +1,24 @@
-//! The checks a spec must pass before anything is created or exec'd: each refusal names the
-//! field and the value.
+//! The checks a spec must pass before anything is created or exec'd, as runc makes them: each
+//! refusal names the field and the value, and comes before any mount, cgroup or process exists.
 
-use oci_spec::runtime::Spec;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::error::{Error, Result};
 
-/// The spec must describe a Linux process to run.
-pub(super) fn validate(spec: &Spec) -> Result<()> {
+/// The largest uid or gid a process may be given (runc's range: 0 to 2^31-1). `u32::MAX` in
+/// particular means "unchanged" to setresuid/setresgid, which would leave the process root.
+const MAX_ID: u32 = i32::MAX as u32;
+
+/// cpu.shares the kernel accepts as given (it clamps others silently; runc refuses them).
+const MIN_SHARES: u64 = 2;
+const MAX_SHARES: u64 = 262_144;
+
+/// Check `spec` for a new container, or for a process exec'd into one (`spec.process` is then
+/// the exec'd process). `terminal`: whether the caller asked for a pty.
+pub(super) fn validate(spec: &Spec, terminal: bool) -> Result<()> {
     let process = spec
         .process()
         .as_ref()
@@ -14,19 +26,268 @@ pub(super) fn validate(spec: &Spec) -> Result<()> {
     if process.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(Error::InvalidSpec("process.args is empty".into()));
     }
-    if spec.linux().is_none() {
+    let Some(linux) = spec.linux() else {
         return Err(Error::InvalidSpec("linux section is missing".into()));
+    };
+    if !process.cwd().is_absolute() {
+        return Err(Error::InvalidSpec(format!(
+            "process.cwd {:?}: the cwd property must be an absolute path",
+            process.cwd()
+        )));
+    }
+    if process.terminal().unwrap_or(false) && !terminal {
+        return Err(Error::InvalidSpec(
+            "process.terminal is true but no terminal was requested for the process's stdio \
+             (cannot allocate a tty without a console to hand it to)"
+                .into(),
+        ));
+    }
+    let user = process.user();
+    check_id("process.user.uid", user.uid())?;
+    check_id("process.user.gid", user.gid())?;
+    for gid in user.additional_gids().as_deref().unwrap_or_default() {
+        check_id("process.user.additionalGids", *gid)?;
+    }
+    for (field, value) in [
+        ("hostname", spec.hostname()),
+        ("domainname", spec.domainname()),
+    ] {
+        if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
+            if !private(spec, LinuxNamespaceType::Uts) {
+                return Err(Error::InvalidSpec(format!(
+                    "{field} {v:?}: unable to set the {field} without a private UTS namespace"
+                )));
+            }
+        }
+    }
+    if let Some(sysctl) = linux.sysctl() {
+        for key in sysctl.keys() {
+            check_sysctl(spec, key)?;
+        }
+    }
+    if let Some(resources) = linux.resources() {
+        check_resources(resources)?;
     }
     Ok(())
+}
+
+/// Resources that the kernel would silently change, refused as runc does (also on update).
+pub(super) fn check_resources(resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+    if let Some(shares) = resources.cpu().as_ref().and_then(|c| c.shares()) {
+        if shares != 0 && !(MIN_SHARES..=MAX_SHARES).contains(&shares) {
+            return Err(Error::InvalidSpec(format!(
+                "linux.resources.cpu.shares {shares}: the allowed cpu-shares are \
+                 {MIN_SHARES} to {MAX_SHARES}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_id(field: &str, id: u32) -> Result<()> {
+    if id > MAX_ID {
+        return Err(Error::InvalidSpec(format!(
+            "{field} {id}: uids and gids must be in range 0-{MAX_ID}"
+        )));
+    }
+    Ok(())
+}
+
+/// A sysctl is allowed only when it belongs to a namespace the container has of its own
+/// (runc's rules); anything else would be written to the host's kernel.
+fn check_sysctl(spec: &Spec, key: &str) -> Result<()> {
+    if key.is_empty()
+        || key.contains('/')
+        || key.split('.').any(|part| part.is_empty() || part == "..")
+    {
+        return Err(Error::InvalidSpec(format!(
+            "linux.sysctl {key:?}: not a sysctl name (dot-separated, no slashes, no empty parts)"
+        )));
+    }
+    const IPC: &[&str] = &[
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    let (namespace, name) = if IPC.contains(&key) || key.starts_with("fs.mqueue.") {
+        (LinuxNamespaceType::Ipc, "ipc")
+    } else if key.starts_with("net.") {
+        (LinuxNamespaceType::Network, "network")
+    } else if key == "kernel.hostname" || key == "kernel.domainname" {
+        (LinuxNamespaceType::Uts, "uts")
+    } else {
+        return Err(Error::InvalidSpec(format!(
+            "linux.sysctl {key:?}: not in a separate kernel namespace (only namespaced sysctls \
+             may be set: kernel.msg*, kernel.sem, kernel.shm*, fs.mqueue.*, net.*, \
+             kernel.hostname, kernel.domainname)"
+        )));
+    };
+    if !private(spec, namespace) {
+        return Err(Error::InvalidSpec(format!(
+            "linux.sysctl {key:?}: not allowed in the host's {name} namespace (the container \
+             has no {name} namespace of its own)"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether the container has a namespace of `typ` that is not the host's: a new one, or one
+/// joined by a path that is not the namespace this process (on the host) is in.
+pub(super) fn private(spec: &Spec, typ: LinuxNamespaceType) -> bool {
+    let Some(ns) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|nss| nss.iter().find(|ns| ns.typ() == typ))
+    else {
+        return false;
+    };
+    let Some(path) = ns.path() else {
+        return true;
+    };
+    let own = match typ {
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Mount => "mnt",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        _ => return true,
+    };
+    same_file(path, &Path::new("/proc/self/ns").join(own)) == Some(false)
+}
+
+/// Whether two paths are the same file; `None` when either cannot be read.
+fn same_file(a: &Path, b: &Path) -> Option<bool> {
+    let (a, b) = (std::fs::metadata(a).ok()?, std::fs::metadata(b).ok()?);
+    Some(a.dev() == b.dev() && a.ino() == b.ino())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn spec(extra: serde_json::Value) -> Spec {
+        let mut base = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"args": ["true"], "cwd": "/", "user": {"uid": 0, "gid": 0}},
+            "linux": {"namespaces": [
+                {"type": "pid"}, {"type": "mount"}, {"type": "ipc"}, {"type": "uts"},
+                {"type": "network"}
+            ]}
+        });
+        merge(&mut base, extra);
+        serde_json::from_value(base).unwrap()
+    }
+
+    fn merge(base: &mut serde_json::Value, extra: serde_json::Value) {
+        match (base, extra) {
+            (serde_json::Value::Object(b), serde_json::Value::Object(e)) => {
+                for (k, v) in e {
+                    merge(b.entry(k).or_insert(serde_json::Value::Null), v);
+                }
+            }
+            (b, e) => *b = e,
+        }
+    }
+
+    fn refused(extra: serde_json::Value) -> String {
+        validate(&spec(extra), false).unwrap_err().to_string()
+    }
+
     #[test]
     fn specs_without_a_process_are_refused() {
         let spec: Spec = serde_json::from_str(r#"{"ociVersion":"1.0.2","linux":{}}"#).unwrap();
-        assert!(validate(&spec).unwrap_err().to_string().contains("process"));
+        assert!(validate(&spec, false)
+            .unwrap_err()
+            .to_string()
+            .contains("process"));
+    }
+
+    #[test]
+    fn a_plain_spec_passes() {
+        validate(&spec(serde_json::json!({})), false).unwrap();
+    }
+
+    #[test]
+    fn ids_out_of_range_are_refused_by_field() {
+        let e = refused(serde_json::json!({"process": {"user": {"uid": 4294967295u32}}}));
+        assert!(
+            e.contains("process.user.uid 4294967295") && e.contains("range"),
+            "{e}"
+        );
+        let e = refused(serde_json::json!({"process": {"user": {"gid": 2147483648u32}}}));
+        assert!(e.contains("process.user.gid 2147483648"), "{e}");
+        let e = refused(
+            serde_json::json!({"process": {"user": {"additionalGids": [5, 4294967295u32]}}}),
+        );
+        assert!(e.contains("additionalGids 4294967295"), "{e}");
+        validate(
+            &spec(serde_json::json!({"process": {"user": {"uid": 2147483647u32}}})),
+            false,
+        )
+        .unwrap();
+    }
+
+    #[test]
+    fn sysctls_follow_runcs_namespace_rules() {
+        let ok = serde_json::json!({"linux": {"sysctl": {
+            "net.ipv4.ip_forward": "1", "kernel.shm_rmid_forced": "1",
+            "fs.mqueue.msg_max": "20", "kernel.domainname": "x"
+        }}});
+        validate(&spec(ok), false).unwrap();
+        let e = refused(serde_json::json!({"linux": {"sysctl": {"vm.swappiness": "1"}}}));
+        assert!(
+            e.contains("vm.swappiness") && e.contains("namespace"),
+            "{e}"
+        );
+        let e = refused(serde_json::json!({"linux": {"sysctl": {"net.a/../../vm/x": "1"}}}));
+        assert!(e.contains("net.a/../../vm/x"), "{e}");
+        let e = refused(serde_json::json!({"linux": {"sysctl": {"net..x": "1"}}}));
+        assert!(e.contains("net..x"), "{e}");
+        let no_net = serde_json::json!({"linux": {
+            "namespaces": [{"type": "mount"}],
+            "sysctl": {"net.ipv4.ip_forward": "1"}
+        }});
+        let e = refused(no_net);
+        assert!(
+            e.contains("net.ipv4.ip_forward") && e.contains("network"),
+            "{e}"
+        );
+        // Joining the host's own namespace by path is not private.
+        let host_net = serde_json::json!({"linux": {
+            "namespaces": [{"type": "mount"}, {"type": "network", "path": "/proc/self/ns/net"}],
+            "sysctl": {"net.ipv4.ip_forward": "1"}
+        }});
+        assert!(refused(host_net).contains("net.ipv4.ip_forward"));
+        let no_ipc = serde_json::json!({"linux": {
+            "namespaces": [{"type": "mount"}],
+            "sysctl": {"kernel.shm_rmid_forced": "1"}
+        }});
+        assert!(refused(no_ipc).contains("ipc"));
+    }
+
+    #[test]
+    fn runcs_other_refusals() {
+        let e = refused(serde_json::json!({"linux": {"resources": {"cpu": {"shares": 1}}}}));
+        assert!(e.contains("cpu.shares 1"), "{e}");
+        let e = refused(serde_json::json!({"process": {"cwd": "tmp"}}));
+        assert!(e.contains("process.cwd") && e.contains("absolute"), "{e}");
+        let e = refused(serde_json::json!({"process": {"terminal": true}}));
+        assert!(e.contains("process.terminal"), "{e}");
+        validate(
+            &spec(serde_json::json!({"process": {"terminal": true}})),
+            true,
+        )
+        .unwrap();
+        let e = refused(serde_json::json!({
+            "hostname": "h", "linux": {"namespaces": [{"type": "mount"}]}
+        }));
+        assert!(e.contains("hostname \"h\"") && e.contains("UTS"), "{e}");
     }
 }
