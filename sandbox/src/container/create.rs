@@ -4,11 +4,11 @@
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxResources, Spec};
 
 use super::validate::validate;
 use super::Container;
-use crate::cgroup::Cgroup;
+use crate::cgroup::{with_default_devices, Cgroup};
 use crate::config::{ContainerConfig, RootfsMount, Stdio};
 use crate::error::{Error, Result};
 use crate::init::protocol::InitConfig;
@@ -43,19 +43,27 @@ impl Container {
             .and_then(|l| l.cgroups_path().as_ref())
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_else(|| format!("/cryo/{id}"));
-        let resources = spec
+        let mut resources = spec
             .linux()
             .as_ref()
             .and_then(|l| l.resources().clone())
-            .map(crate::cgroup::with_default_devices);
+            .map(with_default_devices);
+        // The pids limit counts the init helper next to PID 1 during the launch: applied once
+        // the helper is done, so that pids.max=1 leaves room for exactly the workload.
+        let pids = resources.as_mut().and_then(|r| {
+            r.pids().clone().map(|p| {
+                r.set_pids(None);
+                p
+            })
+        });
 
         let mut undo = Undo::default();
         mount::mount_rootfs(&rootfs, &rootfs_mounts)?;
         undo.rootfs = Some((rootfs.clone(), rootfs_mounts.clone()));
-        let cgroup = Cgroup::create(&cgroup_path, resources.as_ref())?;
+        let mut cgroup = Cgroup::create(&cgroup_path, resources.as_ref())?;
         undo.cgroup = Some(Cgroup::open(&cgroup_path)?);
 
-        let mut launched = launch(
+        let launched = launch(
             InitConfig {
                 spec: spec.clone(),
                 rootfs: rootfs.clone(),
@@ -65,7 +73,13 @@ impl Container {
             },
             stdio,
             &cgroup,
-        )?;
+        );
+        let mut launched = launched.map_err(|e| memory_limit_hit(&cgroup, &spec, e))?;
+        if let Some(pids) = pids {
+            let mut only_pids = LinuxResources::default();
+            only_pids.set_pids(Some(pids));
+            cgroup.update(&only_pids)?;
+        }
         let pid = launched.pid;
         let state = State {
             id,
@@ -121,6 +135,28 @@ impl Drop for Undo {
                 log::warn!("undo create: {e}");
             }
         }
+    }
+}
+
+/// A launch that failed while the cgroup's OOM killer was at work failed because of the memory
+/// limit: say so rather than how the helper happened to die.
+fn memory_limit_hit(cgroup: &Cgroup, spec: &Spec, cause: Error) -> Error {
+    let kills = cgroup.oom_kills();
+    if kills == 0 {
+        return cause;
+    }
+    let limit = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .map_or_else(|| "(none set)".to_string(), |l| l.to_string());
+    Error::MemoryLimit {
+        limit,
+        cgroup: cgroup.path().to_string(),
+        kills,
+        cause: cause.to_string(),
     }
 }
 
