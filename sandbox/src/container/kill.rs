@@ -3,7 +3,9 @@
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::Container;
+use oci_spec::runtime::LinuxNamespaceType;
+
+use super::{own_namespace, Container};
 use crate::error::{Error, Result};
 use crate::state::Status;
 
@@ -25,8 +27,13 @@ impl Container {
         Ok(self.cgroup.procs())
     }
 
-    /// The embedder observed PID 1's exit: record it.
+    /// The embedder observed PID 1's exit: record it. Without a pid namespace of its own, the
+    /// container's other processes do not die with PID 1: they are killed here, as runc's shim
+    /// does, so that the container is really stopped.
     pub fn set_stopped(&mut self) {
+        if !own_namespace(&self.spec, LinuxNamespaceType::Pid) {
+            self.cgroup.signal_all(Signal::SIGKILL);
+        }
         self.state.status = Status::Stopped;
         self.init = None;
         let _ = self.state.save();

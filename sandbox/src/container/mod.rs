@@ -14,8 +14,10 @@ mod update;
 mod validate;
 
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
 
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::cgroup::Cgroup;
 use crate::error::Error;
@@ -73,6 +75,38 @@ impl Container {
             op: op.into(),
         }
     }
+}
+
+/// Whether the container has a namespace of `typ` that is not the host's: a new one, or one
+/// joined by a path that is not the namespace this process (on the host) is in.
+fn own_namespace(spec: &Spec, typ: LinuxNamespaceType) -> bool {
+    let Some(ns) = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .and_then(|nss| nss.iter().find(|ns| ns.typ() == typ))
+    else {
+        return false;
+    };
+    let Some(path) = ns.path() else {
+        return true;
+    };
+    let own = match typ {
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Mount => "mnt",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        _ => return true,
+    };
+    same_file(path, &Path::new("/proc/self/ns").join(own)) == Some(false)
+}
+
+/// Whether two paths are the same file; `None` when either cannot be read.
+fn same_file(a: &Path, b: &Path) -> Option<bool> {
+    let (a, b) = (std::fs::metadata(a).ok()?, std::fs::metadata(b).ok()?);
+    Some(a.dev() == b.dev() && a.ino() == b.ino())
 }
 
 /// Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat).

@@ -1,11 +1,9 @@
 //! The checks a spec must pass before anything is created or exec'd, as runc makes them: each
 //! refusal names the field and the value, and comes before any mount, cgroup or process exists.
 
-use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
+use super::own_namespace;
 use crate::error::{Error, Result};
 
 /// The largest uid or gid a process may be given (runc's range: 0 to 2^31-1). `u32::MAX` in
@@ -53,7 +51,7 @@ pub(super) fn validate(spec: &Spec, terminal: bool) -> Result<()> {
         ("domainname", spec.domainname()),
     ] {
         if let Some(v) = value.as_deref().filter(|v| !v.is_empty()) {
-            if !private(spec, LinuxNamespaceType::Uts) {
+            if !own_namespace(spec, LinuxNamespaceType::Uts) {
                 return Err(Error::InvalidSpec(format!(
                     "{field} {v:?}: unable to set the {field} without a private UTS namespace"
                 )));
@@ -127,45 +125,13 @@ fn check_sysctl(spec: &Spec, key: &str) -> Result<()> {
              kernel.hostname, kernel.domainname)"
         )));
     };
-    if !private(spec, namespace) {
+    if !own_namespace(spec, namespace) {
         return Err(Error::InvalidSpec(format!(
             "linux.sysctl {key:?}: not allowed in the host's {name} namespace (the container \
              has no {name} namespace of its own)"
         )));
     }
     Ok(())
-}
-
-/// Whether the container has a namespace of `typ` that is not the host's: a new one, or one
-/// joined by a path that is not the namespace this process (on the host) is in.
-pub(super) fn private(spec: &Spec, typ: LinuxNamespaceType) -> bool {
-    let Some(ns) = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.namespaces().as_ref())
-        .and_then(|nss| nss.iter().find(|ns| ns.typ() == typ))
-    else {
-        return false;
-    };
-    let Some(path) = ns.path() else {
-        return true;
-    };
-    let own = match typ {
-        LinuxNamespaceType::Network => "net",
-        LinuxNamespaceType::Ipc => "ipc",
-        LinuxNamespaceType::Uts => "uts",
-        LinuxNamespaceType::Pid => "pid",
-        LinuxNamespaceType::Mount => "mnt",
-        LinuxNamespaceType::Cgroup => "cgroup",
-        _ => return true,
-    };
-    same_file(path, &Path::new("/proc/self/ns").join(own)) == Some(false)
-}
-
-/// Whether two paths are the same file; `None` when either cannot be read.
-fn same_file(a: &Path, b: &Path) -> Option<bool> {
-    let (a, b) = (std::fs::metadata(a).ok()?, std::fs::metadata(b).ok()?);
-    Some(a.dev() == b.dev() && a.ino() == b.ino())
 }
 
 #[cfg(test)]
