@@ -51,10 +51,9 @@ impl Container {
         // The pids limit counts the init helper next to PID 1 during the launch: applied once
         // the helper is done, so that pids.max=1 leaves room for exactly the workload.
         let pids = resources.as_mut().and_then(|r| {
-            r.pids().clone().map(|p| {
-                r.set_pids(None);
-                p
-            })
+            let pids = *r.pids();
+            r.set_pids(None);
+            pids
         });
 
         let mut undo = Undo::default();

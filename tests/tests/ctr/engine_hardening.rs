@@ -203,8 +203,7 @@ fn device_rules_match_runc(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
 fn mount_options<'a>(mountinfo: &'a str, mount_point: &str) -> Option<Vec<&'a str>> {
     mountinfo
         .lines()
-        .filter(|l| l.split(' ').nth(4) == Some(mount_point))
-        .last()
+        .rfind(|l| l.split(' ').nth(4) == Some(mount_point))
         .and_then(|l| l.split(' ').nth(5))
         .map(|o| o.split(',').collect())
 }
