@@ -99,7 +99,8 @@ fn flag(opt: &str) -> Option<(bool, MsFlags)> {
     })
 }
 
-fn propagation_flag(opt: &str) -> Option<MsFlags> {
+/// The propagation flags of a propagation word (`rshared`, `private`, ...); `None` for others.
+pub fn propagation_flag(opt: &str) -> Option<MsFlags> {
     Some(match opt {
         "private" => MsFlags::MS_PRIVATE,
         "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,

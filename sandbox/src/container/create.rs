@@ -7,7 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use oci_spec::runtime::{LinuxResources, Spec};
 
 use super::validate::validate;
-use super::Container;
+use super::{memory_limit_hit, Container};
 use crate::cgroup::{with_default_devices, Cgroup};
 use crate::config::{ContainerConfig, RootfsMount, Stdio};
 use crate::error::{Error, Result};
@@ -134,28 +134,6 @@ impl Drop for Undo {
                 log::warn!("undo create: {e}");
             }
         }
-    }
-}
-
-/// A launch that failed while the cgroup's OOM killer was at work failed because of the memory
-/// limit: say so rather than how the helper happened to die.
-fn memory_limit_hit(cgroup: &Cgroup, spec: &Spec, cause: Error) -> Error {
-    let kills = cgroup.oom_kills();
-    if kills == 0 {
-        return cause;
-    }
-    let limit = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.resources().as_ref())
-        .and_then(|r| r.memory().as_ref())
-        .and_then(|m| m.limit())
-        .map_or_else(|| "(none set)".to_string(), |l| l.to_string());
-    Error::MemoryLimit {
-        limit,
-        cgroup: cgroup.path().to_string(),
-        kills,
-        cause: cause.to_string(),
     }
 }
 

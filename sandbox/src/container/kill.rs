@@ -27,13 +27,20 @@ impl Container {
         Ok(self.cgroup.procs())
     }
 
-    /// The embedder observed PID 1's exit: record it. Without a pid namespace of its own, the
-    /// container's other processes do not die with PID 1: they are killed here, as runc's shim
-    /// does, so that the container is really stopped.
-    pub fn set_stopped(&mut self) {
+    /// The embedder saw PID 1 exit. Without a pid namespace of its own, the container's other
+    /// processes do not die with PID 1 (the kernel kills a pid namespace's processes only with
+    /// its init): they are killed here, as runc's shim does, so that their stdio closes and the
+    /// exit can be reported at once. Call it before waiting for the output to drain; idempotent.
+    pub fn pid1_exited(&self) {
         if !own_namespace(&self.spec, LinuxNamespaceType::Pid) {
             self.cgroup.signal_all(Signal::SIGKILL);
         }
+    }
+
+    /// The embedder observed PID 1's exit: record it (after [`Container::pid1_exited`]'s kill,
+    /// made here too for embedders that did not call it).
+    pub fn set_stopped(&mut self) {
+        self.pid1_exited();
         self.state.status = Status::Stopped;
         self.init = None;
         let _ = self.state.save();

@@ -109,6 +109,28 @@ fn same_file(a: &Path, b: &Path) -> Option<bool> {
     Some(a.dev() == b.dev() && a.ino() == b.ino())
 }
 
+/// A launch that failed while the cgroup's OOM killer was at work failed because of the memory
+/// limit: say so rather than how the helper happened to die.
+fn memory_limit_hit(cgroup: &Cgroup, spec: &Spec, cause: Error) -> Error {
+    let kills = cgroup.oom_kills();
+    if kills == 0 {
+        return cause;
+    }
+    let limit = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.resources().as_ref())
+        .and_then(|r| r.memory().as_ref())
+        .and_then(|m| m.limit())
+        .map_or_else(|| "(none set)".to_string(), |l| l.to_string());
+    Error::MemoryLimit {
+        limit,
+        cgroup: cgroup.path().to_string(),
+        kills,
+        cause: cause.to_string(),
+    }
+}
+
 /// Start time of `pid` in clock ticks since boot (field 22 of /proc/PID/stat).
 pub fn start_time(pid: i32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;

@@ -1,7 +1,7 @@
 //! Start (PID 1 execs the workload) and exec (a new process in the running container).
 
 use super::validate::validate;
-use super::Container;
+use super::{memory_limit_hit, Container};
 use crate::config::Stdio;
 use crate::error::Result;
 use crate::exec::{ExecConfig, ExecProcess};
@@ -45,7 +45,8 @@ impl Container {
             },
             config.stdio,
             &self.cgroup,
-        )?;
+        )
+        .map_err(|e| memory_limit_hit(&self.cgroup, &self.spec, e))?;
         Ok(ExecProcess::new(launched))
     }
 }

@@ -5,10 +5,14 @@ use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use super::own_namespace;
 use crate::error::{Error, Result};
+use crate::mount::propagation_flag;
 
 /// The largest uid or gid a process may be given (runc's range: 0 to 2^31-1). `u32::MAX` in
 /// particular means "unchanged" to setresuid/setresgid, which would leave the process root.
 const MAX_ID: u32 = i32::MAX as u32;
+
+/// Supplementary groups the kernel takes (NGROUPS_MAX).
+const MAX_GROUPS: usize = 65_536;
 
 /// cpu.shares the kernel accepts as given (it clamps others silently; runc refuses them).
 const MIN_SHARES: u64 = 2;
@@ -43,8 +47,31 @@ pub(super) fn validate(spec: &Spec, terminal: bool) -> Result<()> {
     let user = process.user();
     check_id("process.user.uid", user.uid())?;
     check_id("process.user.gid", user.gid())?;
-    for gid in user.additional_gids().as_deref().unwrap_or_default() {
+    let groups = user.additional_gids().as_deref().unwrap_or_default();
+    if groups.len() > MAX_GROUPS {
+        return Err(Error::InvalidSpec(format!(
+            "process.user.additionalGids has {} entries: at most {MAX_GROUPS} (the kernel's \
+             NGROUPS_MAX)",
+            groups.len()
+        )));
+    }
+    for gid in groups {
         check_id("process.user.additionalGids", *gid)?;
+    }
+    if let Some(adj) = process.oom_score_adj() {
+        if !(-1000..=1000).contains(&adj) {
+            return Err(Error::InvalidSpec(format!(
+                "process.oomScoreAdj {adj}: must be in range -1000 to 1000"
+            )));
+        }
+    }
+    if let Some(p) = linux.rootfs_propagation().as_deref() {
+        if !p.is_empty() && propagation_flag(p).is_none() {
+            return Err(Error::InvalidSpec(format!(
+                "linux.rootfsPropagation {p:?}: not a propagation (private, rprivate, shared, \
+                 rshared, slave, rslave, unbindable, runbindable)"
+            )));
+        }
     }
     for (field, value) in [
         ("hostname", spec.hostname()),
@@ -242,6 +269,13 @@ mod tests {
     fn runcs_other_refusals() {
         let e = refused(serde_json::json!({"linux": {"resources": {"cpu": {"shares": 1}}}}));
         assert!(e.contains("cpu.shares 1"), "{e}");
+        let e = refused(serde_json::json!({"linux": {"rootfsPropagation": "rsharedx"}}));
+        assert!(e.contains("rootfsPropagation \"rsharedx\""), "{e}");
+        let e = refused(serde_json::json!({"process": {"oomScoreAdj": 1001}}));
+        assert!(e.contains("oomScoreAdj 1001"), "{e}");
+        let many: Vec<u32> = (0..65_537).collect();
+        let e = refused(serde_json::json!({"process": {"user": {"additionalGids": many}}}));
+        assert!(e.contains("65537 entries"), "{e}");
         let e = refused(serde_json::json!({"process": {"cwd": "tmp"}}));
         assert!(e.contains("process.cwd") && e.contains("absolute"), "{e}");
         let e = refused(serde_json::json!({"process": {"terminal": true}}));

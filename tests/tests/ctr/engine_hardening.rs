@@ -272,10 +272,11 @@ fn pids_limit_of_one_runs(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
 }
 
 /// Specs runc refuses: cpu shares below 2, a terminal nobody asked for, a relative cwd, a
-/// hostname without a uts namespace. Each error names what was wrong.
+/// hostname without a uts namespace, a rootfsPropagation that is not one. Each error names
+/// what was wrong.
 fn mismatched_specs_are_refused(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     type Edit = fn(&mut serde_json::Value);
-    let cases: [(&str, &str, Edit); 4] = [
+    let cases: [(&str, &str, Edit); 5] = [
         ("shares", "cpu", |spec| {
             spec["linux"]["resources"]["cpu"] = serde_json::json!({ "shares": 1 });
         }),
@@ -288,6 +289,9 @@ fn mismatched_specs_are_refused(s: &Suite, rt: Runtime, id: &str) -> Result<()> 
         ("uts", "hostname", |spec| {
             without_namespace(spec, "uts");
             spec["hostname"] = "elsewhere".into();
+        }),
+        ("propagation", "rootfspropagation", |spec| {
+            spec["linux"]["rootfsPropagation"] = "rsharedx".into();
         }),
     ];
     for (suffix, word, edit) in cases {
