@@ -142,7 +142,7 @@ mod tests {
         assert!(e.contains("cryo-state.json"), "{e}");
         assert_eq!(c.status(), Status::Running);
         assert!(
-            !frozen(&c),
+            !frozen(c),
             "the container stayed frozen after a failed pause"
         );
 
