@@ -96,8 +96,34 @@ pub(super) fn validate(spec: &Spec, terminal: bool) -> Result<()> {
     Ok(())
 }
 
-/// Resources that the kernel would silently change, refused as runc does (also on update).
+/// Resources that the kernel would silently change or cgroups-rs would refuse without naming
+/// them, refused as runc does (also on update).
 pub(super) fn check_resources(resources: &oci_spec::runtime::LinuxResources) -> Result<()> {
+    for (i, rule) in resources.devices().iter().flatten().enumerate() {
+        let field = format!("linux.resources.devices[{i}]");
+        let typ = rule.typ().unwrap_or_default();
+        if !matches!(typ.as_str(), "a" | "b" | "c") {
+            return Err(Error::InvalidSpec(format!(
+                "{field}.type {:?}: a device rule's type is a, b or c",
+                typ.as_str()
+            )));
+        }
+        if let Some(access) = rule.access().as_deref() {
+            if access.is_empty() || !access.chars().all(|c| matches!(c, 'r' | 'w' | 'm')) {
+                return Err(Error::InvalidSpec(format!(
+                    "{field}.access {access:?}: letters of \"rwm\" only"
+                )));
+            }
+        }
+        for (name, n) in [("major", rule.major()), ("minor", rule.minor())] {
+            if n.is_some_and(|n| n < -1) {
+                return Err(Error::InvalidSpec(format!(
+                    "{field}.{name} {}: a device number (or -1 for any)",
+                    n.unwrap_or_default()
+                )));
+            }
+        }
+    }
     if let Some(shares) = resources.cpu().as_ref().and_then(|c| c.shares()) {
         if shares != 0 && !(MIN_SHARES..=MAX_SHARES).contains(&shares) {
             return Err(Error::InvalidSpec(format!(
@@ -276,6 +302,18 @@ mod tests {
         let many: Vec<u32> = (0..65_537).collect();
         let e = refused(serde_json::json!({"process": {"user": {"additionalGids": many}}}));
         assert!(e.contains("65537 entries"), "{e}");
+        let e = refused(serde_json::json!({"linux": {"resources": {"devices": [
+            {"allow": true, "type": "p", "access": "rwm"}
+        ]}}}));
+        assert!(e.contains("devices[0].type \"p\""), "{e}");
+        let e = refused(serde_json::json!({"linux": {"resources": {"devices": [
+            {"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "access": "rwx"}
+        ]}}}));
+        assert!(e.contains("devices[1].access \"rwx\""), "{e}");
+        let e = refused(serde_json::json!({"linux": {"resources": {"devices": [
+            {"allow": true, "type": "c", "major": -5, "access": "r"}
+        ]}}}));
+        assert!(e.contains("devices[0].major -5"), "{e}");
         let e = refused(serde_json::json!({"process": {"cwd": "tmp"}}));
         assert!(e.contains("process.cwd") && e.contains("absolute"), "{e}");
         let e = refused(serde_json::json!({"process": {"terminal": true}}));
