@@ -62,6 +62,7 @@ impl Container {
         let mut cgroup = Cgroup::create(&cgroup_path, resources.as_ref())?;
         undo.cgroup = Some(Cgroup::open(&cgroup_path)?);
 
+        let oom_before = cgroup.oom_kills();
         let launched = launch(
             InitConfig {
                 spec: spec.clone(),
@@ -73,7 +74,7 @@ impl Container {
             stdio,
             &cgroup,
         );
-        let mut launched = launched.map_err(|e| memory_limit_hit(&cgroup, &spec, e))?;
+        let mut launched = launched.map_err(|e| memory_limit_hit(&cgroup, &spec, oom_before, e))?;
         if let Some(pids) = pids {
             let mut only_pids = LinuxResources::default();
             only_pids.set_pids(Some(pids));

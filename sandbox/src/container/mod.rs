@@ -109,10 +109,11 @@ fn same_file(a: &Path, b: &Path) -> Option<bool> {
     Some(a.dev() == b.dev() && a.ino() == b.ino())
 }
 
-/// A launch that failed while the cgroup's OOM killer was at work failed because of the memory
-/// limit: say so rather than how the helper happened to die.
-fn memory_limit_hit(cgroup: &Cgroup, spec: &Spec, cause: Error) -> Error {
-    let kills = cgroup.oom_kills();
+/// A launch that failed while the cgroup's OOM killer was at work (its count went up from
+/// `before`) failed because of the memory limit: say so rather than how the helper happened
+/// to die.
+fn memory_limit_hit(cgroup: &Cgroup, spec: &Spec, before: u64, cause: Error) -> Error {
+    let kills = cgroup.oom_kills().saturating_sub(before);
     if kills == 0 {
         return cause;
     }

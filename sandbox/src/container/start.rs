@@ -35,6 +35,7 @@ impl Container {
         let mut spec = self.spec.clone();
         spec.set_process(Some(config.process));
         validate(&spec, matches!(config.stdio, Stdio::Terminal))?;
+        let oom_before = self.cgroup.oom_kills();
         let launched = launch(
             InitConfig {
                 spec,
@@ -46,7 +47,7 @@ impl Container {
             config.stdio,
             &self.cgroup,
         )
-        .map_err(|e| memory_limit_hit(&self.cgroup, &self.spec, e))?;
+        .map_err(|e| memory_limit_hit(&self.cgroup, &self.spec, oom_before, e))?;
         Ok(ExecProcess::new(launched))
     }
 }

@@ -35,6 +35,10 @@ pub const CASES: &[(&str, Case)] = &[
     ("mismatched_specs_are_refused", mismatched_specs_are_refused),
     ("memory_limit_too_low_says_so", memory_limit_too_low_says_so),
     (
+        "an_earlier_oom_is_not_blamed_for_a_failed_exec",
+        an_earlier_oom_is_not_blamed_for_a_failed_exec,
+    ),
+    (
         "rshared_rootfs_propagation_runs",
         rshared_rootfs_propagation_runs,
     ),
@@ -322,6 +326,35 @@ fn memory_limit_too_low_says_so(s: &Suite, rt: Runtime, id: &str) -> Result<()> 
     ensure!(
         out.stderr.contains("memory limit") && out.stderr.contains("65536"),
         "the error does not say the memory limit was hit: {:?}",
+        out.stderr
+    );
+    Ok(())
+}
+
+/// An OOM kill in the container's past does not make a later, unrelated exec failure a
+/// "memory limit" error: the exec's own cause is named.
+fn an_earlier_oom_is_not_blamed_for_a_failed_exec(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    run_detached(s, rt, id, &["--memory-limit", "33554432"])?;
+    let out = s.cd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "hog",
+        id,
+        "sh",
+        "-c",
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+    ])?;
+    ensure!(
+        out.code != 0 && !out.stdout.contains("survived"),
+        "the hog survived: {out:?}"
+    );
+    let out =
+        s.cd.ctr(&["task", "exec", "--exec-id", "x", id, "/no/such/cmd"])?;
+    ensure!(out.code != 0, "a missing command ran");
+    ensure!(
+        out.stderr.contains("/no/such/cmd") && !out.stderr.contains("memory limit"),
+        "stderr {:?}",
         out.stderr
     );
     Ok(())
