@@ -380,3 +380,260 @@ fn mutated_snapshots_never_escape_or_panic() {
         "only {refused} of 300 corruptions were noticed"
     );
 }
+
+/// Every reader of a snapshot: inspect (the manifest alone), verify, restore.
+fn every_reader(a: &Area, snap: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "load",
+            fsnap::Manifest::load(snap)
+                .expect_err("load accepted it")
+                .to_string(),
+        ),
+        (
+            "verify",
+            fsnap::verify(snap)
+                .expect_err("verify accepted it")
+                .to_string(),
+        ),
+        (
+            "restore",
+            restore_one(snap, 0, &a.p("target"))
+                .expect_err("restore accepted it")
+                .to_string(),
+        ),
+    ]
+}
+
+#[test]
+fn resource_names_that_could_leave_a_target_root_are_refused_by_every_reader() {
+    let cases = [
+        ("container", "/abs"),
+        ("container", ".."),
+        ("container", "."),
+        ("container", "a/b"),
+        ("container", "../../outside"),
+        ("container", "a\0b"),
+        ("container", "a\nb"),
+        ("path", "/../../outside"),
+        ("path", "a/../../outside"),
+        ("path", "../outside"),
+        ("path", ".."),
+        ("path", "a//b"),
+        ("path", "/a/"),
+        ("path", "./a"),
+        ("path", ""),
+        ("path", "//"),
+        ("path", "a\0b"),
+    ];
+    for (field, value) in cases {
+        let a = Area::new();
+        let snap = real_snapshot(&a);
+        edit_manifest(&snap, |m| {
+            m["sections"][0]["resource"][field] = value.into();
+        });
+        for (reader, e) in every_reader(&a, &snap) {
+            assert!(
+                e.contains("section 0")
+                    && e.contains(&format!("resource.{field}"))
+                    && e.contains(&format!("{value:?}")),
+                "{reader} of {field}={value:?}: the error does not name the section, field and value: {e}"
+            );
+        }
+        a.assert_untouched();
+    }
+}
+
+#[test]
+fn two_sections_of_one_resource_are_refused() {
+    let a = Area::new();
+    let src = a.p("src");
+    std::fs::create_dir(&src).unwrap();
+    let e = save(&[&src, &src], &a.p("snap")).unwrap_err().to_string();
+    assert!(e.contains("section 1") && e.contains("section 0"), "save: {e}");
+    assert!(!a.p("snap").exists());
+    let other = a.p("other");
+    std::fs::create_dir(&other).unwrap();
+    let snap = a.p("snap");
+    save(&[&src, &other], &snap).unwrap();
+    edit_manifest(&snap, |m| {
+        m["sections"][1]["resource"] = m["sections"][0]["resource"].clone();
+        m["sections"][1]["resource"]["kind"] = "tmpfs".into();
+    });
+    for (reader, e) in every_reader(&a, &snap) {
+        assert!(
+            e.contains("section 1") && e.contains("section 0"),
+            "{reader}: {e}"
+        );
+    }
+    a.assert_untouched();
+}
+
+/// Run `f` on another thread; fail (rather than hang the suite) when it takes more than 10 s,
+/// first opening `fifo` for writing so that a reader blocked on it returns.
+fn within_10s<T: Send + 'static>(
+    what: &str,
+    fifo: Option<&Path>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    match rx.recv_timeout(std::time::Duration::from_secs(10)) {
+        Ok(v) => v,
+        Err(_) => {
+            if let Some(p) = fifo {
+                use std::os::unix::fs::OpenOptionsExt;
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(p);
+            }
+            panic!("{what} hung for 10 s");
+        }
+    }
+}
+
+/// Replace `name` in a snapshot of no sections (and an empty data file) by something that is
+/// not a regular file; every reader must refuse it by name, at once.
+fn refused_as_not_regular(name: &str, make: impl Fn(&Path)) {
+    let a = Area::new();
+    let snap = a.p("snap");
+    std::fs::create_dir(&snap).unwrap();
+    std::fs::write(snap.join(fsnap::manifest::DATA_FILE), b"").unwrap();
+    fsnap::Manifest::new(vec![], 0).write(&snap).unwrap();
+    let victim = snap.join(name);
+    std::fs::remove_file(&victim).unwrap();
+    make(&victim);
+    let fifo = Some(victim.clone());
+    type Reader = fn(&Path, &Path) -> Option<String>;
+    let readers: [(&str, Reader); 3] = [
+        ("load", |s, _| {
+            fsnap::Manifest::load(s).err().map(|e| e.to_string())
+        }),
+        ("verify", |s, _| fsnap::verify(s).err().map(|e| e.to_string())),
+        ("restore", |s, t| {
+            fsnap::restore(
+                s,
+                &[],
+                &fsnap::RestoreOptions::default(),
+                &fsnap::Progress::default(),
+            )
+            .err()
+            .map(|e| e.to_string())
+            .or_else(|| restore_one(s, 0, t).err().map(|e| e.to_string()))
+        }),
+    ];
+    for (reader, f) in readers {
+        let (s, t) = (snap.clone(), a.p("target"));
+        let e = within_10s(
+            &format!("{reader} with {name} replaced"),
+            fifo.as_deref(),
+            move || f(&s, &t),
+        )
+        .unwrap_or_else(|| panic!("{reader} accepted {name} that is not a regular file"));
+        assert!(
+            e.contains(name) && e.contains("not a regular file"),
+            "{reader}, {name}: {e}"
+        );
+    }
+    a.assert_untouched();
+}
+
+fn make_fifo(p: &Path) {
+    nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+}
+
+fn make_dir(p: &Path) {
+    std::fs::create_dir(p).unwrap();
+}
+
+fn make_symlink_to_a_regular_file(p: &Path) {
+    let real = p.with_extension("real");
+    std::fs::copy(p.parent().unwrap().join(fsnap::manifest::MANIFEST_FILE), &real).ok();
+    std::fs::write(&real, std::fs::read(&real).unwrap_or_default()).unwrap();
+    std::os::unix::fs::symlink(&real, p).unwrap();
+}
+
+fn make_char_device(p: &Path) {
+    mknod(p, libc::S_IFCHR, 1, 3);
+}
+
+#[test]
+fn a_data_file_that_is_not_a_regular_file_is_refused_without_hanging() {
+    let data = fsnap::manifest::DATA_FILE;
+    refused_as_not_regular(data, make_fifo);
+    refused_as_not_regular(data, make_dir);
+    refused_as_not_regular(data, make_symlink_to_a_regular_file);
+    refused_as_not_regular(data, make_char_device);
+}
+
+#[test]
+fn a_manifest_that_is_not_a_regular_file_is_refused_without_hanging() {
+    let manifest = fsnap::manifest::MANIFEST_FILE;
+    refused_as_not_regular(manifest, make_fifo);
+    refused_as_not_regular(manifest, make_dir);
+    refused_as_not_regular(manifest, |p| {
+        // A symlink to a valid manifest (kept beside it under another name).
+        let real = p.with_extension("real");
+        fsnap::Manifest::new(vec![], 0)
+            .write(p.parent().unwrap())
+            .unwrap();
+        std::fs::rename(p, &real).unwrap();
+        std::os::unix::fs::symlink(&real, p).unwrap();
+    });
+    refused_as_not_regular(manifest, make_char_device);
+}
+
+#[test]
+fn a_huge_manifest_is_refused_without_reading_it() {
+    let a = Area::new();
+    let snap = real_snapshot(&a);
+    let path = snap.join(fsnap::manifest::MANIFEST_FILE);
+    // A sparse 4 GiB file: reading it whole would take the memory and the time.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_len(4 << 30)
+        .unwrap();
+    let started = std::time::Instant::now();
+    for (reader, e) in every_reader(&a, &snap) {
+        assert!(e.contains("larger than"), "{reader}: {e}");
+    }
+    assert!(started.elapsed().as_secs() < 5, "{:?}", started.elapsed());
+    a.assert_untouched();
+}
+
+#[test]
+fn nested_or_repeated_targets_are_refused_before_anything_is_written() {
+    let a = Area::new();
+    let src = a.p("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), b"1").unwrap();
+    let other = a.p("other");
+    std::fs::create_dir(&other).unwrap();
+    std::fs::write(other.join("g"), b"2").unwrap();
+    let snap = a.p("snap");
+    save(&[&src, &other], &snap).unwrap();
+    let target = a.p("target");
+    let cases = [
+        vec![(0, target.clone()), (1, target.join("sub"))],
+        vec![(1, target.join("sub")), (0, target.clone())],
+        vec![(0, target.clone()), (1, target.clone())],
+        vec![(0, target.join("x")), (1, target.join("x/../x"))],
+    ];
+    for targets in cases {
+        let e = fsnap::restore(
+            &snap,
+            &targets,
+            &fsnap::RestoreOptions::default(),
+            &fsnap::Progress::default(),
+        )
+        .expect_err("overlapping targets accepted")
+        .to_string();
+        assert!(e.contains("target"), "{targets:?}: {e}");
+        a.assert_untouched();
+    }
+}
