@@ -187,19 +187,7 @@ fn targets(
             };
             Ok(vec![(i, t)])
         }
-        (None, Some(root)) => Ok(m
-            .sections
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let mut p = root.clone();
-                if !s.resource.container.is_empty() {
-                    p.push(&s.resource.container);
-                }
-                p.push(s.resource.path.trim_start_matches('/'));
-                (i, p)
-            })
-            .collect()),
+        (None, Some(root)) => Ok(fsnap::targets_under(m, &root)),
         _ => bail!("give --target DIR or --target-root DIR"),
     }
 }

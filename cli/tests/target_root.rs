@@ -53,19 +53,42 @@ fn a_legitimate_snapshot_restores_under_a_target_root() {
     std::fs::create_dir(&b).unwrap();
     std::fs::write(b.join("g"), b"from b").unwrap();
     let (snap_a, snap_b) = (t.path().join("snap-a"), t.path().join("snap-b"));
-    ok(&["save", "--path", s(&a), "--container", "c1", "--image-path", s(&snap_a)]);
+    ok(&[
+        "save",
+        "--path",
+        s(&a),
+        "--container",
+        "c1",
+        "--image-path",
+        s(&snap_a),
+    ]);
     ok(&["save", "--path", s(&b), "--image-path", s(&snap_b)]);
     let root = t.path().join("root");
-    ok(&["restore", "--image-path", s(&snap_a), "--target-root", s(&root)]);
+    ok(&[
+        "restore",
+        "--image-path",
+        s(&snap_a),
+        "--target-root",
+        s(&root),
+    ]);
     let rel_a = a.strip_prefix("/").unwrap();
     assert_eq!(
         std::fs::read(root.join("c1").join(rel_a).join("sub/f")).unwrap(),
         b"from a"
     );
     // No container recorded: directly under the root.
-    ok(&["restore", "--image-path", s(&snap_b), "--target-root", s(&root)]);
+    ok(&[
+        "restore",
+        "--image-path",
+        s(&snap_b),
+        "--target-root",
+        s(&root),
+    ]);
     let rel_b = b.strip_prefix("/").unwrap();
-    assert_eq!(std::fs::read(root.join(rel_b).join("g")).unwrap(), b"from b");
+    assert_eq!(
+        std::fs::read(root.join(rel_b).join("g")).unwrap(),
+        b"from b"
+    );
 }
 
 #[test]
@@ -80,7 +103,15 @@ fn resource_names_leading_outside_the_root_are_refused_by_every_command() {
         std::fs::create_dir(&src).unwrap();
         std::fs::write(src.join("planted"), b"x").unwrap();
         let snap = t.path().join("snap");
-        ok(&["save", "--path", s(&src), "--container", "c1", "--image-path", s(&snap)]);
+        ok(&[
+            "save",
+            "--path",
+            s(&src),
+            "--container",
+            "c1",
+            "--image-path",
+            s(&snap),
+        ]);
         let mpath = snap.join("fscheckpoint.json");
         let mut m: serde_json::Value =
             serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
@@ -89,12 +120,21 @@ fn resource_names_leading_outside_the_root_are_refused_by_every_command() {
         let root = t.path().join("deep/er/root");
         let needle = format!("resource.{field}");
         refused(
-            &["restore", "--image-path", s(&snap), "--target-root", s(&root)],
+            &[
+                "restore",
+                "--image-path",
+                s(&snap),
+                "--target-root",
+                s(&root),
+            ],
             &needle,
         );
         refused(&["verify", "--image-path", s(&snap)], &needle);
         refused(&["inspect", "--image-path", s(&snap)], &needle);
         assert!(!t.path().join("escaped").exists() && !Path::new("/escaped").exists());
-        assert!(!t.path().join("deep").exists(), "{field}: the root was created");
+        assert!(
+            !t.path().join("deep").exists(),
+            "{field}: the root was created"
+        );
     }
 }

@@ -3,13 +3,13 @@
 //! up and sparse files' data extents found. Sockets cannot be saved and are skipped.
 
 use std::collections::HashMap;
-use std::ffi::{CString, OsStr};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::pool::parallel;
 use crate::tar::{sparse, Entry, Kind};
+use crate::xattr::xattrs;
 
 /// An entry and, for regular files with content, where to read it.
 #[derive(Debug, Clone)]
@@ -32,10 +32,9 @@ pub fn plan(root: &Path) -> Result<Vec<Planned>> {
     let mut names = vec![(root.to_path_buf(), ".".to_string())];
     list(root, "", &mut names)?;
     let chunks: Vec<&[(PathBuf, String)]> = names.chunks(1024).collect();
-    let described: Vec<Vec<Option<(Entry, Inode)>>> =
-        crate::save::parallel(&chunks, |_, chunk| {
-            chunk.iter().map(|(path, rel)| entry(path, rel)).collect()
-        })?;
+    let described: Vec<Vec<Option<(Entry, Inode)>>> = parallel(&chunks, |_, chunk| {
+        chunk.iter().map(|(path, rel)| entry(path, rel)).collect()
+    })?;
     let mut out = Vec::with_capacity(names.len());
     let mut links: HashMap<(u64, u64), String> = HashMap::new();
     for ((path, _), described) in names.iter().zip(described.into_iter().flatten()) {
@@ -161,65 +160,6 @@ fn entry(path: &Path, rel: &str) -> Result<Option<(Entry, Inode)>> {
         nlink: md.nlink(),
     };
     Ok(Some((entry, inode)))
-}
-
-/// Extended attributes of `path` itself (not following a symlink), by name.
-pub fn xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::Source {
-        path: path.into(),
-        reason: "path has a NUL byte".into(),
-    })?;
-    let names = match xattr_call(|buf, len| unsafe {
-        // SAFETY: valid C string; buffer and length from xattr_call.
-        libc::llistxattr(c.as_ptr(), buf as *mut libc::c_char, len)
-    }) {
-        Ok(n) => n,
-        Err(e) if e.raw_os_error() == Some(libc::ENOTSUP) => return Ok(vec![]),
-        Err(e) => return Err(src(path, e)),
-    };
-    let mut out = Vec::new();
-    for name in names.split(|b| *b == 0).filter(|n| !n.is_empty()) {
-        let cname = CString::new(name).expect("split at NUL");
-        let value = match xattr_call(|buf, len| unsafe {
-            // SAFETY: valid C strings; buffer and length from xattr_call.
-            libc::lgetxattr(c.as_ptr(), cname.as_ptr(), buf as *mut libc::c_void, len)
-        }) {
-            Ok(v) => v,
-            // Removed meanwhile.
-            Err(e) if e.raw_os_error() == Some(libc::ENODATA) => continue,
-            Err(e) => return Err(src(path, e)),
-        };
-        out.push((
-            OsStr::from_bytes(name).to_string_lossy().into_owned(),
-            value,
-        ));
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// The size-then-fill dance of the xattr calls.
-fn xattr_call(mut f: impl FnMut(*mut u8, usize) -> isize) -> std::io::Result<Vec<u8>> {
-    loop {
-        let n = f(std::ptr::null_mut(), 0);
-        if n < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let mut buf = vec![0u8; n as usize];
-        let m = f(buf.as_mut_ptr(), buf.len());
-        if m < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ERANGE) {
-                continue; // grew meanwhile
-            }
-            return Err(e);
-        }
-        buf.truncate(m as usize);
-        return Ok(buf);
-    }
 }
 
 fn src(path: &Path, e: std::io::Error) -> Error {

@@ -34,7 +34,7 @@ fn the_version_1_fixture_restores() {
     );
     let wh = std::fs::symlink_metadata(out.join("whiteout")).unwrap();
     assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
-    let xattrs = fsnap::walk::xattrs(&out.join("opaque")).unwrap();
+    let xattrs = fsnap::xattr::xattrs(&out.join("opaque")).unwrap();
     assert_eq!(
         xattrs,
         vec![("trusted.overlay.opaque".to_string(), b"y".to_vec())]

@@ -450,7 +450,10 @@ fn two_sections_of_one_resource_are_refused() {
     let src = a.p("src");
     std::fs::create_dir(&src).unwrap();
     let e = save(&[&src, &src], &a.p("snap")).unwrap_err().to_string();
-    assert!(e.contains("section 1") && e.contains("section 0"), "save: {e}");
+    assert!(
+        e.contains("section 1") && e.contains("section 0"),
+        "save: {e}"
+    );
     assert!(!a.p("snap").exists());
     let other = a.p("other");
     std::fs::create_dir(&other).unwrap();
@@ -512,7 +515,9 @@ fn refused_as_not_regular(name: &str, make: impl Fn(&Path)) {
         ("load", |s, _| {
             fsnap::Manifest::load(s).err().map(|e| e.to_string())
         }),
-        ("verify", |s, _| fsnap::verify(s).err().map(|e| e.to_string())),
+        ("verify", |s, _| {
+            fsnap::verify(s).err().map(|e| e.to_string())
+        }),
         ("restore", |s, t| {
             fsnap::restore(
                 s,
@@ -551,7 +556,11 @@ fn make_dir(p: &Path) {
 
 fn make_symlink_to_a_regular_file(p: &Path) {
     let real = p.with_extension("real");
-    std::fs::copy(p.parent().unwrap().join(fsnap::manifest::MANIFEST_FILE), &real).ok();
+    std::fs::copy(
+        p.parent().unwrap().join(fsnap::manifest::MANIFEST_FILE),
+        &real,
+    )
+    .ok();
     std::fs::write(&real, std::fs::read(&real).unwrap_or_default()).unwrap();
     std::os::unix::fs::symlink(&real, p).unwrap();
 }

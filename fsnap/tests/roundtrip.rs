@@ -103,7 +103,7 @@ fn direct_io_saves_the_same_snapshot() {
 }
 
 #[test]
-fn save_refuses_a_directory_holding_a_snapshot() {
+fn save_refuses_a_directory_holding_a_checkpoint() {
     let t = tmp();
     let src = t.path().join("src");
     std::fs::create_dir(&src).unwrap();
@@ -112,7 +112,7 @@ fn save_refuses_a_directory_holding_a_snapshot() {
     save(&[&src], &snap).unwrap();
     let before = listing(&snap);
     let e = save(&[&src], &snap).unwrap_err().to_string();
-    assert!(e.contains("already holds a snapshot"), "{e}");
+    assert!(e.contains("already holds a filesystem checkpoint"), "{e}");
     assert_eq!(listing(&snap), before);
     fsnap::verify(&snap).unwrap();
 }
@@ -143,6 +143,85 @@ fn restore_refuses_a_non_empty_target() {
     let e = restore_one(&snap, 0, &out).unwrap_err().to_string();
     assert!(e.contains("not empty"), "{e}");
     assert_eq!(std::fs::read(out.join("mine")).unwrap(), b"keep");
+}
+
+#[test]
+fn every_section_restores_under_a_target_root_creating_its_parents() {
+    let t = tmp();
+    let p = |s: &str| t.path().join(s);
+    for (dir, file) in [("upper", "u"), ("vol", "v"), ("plain", "p")] {
+        std::fs::create_dir(p(dir)).unwrap();
+        std::fs::write(p(dir).join(file), dir).unwrap();
+    }
+    let id = |container: &str, path: &str, kind| fsnap::ResourceId {
+        container: container.into(),
+        path: path.into(),
+        kind,
+    };
+    let sources = [
+        (id("c1", "/", fsnap::ResourceKind::RootfsUpper), "upper"),
+        (
+            id("c2", "/data/cache", fsnap::ResourceKind::PodVolume),
+            "vol",
+        ),
+        (id("", "/srv/plain", fsnap::ResourceKind::Tmpfs), "plain"),
+    ]
+    .map(|(resource, dir)| fsnap::Source {
+        resource,
+        dir: p(dir),
+    });
+    let snap = p("snap");
+    fsnap::save(
+        &sources,
+        &snap,
+        &fsnap::SaveOptions::default(),
+        &fsnap::Progress::default(),
+    )
+    .unwrap();
+    let root = p("root/deeper");
+    let m = fsnap::Manifest::load(&snap).unwrap();
+    let targets = fsnap::targets_under(&m, &root);
+    assert_eq!(
+        targets,
+        vec![
+            (0, root.join("c1")),
+            (1, root.join("c2/data/cache")),
+            (2, root.join("srv/plain")),
+        ]
+    );
+    fsnap::restore(
+        &snap,
+        &targets,
+        &fsnap::RestoreOptions::default(),
+        &fsnap::Progress::default(),
+    )
+    .unwrap();
+    assert_same(&p("upper"), &root.join("c1"));
+    assert_same(&p("vol"), &root.join("c2/data/cache"));
+    assert_same(&p("plain"), &root.join("srv/plain"));
+}
+
+#[test]
+fn a_failed_restore_removes_the_parents_it_created() {
+    let t = tmp();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), b"1").unwrap();
+    let snap = t.path().join("snap");
+    save(&[&src], &snap).unwrap();
+    let data = snap.join(fsnap::manifest::DATA_FILE);
+    let mut bytes = std::fs::read(&data).unwrap();
+    let at = bytes.iter().rposition(|&b| b == b'1').unwrap();
+    bytes[at] = b'2';
+    std::fs::write(&data, &bytes).unwrap();
+    let e = restore_one(&snap, 0, &t.path().join("new/parents/target"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("checksum"), "{e}");
+    assert!(
+        !t.path().join("new").exists(),
+        "created parents left behind"
+    );
 }
 
 /// A mounted overlay, unmounted (lazily if busy) when dropped.

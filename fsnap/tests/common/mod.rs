@@ -166,7 +166,7 @@ pub fn describe(root: &Path) -> BTreeMap<String, Seen> {
                 size: if is_file { md.len() } else { 0 },
                 rdev: md.rdev(),
                 link: ft.is_symlink().then(|| std::fs::read_link(&path).unwrap()),
-                xattrs: fsnap::walk::xattrs(&path).unwrap(),
+                xattrs: fsnap::xattr::xattrs(&path).unwrap(),
                 content_hash: is_file.then(|| content_hash(&path)),
                 data_extents: is_file.then(|| data_extents(&path)),
                 hardlink_group: vec![],
