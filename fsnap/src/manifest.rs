@@ -1,4 +1,4 @@
-//! The manifest, `fscheckpoint.json`: what a snapshot holds and where. Its types, the version
+//! The manifest, `fscheckpoint.json`: what a filesystem checkpoint holds and where. Its types, the version
 //! rules (a newer major is refused; minors only add what older readers may ignore inside
 //! `extensions`), and validation against the data file (ranges inside it, in order, not
 //! overlapping; counts sane). Unknown fields are refused: a manifest means exactly what this
@@ -14,7 +14,7 @@ use crate::checkpoint_files::{open_regular, read_regular};
 use crate::error::{Error, Result};
 pub use crate::resource::{ResourceId, ResourceKind};
 
-/// File name of the manifest inside a snapshot directory.
+/// File name of the manifest inside a checkpoint directory.
 pub const MANIFEST_FILE: &str = "fscheckpoint.json";
 /// File name of the data file (the concatenated tar sections).
 pub const DATA_FILE: &str = "data.multitar";
@@ -55,7 +55,7 @@ pub struct Manifest {
     pub producer: String,
     /// Creation time, RFC 3339 UTC.
     pub created: String,
-    /// Name of the data file in the snapshot directory.
+    /// Name of the data file in the checkpoint directory.
     pub data_file: String,
     /// Its size in bytes.
     pub data_size: u64,

@@ -1,8 +1,8 @@
-//! Saving directories as a snapshot. Each source is planned first (metadata only), which
+//! Saving directories as a filesystem checkpoint. Each source is planned first (metadata only), which
 //! fixes every section's exact size; the sections then stream in parallel straight into their
 //! place in the data file (one thread per section, bounded by the cores), hashing as they go.
 //! Everything is written under a temporary name beside the destination, fsynced, and renamed
-//! into place: a crash never leaves something that looks like a snapshot.
+//! into place: a crash never leaves something that looks like a checkpoint.
 
 use std::fs::File;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
@@ -32,7 +32,7 @@ pub struct SaveOptions {
     pub direct: bool,
 }
 
-/// Save `sources` as a snapshot in the new directory `out`.
+/// Save `sources` as a filesystem checkpoint in the new directory `out`.
 pub fn save(
     sources: &[Source],
     out: &Path,
@@ -47,7 +47,7 @@ pub fn save(
     })?;
     check_destination(out)?;
     let tmp = temp_sibling(out, "save")?;
-    let result = write_snapshot(sources, &tmp, opts, progress);
+    let result = write_checkpoint(sources, &tmp, opts, progress);
     match result {
         Ok(manifest) => {
             if out.exists() {
@@ -84,7 +84,7 @@ fn check_destination(out: &Path) -> Result<()> {
     require_absent_or_empty(out, "is not empty")
 }
 
-fn write_snapshot(
+fn write_checkpoint(
     sources: &[Source],
     dir: &Path,
     opts: &SaveOptions,

@@ -1,4 +1,4 @@
-//! A snapshot written by an older build (format 1.0, committed under `tests/fixtures/v1`)
+//! A filesystem checkpoint written by an older build (format 1.0, committed under `tests/fixtures/v1`)
 //! still verifies and restores, entry by entry as it was made.
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};

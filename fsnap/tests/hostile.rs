@@ -1,4 +1,4 @@
-//! Hostile and broken snapshots: hand-made tars with every escape (`..`, absolute names,
+//! Hostile and broken filesystem checkpoints: hand-made tars with every escape (`..`, absolute names,
 //! symlink and hard-link escapes, device nodes), truncated and flipped data, wrong offsets,
 //! manifests with unknown, missing or impossible fields, a newer format; and a deterministic
 //! mutation run. Each is refused with an error naming the cause, nothing is written outside the
@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 
-/// A test area: `snap` (the snapshot), `target` (where restores go), `outside` (must never
+/// A test area: `snap` (the checkpoint), `target` (where restores go), `outside` (must never
 /// change).
 struct Area {
     dir: tempfile::TempDir,
@@ -30,9 +30,9 @@ impl Area {
         self.dir.path().join(s)
     }
 
-    /// Write a snapshot whose only section is `tar` (with a correct checksum, so that the
+    /// Write a checkpoint whose only section is `tar` (with a correct checksum, so that the
     /// extraction's own checks are what refuse it).
-    fn snapshot_of(&self, tar: &[u8], files: u64) -> PathBuf {
+    fn checkpoint_of(&self, tar: &[u8], files: u64) -> PathBuf {
         let snap = self.p("snap");
         std::fs::create_dir_all(&snap).unwrap();
         std::fs::write(snap.join(fsnap::manifest::DATA_FILE), tar).unwrap();
@@ -57,7 +57,7 @@ impl Area {
     fn refused(&self, snap: &Path, needle: &str) {
         let target = self.p("target");
         let e = restore_one(snap, 0, &target)
-            .expect_err("a hostile snapshot was restored")
+            .expect_err("a hostile checkpoint was restored")
             .to_string();
         assert!(
             e.contains(needle),
@@ -129,7 +129,7 @@ fn parent_components_are_refused() {
     for name in ["../evil", "a/../../evil", "../../../../../../var/tmp/evil"] {
         let a = Area::new();
         let (t, n) = tar(&[file(name, b"x")]);
-        a.refused(&a.snapshot_of(&t, n), "..");
+        a.refused(&a.checkpoint_of(&t, n), "..");
     }
 }
 
@@ -137,7 +137,7 @@ fn parent_components_are_refused() {
 fn absolute_names_are_refused() {
     let a = Area::new();
     let (t, n) = tar(&[file("/evil", b"x")]);
-    a.refused(&a.snapshot_of(&t, n), "absolute");
+    a.refused(&a.checkpoint_of(&t, n), "absolute");
 }
 
 #[test]
@@ -149,20 +149,20 @@ fn writing_through_a_symlink_that_leaves_is_refused() {
         (header("abs", b'2', 0, link, (0, 0)), b""),
         file("abs/planted", b"x"),
     ]);
-    a.refused(&a.snapshot_of(&t, n), "outside the target");
+    a.refused(&a.checkpoint_of(&t, n), "outside the target");
     let a = Area::new();
     let (t, n) = tar(&[
         (header("up", b'2', 0, "../outside", (0, 0)), b""),
         file("up/planted", b"x"),
     ]);
-    a.refused(&a.snapshot_of(&t, n), "outside the target");
+    a.refused(&a.checkpoint_of(&t, n), "outside the target");
 }
 
 #[test]
 fn hard_links_that_leave_are_refused() {
     let a = Area::new();
     let (t, n) = tar(&[(header("h", b'1', 0, "../outside/keep", (0, 0)), b"")]);
-    a.refused(&a.snapshot_of(&t, n), "..");
+    a.refused(&a.checkpoint_of(&t, n), "..");
     // Through a symlink to the outside.
     let a = Area::new();
     let link = a.p("outside");
@@ -170,26 +170,26 @@ fn hard_links_that_leave_are_refused() {
         (header("l", b'2', 0, link.to_str().unwrap(), (0, 0)), b""),
         (header("h", b'1', 0, "l/keep", (0, 0)), b""),
     ]);
-    a.refused(&a.snapshot_of(&t, n), "outside the target");
+    a.refused(&a.checkpoint_of(&t, n), "outside the target");
     let a = Area::new();
     let (t, n) = tar(&[(header("h", b'1', 0, "/etc/passwd", (0, 0)), b"")]);
-    a.refused(&a.snapshot_of(&t, n), "absolute");
+    a.refused(&a.checkpoint_of(&t, n), "absolute");
 }
 
 #[test]
 fn device_nodes_need_permission_but_whiteouts_do_not() {
     let a = Area::new();
     let (t, n) = tar(&[(header("mem", b'3', 0, "", (1, 1)), b"")]);
-    let snap = a.snapshot_of(&t, n);
+    let snap = a.checkpoint_of(&t, n);
     a.refused(&snap, "device node 1:1 refused");
     restore_with_devices(&snap, &a.p("target")).unwrap();
     let a = Area::new();
     let (t, n) = tar(&[(header("wh", b'3', 0, "", (0, 0)), b"")]);
-    restore_one(&a.snapshot_of(&t, n), 0, &a.p("target")).unwrap();
+    restore_one(&a.checkpoint_of(&t, n), 0, &a.p("target")).unwrap();
 }
 
-/// A real snapshot of a small tree.
-fn real_snapshot(a: &Area) -> PathBuf {
+/// A real checkpoint of a small tree.
+fn real_checkpoint(a: &Area) -> PathBuf {
     let src = a.p("src");
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("a"), vec![b'a'; 20000]).unwrap();
@@ -213,7 +213,7 @@ fn edit_manifest(snap: &Path, f: impl FnOnce(&mut serde_json::Value)) {
 #[test]
 fn a_truncated_data_file_is_refused() {
     let a = Area::new();
-    let snap = real_snapshot(&a);
+    let snap = real_checkpoint(&a);
     let len = std::fs::metadata(data_path(&snap)).unwrap().len();
     let f = std::fs::OpenOptions::new()
         .write(true)
@@ -230,7 +230,7 @@ fn a_truncated_data_file_is_refused() {
 fn a_flipped_byte_is_refused_naming_the_section() {
     for at in [700u64, 5000, 300] {
         let a = Area::new();
-        let snap = real_snapshot(&a);
+        let snap = real_checkpoint(&a);
         let mut data = std::fs::read(data_path(&snap)).unwrap();
         data[at as usize] ^= 0x20;
         std::fs::write(data_path(&snap), &data).unwrap();
@@ -245,7 +245,7 @@ fn an_existing_empty_target_is_left_as_it_was() {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     // The last content byte: the whole section extracts before the checksum disagrees.
     let a = Area::new();
-    let snap = real_snapshot(&a);
+    let snap = real_checkpoint(&a);
     let mut data = std::fs::read(data_path(&snap)).unwrap();
     let at = data.iter().rposition(|&b| b == b'b').unwrap();
     data[at] = b'x';
@@ -278,14 +278,14 @@ fn an_existing_empty_target_is_left_as_it_was() {
 #[test]
 fn wrong_offsets_are_refused() {
     let a = Area::new();
-    let snap = real_snapshot(&a);
+    let snap = real_checkpoint(&a);
     edit_manifest(&snap, |m| {
         let s = &mut m["sections"][0];
         s["tar_start"] = 512.into();
     });
     a.refused(&snap, "section 0");
     let a = Area::new();
-    let snap = real_snapshot(&a);
+    let snap = real_checkpoint(&a);
     edit_manifest(&snap, |m| m["sections"][0]["tar_end"] = 1000.into());
     a.refused(&snap, "tar blocks");
 }
@@ -317,7 +317,7 @@ fn bad_manifests_are_refused_by_name() {
     ];
     for (what, edit) in cases {
         let a = Area::new();
-        let snap = real_snapshot(&a);
+        let snap = real_checkpoint(&a);
         edit_manifest(&snap, edit);
         let e = restore_one(&snap, 0, &a.p("target"))
             .unwrap_err()
@@ -328,7 +328,7 @@ fn bad_manifests_are_refused_by_name() {
 }
 
 #[test]
-fn mutated_snapshots_never_escape_or_panic() {
+fn mutated_checkpoints_never_escape_or_panic() {
     // A fixed-seed run of random corruptions (the fuzz target explores further).
     let mut seed = 0x9E3779B97F4A7C15u64;
     let mut rand = move || {
@@ -338,7 +338,7 @@ fn mutated_snapshots_never_escape_or_panic() {
         seed
     };
     let a = Area::new();
-    let pristine_dir = real_snapshot(&a);
+    let pristine_dir = real_checkpoint(&a);
     let data = std::fs::read(data_path(&pristine_dir)).unwrap();
     let manifest = std::fs::read(pristine_dir.join(fsnap::manifest::MANIFEST_FILE)).unwrap();
     let mut refused = 0;
@@ -381,7 +381,7 @@ fn mutated_snapshots_never_escape_or_panic() {
     );
 }
 
-/// Every reader of a snapshot: inspect (the manifest alone), verify, restore.
+/// Every reader of a checkpoint: inspect (the manifest alone), verify, restore.
 fn every_reader(a: &Area, snap: &Path) -> Vec<(&'static str, String)> {
     vec![
         (
@@ -428,7 +428,7 @@ fn resource_names_that_could_leave_a_target_root_are_refused_by_every_reader() {
     ];
     for (field, value) in cases {
         let a = Area::new();
-        let snap = real_snapshot(&a);
+        let snap = real_checkpoint(&a);
         edit_manifest(&snap, |m| {
             m["sections"][0]["resource"][field] = value.into();
         });
@@ -498,7 +498,7 @@ fn within_10s<T: Send + 'static>(
     }
 }
 
-/// Replace `name` in a snapshot of no sections (and an empty data file) by something that is
+/// Replace `name` in a checkpoint of no sections (and an empty data file) by something that is
 /// not a regular file; every reader must refuse it by name, at once.
 fn refused_as_not_regular(name: &str, make: impl Fn(&Path)) {
     let a = Area::new();
@@ -598,7 +598,7 @@ fn a_manifest_that_is_not_a_regular_file_is_refused_without_hanging() {
 #[test]
 fn a_huge_manifest_is_refused_without_reading_it() {
     let a = Area::new();
-    let snap = real_snapshot(&a);
+    let snap = real_checkpoint(&a);
     let path = snap.join(fsnap::manifest::MANIFEST_FILE);
     // A sparse 4 GiB file: reading it whole would take the memory and the time.
     std::fs::OpenOptions::new()

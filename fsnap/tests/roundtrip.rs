@@ -50,7 +50,7 @@ fn the_sparse_file_costs_only_its_data() {
     let data = std::fs::metadata(snap.join(&m.data_file)).unwrap().len();
     assert!(
         data <= (1 << 20) + 64 * 1024,
-        "snapshot of 1 MiB of data is {data} bytes"
+        "a checkpoint of 1 MiB of data is {data} bytes"
     );
     let out = t.path().join("out");
     restore_one(&snap, 0, &out).unwrap();
@@ -83,7 +83,7 @@ fn several_sections_save_and_restore_in_parallel() {
 }
 
 #[test]
-fn direct_io_saves_the_same_snapshot() {
+fn direct_io_saves_the_same_checkpoint() {
     let t = tmp();
     let src = t.path().join("src");
     make_tree(&src);

@@ -1,11 +1,12 @@
-//! `cryo snapshot restore --target-root`, through the binary: a legitimate snapshot of several
-//! containers' directories lands at `<root>/<container>/<recorded path>`, and a manifest whose
-//! resource names would lead outside the root is refused by every command that reads it.
+//! `cryo fscheckpoint`, through the binary: with `--target-root`, a legitimate checkpoint of
+//! several containers' directories lands at `<root>/<container>/<recorded path>`, and a
+//! manifest whose resource names would lead outside the root is refused by every command that
+//! reads it; `inspect` never passes a manifest's control characters to the terminal.
 
 use std::path::Path;
 use std::process::{Command, Output};
 
-const CMD: &str = "snapshot";
+const CMD: &str = "fscheckpoint";
 
 fn cryo(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_cryo"))
@@ -45,7 +46,7 @@ fn tmp() -> tempfile::TempDir {
 }
 
 #[test]
-fn a_legitimate_snapshot_restores_under_a_target_root() {
+fn a_legitimate_checkpoint_restores_under_a_target_root() {
     let t = tmp();
     let (a, b) = (t.path().join("a"), t.path().join("b"));
     std::fs::create_dir_all(a.join("sub")).unwrap();
@@ -137,4 +138,25 @@ fn resource_names_leading_outside_the_root_are_refused_by_every_command() {
             "{field}: the root was created"
         );
     }
+}
+
+#[test]
+fn inspect_escapes_control_characters_from_the_manifest() {
+    let t = tmp();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let snap = t.path().join("snap");
+    ok(&["save", "--path", s(&src), "--image-path", s(&snap)]);
+    let mpath = snap.join("fscheckpoint.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    // Retitles the terminal, then forges a line of output.
+    m["sections"][0]["resource"]["path"] = "/x\u{1b}]0;pwned\u{7}\rforged".into();
+    m["producer"] = "p\u{1b}[2J".into();
+    std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+    let out = ok(&["inspect", "--image-path", s(&snap)]);
+    assert!(
+        !out.bytes().any(|b| b.is_ascii_control() && b != b'\n'),
+        "control characters reach the terminal: {out:?}"
+    );
+    assert!(out.contains("/x\\u{1b}]0;pwned\\u{7}\\rforged"), "{out}");
 }
