@@ -1,11 +1,14 @@
 //! A filesystem checkpoint written by an older build (format 1.0, committed under `tests/fixtures/v1`)
 //! still verifies and restores, entry by entry as it was made.
 
+mod common;
+
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 #[test]
 fn the_version_1_fixture_restores() {
+    common::require_root("a whiteout device node, trusted.* xattrs");
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1");
     let m = fsnap::verify(&fixture).unwrap();
     assert_eq!(m.version, "1.0");

@@ -142,6 +142,7 @@ fn absolute_names_are_refused() {
 
 #[test]
 fn writing_through_a_symlink_that_leaves_is_refused() {
+    require_root("restored owners");
     let a = Area::new();
     let outside = a.p("outside");
     let link = outside.to_str().unwrap();
@@ -160,6 +161,7 @@ fn writing_through_a_symlink_that_leaves_is_refused() {
 
 #[test]
 fn hard_links_that_leave_are_refused() {
+    require_root("restored owners");
     let a = Area::new();
     let (t, n) = tar(&[(header("h", b'1', 0, "../outside/keep", (0, 0)), b"")]);
     a.refused(&a.checkpoint_of(&t, n), "..");
@@ -178,6 +180,7 @@ fn hard_links_that_leave_are_refused() {
 
 #[test]
 fn device_nodes_need_permission_but_whiteouts_do_not() {
+    require_root("device nodes");
     let a = Area::new();
     let (t, n) = tar(&[(header("mem", b'3', 0, "", (1, 1)), b"")]);
     let snap = a.checkpoint_of(&t, n);
@@ -571,6 +574,7 @@ fn make_char_device(p: &Path) {
 
 #[test]
 fn a_data_file_that_is_not_a_regular_file_is_refused_without_hanging() {
+    require_root("device nodes");
     let data = fsnap::manifest::DATA_FILE;
     refused_as_not_regular(data, make_fifo);
     refused_as_not_regular(data, make_dir);
@@ -580,6 +584,7 @@ fn a_data_file_that_is_not_a_regular_file_is_refused_without_hanging() {
 
 #[test]
 fn a_manifest_that_is_not_a_regular_file_is_refused_without_hanging() {
+    require_root("device nodes");
     let manifest = fsnap::manifest::MANIFEST_FILE;
     refused_as_not_regular(manifest, make_fifo);
     refused_as_not_regular(manifest, make_dir);

@@ -18,6 +18,7 @@ fn tmp() -> tempfile::TempDir {
 
 #[test]
 fn every_kind_of_entry_round_trips() {
+    require_root("device nodes, owners, trusted.* xattrs");
     let t = tmp();
     let src = t.path().join("src");
     make_tree(&src);
@@ -59,6 +60,7 @@ fn the_sparse_file_costs_only_its_data() {
 
 #[test]
 fn several_sections_save_and_restore_in_parallel() {
+    require_root("device nodes, owners, trusted.* xattrs");
     let t = tmp();
     let (a, b) = (t.path().join("a"), t.path().join("b"));
     make_tree(&a);
@@ -84,6 +86,7 @@ fn several_sections_save_and_restore_in_parallel() {
 
 #[test]
 fn direct_io_saves_the_same_checkpoint() {
+    require_root("device nodes, owners, trusted.* xattrs");
     let t = tmp();
     let src = t.path().join("src");
     make_tree(&src);
@@ -258,6 +261,7 @@ impl Drop for Overlay {
 
 #[test]
 fn an_overlay_upper_layer_means_the_same_after_restore() {
+    require_root("overlay mounts, trusted.* xattrs");
     let t = tmp();
     let p = |s: &str| t.path().join(s);
     // The image layer.
@@ -320,6 +324,7 @@ fn tar(args: &[&str]) {
 
 #[test]
 fn gnu_tar_extracts_each_section() {
+    require_root("device nodes, owners, trusted.* xattrs");
     let t = tmp();
     let (a, b) = (t.path().join("a"), t.path().join("b"));
     make_tree(&a);
@@ -347,6 +352,7 @@ fn gnu_tar_extracts_each_section() {
 
 #[test]
 fn a_section_made_by_gnu_tar_restores() {
+    require_root("restored owners");
     let t = tmp();
     let src = t.path().join("src");
     make_tree(&src);
