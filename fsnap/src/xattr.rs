@@ -70,21 +70,10 @@ fn xattr_call(mut f: impl FnMut(*mut u8, usize) -> isize) -> std::io::Result<Vec
 
 /// Set `k` = `v` on an open file or directory.
 pub(crate) fn set_fd(fd: BorrowedFd, k: &str, v: &[u8]) -> std::io::Result<()> {
-    let key = CString::new(k).map_err(std::io::Error::other)?;
-    // SAFETY: a valid descriptor, a NUL-terminated name, and a buffer of v.len() bytes.
-    let rc = unsafe {
-        libc::fsetxattr(
-            fd.as_raw_fd(),
-            key.as_ptr(),
-            v.as_ptr() as *const libc::c_void,
-            v.len(),
-            0,
-        )
-    };
-    if rc < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    // SAFETY: a valid descriptor; name and value as `set_with` gives them.
+    set_with(k, v, |key, value, len| unsafe {
+        libc::fsetxattr(fd.as_raw_fd(), key, value, len, 0)
+    })
 }
 
 /// Set `k` = `v` on `name` in the directory `parent` itself (a symlink or device node, which
@@ -98,18 +87,21 @@ pub(crate) fn set_beneath(
 ) -> std::io::Result<()> {
     let path = CString::new(format!("/proc/self/fd/{}/{name}", parent.as_raw_fd()))
         .map_err(std::io::Error::other)?;
+    // SAFETY: a NUL-terminated path; name and value as `set_with` gives them.
+    set_with(k, v, |key, value, len| unsafe {
+        libc::lsetxattr(path.as_ptr(), key, value, len, 0)
+    })
+}
+
+/// Call a setxattr variant with `k` as a NUL-terminated name and `v` as a pointer and its
+/// length; the error from errno when it fails.
+fn set_with(
+    k: &str,
+    v: &[u8],
+    call: impl FnOnce(*const libc::c_char, *const libc::c_void, usize) -> libc::c_int,
+) -> std::io::Result<()> {
     let key = CString::new(k).map_err(std::io::Error::other)?;
-    // SAFETY: NUL-terminated path and name, and a buffer of v.len() bytes.
-    let rc = unsafe {
-        libc::lsetxattr(
-            path.as_ptr(),
-            key.as_ptr(),
-            v.as_ptr() as *const libc::c_void,
-            v.len(),
-            0,
-        )
-    };
-    if rc < 0 {
+    if call(key.as_ptr(), v.as_ptr() as *const libc::c_void, v.len()) < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())

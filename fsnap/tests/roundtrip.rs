@@ -105,14 +105,20 @@ fn direct_io_saves_the_same_checkpoint() {
     assert_same(&src, &out);
 }
 
+/// `dir/src` holding one file `f` ("1"), saved as `dir/snap`.
+fn one_file_checkpoint(dir: &Path) -> (PathBuf, PathBuf) {
+    let src = dir.join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), b"1").unwrap();
+    let snap = dir.join("snap");
+    save(&[&src], &snap).unwrap();
+    (src, snap)
+}
+
 #[test]
 fn save_refuses_a_directory_holding_a_checkpoint() {
     let t = tmp();
-    let src = t.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("f"), b"1").unwrap();
-    let snap = t.path().join("snap");
-    save(&[&src], &snap).unwrap();
+    let (src, snap) = one_file_checkpoint(t.path());
     let before = listing(&snap);
     let e = save(&[&src], &snap).unwrap_err().to_string();
     assert!(e.contains("already holds a filesystem checkpoint"), "{e}");
@@ -207,11 +213,7 @@ fn every_section_restores_under_a_target_root_creating_its_parents() {
 #[test]
 fn a_failed_restore_removes_the_parents_it_created() {
     let t = tmp();
-    let src = t.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    std::fs::write(src.join("f"), b"1").unwrap();
-    let snap = t.path().join("snap");
-    save(&[&src], &snap).unwrap();
+    let (_, snap) = one_file_checkpoint(t.path());
     let data = snap.join(fsnap::manifest::DATA_FILE);
     let mut bytes = std::fs::read(&data).unwrap();
     let at = bytes.iter().rposition(|&b| b == b'1').unwrap();

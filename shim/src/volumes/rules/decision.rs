@@ -234,6 +234,15 @@ mod tests {
         Medium::Memory
     }
 
+    /// A first plan of `mounts` with `ws` hinted `type=tmpfs`, `share=pod`, on disk.
+    fn plan_pod_ws(mounts: &[Mount]) -> Vec<(Decision, bool)> {
+        let a = ann(&[
+            ("dev.cryo.spec.mount.ws.type", "tmpfs"),
+            ("dev.cryo.spec.mount.ws.share", "pod"),
+        ]);
+        plan(&a, mounts, Some(UID), &HashMap::new(), &disk).unwrap()
+    }
+
     /// The single decision for volume `ws` mounted at /workspace.
     fn decide_ws(
         pairs: &[(&str, &str)],
@@ -370,18 +379,7 @@ mod tests {
     #[test]
     fn a_container_without_the_volume_gets_no_decision() {
         let mounts = [bind("/other", &empty_dir("other"))];
-        let plan = plan(
-            &ann(&[
-                ("dev.cryo.spec.mount.ws.type", "tmpfs"),
-                ("dev.cryo.spec.mount.ws.share", "pod"),
-            ]),
-            &mounts,
-            Some(UID),
-            &HashMap::new(),
-            &disk,
-        )
-        .unwrap();
-        assert!(plan.is_empty());
+        assert!(plan_pod_ws(&mounts).is_empty());
     }
 
     #[test]
@@ -390,28 +388,17 @@ mod tests {
             "/var/lib/kubelet/pods/other-uid/volumes/{EMPTY_DIR_PLUGIN}/ws"
         ));
         let mounts = [bind("/workspace", &other)];
-        let plan = plan(
-            &ann(&[
-                ("dev.cryo.spec.mount.ws.type", "tmpfs"),
-                ("dev.cryo.spec.mount.ws.share", "pod"),
-            ]),
-            &mounts,
-            Some(UID),
-            &HashMap::new(),
-            &disk,
-        )
-        .unwrap();
-        assert!(plan.is_empty());
+        assert!(plan_pod_ws(&mounts).is_empty());
     }
 
     #[test]
     fn the_decision_is_made_once_per_pod() {
         let mounts = [bind("/workspace", &empty_dir("ws"))];
+        let first = plan_pod_ws(&mounts);
         let a = ann(&[
             ("dev.cryo.spec.mount.ws.type", "tmpfs"),
             ("dev.cryo.spec.mount.ws.share", "pod"),
         ]);
-        let first = plan(&a, &mounts, Some(UID), &HashMap::new(), &disk).unwrap();
         let decided: HashMap<String, Decision> = first
             .iter()
             .map(|(d, _)| (d.volume.clone(), d.clone()))
