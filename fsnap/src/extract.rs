@@ -25,10 +25,16 @@ use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::pool::helpers;
 use crate::progress::Progress;
-use crate::restore::RestoreOptions;
 use crate::section::{read_section, SectionReader};
 use crate::tar::{Entry, Kind};
 use crate::xattr;
+
+/// What an extraction may create beyond files, directories, links and FIFOs.
+#[derive(Debug, Default, Clone)]
+pub struct RestoreOptions {
+    /// Allow character and block device nodes other than whiteouts (0/0).
+    pub allow_devices: bool,
+}
 
 /// Extract section `index` of `data` into the empty directory `dir`.
 pub(crate) fn extract(

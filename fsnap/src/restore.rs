@@ -18,16 +18,11 @@ use nix::sys::time::TimeSpec;
 use crate::destination::{check_disjoint, require_absent_or_empty, temp_sibling, CreatedParents};
 use crate::error::{Error, Result};
 use crate::extract::extract;
+pub use crate::extract::RestoreOptions;
 use crate::manifest::Manifest;
 use crate::pool::parallel;
 use crate::progress::Progress;
 use crate::xattr;
-
-#[derive(Debug, Default, Clone)]
-pub struct RestoreOptions {
-    /// Allow character and block device nodes other than whiteouts (0/0).
-    pub allow_devices: bool,
-}
 
 /// Every section's target beneath `root`: `<root>/<container>/<path>` (see
 /// [`crate::resource::ResourceId::relative_target`]). The manifest's validation guarantees
