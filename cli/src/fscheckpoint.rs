@@ -46,7 +46,7 @@ pub enum Fscheckpoint {
         #[arg(long)]
         target_root: Option<PathBuf>,
         /// The section to restore with --target.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "target_root")]
         section: Option<usize>,
         /// Also restore device nodes (overlay whiteouts are always restored).
         #[arg(long)]

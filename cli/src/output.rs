@@ -7,21 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use fsnap::resource::printable;
 use fsnap::{Manifest, Progress};
-
-/// `s` with every control character escaped (as Rust's `escape_debug` does), so that text
-/// from a manifest cannot move the cursor, retitle the terminal or forge lines.
-pub fn printable(s: &str) -> String {
-    s.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_debug().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
-}
 
 pub fn print_table(m: &Manifest) {
     println!(
@@ -41,7 +28,7 @@ pub fn print_table(m: &Manifest) {
         println!(
             "{i:>3}  {:<13} {:<16} {:<30} {:>8} {:>10} {:>10}  {}",
             s.resource.kind.to_string(),
-            s.resource.container,
+            printable(&s.resource.container),
             printable(&s.resource.path),
             s.files,
             human(s.logical_bytes),
@@ -99,19 +86,5 @@ pub fn human(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn control_characters_are_escaped_and_the_rest_kept() {
-        assert_eq!(printable("/data/é x"), "/data/é x");
-        assert_eq!(
-            printable("a\u{1b}]0;t\u{7}\nb\rc"),
-            "a\\u{1b}]0;t\\u{7}\\nb\\rc"
-        );
     }
 }

@@ -160,3 +160,26 @@ fn inspect_escapes_control_characters_from_the_manifest() {
     );
     assert!(out.contains("/x\\u{1b}]0;pwned\\u{7}\\rforged"), "{out}");
 }
+
+#[test]
+fn section_goes_with_target_only() {
+    let t = tmp();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    let snap = t.path().join("snap");
+    ok(&["save", "--path", s(&src), "--image-path", s(&snap)]);
+    let root = t.path().join("root");
+    refused(
+        &[
+            "restore",
+            "--image-path",
+            s(&snap),
+            "--target-root",
+            s(&root),
+            "--section",
+            "0",
+        ],
+        "--target",
+    );
+    assert!(!root.exists());
+}

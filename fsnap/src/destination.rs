@@ -92,6 +92,24 @@ pub(crate) fn check_disjoint(targets: &[(usize, PathBuf)]) -> Result<()> {
     Ok(())
 }
 
+/// A save's destination may not lie inside (or be) a directory being saved: the save would
+/// walk its own work directory.
+pub(crate) fn check_outside(out: &Path, sources: &[&Path]) -> Result<()> {
+    let resolved = resolve(out)?;
+    for dir in sources {
+        if resolved.starts_with(resolve(dir)?) {
+            return Err(Error::Target {
+                path: out.into(),
+                reason: format!(
+                    "is inside {}, a directory being saved; save elsewhere",
+                    dir.display()
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// `path` made absolute, each existing prefix canonicalized, `..` applied.
 fn resolve(path: &Path) -> Result<PathBuf> {
     let abs = if path.is_absolute() {

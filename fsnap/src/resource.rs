@@ -131,14 +131,30 @@ fn check_path(p: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Shown with [`printable`] names: a manifest's text never reaches a terminal raw.
 impl std::fmt::Display for ResourceId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let path = printable(&self.path);
         if self.container.is_empty() {
-            write!(f, "{} {}", self.kind, self.path)
+            write!(f, "{} {path}", self.kind)
         } else {
-            write!(f, "{} {}:{}", self.kind, self.container, self.path)
+            write!(f, "{} {}:{path}", self.kind, printable(&self.container))
         }
     }
+}
+
+/// `s` with every control character escaped (as `char::escape_debug` does), so that text from
+/// a manifest cannot move the cursor, retitle the terminal or forge lines where it is shown.
+pub fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// Check every section's resource, in order, and that no two name the same container and
@@ -216,6 +232,16 @@ mod tests {
             let e = id("c", p).check().unwrap_err();
             assert!(e.starts_with(&format!("resource.path {p:?}")), "{e}");
         }
+    }
+
+    #[test]
+    fn control_characters_are_escaped_and_the_rest_kept() {
+        assert_eq!(printable("/data/é x"), "/data/é x");
+        assert_eq!(
+            printable("a\u{1b}]0;t\u{7}\nb\rc"),
+            "a\\u{1b}]0;t\\u{7}\\nb\\rc"
+        );
+        assert_eq!(id("c", "/a\nb").to_string(), "pod-volume c:/a\\nb");
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
-use crate::destination::{fsync_dir, parent_dir, require_absent_or_empty, temp_sibling};
+use crate::destination::{
+    check_outside, fsync_dir, parent_dir, require_absent_or_empty, temp_sibling,
+};
 use crate::error::{Error, Result};
 use crate::manifest::{checksum_text, Manifest, ResourceId, Section, DATA_FILE, MANIFEST_FILE};
 use crate::pool::{helpers, parallel};
@@ -45,6 +47,8 @@ pub fn save(
             reason: format!("cannot record the sources: {reason}"),
         }
     })?;
+    let dirs: Vec<&Path> = sources.iter().map(|s| s.dir.as_path()).collect();
+    check_outside(out, &dirs)?;
     check_destination(out)?;
     let tmp = temp_sibling(out, "save")?;
     let result = write_checkpoint(sources, &tmp, opts, progress);

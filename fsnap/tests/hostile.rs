@@ -651,3 +651,32 @@ fn nested_or_repeated_targets_are_refused_before_anything_is_written() {
         a.assert_untouched();
     }
 }
+
+#[test]
+fn errors_never_carry_a_manifests_control_characters() {
+    let a = Area::new();
+    let snap = real_checkpoint(&a);
+    edit_manifest(&snap, |m| {
+        m["sections"][0]["resource"]["path"] = "/x\u{1b}]0;pwned\u{7}\rforged".into();
+    });
+    let mut data = std::fs::read(data_path(&snap)).unwrap();
+    data[700] ^= 0x20;
+    std::fs::write(data_path(&snap), &data).unwrap();
+    let errors = [
+        ("verify", fsnap::verify(&snap).unwrap_err().to_string()),
+        (
+            "restore",
+            restore_one(&snap, 0, &a.p("target"))
+                .unwrap_err()
+                .to_string(),
+        ),
+    ];
+    for (reader, e) in errors {
+        assert!(e.contains("section 0"), "{reader}: {e}");
+        assert!(
+            !e.chars().any(char::is_control),
+            "{reader}: control characters in the error: {e:?}"
+        );
+    }
+    a.assert_untouched();
+}

@@ -397,3 +397,21 @@ fn a_section_made_by_gnu_tar_restores() {
     restore_with_devices(&snap, &out).unwrap();
     assert_same(&src, &out);
 }
+
+#[test]
+fn save_refuses_a_destination_inside_a_source() {
+    let t = tmp();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), b"1").unwrap();
+    for out in [src.join("snap"), src.join("a/../snap"), src.clone()] {
+        let e = save(&[&src], &out).unwrap_err().to_string();
+        assert!(e.contains("inside"), "{}: {e}", out.display());
+        assert_eq!(
+            listing(&src).len(),
+            2,
+            "{}: the source changed",
+            out.display()
+        );
+    }
+}
