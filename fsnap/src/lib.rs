@@ -54,7 +54,7 @@ pub mod section;
 mod section_writer;
 pub mod tar;
 pub mod verify;
-pub mod walk;
+mod walk;
 pub mod xattr;
 
 pub use error::{Error, Result};
