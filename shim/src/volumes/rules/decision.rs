@@ -1,7 +1,7 @@
 //! Stage 3: the per-pod decision. Each hinted volume is found among a container's mounts
 //! (by its source, or by name among this pod's kubelet volume paths), and its [`Shape`] and
 //! backing [`Medium`] decided once per pod, with the reason for the log; the pod's hints
-//! alone are checked at the sandbox's create.
+//! alone are checked when the pause container is created.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -153,10 +153,10 @@ pub fn decide(hint: &Hint, source: &Path, medium: Medium) -> Result<Decision, Ru
     })
 }
 
-/// What can be checked of the pod's hints before any container exists (at the sandbox's
-/// create: containerd's CRI reaches the runtime at RunPodSandbox and StartContainer, never at
-/// CreateContainer): every key parses, every given source is a volume directory of this pod,
-/// and overlay or tmpfs hints name an emptyDir.
+/// What can be checked of the pod's hints before any app container exists, when the pause
+/// container is created (containerd's CRI reaches the runtime at RunPodSandbox and
+/// StartContainer, never at CreateContainer): every key parses, every given source is a
+/// volume directory of this pod, and overlay or tmpfs hints name an emptyDir.
 pub fn validate_pod(
     annotations: &HashMap<String, String>,
     pod_uid: Option<&str>,
@@ -460,7 +460,7 @@ mod tests {
     }
 
     #[test]
-    fn the_pod_alone_is_checked_at_the_sandbox() {
+    fn the_pod_alone_is_checked_with_the_pause_container() {
         let src = empty_dir("ws");
         let s = src.to_str().unwrap();
         let ok = ann(&[
