@@ -70,23 +70,28 @@ pub(crate) fn fsync_dir(dir: &Path) -> Result<()> {
 /// another's target would be moved, or overwritten, with it). Compared as resolved paths:
 /// symlinks and `..` of the part that exists resolved, the rest taken as written.
 pub(crate) fn check_disjoint(targets: &[(usize, PathBuf)]) -> Result<()> {
-    let resolved: Vec<PathBuf> = targets
+    let mut resolved: Vec<(PathBuf, usize)> = targets
         .iter()
-        .map(|(_, t)| resolve(t))
+        .enumerate()
+        .map(|(n, (_, t))| Ok((resolve(t)?, n)))
         .collect::<Result<_>>()?;
-    for (a, ra) in resolved.iter().enumerate() {
-        for (b, rb) in resolved.iter().enumerate().skip(a + 1) {
-            if ra.starts_with(rb) || rb.starts_with(ra) {
-                let (sa, sb) = (targets[a].0, targets[b].0);
-                return Err(Error::Target {
-                    path: targets[b].1.clone(),
-                    reason: format!(
-                        "the target of section {sb} overlaps the target of section {sa} ({}); \
-                         restore them one at a time with --target",
-                        targets[a].1.display()
-                    ),
-                });
-            }
+    // Ordered by components, a directory comes right before everything inside it: comparing
+    // neighbours finds every overlap (a manifest may hold tens of thousands of sections).
+    resolved.sort();
+    for pair in resolved.windows(2) {
+        let ((outer, a), (inner, b)) = (&pair[0], &pair[1]);
+        if inner.starts_with(outer) {
+            let (first, second) = ((*a).min(*b), (*a).max(*b));
+            return Err(Error::Target {
+                path: targets[second].1.clone(),
+                reason: format!(
+                    "the target of section {} overlaps the target of section {} ({}); \
+                     restore them one at a time with --target",
+                    targets[second].0,
+                    targets[first].0,
+                    targets[first].1.display()
+                ),
+            });
         }
     }
     Ok(())
@@ -110,7 +115,7 @@ pub(crate) fn check_outside(out: &Path, sources: &[&Path]) -> Result<()> {
     Ok(())
 }
 
-/// `path` made absolute, each existing prefix canonicalized, `..` applied.
+/// `path` made absolute, its existing part canonicalized, `..` applied.
 fn resolve(path: &Path) -> Result<PathBuf> {
     let abs = if path.is_absolute() {
         path.to_path_buf()
@@ -119,6 +124,20 @@ fn resolve(path: &Path) -> Result<PathBuf> {
             .map_err(|e| Error::io("current directory", e))?
             .join(path)
     };
+    // Usually: the longest existing prefix canonicalized once, the missing rest appended.
+    let existing = abs
+        .ancestors()
+        .find(|p| std::fs::symlink_metadata(p).is_ok())
+        .unwrap_or(Path::new("/"));
+    let rest = abs.strip_prefix(existing).unwrap_or(Path::new(""));
+    if !rest.components().any(|c| c == Component::ParentDir) {
+        if let Ok(mut real) = std::fs::canonicalize(existing) {
+            real.push(rest);
+            return Ok(real);
+        }
+    }
+    // A `..` after a missing component may lead back into existing directories: resolve
+    // component by component.
     let mut out = PathBuf::from("/");
     for c in abs.components() {
         match c {
@@ -196,6 +215,16 @@ mod tests {
             assert!(e.to_string().contains("section 1 overlaps"), "{e}");
         }
         check_disjoint(&[(0, p("real/a")), (1, p("real/ab")), (2, p("x"))]).unwrap();
+        // Many: found among them all, quickly.
+        let mut many: Vec<(usize, PathBuf)> =
+            (0..50_000).map(|i| (i, p(&format!("t/{i}")))).collect();
+        check_disjoint(&many).unwrap();
+        many.push((50_000, p("t/49999/inside")));
+        let e = check_disjoint(&many).unwrap_err().to_string();
+        assert!(
+            e.contains("section 50000 overlaps the target of section 49999"),
+            "{e}"
+        );
     }
 
     #[test]
