@@ -5,6 +5,7 @@
 //! into place: a crash never leaves something that looks like a checkpoint.
 
 use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -19,7 +20,7 @@ use crate::prefetch::with_prefetch;
 use crate::progress::Progress;
 use crate::section_writer::{SectionWriter, ALIGN};
 use crate::tar::{header, padded, sparse, Kind, END_OF_ARCHIVE};
-use crate::walk::{plan, Planned};
+use crate::walk::{open_planned, open_root, plan, Planned};
 
 /// A directory to save and what it is.
 #[derive(Debug, Clone)]
@@ -168,7 +169,8 @@ fn write_section(
 ) -> Result<Section> {
     let mut w = SectionWriter::new(data, start, direct, progress);
     let (mut files, mut logical, mut stored) = (0u64, 0u64, 0u64);
-    with_prefetch(entries, helpers(), |pf| -> Result<()> {
+    let root = open_root(&source.dir)?;
+    with_prefetch(root.as_fd(), entries, helpers(), |pf| -> Result<()> {
         for (i, p) in entries.iter().enumerate() {
             let e = &p.entry;
             let (headers, data_len) = header::encode(e);
@@ -189,7 +191,7 @@ fn write_section(
                         }
                         w.put(&bytes)?;
                     }
-                    None => stream_file(&mut w, path, e)?,
+                    None => stream_file(&mut w, root.as_fd(), p)?,
                 }
             }
             let pad = padded(data_len) - data_len;
@@ -232,8 +234,12 @@ fn changed(path: &Path, what: &str) -> Error {
 }
 
 /// Copy a large or sparse file's stored bytes straight from the file.
-fn stream_file(w: &mut SectionWriter, path: &Path, e: &crate::tar::Entry) -> Result<()> {
-    let f = File::open(path).map_err(|err| source_err(path, err))?;
+fn stream_file(w: &mut SectionWriter, root: BorrowedFd, p: &Planned) -> Result<()> {
+    let (e, path) = (
+        &p.entry,
+        p.source.as_deref().unwrap_or(Path::new(&p.entry.path)),
+    );
+    let f = open_planned(root, &e.path, p.inode).map_err(|err| source_err(path, err))?;
     let runs: Vec<(u64, u64)> = match &e.sparse {
         Some(map) => map.clone(),
         None => vec![(0, e.size)],

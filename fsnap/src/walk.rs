@@ -3,8 +3,14 @@
 //! up and sparse files' data extents found. Sockets cannot be saved and are skipped.
 
 use std::collections::HashMap;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::{fstat, SFlag};
 
 use crate::error::{Error, Result};
 use crate::pool::parallel;
@@ -16,6 +22,8 @@ use crate::xattr::xattrs;
 pub struct Planned {
     pub entry: Entry,
     pub source: Option<PathBuf>,
+    /// (device, inode) as planned: what is read later must be this very file.
+    pub inode: (u64, u64),
 }
 
 /// The entries of the tree at `root`, the root itself first as `.`. Names are listed first
@@ -29,11 +37,15 @@ pub fn plan(root: &Path) -> Result<Vec<Planned>> {
             reason: "not a directory".into(),
         });
     }
+    let root_dir = open_root(root)?;
     let mut names = vec![(root.to_path_buf(), ".".to_string())];
     list(root, "", &mut names)?;
     let chunks: Vec<&[(PathBuf, String)]> = names.chunks(1024).collect();
     let described: Vec<Vec<Option<(Entry, Inode)>>> = parallel(&chunks, |_, chunk| {
-        chunk.iter().map(|(path, rel)| entry(path, rel)).collect()
+        chunk
+            .iter()
+            .map(|(path, rel)| entry(root_dir.as_fd(), path, rel))
+            .collect()
     })?;
     let mut out = Vec::with_capacity(names.len());
     let mut links: HashMap<(u64, u64), String> = HashMap::new();
@@ -57,6 +69,7 @@ pub fn plan(root: &Path) -> Result<Vec<Planned>> {
         out.push(Planned {
             entry: e,
             source: has_content.then(|| path.clone()),
+            inode: (inode.dev, inode.ino),
         });
     }
     Ok(out)
@@ -97,7 +110,7 @@ struct Inode {
 }
 
 /// One entry's metadata (`None` for a socket, which cannot be saved).
-fn entry(path: &Path, rel: &str) -> Result<Option<(Entry, Inode)>> {
+fn entry(root: BorrowedFd, path: &Path, rel: &str) -> Result<Option<(Entry, Inode)>> {
     let md = std::fs::symlink_metadata(path).map_err(|e| src(path, e))?;
     let ft = md.file_type();
     if ft.is_socket() {
@@ -124,7 +137,7 @@ fn entry(path: &Path, rel: &str) -> Result<Option<(Entry, Inode)>> {
         size = md.len();
         // Fewer allocated blocks than the size: look for holes.
         if md.blocks() * 512 < size {
-            let f = std::fs::File::open(path).map_err(|e| src(path, e))?;
+            let f = open_planned(root, rel, (md.dev(), md.ino())).map_err(|e| src(path, e))?;
             sparse_map = sparse::extents(&f, size).map_err(|e| src(path, e))?;
         }
         Kind::File
@@ -160,6 +173,48 @@ fn entry(path: &Path, rel: &str) -> Result<Option<(Entry, Inode)>> {
         nlink: md.nlink(),
     };
     Ok(Some((entry, inode)))
+}
+
+/// The root of a tree to save, opened once: every file of it is opened beneath this.
+pub(crate) fn open_root(root: &Path) -> Result<File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(root)
+        .map_err(|e| src(root, e))
+}
+
+/// Open the regular file `rel` beneath `root` for reading, safely against a tree that changes
+/// under the save (a container may be writing it): no symlink anywhere on the way, nothing
+/// opened but as a path until it is known to be the very inode that was planned (so a FIFO
+/// cannot block the save, a device node is never opened, a swapped file is never read), then
+/// reopened for reading through that descriptor.
+pub(crate) fn open_planned(
+    root: BorrowedFd,
+    rel: &str,
+    inode: (u64, u64),
+) -> std::io::Result<File> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    let replaced = |what: &str| {
+        std::io::Error::other(format!(
+            "was replaced during the save ({what}; pause the writer and save again)"
+        ))
+    };
+    let fd = openat2(root, rel, how).map_err(|e| match e {
+        Errno::ELOOP | Errno::EXDEV => replaced("a symlink on its path"),
+        other => std::io::Error::from(other),
+    })?;
+    let st = fstat(&fd)?;
+    if SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits()) != SFlag::S_IFREG {
+        return Err(replaced("no longer a regular file"));
+    }
+    if (st.st_dev, st.st_ino) != inode {
+        return Err(replaced("another file"));
+    }
+    // Through our own O_PATH descriptor: the same inode, whatever happens to the name.
+    File::open(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
 fn src(path: &Path, e: std::io::Error) -> Error {
