@@ -13,9 +13,8 @@
 //!   (`"cryo-fscheckpoint"`), `version` (`"1.0"`, major.minor), `producer`, `created`
 //!   (RFC 3339), `data_file`, `data_size`, and `sections`, each with its `resource`
 //!   (`container`, `path`, `kind`: `rootfs-upper` | `pod-volume` | `tmpfs`; the naming rules
-//!   are in [`resource`]), its byte range
-//!   `tar_start`..`tar_end` in the data file, a `checksum` (`blake3:<hex>` of those bytes), and
-//!   `files`, `logical_bytes`, `stored_bytes`. Unknown fields are refused; later minor versions
+//!   are in [`resource`]), its byte range `tar_start`..`tar_end` in the data file, a
+//!   `checksum` (`blake3:<hex>` of those bytes), and `files`, `logical_bytes`, `stored_bytes`. Unknown fields are refused; later minor versions
 //!   add only inside `extensions`. A reader refuses a newer major version by name.
 //! - `data.multitar`: the sections' tar streams one after another, each starting on a 4 KiB
 //!   boundary (the gaps are zeros outside every range). Each range is a complete, standard tar
@@ -34,7 +33,9 @@
 //!
 //! Save plans every section from metadata first (so each section's size is known), writes the
 //! sections in parallel into their places in the data file — optionally with O_DIRECT — under
-//! a temporary name, fsyncs, and renames into place. Restore extracts each section into a work
+//! a temporary name, fsyncs, and renames into place; it reads each file beneath its source's
+//! root as the very inode it planned, so a tree changing under it fails the save rather than
+//! redirecting it. Restore extracts each section into a work
 //! directory beside its target with every name resolved beneath it (openat2
 //! `RESOLVE_BENEATH`), checks the checksum in the same pass, and moves the result into the
 //! target only when it verified.
