@@ -79,8 +79,14 @@ pub fn restore(
         &mut work,
     ) {
         Ok(()) => {
-            for ((_, target), w) in targets.iter().zip(&work) {
-                place(w, target)?;
+            for (n, ((_, target), w)) in targets.iter().zip(&work).enumerate() {
+                if let Err(e) = place(w, target) {
+                    // Those already placed stay restored; nothing else is left behind.
+                    for w in &work[n..] {
+                        let _ = std::fs::remove_dir_all(w);
+                    }
+                    return Err(e);
+                }
             }
             Ok(manifest)
         }
@@ -117,16 +123,26 @@ fn stage(
 }
 
 /// Move a verified work directory into place: rename when possible, else (a mount point or
-/// another filesystem) move its entries and its root's metadata into the empty target.
+/// another filesystem) move its entries and its root's metadata into the empty target. A
+/// target that is no longer empty (written to while the sections were extracted) is refused,
+/// never merged into.
 fn place(work: &Path, target: &Path) -> Result<()> {
     let err = |e: std::io::Error| Error::Target {
         path: target.into(),
         reason: format!("move the restored tree into place: {e}"),
     };
+    let written = || Error::Target {
+        path: target.into(),
+        reason: "was written to during the restore; the restored tree is not moved into it".into(),
+    };
     if target.exists() {
         match std::fs::remove_dir(target) {
             Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOTEMPTY) => return Err(written()),
             Err(_) => {
+                if std::fs::read_dir(target).map_err(err)?.next().is_some() {
+                    return Err(written());
+                }
                 for entry in std::fs::read_dir(work).map_err(err)? {
                     let entry = entry.map_err(err)?;
                     std::fs::rename(entry.path(), target.join(entry.file_name())).map_err(err)?;

@@ -415,3 +415,49 @@ fn save_refuses_a_destination_inside_a_source() {
         );
     }
 }
+
+#[test]
+fn a_target_written_during_the_restore_is_not_merged_into() {
+    use std::sync::atomic::Ordering;
+    let t = tmp();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    // Enough data that the restore is still extracting when the intruder writes.
+    let big = vec![0x5au8; 64 << 20];
+    std::fs::write(src.join("big"), big).unwrap();
+    let snap = t.path().join("snap");
+    save(&[&src], &snap).unwrap();
+    let target = t.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    let progress = fsnap::Progress::default();
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            while progress.bytes.load(Ordering::Relaxed) == 0 {
+                std::thread::yield_now();
+            }
+            std::fs::write(target.join("intruder"), b"mine").unwrap();
+        });
+        fsnap::restore(
+            &snap,
+            &[(0, target.clone())],
+            &fsnap::RestoreOptions::default(),
+            &progress,
+        )
+    });
+    let e = result
+        .expect_err("restored into a target written meanwhile")
+        .to_string();
+    assert!(e.contains("written to during the restore"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(&target)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("intruder")]);
+    let strays: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("fsnap-restore"))
+        .collect();
+    assert!(strays.is_empty(), "work directories left: {strays:?}");
+}
