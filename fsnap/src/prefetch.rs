@@ -221,10 +221,4 @@ mod tests {
         });
         assert!(e.contains("symlink") || e.contains("replaced"), "{e}");
     }
-
-    #[test]
-    fn a_file_replaced_by_another_file_is_refused() {
-        let e = replaced_before_the_read(|p| std::fs::write(p, b"abcdefghij").unwrap());
-        assert!(e.contains("replaced"), "{e}");
-    }
 }

@@ -186,9 +186,10 @@ pub(crate) fn open_root(root: &Path) -> Result<File> {
 
 /// Open the regular file `rel` beneath `root` for reading, safely against a tree that changes
 /// under the save (a container may be writing it): no symlink anywhere on the way, nothing
-/// opened but as a path until it is known to be the very inode that was planned (so a FIFO
-/// cannot block the save, a device node is never opened, a swapped file is never read), then
-/// reopened for reading through that descriptor.
+/// opened but as a path until it is known to be a regular file with the inode number that was
+/// planned (so a FIFO cannot block the save and a device node is never opened; a file swapped
+/// for another is refused unless the filesystem reused the number, when it is just a change of
+/// content), then reopened for reading through that descriptor.
 pub(crate) fn open_planned(
     root: BorrowedFd,
     rel: &str,
