@@ -15,6 +15,28 @@ pub fn xattrs(path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
         path: path.into(),
         reason: "path has a NUL byte".into(),
     })?;
+    read_all(&c, path)
+}
+
+/// Extended attributes of `name` in the directory `parent` itself (`.`: the directory), by
+/// name: the path goes through the parent's descriptor, so nothing outside it is resolved and
+/// `name` is never followed. `shown` names it in errors.
+pub(crate) fn xattrs_beneath(
+    parent: BorrowedFd,
+    name: &str,
+    shown: &Path,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let c = CString::new(format!("/proc/self/fd/{}/{name}", parent.as_raw_fd())).map_err(|_| {
+        Error::Source {
+            path: shown.into(),
+            reason: "name has a NUL byte".into(),
+        }
+    })?;
+    read_all(&c, shown)
+}
+
+/// Every extended attribute of the C path `c` (not following its last component).
+fn read_all(c: &CString, path: &Path) -> Result<Vec<(String, Vec<u8>)>> {
     let names = match xattr_call(|buf, len| unsafe {
         // SAFETY: valid C string; buffer and length from xattr_call.
         libc::llistxattr(c.as_ptr(), buf as *mut libc::c_char, len)
