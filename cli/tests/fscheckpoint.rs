@@ -45,6 +45,33 @@ fn tmp() -> tempfile::TempDir {
         .unwrap()
 }
 
+/// `dir/src` (holding one file) saved as `dir/snap` with `extra` flags; the checkpoint.
+fn saved(dir: &Path, extra: &[&str]) -> std::path::PathBuf {
+    let src = dir.join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("planted"), b"x").unwrap();
+    let snap = dir.join("snap");
+    let mut args = vec!["save", "--path", s(&src), "--image-path", s(&snap)];
+    args.extend_from_slice(extra);
+    ok(&args);
+    snap
+}
+
+/// `restore` of `snap` under `root`, then `extra`.
+fn restore_under<'a>(snap: &'a Path, root: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["restore", "--image-path", s(snap), "--target-root", s(root)];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// Change the checkpoint's manifest as a hostile hand would.
+fn edit_manifest(snap: &Path, f: impl FnOnce(&mut serde_json::Value)) {
+    let mpath = snap.join("fscheckpoint.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    f(&mut m);
+    std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+}
+
 #[test]
 fn a_legitimate_checkpoint_restores_under_a_target_root() {
     let t = tmp();
@@ -65,26 +92,14 @@ fn a_legitimate_checkpoint_restores_under_a_target_root() {
     ]);
     ok(&["save", "--path", s(&b), "--image-path", s(&snap_b)]);
     let root = t.path().join("root");
-    ok(&[
-        "restore",
-        "--image-path",
-        s(&snap_a),
-        "--target-root",
-        s(&root),
-    ]);
+    ok(&restore_under(&snap_a, &root, &[]));
     let rel_a = a.strip_prefix("/").unwrap();
     assert_eq!(
         std::fs::read(root.join("c1").join(rel_a).join("sub/f")).unwrap(),
         b"from a"
     );
     // No container recorded: directly under the root.
-    ok(&[
-        "restore",
-        "--image-path",
-        s(&snap_b),
-        "--target-root",
-        s(&root),
-    ]);
+    ok(&restore_under(&snap_b, &root, &[]));
     let rel_b = b.strip_prefix("/").unwrap();
     assert_eq!(
         std::fs::read(root.join(rel_b).join("g")).unwrap(),
@@ -100,36 +115,13 @@ fn resource_names_leading_outside_the_root_are_refused_by_every_command() {
         ("path", "/../../../escaped"),
     ] {
         let t = tmp();
-        let src = t.path().join("src");
-        std::fs::create_dir(&src).unwrap();
-        std::fs::write(src.join("planted"), b"x").unwrap();
-        let snap = t.path().join("snap");
-        ok(&[
-            "save",
-            "--path",
-            s(&src),
-            "--container",
-            "c1",
-            "--image-path",
-            s(&snap),
-        ]);
-        let mpath = snap.join("fscheckpoint.json");
-        let mut m: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
-        m["sections"][0]["resource"][field] = value.into();
-        std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+        let snap = saved(t.path(), &["--container", "c1"]);
+        edit_manifest(&snap, |m| {
+            m["sections"][0]["resource"][field] = value.into()
+        });
         let root = t.path().join("deep/er/root");
         let needle = format!("resource.{field}");
-        refused(
-            &[
-                "restore",
-                "--image-path",
-                s(&snap),
-                "--target-root",
-                s(&root),
-            ],
-            &needle,
-        );
+        refused(&restore_under(&snap, &root, &[]), &needle);
         refused(&["verify", "--image-path", s(&snap)], &needle);
         refused(&["inspect", "--image-path", s(&snap)], &needle);
         assert!(!t.path().join("escaped").exists() && !Path::new("/escaped").exists());
@@ -143,16 +135,12 @@ fn resource_names_leading_outside_the_root_are_refused_by_every_command() {
 #[test]
 fn inspect_escapes_control_characters_from_the_manifest() {
     let t = tmp();
-    let src = t.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    let snap = t.path().join("snap");
-    ok(&["save", "--path", s(&src), "--image-path", s(&snap)]);
-    let mpath = snap.join("fscheckpoint.json");
-    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
-    // Retitles the terminal, then forges a line of output.
-    m["sections"][0]["resource"]["path"] = "/x\u{1b}]0;pwned\u{7}\rforged".into();
-    m["producer"] = "p\u{1b}[2J".into();
-    std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+    let snap = saved(t.path(), &[]);
+    edit_manifest(&snap, |m| {
+        // Retitles the terminal, then forges a line of output.
+        m["sections"][0]["resource"]["path"] = "/x\u{1b}]0;pwned\u{7}\rforged".into();
+        m["producer"] = "p\u{1b}[2J".into();
+    });
     let out = ok(&["inspect", "--image-path", s(&snap)]);
     assert!(
         !out.bytes().any(|b| b.is_ascii_control() && b != b'\n'),
@@ -164,21 +152,10 @@ fn inspect_escapes_control_characters_from_the_manifest() {
 #[test]
 fn section_goes_with_target_only() {
     let t = tmp();
-    let src = t.path().join("src");
-    std::fs::create_dir(&src).unwrap();
-    let snap = t.path().join("snap");
-    ok(&["save", "--path", s(&src), "--image-path", s(&snap)]);
+    let snap = saved(t.path(), &[]);
     let root = t.path().join("root");
     refused(
-        &[
-            "restore",
-            "--image-path",
-            s(&snap),
-            "--target-root",
-            s(&root),
-            "--section",
-            "0",
-        ],
+        &restore_under(&snap, &root, &["--section", "0"]),
         "--target",
     );
     assert!(!root.exists());
