@@ -205,7 +205,7 @@ mod tests {
         assert_eq!(info.features.type_url, FEATURES_TYPE_URL);
         let f: oci_spec::runtime::Features = serde_json::from_slice(&info.features.value)
             .expect("features decode as the runtime-spec document");
-        assert_eq!(f.oci_version_min().as_deref(), Some("1.0.0"));
+        assert_eq!(f.oci_version_min(), "1.0.0");
         assert_eq!(f.hooks().as_deref(), Some(&[][..]), "cryo runs no hooks");
         let mounts = f.mount_options().clone().unwrap_or_default();
         assert!(mounts.iter().any(|m| m == "rbind"));
@@ -214,12 +214,18 @@ mod tests {
         assert!(!mounts.iter().any(|m| m == "rro"), "{mounts:?}");
         let linux = f.linux().clone().unwrap();
         let ns = linux.namespaces().clone().unwrap();
-        assert!(!ns.iter().any(|n| n == "user"), "{ns:?}");
+        assert!(
+            !ns.contains(&oci_spec::runtime::LinuxNamespaceType::User),
+            "{ns:?}"
+        );
         let caps = linux.capabilities().clone().unwrap();
         assert!(caps.iter().any(|c| c == "CAP_SYS_ADMIN"), "{caps:?}");
         let seccomp = linux.seccomp().clone().unwrap();
         let actions = seccomp.actions().clone().unwrap();
-        assert!(!actions.iter().any(|a| a == "SCMP_ACT_NOTIFY"), "{actions:?}");
+        assert!(
+            !actions.contains(&oci_spec::runtime::LinuxSeccompAction::ScmpActNotify),
+            "{actions:?}"
+        );
     }
 
     /// Raw wire check against the field numbers of containerd's introspection.proto (name 1,

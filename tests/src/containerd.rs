@@ -1,6 +1,7 @@
 //! A private containerd for one test run: everything (root, state, sockets, CNI dirs, the
 //! shim binary on its PATH) lives in a fresh temp dir, containers live in a unique namespace,
-//! and teardown kills and removes everything, then stops the daemon.
+//! and teardown kills and removes everything, then stops the daemon and checks its log. Which
+//! containerd (1.6 or 2.2.7) is [`crate::release`]'s choice; its config is [`crate::config`]'s.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::cmd::{self, Output};
+use crate::release::{Binaries, Release};
 
 /// How long one `ctr` call may take.
 pub const CTR_LIMIT: Duration = Duration::from_secs(30);
@@ -47,12 +49,30 @@ pub struct Containerd {
     /// The temp dir holding everything; removed at teardown.
     pub dir: PathBuf,
     pub namespace: String,
+    /// Which containerd this is.
+    pub release: Release,
+    bins: Binaries,
     child: Option<Child>,
 }
 
+/// How to start a private containerd beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// The umask containerd (and so every shim it starts) runs with; the test's own if `None`.
+    pub umask: Option<u32>,
+}
+
 impl Containerd {
-    /// Start a private containerd that finds `shim` as `containerd-shim-cryo-v2`.
+    /// Start a private containerd of the selected release ([`Release::selected`]) that finds
+    /// `shim` as `containerd-shim-cryo-v2`.
     pub fn start(shim: &Path) -> Result<Containerd> {
+        Containerd::start_with(shim, &StartOptions::default())
+    }
+
+    /// The same with `options`.
+    pub fn start_with(shim: &Path, options: &StartOptions) -> Result<Containerd> {
+        let release = Release::selected()?;
+        let bins = release.binaries()?;
         if !shim.is_file() {
             bail!(
                 "{} is missing: build it first: cargo build --workspace --bins",
@@ -67,29 +87,51 @@ impl Containerd {
             std::fs::create_dir_all(dir.join(sub))?;
         }
         std::os::unix::fs::symlink(shim, dir.join("bin/containerd-shim-cryo-v2"))?;
-        std::fs::write(dir.join("config.toml"), config(&dir))?;
+        std::fs::write(
+            dir.join("config.toml"),
+            crate::config::for_release(release, &dir),
+        )?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .subsec_nanos();
         let namespace = format!("cryo-test-{}-{nanos}", std::process::id());
         let log = std::fs::File::create(dir.join("containerd.log"))?;
-        let path = format!(
-            "{}:{}",
-            dir.join("bin").display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let child = Command::new("containerd")
+        // The shim under test first, then the release's own runc shim, then the system's.
+        let mut path = vec![dir.join("bin")];
+        path.extend(bins.bin_dir.clone());
+        path.extend(std::env::split_paths(
+            &std::env::var_os("PATH").unwrap_or_default(),
+        ));
+        let mut command = Command::new(&bins.containerd);
+        command
             .arg("--config")
             .arg(dir.join("config.toml"))
-            .env("PATH", path)
+            .env("PATH", std::env::join_paths(path)?)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("start containerd (is it installed? run scripts/setup)")?;
+            .stderr(log);
+        if let Some(mask) = options.umask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: umask is async-signal-safe and touches only the child.
+            unsafe {
+                command.pre_exec(move || {
+                    libc::umask(mask as libc::mode_t);
+                    Ok(())
+                });
+            }
+        }
+        let child = command.spawn().with_context(|| {
+            format!(
+                "start {} ({}; is it installed? run scripts/setup)",
+                release.name(),
+                bins.containerd.display()
+            )
+        })?;
         let mut cd = Containerd {
             dir,
             namespace,
+            release,
+            bins,
             child: Some(child),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -134,13 +176,23 @@ impl Containerd {
         if let Some(at) = at {
             args.splice(at..at, ["--fifo-dir", fifo_dir.as_str()]);
         }
-        let mut c = Command::new("ctr");
+        let mut c = Command::new(&self.bins.ctr);
         c.arg("-a")
             .arg(self.address())
             .arg("-n")
             .arg(namespace)
             .args(args);
         cmd::run(&mut c, stdin, CTR_LIMIT)
+    }
+
+    /// The release's `ctr`.
+    pub fn ctr_path(&self) -> &Path {
+        &self.bins.ctr
+    }
+
+    /// containerd's whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
     }
 
     /// Where this run's ctr calls put their FIFOs.
@@ -224,6 +276,12 @@ impl Containerd {
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }
         crate::leftovers::remove_cgroups(&self.namespace);
+        let log = self.log();
+        if let Some(kept) = crate::logcheck::kept_log_path(self.release.name()) {
+            let _ = std::fs::create_dir_all(kept.parent().unwrap_or(Path::new(".")));
+            let _ = std::fs::write(&kept, &log);
+        }
+        let complaints = crate::logcheck::cryo_complaints(&log);
         // runc's shim keeps its state under /run/containerd/runc/<namespace> and leaves the
         // directory; anything inside it is a container runc still knows.
         let runc_root = Path::new("/run/containerd/runc").join(&self.namespace);
@@ -237,6 +295,14 @@ impl Containerd {
         if !left.is_empty() {
             bail!("the suite left things behind:\n  {}", left.join("\n  "));
         }
+        if !complaints.is_empty() {
+            bail!(
+                "{}'s log has {} error or warning lines caused by cryo:\n  {}",
+                self.release.name(),
+                complaints.len(),
+                complaints.join("\n  ")
+            );
+        }
         Ok(())
     }
 }
@@ -245,37 +311,6 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-/// containerd's config (shared/ENVIRONMENT.md): everything under `dir`.
-fn config(dir: &Path) -> String {
-    let t = dir.display();
-    format!(
-        r#"version = 2
-root = "{t}/root"
-state = "{t}/state"
-[grpc]
-  address = "{t}/c.sock"
-[ttrpc]
-  address = "{t}/c.sock.ttrpc"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{t}/opt"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  netns_mounts_under_state_dir = true
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{t}/cni/bin"
-    conf_dir = "{t}/cni/net.d"
-  # CRI refuses to load without its default runtime (runc) configured.
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cryo]
-    runtime_type = "io.containerd.cryo.v2"
-    pod_annotations = ["dev.cryo.spec.mount.*", "dev.gvisor.spec.mount.*"]
-"#,
-        pause = crate::image::PAUSE_IMAGE,
-    )
 }
 
 /// The shim under test: `$CRYO_TEST_SHIM` if set (e.g. a release build), else the one built
