@@ -96,10 +96,7 @@ fn set_subreaper() -> Result<(), Error> {
 fn signal_server_started() {
     // SAFETY: dup2 on the process's own standard descriptors.
     if unsafe { libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) } < 0 {
-        error!(
-            "close the start pipe: {}",
-            std::io::Error::last_os_error()
-        );
+        error!("close the start pipe: {}", std::io::Error::last_os_error());
     }
 }
 

@@ -147,7 +147,10 @@ fn extract(archive: &Path, cache: &Path) -> Result<PathBuf> {
             .as_nanos()
     );
     let complete = |dir: &Path| {
-        std::fs::read_to_string(dir.join(".archive")).ok().as_deref() == Some(stamp.as_str())
+        std::fs::read_to_string(dir.join(".archive"))
+            .ok()
+            .as_deref()
+            == Some(stamp.as_str())
             && ["containerd", "ctr", "containerd-shim-runc-v2"]
                 .iter()
                 .all(|b| dir.join("bin").join(b).is_file())

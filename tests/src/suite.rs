@@ -73,7 +73,10 @@ fn for_release(trials: Vec<Trial>) -> Vec<Trial> {
     }
     let kind = release.name().replace(' ', "-");
     match release.unavailable() {
-        None => trials.into_iter().map(|t| t.with_kind(kind.clone())).collect(),
+        None => trials
+            .into_iter()
+            .map(|t| t.with_kind(kind.clone()))
+            .collect(),
         Some(why) => trials
             .into_iter()
             .map(|t| {

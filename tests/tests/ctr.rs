@@ -42,6 +42,8 @@ mod engine_hardening;
 mod launch_hardening;
 #[path = "ctr/shim_hardening.rs"]
 mod shim_hardening;
+#[path = "ctr/socket.rs"]
+mod socket;
 
 /// Every module's cases and the cases runc's shim is not held to.
 fn all_cases() -> Vec<(&'static str, Case, Option<&'static str>)> {
@@ -51,6 +53,7 @@ fn all_cases() -> Vec<(&'static str, Case, Option<&'static str>)> {
         (launch_hardening::CASES, launch_hardening::RUNC_FALLS_SHORT),
         (shim_hardening::CASES, shim_hardening::RUNC_FALLS_SHORT),
         (checkpoint::CASES, checkpoint::RUNC_FALLS_SHORT),
+        (socket::CASES, socket::RUNC_FALLS_SHORT),
     ];
     let mut all = Vec::new();
     for (cases, excused) in topics {
