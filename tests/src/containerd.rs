@@ -55,6 +55,52 @@ pub struct Containerd {
     child: Option<Child>,
 }
 
+/// A shim's ttrpc address and the Task API version containerd speaks to it: containerd 2.x
+/// records both in the bundle's `bootstrap.json` (version 3 for runc's 2.x shim, 2 for a shim
+/// that answered `start` with a plain address); containerd 1.6 has only the shim's `address`
+/// file (Task API v2).
+#[derive(Debug, Clone)]
+pub struct ShimAddress {
+    /// `unix:///path`.
+    pub address: String,
+    pub task_api: u32,
+}
+
+impl ShimAddress {
+    pub fn of_bundle(bundle: &Path) -> Result<ShimAddress> {
+        if let Ok(text) = std::fs::read_to_string(bundle.join("bootstrap.json")) {
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}/bootstrap.json: {text}", bundle.display()))?;
+            return Ok(ShimAddress {
+                address: v["address"]
+                    .as_str()
+                    .with_context(|| format!("no address in bootstrap.json: {text}"))?
+                    .to_string(),
+                task_api: v["version"].as_u64().unwrap_or(2) as u32,
+            });
+        }
+        let address = std::fs::read_to_string(bundle.join("address"))
+            .with_context(|| format!("{}: no bootstrap.json or address", bundle.display()))?;
+        Ok(ShimAddress {
+            address: address.trim().to_string(),
+            task_api: 2,
+        })
+    }
+
+    /// The socket's path.
+    pub fn path(&self) -> Result<PathBuf> {
+        self.address
+            .strip_prefix("unix://")
+            .map(PathBuf::from)
+            .with_context(|| format!("shim address {:?} is not unix://", self.address))
+    }
+
+    /// The ttrpc service name of its Task API.
+    pub fn task_service(&self) -> String {
+        format!("containerd.task.v{}.Task", self.task_api)
+    }
+}
+
 /// How to start a private containerd beyond the defaults.
 #[derive(Debug, Clone, Default)]
 pub struct StartOptions {
@@ -183,6 +229,17 @@ impl Containerd {
             .arg(namespace)
             .args(args);
         cmd::run(&mut c, stdin, CTR_LIMIT)
+    }
+
+    /// How containerd reaches the shim of task `id` in this run's namespace.
+    pub fn shim_address(&self, id: &str) -> Result<ShimAddress> {
+        ShimAddress::of_bundle(
+            &self
+                .dir
+                .join("state/io.containerd.runtime.v2.task")
+                .join(&self.namespace)
+                .join(id),
+        )
     }
 
     /// The release's `ctr`.

@@ -16,5 +16,5 @@ pub mod release;
 pub mod suite;
 
 pub use cmd::Output;
-pub use containerd::{built_shim, Containerd, Runtime, StartOptions};
+pub use containerd::{built_shim, Containerd, Runtime, ShimAddress, StartOptions};
 pub use release::Release;

@@ -5,11 +5,10 @@
 //! as runc's shim refuses other users).
 
 use std::os::fd::IntoRawFd;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
-use harness::{Containerd, Runtime, StartOptions};
+use harness::{Containerd, Runtime, ShimAddress, StartOptions};
 
 use super::{Case, Suite};
 
@@ -30,8 +29,9 @@ const NOBODY: u32 = 65534;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 fn shim_socket_is_0600_under_umask_000(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
-    with_umask_000_shim(s, rt, id, |socket| {
+    with_umask_000_shim(s, rt, id, |shim| {
         use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        let socket = &shim.path()?;
         let meta = std::fs::metadata(socket)?;
         ensure!(
             meta.file_type().is_socket(),
@@ -90,7 +90,7 @@ fn with_umask_000_shim(
     s: &Suite,
     rt: Runtime,
     id: &str,
-    check: impl FnOnce(&Path) -> Result<()>,
+    check: impl FnOnce(&ShimAddress) -> Result<()>,
 ) -> Result<()> {
     let cd = Containerd::start_with(&harness::built_shim()?, &StartOptions { umask: Some(0) })?;
     let result = (|| {
@@ -109,40 +109,24 @@ fn with_umask_000_shim(
             "100000",
         ])?
         .ok()?;
-        let socket = shim_socket(&cd, id)?;
-        check(&socket)
+        check(&cd.shim_address(id)?)
     })();
     let torn = cd.teardown(&[]);
     result?;
     torn
 }
 
-/// The socket path in the bundle's `address` file.
-fn shim_socket(cd: &Containerd, id: &str) -> Result<PathBuf> {
-    let bundle = cd
-        .dir
-        .join("state/io.containerd.runtime.v2.task")
-        .join(&cd.namespace)
-        .join(id);
-    let address = std::fs::read_to_string(bundle.join("address"))
-        .with_context(|| format!("address file of {id}"))?;
-    let path = address
-        .trim()
-        .strip_prefix("unix://")
-        .with_context(|| format!("shim address {address:?}"))?;
-    Ok(PathBuf::from(path))
-}
-
 /// Send the shim a ttrpc Connect from a thread of its own running as `uid` (gid the same, no
 /// supplementary groups; with CAP_DAC_OVERRIDE if `dac_override`), or as root if `None`.
 /// `Ok(Ok(answer))` if the shim answered, `Ok(Err(why))` if it did not.
 fn probe(
-    socket: &Path,
+    shim: &ShimAddress,
     id: &str,
     uid: Option<u32>,
     dac_override: bool,
 ) -> Result<std::result::Result<String, String>> {
-    let socket = socket.to_path_buf();
+    let socket = shim.path()?;
+    let service = shim.task_service();
     let id = id.to_string();
     // Credentials are per thread in the kernel: the raw syscalls change only this thread's
     // (glibc's wrappers would change every thread of the test process).
@@ -154,19 +138,28 @@ fn probe(
             Ok(s) => s,
             Err(e) => return Ok(Err(format!("connect: {e}"))),
         };
+        use containerd_shim_protos::protobuf::Message;
         use containerd_shim_protos::{api, ttrpc};
         let client = ttrpc::Client::new(stream.into_raw_fd()).context("ttrpc client")?;
-        let task = containerd_shim_protos::TaskClient::new(client);
-        let req = api::ConnectRequest {
+        // The request by hand: the Task API's version (v2, or v3 for containerd 2.x's runc
+        // shim) only changes the service name; ConnectRequest/Response are the same.
+        let mut req = ttrpc::Request::new();
+        req.set_service(service);
+        req.set_method("Connect".into());
+        req.set_timeout_nano(PROBE_TIMEOUT.as_nanos() as i64);
+        req.payload = api::ConnectRequest {
             id,
             ..Default::default()
-        };
-        let ctx = ttrpc::context::with_timeout(PROBE_TIMEOUT.as_nanos() as i64);
-        Ok(match task.connect(ctx, &req) {
-            Ok(r) => Ok(format!(
-                "Connect answered (shim pid {}, task pid {})",
-                r.shim_pid, r.task_pid
-            )),
+        }
+        .write_to_bytes()?;
+        Ok(match client.request(req) {
+            Ok(res) => {
+                let r = api::ConnectResponse::parse_from_bytes(&res.payload)?;
+                Ok(format!(
+                    "Connect answered (shim pid {}, task pid {})",
+                    r.shim_pid, r.task_pid
+                ))
+            }
             Err(e) => Err(format!("Connect: {e}")),
         })
     })
