@@ -11,6 +11,7 @@ mod events;
 mod exec;
 mod exits;
 mod info;
+mod logging;
 mod metrics;
 mod pod;
 mod process;

@@ -1,6 +1,7 @@
 //! The shim's serving mode (the process `start` spawns, with `-socket`): the containerd-shim
 //! crate's serving loop, with cryo's own socket ([`crate::socket`]: mode 0600, other users
 //! refused) — the crate binds its listener itself with the umask's mode and serves any peer.
+//! The log is cryo's ([`crate::logging`]).
 //! Order as in the crate: signals and subreaper, the service, the logger, the publisher, the
 //! Task service, the socket; then closing stdout tells `start` that the shim serves; SIGCHLD
 //! reaps children into the crate's exit monitor until the service signals exit.
@@ -37,12 +38,8 @@ pub async fn run(runtime_id: &str, flags: Flags) -> Result<(), Error> {
     let mut config = Config::default();
     let mut shim = Service::new(runtime_id, &flags, &mut config).await;
     if !config.no_setup_logger {
-        containerd_shim::logger::init(
-            flags.debug,
-            &config.default_log_level,
-            &flags.namespace,
-            &flags.id,
-        )?;
+        crate::logging::init(flags.debug)
+            .map_err(|e| Error::Other(format!("open the shim log: {e}")))?;
     }
     let publisher = RemotePublisher::new(&ttrpc_address).await?;
     let task: Box<dyn Task + Send + Sync> = Box::new(shim.create_task_service(publisher).await);
