@@ -99,9 +99,9 @@ pub fn serve(listener: std::os::unix::net::UnixListener) -> std::io::Result<List
                         return Some((Ok(conn), listener));
                     }
                     Ok(cred) => warn!(
-                        "refused a connection from uid {} (pid {:?}): only root and uid {own_uid} may use this shim",
+                        "refused a connection from uid {} (pid {}): only root and uid {own_uid} may use this shim",
                         cred.uid(),
-                        cred.pid()
+                        cred.pid().map_or_else(|| "unknown".to_string(), |p| p.to_string())
                     ),
                     Err(e) => warn!("refused a connection without peer credentials: {e}"),
                 },

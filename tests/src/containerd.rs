@@ -182,8 +182,20 @@ impl Containerd {
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if cd.ctr(&["version"]).map(|o| o.code == 0).unwrap_or(false) {
-                return Ok(cd);
+            if let Ok(out) = cd.ctr(&["version"]) {
+                if out.code == 0 {
+                    // The daemon and ctr that came up are the release asked for (PATH decides
+                    // for 1.6).
+                    if !release.reports(&out.stdout) {
+                        cd.stop();
+                        bail!(
+                            "asked for {} but `ctr version` says:\n{}",
+                            release.name(),
+                            out.stdout
+                        );
+                    }
+                    return Ok(cd);
+                }
             }
             if Instant::now() > deadline {
                 let log = cd.log_tail();

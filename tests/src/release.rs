@@ -63,6 +63,20 @@ impl Release {
         }
     }
 
+    /// Whether `ctr version` output shows this release for both client and server.
+    pub fn reports(self, ctr_version: &str) -> bool {
+        let versions: Vec<&str> = ctr_version
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("Version:"))
+            .map(str::trim)
+            .collect();
+        let want = |v: &str| match self {
+            Release::V1_6 => v.trim_start_matches('v').starts_with("1.6."),
+            Release::V2_2 => v == "v2.2.7",
+        };
+        versions.len() == 2 && versions.iter().all(|v| want(v))
+    }
+
     /// Whether this is containerd 2.x.
     pub fn is_v2(self) -> bool {
         self == Release::V2_2
@@ -224,6 +238,17 @@ fn check_path_ctr(bins: &Binaries) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn versions_are_checked_on_both_ends() {
+        let v = |c: &str, s: &str| {
+            format!("Client:\n  Version:  {c}\n  Revision: \n\nServer:\n  Version:  {s}\n")
+        };
+        assert!(Release::V1_6.reports(&v("1.6.20~ds1", "1.6.20~ds1")));
+        assert!(!Release::V1_6.reports(&v("v2.2.7", "v2.2.7")));
+        assert!(Release::V2_2.reports(&v("v2.2.7", "v2.2.7")));
+        assert!(!Release::V2_2.reports(&v("1.6.20~ds1", "v2.2.7")));
+    }
 
     #[test]
     fn a_missing_archive_is_a_reason_not_a_pass() {
