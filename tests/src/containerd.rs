@@ -99,6 +99,27 @@ impl ShimAddress {
     pub fn task_service(&self) -> String {
         format!("containerd.task.v{}.Task", self.task_api)
     }
+
+    /// Call Task API `method` with `req`, whichever version the shim speaks (v2 and v3 share
+    /// their messages; only the service name differs), within `timeout`.
+    pub fn call<Req, Resp>(&self, method: &str, req: &Req, timeout: Duration) -> Result<Resp>
+    where
+        Req: containerd_shim_protos::protobuf::Message,
+        Resp: containerd_shim_protos::protobuf::Message,
+    {
+        use containerd_shim_protos::ttrpc;
+        let client = ttrpc::Client::connect(&self.address)
+            .with_context(|| format!("connect to the shim at {}", self.address))?;
+        let mut request = ttrpc::Request::new();
+        request.set_service(self.task_service());
+        request.set_method(method.to_string());
+        request.set_timeout_nano(timeout.as_nanos() as i64);
+        request.payload = req.write_to_bytes()?;
+        let response = client
+            .request(request)
+            .with_context(|| format!("{} {method}", self.task_service()))?;
+        Ok(Resp::parse_from_bytes(&response.payload)?)
+    }
 }
 
 /// How to start a private containerd beyond the defaults.

@@ -642,19 +642,14 @@ fn pause_resume(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
 /// Update through the shim's own Task API (ctr 1.6 has no `task update`): the memory limit of
 /// the running task changes in its cgroup; resources that are not JSON are refused.
 fn update_applies_resources(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    use containerd_shim_protos::api;
     use containerd_shim_protos::protobuf::well_known_types::any::Any;
+    use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
     use containerd_shim_protos::protobuf::MessageField;
-    use containerd_shim_protos::{api, ttrpc};
     run_detached(s, rt, id, &["--memory-limit", "67108864"])?;
-    let bundle =
-        s.cd.dir
-            .join("state/io.containerd.runtime.v2.task")
-            .join(&s.cd.namespace)
-            .join(id);
-    let address = std::fs::read_to_string(bundle.join("address"))?;
-    let client = containerd_shim_protos::TaskClient::new(
-        ttrpc::Client::connect(address.trim()).context("connect to the shim")?,
-    );
+    // Task API v2, or v3 for containerd 2.x's runc shim.
+    let shim = s.cd.shim_address(id)?;
+    let limit = Duration::from_secs(10);
     let update = |value: &[u8]| {
         let req = api::UpdateTaskRequest {
             id: id.to_string(),
@@ -665,7 +660,7 @@ fn update_applies_resources(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
             }),
             ..Default::default()
         };
-        client.update(ttrpc::context::with_timeout(10_000_000_000), &req)
+        shim.call::<_, Empty>("Update", &req, limit)
     };
     update(br#"{"memory":{"limit":134217728},"pids":{"limit":50}}"#).context("update")?;
     let cgroup = |ctrl: &str, file: &str| {
@@ -697,8 +692,7 @@ fn update_applies_resources(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
         height: 24,
         ..Default::default()
     };
-    client
-        .resize_pty(ttrpc::context::with_timeout(10_000_000_000), &resize)
+    shim.call::<_, Empty>("ResizePty", &resize, limit)
         .context("resize of a process without a terminal")?;
     Ok(())
 }
