@@ -18,14 +18,33 @@ use crate::RUNTIME_ID;
 pub const FEATURES_TYPE_URL: &str =
     "types.containerd.io/opencontainers/runtime-spec/1/features/Features";
 
-/// Whether the command line asks for `-info` (Go flag syntax: one or two dashes, `=true`).
+/// The shim's flags that take a value (the value is never a flag itself).
+const VALUE_FLAGS: &[&str] = &[
+    "namespace",
+    "id",
+    "address",
+    "publish-binary",
+    "bundle",
+    "socket",
+];
+
+/// Whether the command line asks for `-info`, read as Go's flag package reads it: one or two
+/// dashes, optionally `=true`, among the flags before the first positional argument, and never
+/// as the value of a flag such as `-id`.
 pub fn requested<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> bool {
-    args.iter().skip(1).any(|a| {
-        matches!(
-            a.as_ref().to_str(),
-            Some("-info" | "--info" | "-info=true" | "--info=true")
-        )
-    })
+    let mut args = args.iter().skip(1).map(|a| a.as_ref().to_str());
+    while let Some(Some(arg)) = args.next() {
+        let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else {
+            return false;
+        };
+        if matches!(flag, "info" | "info=true") {
+            return true;
+        }
+        if VALUE_FLAGS.contains(&flag) {
+            args.next();
+        }
+    }
+    false
 }
 
 /// Answer `-info` on stdout and exit: 0 once the answer is written, 1 (with the reason on
@@ -179,6 +198,7 @@ mod tests {
             &["shim", "-info"][..],
             &["shim", "--info"],
             &["shim", "-info=true"],
+            &["shim", "-debug", "-info"],
         ] {
             assert!(requested(args), "{args:?}");
         }
@@ -187,6 +207,10 @@ mod tests {
             &["shim", "-id", "x", "start"],
             &["shim", "-information"],
             &["shim", "-info=false"],
+            // A flag's value, or an argument after the action, is not the flag.
+            &["shim", "-id", "-info", "start"],
+            &["shim", "-namespace", "--info", "delete"],
+            &["shim", "start", "-info"],
         ] {
             assert!(!requested(args), "{args:?}");
         }
