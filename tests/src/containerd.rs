@@ -150,6 +150,21 @@ impl Containerd {
             .prefix("cryo-test-")
             .tempdir_in("/tmp")?
             .keep();
+        // A daemon that never served (or is not the release asked for) is stopped by then; its
+        // temp dir goes with it.
+        Containerd::launch(dir.clone(), shim, release, bins, options).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })
+    }
+
+    /// Start containerd in `dir` and wait until it serves.
+    fn launch(
+        dir: PathBuf,
+        shim: &Path,
+        release: Release,
+        bins: Binaries,
+        options: &StartOptions,
+    ) -> Result<Containerd> {
         for sub in ["bin", "cni/bin", "cni/net.d"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
