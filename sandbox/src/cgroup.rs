@@ -49,8 +49,26 @@ impl Cgroup {
     }
 
     /// Create the cgroup and apply `resources`.
+    /// The cgroup must be new or empty (as runc 1.2 requires): one that holds processes belongs
+    /// to someone else (another container, the host's root), and joining it would put its
+    /// processes under this container's limits and kill them at this container's delete.
     pub fn create(path: &str, resources: Option<&LinuxResources>) -> Result<Cgroup> {
         let mut cg = Cgroup::open(path)?;
+        if cg.path == "/" {
+            return Err(err(
+                &cg.path,
+                "linux.cgroupsPath",
+                "the host's root cgroup cannot be a container's cgroup",
+            ));
+        }
+        let found = cg.procs().len();
+        if found > 0 {
+            return Err(err(
+                &cg.path,
+                "linux.cgroupsPath",
+                format!("not empty ({found} process(es) found): a container's cgroup must be new or empty"),
+            ));
+        }
         cg.cgroup.create().map_err(|e| err(&cg.path, "create", e))?;
         if let Some(res) = resources {
             if let Err(e) = cg.update(res) {

@@ -16,7 +16,11 @@ use super::{
 };
 
 /// Cases runc's shim is not held to, and why.
-pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[];
+pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[(
+    "foreign_cgroups_are_refused",
+    "runc 1.1.5 only warns about a non-empty cgroup (refused since runc 1.2); the case is not run \
+     against it: with cgroupsPath \"/\" its kill --all would signal every process of the host",
+)];
 
 pub const CASES: &[(&str, Case)] = &[
     ("ids_out_of_range_are_refused", ids_out_of_range_are_refused),
@@ -46,6 +50,7 @@ pub const CASES: &[(&str, Case)] = &[
         "pid1_exit_kills_the_rest_without_pid_namespace",
         pid1_exit_kills_the_rest_without_pid_namespace,
     ),
+    ("foreign_cgroups_are_refused", foreign_cgroups_are_refused),
 ];
 
 /// `ctr run --rm --config` of a spec edited by `edit`, under the id `id-suffix`, removed after.
@@ -400,4 +405,37 @@ fn pid1_exit_kills_the_rest_without_pid_namespace(s: &Suite, rt: Runtime, id: &s
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// A container's cgroup must be new or empty: a cgroupsPath naming another container's cgroup,
+/// or the host's root cgroup, is refused at create — never joined, limited, or killed at delete.
+fn foreign_cgroups_are_refused(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    ensure!(
+        rt != Runtime::Runc,
+        "not run against runc 1.1.5 (see RUNC_FALLS_SHORT): it would take the host's root cgroup"
+    );
+    let victim = format!("{id}-victim");
+    run_detached(s, rt, &victim, &[])?;
+    let result = (|| -> Result<()> {
+        let theirs = format!("/{}/{victim}", s.cd.namespace);
+        for (suffix, path) in [("sibling", theirs.as_str()), ("root", "/")] {
+            let out = run_edited(s, rt, id, suffix, |spec| {
+                spec["linux"]["cgroupsPath"] = path.into();
+                spec["process"]["args"] = serde_json::json!(["true"]);
+            })?;
+            ensure!(
+                out.code != 0 && out.stderr.contains("linux.cgroupsPath"),
+                "cgroupsPath {path:?} was not refused by name: {out:?}"
+            );
+        }
+        let ls = s.cd.ctr(&["task", "ls"])?.stdout;
+        ensure!(
+            ls.lines()
+                .any(|l| l.starts_with(&victim) && l.contains("RUNNING")),
+            "the container whose cgroup was named is no longer running:\n{ls}"
+        );
+        Ok(())
+    })();
+    cleanup_container(&s.cd, &victim);
+    result
 }
