@@ -1,4 +1,4 @@
-//! fsnap's error type: every failure names the snapshot part (manifest, section, entry) and
+//! fsnap's error type: every failure names the checkpoint part (manifest, section, entry) and
 //! what was wrong with it.
 
 use std::path::PathBuf;
@@ -10,9 +10,9 @@ pub enum Error {
     /// The manifest is unreadable, malformed, or describes something impossible.
     #[error("manifest {path}: {reason}")]
     Manifest { path: PathBuf, reason: String },
-    /// The snapshot was written by a newer, incompatible format.
+    /// The checkpoint was written by a newer, incompatible format.
     #[error(
-        "snapshot format {found} is newer than this build reads ({supported}.x); upgrade cryo"
+        "filesystem checkpoint format {found} is newer than this build reads ({supported}.x); upgrade cryo"
     )]
     NewerFormat { found: String, supported: u32 },
     /// A section's bytes are wrong: checksum, truncation, or its tar stream.

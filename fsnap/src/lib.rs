@@ -1,16 +1,20 @@
-//! fsnap: cryo's filesystem snapshots — save directories (overlay upper layers, pod volumes,
-//! tmpfs contents) into one snapshot, verify it, restore it. It knows nothing of containers.
+//! fsnap: cryo's filesystem checkpoints — save directories (overlay upper layers, pod volumes,
+//! tmpfs contents) into one checkpoint, verify it, restore it. It knows nothing of containers.
+//!
+//! "Filesystem checkpoint" (fscheckpoint) is the one name for the concept, as in gVisor; it is
+//! the filesystem half of a checkpoint (CRIU's images are the process half), and not a
+//! containerd snapshot (a snapshotter's layer).
 //!
 //! # Format, version 1
 //!
-//! A snapshot is a directory holding two files:
+//! A filesystem checkpoint is a directory holding two regular files:
 //!
 //! - `fscheckpoint.json`, the [manifest](manifest::Manifest): `format`
 //!   (`"cryo-fscheckpoint"`), `version` (`"1.0"`, major.minor), `producer`, `created`
 //!   (RFC 3339), `data_file`, `data_size`, and `sections`, each with its `resource`
-//!   (`container`, `path`, `kind`: `rootfs-upper` | `pod-volume` | `tmpfs`), its byte range
-//!   `tar_start`..`tar_end` in the data file, a `checksum` (`blake3:<hex>` of those bytes), and
-//!   `files`, `logical_bytes`, `stored_bytes`. Unknown fields are refused; later minor versions
+//!   (`container`, `path`, `kind`: `rootfs-upper` | `pod-volume` | `tmpfs`; the naming rules
+//!   are in [`resource`]), its byte range `tar_start`..`tar_end` in the data file, a
+//!   `checksum` (`blake3:<hex>` of those bytes), and `files`, `logical_bytes`, `stored_bytes`. Unknown fields are refused; later minor versions
 //!   add only inside `extensions`. A reader refuses a newer major version by name.
 //! - `data.multitar`: the sections' tar streams one after another, each starting on a 4 KiB
 //!   boundary (the gaps are zeros outside every range). Each range is a complete, standard tar
@@ -24,25 +28,40 @@
 //! sparse format 1.0 (`GNU.sparse.major=1`, `minor=0`, `name`, `realsize`; the extent map at
 //! the start of the data area) and get their holes back on restore.
 //!
+//! Readers open both files without following symlinks or blocking and refuse anything but a
+//! regular file; a manifest over [`manifest::MAX_MANIFEST_BYTES`] is refused unread.
+//!
 //! Save plans every section from metadata first (so each section's size is known), writes the
 //! sections in parallel into their places in the data file — optionally with O_DIRECT — under
-//! a temporary name, fsyncs, and renames into place. Restore extracts each section into a work
+//! a temporary name, fsyncs, and renames into place; it reads each file beneath its source's
+//! root as the very inode it planned, so a tree changing under it fails the save rather than
+//! redirecting it. Restore extracts each section into a work
 //! directory beside its target with every name resolved beneath it (openat2
 //! `RESOLVE_BENEATH`), checks the checksum in the same pass, and moves the result into the
 //! target only when it verified.
 
+mod checkpoint_files;
+mod destination;
 pub mod error;
+mod extract;
 pub mod manifest;
+mod pool;
 mod prefetch;
+pub mod progress;
+pub mod resource;
 pub mod restore;
 pub mod save;
 pub mod section;
+mod section_writer;
 pub mod tar;
 pub mod verify;
-pub mod walk;
+mod walk;
+pub mod xattr;
 
 pub use error::{Error, Result};
-pub use manifest::{Manifest, ResourceId, ResourceKind, Section};
-pub use restore::{restore, RestoreOptions};
-pub use save::{save, Progress, SaveOptions, Source};
+pub use manifest::{Manifest, Section};
+pub use progress::Progress;
+pub use resource::{ResourceId, ResourceKind};
+pub use restore::{restore, targets_under, RestoreOptions};
+pub use save::{save, SaveOptions, Source};
 pub use verify::verify;

@@ -1,84 +1,30 @@
-//! The manifest, `fscheckpoint.json`: what a snapshot holds and where. Its types, the version
+//! The manifest, `fscheckpoint.json`: what a filesystem checkpoint holds and where. Its types, the version
 //! rules (a newer major is refused; minors only add what older readers may ignore inside
 //! `extensions`), and validation against the data file (ranges inside it, in order, not
 //! overlapping; counts sane). Unknown fields are refused: a manifest means exactly what this
 //! build understands or nothing.
 
 use std::collections::BTreeMap;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint_files::{open_regular, read_regular};
 use crate::error::{Error, Result};
+pub use crate::resource::{ResourceId, ResourceKind};
 
-/// File name of the manifest inside a snapshot directory.
+/// File name of the manifest inside a checkpoint directory.
 pub const MANIFEST_FILE: &str = "fscheckpoint.json";
 /// File name of the data file (the concatenated tar sections).
 pub const DATA_FILE: &str = "data.multitar";
 /// The format this build writes, and the major version it reads.
 pub const FORMAT_MAJOR: u32 = 1;
 pub const FORMAT_MINOR: u32 = 0;
-/// The format's name, so a stray JSON file is not mistaken for a snapshot.
+/// The format's name, so a stray JSON file is not mistaken for a filesystem checkpoint.
 pub const FORMAT_NAME: &str = "cryo-fscheckpoint";
-
-/// What kind of upper layer a section holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ResourceKind {
-    /// A container's rootfs overlay upper directory.
-    RootfsUpper,
-    /// A pod volume (e.g. an emptyDir's overlay upper).
-    PodVolume,
-    /// A tmpfs mount's contents.
-    Tmpfs,
-}
-
-impl std::fmt::Display for ResourceKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            ResourceKind::RootfsUpper => "rootfs-upper",
-            ResourceKind::PodVolume => "pod-volume",
-            ResourceKind::Tmpfs => "tmpfs",
-        })
-    }
-}
-
-impl std::str::FromStr for ResourceKind {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        Ok(match s {
-            "rootfs-upper" => ResourceKind::RootfsUpper,
-            "pod-volume" => ResourceKind::PodVolume,
-            "tmpfs" => ResourceKind::Tmpfs,
-            other => {
-                return Err(format!(
-                    "unknown kind {other:?} (rootfs-upper, pod-volume, tmpfs)"
-                ))
-            }
-        })
-    }
-}
-
-/// Which resource a section is the saved state of.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ResourceId {
-    /// The container (or pod) it belongs to; empty when saved from a plain directory.
-    pub container: String,
-    /// The mount path (in the container) or directory it was saved from.
-    pub path: String,
-    pub kind: ResourceKind,
-}
-
-impl std::fmt::Display for ResourceId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.container.is_empty() {
-            write!(f, "{} {}", self.kind, self.path)
-        } else {
-            write!(f, "{} {}:{}", self.kind, self.container, self.path)
-        }
-    }
-}
+/// The largest manifest read (a section takes about 400 bytes: some 40,000 sections).
+pub const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
 /// One tar section of the data file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,7 +55,7 @@ pub struct Manifest {
     pub producer: String,
     /// Creation time, RFC 3339 UTC.
     pub created: String,
-    /// Name of the data file in the snapshot directory.
+    /// Name of the data file in the checkpoint directory.
     pub data_file: String,
     /// Its size in bytes.
     pub data_size: u64,
@@ -134,31 +80,31 @@ impl Manifest {
         }
     }
 
-    /// Read and validate the manifest of the snapshot in `dir` (against its data file's size).
+    /// Read and validate the manifest of the checkpoint in `dir` (against its data file).
     pub fn load(dir: &Path) -> Result<Manifest> {
+        Manifest::open(dir).map(|(m, _)| m)
+    }
+
+    /// Read and validate the manifest of the checkpoint in `dir`, and open its data file
+    /// (a regular file of the size the manifest says) for reading.
+    pub fn open(dir: &Path) -> Result<(Manifest, File)> {
         let path = dir.join(MANIFEST_FILE);
-        let bytes = std::fs::read(&path).map_err(|e| Error::Manifest {
+        let err = |reason: String| Error::Manifest {
             path: path.clone(),
-            reason: format!("cannot read: {e}"),
-        })?;
+            reason,
+        };
+        let bytes = read_regular(&path, MAX_MANIFEST_BYTES).map_err(&err)?;
         let manifest = Manifest::parse(&bytes, &path)?;
-        let data = dir.join(&manifest.data_file);
-        let size = std::fs::metadata(&data)
-            .map_err(|e| Error::Manifest {
-                path: path.clone(),
-                reason: format!("data file {}: {e}", data.display()),
-            })?
-            .len();
+        let data_path = dir.join(&manifest.data_file);
+        let (data, size) = open_regular(&data_path)
+            .map_err(|why| err(format!("data file {}: {why}", data_path.display())))?;
         if size != manifest.data_size {
-            return Err(Error::Manifest {
-                path,
-                reason: format!(
-                    "data file {} is {size} bytes, the manifest says {} (truncated or replaced)",
-                    manifest.data_file, manifest.data_size
-                ),
-            });
+            return Err(err(format!(
+                "data file {} is {size} bytes, the manifest says {} (truncated or replaced)",
+                manifest.data_file, manifest.data_size
+            )));
         }
-        Ok(manifest)
+        Ok((manifest, data))
     }
 
     /// Parse and validate manifest bytes (`path` only names it in errors).
@@ -184,8 +130,9 @@ impl Manifest {
         Ok(m)
     }
 
-    /// Internal consistency: format name and version, a plain data file name, section ranges
-    /// in order inside the data file, counts that add up.
+    /// Internal consistency: format name and version, a plain data file name, resources named
+    /// by the rules of [`crate::resource`], section ranges in order inside the data file,
+    /// counts that add up.
     fn validate(&self) -> std::result::Result<(), String> {
         if self.format != FORMAT_NAME {
             return Err(format!("format {:?} is not {FORMAT_NAME:?}", self.format));
@@ -205,6 +152,7 @@ impl Manifest {
                 self.data_file
             ));
         }
+        crate::resource::check_all(self.sections.iter().map(|s| &s.resource))?;
         let mut end = 0u64;
         for (i, s) in self.sections.iter().enumerate() {
             if s.tar_start < end {

@@ -7,7 +7,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex};
 
-use crate::walk::Planned;
+use std::os::fd::BorrowedFd;
+
+use crate::walk::{open_planned, Planned};
 
 /// Files up to this size are read ahead whole; larger ones are streamed by the writer.
 pub const SMALL: u64 = 1 << 20;
@@ -18,6 +20,7 @@ const AHEAD: usize = 64 << 20;
 pub type Read = std::io::Result<(Vec<u8>, bool)>;
 
 pub struct Prefetch<'a> {
+    root: BorrowedFd<'a>,
     entries: &'a [Planned],
     state: Mutex<State>,
     /// The writer waits here for its file.
@@ -43,13 +46,16 @@ fn is_small(p: &Planned) -> bool {
     p.source.is_some() && p.entry.sparse.is_none() && p.entry.size <= SMALL
 }
 
-/// Run `body` with `threads` readers working ahead of it over `entries`.
+/// Run `body` with `threads` readers working ahead of it over `entries` (of the tree at
+/// `root`).
 pub fn with_prefetch<R>(
+    root: BorrowedFd,
     entries: &[Planned],
     threads: usize,
     body: impl FnOnce(&Prefetch) -> R,
 ) -> R {
     let pf = Prefetch {
+        root,
         entries,
         state: Mutex::new(State::default()),
         arrived: Condvar::new(),
@@ -90,7 +96,7 @@ impl Prefetch<'_> {
                     return;
                 }
             }
-            let read = read_whole(p);
+            let read = read_whole(self.root, p);
             let mut st = self.lock();
             if let Ok((bytes, _)) = &read {
                 st.bytes += bytes.len();
@@ -133,11 +139,11 @@ impl Prefetch<'_> {
     }
 }
 
-/// Read a planned file whole; `true` when it holds more than planned.
-fn read_whole(p: &Planned) -> Read {
+/// Read a planned file whole (beneath `root`, the tree's root); `true` when it holds more
+/// than planned.
+fn read_whole(root: BorrowedFd, p: &Planned) -> Read {
     use std::io::Read as _;
-    let path = p.source.as_ref().expect("small files have a source");
-    let mut f = std::fs::File::open(path)?;
+    let mut f = open_planned(root, &p.entry.path, p.inode)?;
     // One byte more than planned: a file that grew shows it without another read.
     let want = p.entry.size as usize + 1;
     let mut bytes = vec![0u8; want];
@@ -155,4 +161,64 @@ fn read_whole(p: &Planned) -> Read {
     let grew = got == want;
     bytes.truncate(got.min(want - 1));
     Ok((bytes, grew))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// `f` of 10 bytes planned, then replaced by `replace` before it is read: the read must
+    /// refuse it, at once.
+    fn replaced_before_the_read(replace: impl Fn(&std::path::Path)) -> String {
+        let t = tempfile::tempdir().unwrap();
+        let src = t.path().join("src");
+        std::fs::create_dir(&src).unwrap();
+        std::fs::write(src.join("f"), b"0123456789").unwrap();
+        std::fs::write(t.path().join("secret"), b"host secret").unwrap();
+        let planned = crate::walk::plan(&src).unwrap();
+        let f = planned
+            .iter()
+            .find(|p| p.entry.path == "f")
+            .unwrap()
+            .clone();
+        std::fs::remove_file(src.join("f")).unwrap();
+        replace(&src.join("f"));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let root = std::fs::File::open(&src).unwrap();
+        std::thread::spawn(move || {
+            let _ = tx.send(read_whole(root.as_fd(), &f).map(|(b, _)| b));
+        });
+        match rx.recv_timeout(std::time::Duration::from_secs(5)) {
+            Ok(Ok(bytes)) => panic!("read {:?}", String::from_utf8_lossy(&bytes)),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => {
+                // Unblock the reader before failing.
+                let _ = std::fs::OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_NONBLOCK)
+                    .open(src.join("f"));
+                panic!("the read hung");
+            }
+        }
+    }
+
+    use std::os::unix::fs::OpenOptionsExt;
+
+    #[test]
+    fn a_file_replaced_by_a_fifo_is_refused_without_hanging() {
+        let e = replaced_before_the_read(|p| {
+            nix::unistd::mkfifo(p, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap()
+        });
+        assert!(e.contains("replaced"), "{e}");
+    }
+
+    #[test]
+    fn a_file_replaced_by_a_symlink_is_not_followed() {
+        let e = replaced_before_the_read(|p| {
+            std::os::unix::fs::symlink(p.parent().unwrap().parent().unwrap().join("secret"), p)
+                .unwrap()
+        });
+        assert!(e.contains("symlink") || e.contains("replaced"), "{e}");
+    }
 }

@@ -1,21 +1,17 @@
-//! Verifying a snapshot without extracting it: the manifest is valid for this build and its
-//! data file, every section parses as a tar stream whose names stay inside the section, and
-//! every section's checksum and entry count match.
+//! Verifying a filesystem checkpoint without extracting it: the manifest is valid for this
+//! build and its data file, every section parses as a tar stream whose names stay inside the
+//! section, and every section's checksum and entry count match.
 
-use std::fs::File;
 use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
-use crate::save::parallel;
+use crate::pool::parallel;
 use crate::section::read_section;
 
-/// Check the snapshot in `dir`; the manifest when everything holds.
+/// Check the checkpoint in `dir`; the manifest when everything holds.
 pub fn verify(dir: &Path) -> Result<Manifest> {
-    let manifest = Manifest::load(dir)?;
-    let data_path = dir.join(&manifest.data_file);
-    let data = File::open(&data_path)
-        .map_err(|e| Error::io(format!("open {}", data_path.display()), e))?;
+    let (manifest, data) = Manifest::open(dir)?;
     let indices: Vec<usize> = (0..manifest.sections.len()).collect();
     parallel(&indices, |_, i| {
         read_section(&data, *i, &manifest.sections[*i], |_, r| {

@@ -1,11 +1,14 @@
-//! A snapshot written by an older build (format 1.0, committed under `tests/fixtures/v1`)
+//! A filesystem checkpoint written by an older build (format 1.0, committed under `tests/fixtures/v1`)
 //! still verifies and restores, entry by entry as it was made.
+
+mod common;
 
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 #[test]
 fn the_version_1_fixture_restores() {
+    common::require_root("a whiteout device node, trusted.* xattrs");
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/v1");
     let m = fsnap::verify(&fixture).unwrap();
     assert_eq!(m.version, "1.0");
@@ -34,7 +37,7 @@ fn the_version_1_fixture_restores() {
     );
     let wh = std::fs::symlink_metadata(out.join("whiteout")).unwrap();
     assert!(wh.file_type().is_char_device() && wh.rdev() == 0);
-    let xattrs = fsnap::walk::xattrs(&out.join("opaque")).unwrap();
+    let xattrs = fsnap::xattr::xattrs(&out.join("opaque")).unwrap();
     assert_eq!(
         xattrs,
         vec![("trusted.overlay.opaque".to_string(), b"y".to_vec())]

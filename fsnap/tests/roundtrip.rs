@@ -18,6 +18,7 @@ fn tmp() -> tempfile::TempDir {
 
 #[test]
 fn every_kind_of_entry_round_trips() {
+    require_root("device nodes, owners, trusted.* xattrs");
     let t = tmp();
     let src = t.path().join("src");
     make_tree(&src);
@@ -50,7 +51,7 @@ fn the_sparse_file_costs_only_its_data() {
     let data = std::fs::metadata(snap.join(&m.data_file)).unwrap().len();
     assert!(
         data <= (1 << 20) + 64 * 1024,
-        "snapshot of 1 MiB of data is {data} bytes"
+        "a checkpoint of 1 MiB of data is {data} bytes"
     );
     let out = t.path().join("out");
     restore_one(&snap, 0, &out).unwrap();
@@ -59,6 +60,7 @@ fn the_sparse_file_costs_only_its_data() {
 
 #[test]
 fn several_sections_save_and_restore_in_parallel() {
+    require_root("device nodes, owners, trusted.* xattrs");
     let t = tmp();
     let (a, b) = (t.path().join("a"), t.path().join("b"));
     make_tree(&a);
@@ -83,7 +85,8 @@ fn several_sections_save_and_restore_in_parallel() {
 }
 
 #[test]
-fn direct_io_saves_the_same_snapshot() {
+fn direct_io_saves_the_same_checkpoint() {
+    require_root("device nodes, owners, trusted.* xattrs");
     let t = tmp();
     let src = t.path().join("src");
     make_tree(&src);
@@ -102,17 +105,23 @@ fn direct_io_saves_the_same_snapshot() {
     assert_same(&src, &out);
 }
 
-#[test]
-fn save_refuses_a_directory_holding_a_snapshot() {
-    let t = tmp();
-    let src = t.path().join("src");
+/// `dir/src` holding one file `f` ("1"), saved as `dir/snap`.
+fn one_file_checkpoint(dir: &Path) -> (PathBuf, PathBuf) {
+    let src = dir.join("src");
     std::fs::create_dir(&src).unwrap();
     std::fs::write(src.join("f"), b"1").unwrap();
-    let snap = t.path().join("snap");
+    let snap = dir.join("snap");
     save(&[&src], &snap).unwrap();
+    (src, snap)
+}
+
+#[test]
+fn save_refuses_a_directory_holding_a_checkpoint() {
+    let t = tmp();
+    let (src, snap) = one_file_checkpoint(t.path());
     let before = listing(&snap);
     let e = save(&[&src], &snap).unwrap_err().to_string();
-    assert!(e.contains("already holds a snapshot"), "{e}");
+    assert!(e.contains("already holds a filesystem checkpoint"), "{e}");
     assert_eq!(listing(&snap), before);
     fsnap::verify(&snap).unwrap();
 }
@@ -143,6 +152,81 @@ fn restore_refuses_a_non_empty_target() {
     let e = restore_one(&snap, 0, &out).unwrap_err().to_string();
     assert!(e.contains("not empty"), "{e}");
     assert_eq!(std::fs::read(out.join("mine")).unwrap(), b"keep");
+}
+
+#[test]
+fn every_section_restores_under_a_target_root_creating_its_parents() {
+    let t = tmp();
+    let p = |s: &str| t.path().join(s);
+    for (dir, file) in [("upper", "u"), ("vol", "v"), ("plain", "p")] {
+        std::fs::create_dir(p(dir)).unwrap();
+        std::fs::write(p(dir).join(file), dir).unwrap();
+    }
+    let id = |container: &str, path: &str, kind| fsnap::ResourceId {
+        container: container.into(),
+        path: path.into(),
+        kind,
+    };
+    let sources = [
+        (id("c1", "/", fsnap::ResourceKind::RootfsUpper), "upper"),
+        (
+            id("c2", "/data/cache", fsnap::ResourceKind::PodVolume),
+            "vol",
+        ),
+        (id("", "/srv/plain", fsnap::ResourceKind::Tmpfs), "plain"),
+    ]
+    .map(|(resource, dir)| fsnap::Source {
+        resource,
+        dir: p(dir),
+    });
+    let snap = p("snap");
+    fsnap::save(
+        &sources,
+        &snap,
+        &fsnap::SaveOptions::default(),
+        &fsnap::Progress::default(),
+    )
+    .unwrap();
+    let root = p("root/deeper");
+    let m = fsnap::Manifest::load(&snap).unwrap();
+    let targets = fsnap::targets_under(&m, &root);
+    assert_eq!(
+        targets,
+        vec![
+            (0, root.join("c1")),
+            (1, root.join("c2/data/cache")),
+            (2, root.join("srv/plain")),
+        ]
+    );
+    fsnap::restore(
+        &snap,
+        &targets,
+        &fsnap::RestoreOptions::default(),
+        &fsnap::Progress::default(),
+    )
+    .unwrap();
+    assert_same(&p("upper"), &root.join("c1"));
+    assert_same(&p("vol"), &root.join("c2/data/cache"));
+    assert_same(&p("plain"), &root.join("srv/plain"));
+}
+
+#[test]
+fn a_failed_restore_removes_the_parents_it_created() {
+    let t = tmp();
+    let (_, snap) = one_file_checkpoint(t.path());
+    let data = snap.join(fsnap::manifest::DATA_FILE);
+    let mut bytes = std::fs::read(&data).unwrap();
+    let at = bytes.iter().rposition(|&b| b == b'1').unwrap();
+    bytes[at] = b'2';
+    std::fs::write(&data, &bytes).unwrap();
+    let e = restore_one(&snap, 0, &t.path().join("new/parents/target"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("checksum"), "{e}");
+    assert!(
+        !t.path().join("new").exists(),
+        "created parents left behind"
+    );
 }
 
 /// A mounted overlay, unmounted (lazily if busy) when dropped.
@@ -179,6 +263,7 @@ impl Drop for Overlay {
 
 #[test]
 fn an_overlay_upper_layer_means_the_same_after_restore() {
+    require_root("overlay mounts, trusted.* xattrs");
     let t = tmp();
     let p = |s: &str| t.path().join(s);
     // The image layer.
@@ -241,6 +326,7 @@ fn tar(args: &[&str]) {
 
 #[test]
 fn gnu_tar_extracts_each_section() {
+    require_root("device nodes, owners, trusted.* xattrs");
     let t = tmp();
     let (a, b) = (t.path().join("a"), t.path().join("b"));
     make_tree(&a);
@@ -268,6 +354,7 @@ fn gnu_tar_extracts_each_section() {
 
 #[test]
 fn a_section_made_by_gnu_tar_restores() {
+    require_root("restored owners");
     let t = tmp();
     let src = t.path().join("src");
     make_tree(&src);
@@ -309,4 +396,68 @@ fn a_section_made_by_gnu_tar_restores() {
     let out = t.path().join("out");
     restore_with_devices(&snap, &out).unwrap();
     assert_same(&src, &out);
+}
+
+#[test]
+fn save_refuses_a_destination_inside_a_source() {
+    let t = tmp();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("f"), b"1").unwrap();
+    for out in [src.join("snap"), src.join("a/../snap"), src.clone()] {
+        let e = save(&[&src], &out).unwrap_err().to_string();
+        assert!(e.contains("inside"), "{}: {e}", out.display());
+        assert_eq!(
+            listing(&src).len(),
+            2,
+            "{}: the source changed",
+            out.display()
+        );
+    }
+}
+
+#[test]
+fn a_target_written_during_the_restore_is_not_merged_into() {
+    use std::sync::atomic::Ordering;
+    let t = tmp();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    // Enough data that the restore is still extracting when the intruder writes.
+    let big = vec![0x5au8; 64 << 20];
+    std::fs::write(src.join("big"), big).unwrap();
+    let snap = t.path().join("snap");
+    save(&[&src], &snap).unwrap();
+    let target = t.path().join("target");
+    std::fs::create_dir(&target).unwrap();
+    let progress = fsnap::Progress::default();
+    let result = std::thread::scope(|s| {
+        s.spawn(|| {
+            while progress.bytes.load(Ordering::Relaxed) == 0 {
+                std::thread::yield_now();
+            }
+            std::fs::write(target.join("intruder"), b"mine").unwrap();
+        });
+        fsnap::restore(
+            &snap,
+            &[(0, target.clone())],
+            &fsnap::RestoreOptions::default(),
+            &progress,
+        )
+    });
+    let e = result
+        .expect_err("restored into a target written meanwhile")
+        .to_string();
+    assert!(e.contains("written to during the restore"), "{e}");
+    let left: Vec<_> = std::fs::read_dir(&target)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left, vec![std::ffi::OsString::from("intruder")]);
+    let strays: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("fsnap-restore"))
+        .collect();
+    assert!(strays.is_empty(), "work directories left: {strays:?}");
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use cgroups_rs::fs::hierarchies;
 use cgroups_rs::manager::FsManager;
 use cgroups_rs::{CgroupPid, FreezerState, Manager};
-use oci_spec::runtime::LinuxResources;
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
 
 use crate::error::{Error, Result};
 
@@ -49,8 +49,26 @@ impl Cgroup {
     }
 
     /// Create the cgroup and apply `resources`.
+    /// The cgroup must be new or empty (as runc 1.2 requires): one that holds processes belongs
+    /// to someone else (another container, the host's root), and joining it would put its
+    /// processes under this container's limits and kill them at this container's delete.
     pub fn create(path: &str, resources: Option<&LinuxResources>) -> Result<Cgroup> {
         let mut cg = Cgroup::open(path)?;
+        if cg.path == "/" {
+            return Err(err(
+                &cg.path,
+                "linux.cgroupsPath",
+                "the host's root cgroup cannot be a container's cgroup",
+            ));
+        }
+        let found = cg.procs().len();
+        if found > 0 {
+            return Err(err(
+                &cg.path,
+                "linux.cgroupsPath",
+                format!("not empty ({found} process(es) found): a container's cgroup must be new or empty"),
+            ));
+        }
         cg.cgroup.create().map_err(|e| err(&cg.path, "create", e))?;
         if let Some(res) = resources {
             if let Err(e) = cg.update(res) {
@@ -71,8 +89,12 @@ impl Cgroup {
 
     /// Apply new resource limits.
     pub fn update(&mut self, resources: &LinuxResources) -> Result<()> {
+        let mut resources = resources.clone();
+        if let Some(rules) = resources.devices().clone() {
+            resources.set_devices(Some(rules.into_iter().map(explicit).collect()));
+        }
         self.manager
-            .set(resources)
+            .set(&resources)
             .map_err(|e| err(&self.path, "set resources", e))
     }
 
@@ -164,6 +186,21 @@ impl Cgroup {
         }))
     }
 
+    /// How many processes of the cgroup the OOM killer has killed so far (0 without a memory
+    /// controller): tells a launch that died of the memory limit from other failures.
+    pub fn oom_kills(&self) -> u64 {
+        if self.v2() {
+            let events = hierarchies::auto()
+                .root()
+                .join(self.path.trim_start_matches('/'))
+                .join("memory.events");
+            return oom_kills(&events).unwrap_or(0);
+        }
+        self.cgroup
+            .controller_of::<cgroups_rs::fs::memory::MemController>()
+            .map_or(0, |m| m.memory_stat().oom_control.oom_kill)
+    }
+
     /// Resource usage figures.
     pub fn stats(&self) -> cgroups_rs::CgroupStats {
         self.manager.stats()
@@ -200,6 +237,52 @@ impl Cgroup {
             }
         }
     }
+}
+
+/// The device rules of `resources` followed by the devices every container may use, as runc
+/// appends them (its `AllowedDevices`): mknod of any device (access to it stays denied), the
+/// default /dev nodes, /dev/console, the pty devices and /dev/net/tun. A rule without a major or
+/// minor means every one (`*`); without an access, `rwm` (spelled out by [`Cgroup::update`]).
+pub(crate) fn with_default_devices(mut resources: LinuxResources) -> LinuxResources {
+    use oci_spec::runtime::LinuxDeviceType::{B, C};
+    let mut rules: Vec<LinuxDeviceCgroup> = resources.devices().clone().unwrap_or_default();
+    for (typ, major, minor, access) in [
+        (C, None, None, "m"),
+        (B, None, None, "m"),
+        (C, Some(1), Some(3), "rwm"),
+        (C, Some(1), Some(8), "rwm"),
+        (C, Some(1), Some(7), "rwm"),
+        (C, Some(5), Some(0), "rwm"),
+        (C, Some(1), Some(5), "rwm"),
+        (C, Some(1), Some(9), "rwm"),
+        (C, Some(5), Some(1), "rwm"),
+        (C, Some(136), None, "rwm"),
+        (C, Some(5), Some(2), "rwm"),
+        (C, Some(10), Some(200), "rwm"),
+    ] {
+        let mut r = LinuxDeviceCgroup::default();
+        r.set_allow(true)
+            .set_typ(Some(typ))
+            .set_major(major)
+            .set_minor(minor)
+            .set_access(Some(access.to_string()));
+        rules.push(r);
+    }
+    resources.set_devices(Some(rules));
+    resources
+}
+
+/// A device rule with its defaults spelled out for cgroups-rs, which writes a missing major or
+/// minor as 0 and takes -1 for `*`.
+fn explicit(mut rule: LinuxDeviceCgroup) -> LinuxDeviceCgroup {
+    let any = |n: Option<i64>| Some(n.unwrap_or(-1));
+    let major = any(rule.major());
+    let minor = any(rule.minor());
+    let access = rule.access().clone().unwrap_or_else(|| "rwm".into());
+    rule.set_major(major)
+        .set_minor(minor)
+        .set_access(Some(access));
+    rule
 }
 
 /// The `oom_kill` count of a v2 memory.events file; `None` once it is gone.
@@ -243,5 +326,58 @@ mod tests {
         assert!(normalize("/a/../../etc").is_err());
         assert!(normalize("system.slice:cri-containerd:abc").is_err());
         assert!(normalize("").is_err());
+    }
+}
+
+#[cfg(test)]
+mod device_tests {
+    use super::*;
+
+    fn rule_text(r: &LinuxDeviceCgroup) -> String {
+        let n = |v: Option<i64>| match v {
+            Some(-1) | None => "*".to_string(),
+            Some(v) => v.to_string(),
+        };
+        format!(
+            "{} {}:{} {}",
+            r.typ().unwrap_or_default().as_str(),
+            n(r.major()),
+            n(r.minor()),
+            r.access().as_deref().unwrap_or("")
+        )
+    }
+
+    #[test]
+    fn default_devices_are_runcs_with_wildcards() {
+        let spec: LinuxResources = serde_json::from_value(serde_json::json!({
+            "devices": [{"allow": false, "access": "rwm"}, {"allow": true, "type": "c", "major": 4}]
+        }))
+        .unwrap();
+        let rules: Vec<_> = with_default_devices(spec)
+            .devices()
+            .clone()
+            .unwrap()
+            .into_iter()
+            .map(explicit)
+            .collect();
+        let text: Vec<String> = rules.iter().map(rule_text).collect();
+        assert_eq!(text[0], "a *:* rwm");
+        assert_eq!(text[1], "c 4:* rwm");
+        for want in [
+            "c *:* m",
+            "b *:* m",
+            "c 136:* rwm",
+            "c 10:200 rwm",
+            "c 5:2 rwm",
+        ] {
+            assert!(
+                text.iter().any(|t| t == want),
+                "{want} missing from {text:?}"
+            );
+        }
+        // Nothing is left for cgroups-rs to turn into 0.
+        assert!(rules
+            .iter()
+            .all(|r| r.major().is_some() && r.minor().is_some()));
     }
 }

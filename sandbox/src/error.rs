@@ -29,6 +29,19 @@ pub enum Error {
     /// Cgroup creation, placement or limit failed.
     #[error("cgroup {path}: {reason}")]
     Cgroup { path: String, reason: String },
+    /// The container's memory limit was hit while a process (PID 1 or an exec) was being set
+    /// up: its cgroup's OOM killer killed a process of the launch.
+    #[error(
+        "the memory limit was hit while the process was set up: \
+         linux.resources.memory.limit {limit} is too low (cgroup {cgroup}: {kills} OOM kill(s); \
+         {cause})"
+    )]
+    MemoryLimit {
+        limit: String,
+        cgroup: String,
+        kills: u64,
+        cause: String,
+    },
     /// The requested operation does not fit the container's current status.
     #[error("container {id} is {status}: cannot {op}")]
     WrongState {

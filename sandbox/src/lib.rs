@@ -1,4 +1,4 @@
-//! cryo's embedded sandbox engine.
+//! cryo's embedded container engine (containers only: pods and containerd belong to the shim).
 //!
 //! Owns everything a container *is* on the host: the process tree in its own namespaces, the
 //! rootfs mounts, the cgroup, stdio file descriptors and signals. It knows nothing of containerd:

@@ -99,7 +99,8 @@ fn flag(opt: &str) -> Option<(bool, MsFlags)> {
     })
 }
 
-fn propagation_flag(opt: &str) -> Option<MsFlags> {
+/// The propagation flags of a propagation word (`rshared`, `private`, ...); `None` for others.
+pub fn propagation_flag(opt: &str) -> Option<MsFlags> {
     Some(match opt {
         "private" => MsFlags::MS_PRIVATE,
         "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
@@ -385,6 +386,8 @@ pub struct MountInfo {
     pub source: String,
     /// Per-superblock options (for cgroup v1: the controllers).
     pub super_options: String,
+    /// Whether the mount is in a shared peer group (optional field `shared:N`).
+    pub shared: bool,
 }
 
 /// Parse mountinfo text (see proc(5)); malformed lines are skipped.
@@ -403,9 +406,19 @@ pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
                 fstype: right[0].to_string(),
                 source: unescape(right[1]),
                 super_options: right[2].to_string(),
+                shared: left[5..].iter().any(|f| f.starts_with("shared:")),
             })
         })
         .collect()
+}
+
+/// The mount `path` lives on: the mount point that is its longest prefix (`path` itself when it
+/// is a mount point).
+pub fn mount_of<'a>(mounts: &'a [MountInfo], path: &Path) -> Option<&'a MountInfo> {
+    mounts
+        .iter()
+        .filter(|m| path.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.components().count())
 }
 
 /// The mounts of this process's mount namespace.
@@ -479,6 +492,14 @@ mod tests {
         assert_eq!(m[0].root, "/mnt1");
         assert_eq!(m[0].fstype, "ext3");
         assert_eq!(m[1].super_options, "rw,cpu,cpuacct");
+        assert!(!m[0].shared && m[1].shared);
+        let on = |p: &str| mount_of(&m, Path::new(p)).map(|m| m.mount_point.clone());
+        assert_eq!(on("/mnt x/y"), Some(PathBuf::from("/mnt x")));
+        assert_eq!(
+            on("/sys/fs/cgroup/cpu,cpuacct"),
+            Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"))
+        );
+        assert_eq!(on("/elsewhere"), None);
     }
 
     #[test]

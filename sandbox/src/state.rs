@@ -26,6 +26,51 @@ pub enum Status {
     Stopped,
 }
 
+/// Which operation each status allows: the one place these rules live (as youki's
+/// `ContainerStatus`).
+impl Status {
+    /// Start: only a created container whose PID 1 waits.
+    pub fn can_start(self) -> bool {
+        self == Status::Created
+    }
+
+    /// Exec a new process: only into a running container (not paused, not before start).
+    pub fn can_exec(self) -> bool {
+        self == Status::Running
+    }
+
+    /// Pause: only a running container.
+    pub fn can_pause(self) -> bool {
+        self == Status::Running
+    }
+
+    /// Resume: only a paused container.
+    pub fn can_resume(self) -> bool {
+        self == Status::Paused
+    }
+
+    /// Update resources: while the cgroup is in use (created, running or paused).
+    pub fn can_update(self) -> bool {
+        self != Status::Stopped
+    }
+
+    /// Delete without force: once nothing runs (created, never started, or stopped).
+    pub fn can_delete(self) -> bool {
+        matches!(self, Status::Created | Status::Stopped)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        })
+    }
+}
+
 /// One namespace of the container: its kind (`pid`, `mount`, `network`, ...) and, when it was
 /// joined rather than created, the path it was joined from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,5 +149,25 @@ impl State {
             }),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Status::{self, *};
+
+    #[test]
+    fn status_rules() {
+        let all = [Created, Running, Paused, Stopped];
+        let allowed = |rule: fn(Status) -> bool| -> Vec<Status> {
+            all.iter().copied().filter(|s| rule(*s)).collect()
+        };
+        assert_eq!(allowed(Status::can_start), [Created]);
+        assert_eq!(allowed(Status::can_exec), [Running]);
+        assert_eq!(allowed(Status::can_pause), [Running]);
+        assert_eq!(allowed(Status::can_resume), [Paused]);
+        assert_eq!(allowed(Status::can_update), [Created, Running, Paused]);
+        assert_eq!(allowed(Status::can_delete), [Created, Stopped]);
+        assert_eq!(Paused.to_string(), "paused");
     }
 }

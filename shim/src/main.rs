@@ -11,10 +11,14 @@ mod errors;
 mod events;
 mod exec;
 mod exits;
+mod info;
+mod logging;
 mod metrics;
 mod pod;
 mod process;
+mod serve;
 mod service;
+mod socket;
 mod stdio;
 mod task;
 mod volumes;
@@ -42,6 +46,12 @@ fn main() {
     // any thread exists.
     cryo_sandbox::init::run_if_requested();
 
+    // containerd 2.x asks `-info` of every shim binary it uses: answered before any setup.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if info::requested(&args) {
+        info::answer();
+    }
+
     // One malloc arena for all threads: the shim's threads mostly sleep, and per-thread arenas
     // would multiply its resident memory.
     // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
@@ -64,7 +74,20 @@ fn main() {
             std::process::exit(1);
         }
     };
-    runtime.block_on(containerd_shim::asynchronous::run::<service::Service>(
-        RUNTIME_ID, None,
-    ));
+    // Serving mode binds cryo's own socket (0600, other users refused); `start` and `delete`
+    // are the crate's.
+    let serving = containerd_shim::parse(&args[1..])
+        .ok()
+        .filter(serve::requested);
+    match serving {
+        Some(flags) => {
+            if let Err(e) = runtime.block_on(serve::run(RUNTIME_ID, flags)) {
+                eprintln!("{RUNTIME_ID}: {e:?}");
+                std::process::exit(1);
+            }
+        }
+        None => runtime.block_on(containerd_shim::asynchronous::run::<service::Service>(
+            RUNTIME_ID, None,
+        )),
+    }
 }

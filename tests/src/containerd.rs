@@ -1,6 +1,7 @@
 //! A private containerd for one test run: everything (root, state, sockets, CNI dirs, the
 //! shim binary on its PATH) lives in a fresh temp dir, containers live in a unique namespace,
-//! and teardown kills and removes everything, then stops the daemon.
+//! and teardown kills and removes everything, then stops the daemon and checks its log. Which
+//! containerd (1.6 or 2.2.7) is [`crate::release`]'s choice; its config is [`crate::config`]'s.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 
 use crate::cmd::{self, Output};
+use crate::release::{Binaries, Release};
 
 /// How long one `ctr` call may take.
 pub const CTR_LIMIT: Duration = Duration::from_secs(30);
@@ -47,17 +49,100 @@ pub struct Containerd {
     /// The temp dir holding everything; removed at teardown.
     pub dir: PathBuf,
     pub namespace: String,
+    /// Which containerd this is.
+    pub release: Release,
+    bins: Binaries,
     child: Option<Child>,
 }
 
-impl Containerd {
-    /// Start a private containerd that finds `shim` as `containerd-shim-cryo-v2`.
-    pub fn start(shim: &Path) -> Result<Containerd> {
-        Self::start_with_path(shim, &std::env::var("PATH").unwrap_or_default())
+/// A shim's ttrpc address and the Task API version containerd speaks to it: containerd 2.x
+/// records both in the bundle's `bootstrap.json` (version 3 for runc's 2.x shim, 2 for a shim
+/// that answered `start` with a plain address); containerd 1.6 has only the shim's `address`
+/// file (Task API v2).
+#[derive(Debug, Clone)]
+pub struct ShimAddress {
+    /// `unix:///path`.
+    pub address: String,
+    pub task_api: u32,
+}
+
+impl ShimAddress {
+    pub fn of_bundle(bundle: &Path) -> Result<ShimAddress> {
+        if let Ok(text) = std::fs::read_to_string(bundle.join("bootstrap.json")) {
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{}/bootstrap.json: {text}", bundle.display()))?;
+            return Ok(ShimAddress {
+                address: v["address"]
+                    .as_str()
+                    .with_context(|| format!("no address in bootstrap.json: {text}"))?
+                    .to_string(),
+                task_api: v["version"].as_u64().unwrap_or(2) as u32,
+            });
+        }
+        let address = std::fs::read_to_string(bundle.join("address"))
+            .with_context(|| format!("{}: no bootstrap.json or address", bundle.display()))?;
+        Ok(ShimAddress {
+            address: address.trim().to_string(),
+            task_api: 2,
+        })
     }
 
-    /// The same with `path` as containerd's (and so the shims') `PATH`, after the shim's dir.
-    pub fn start_with_path(shim: &Path, path: &str) -> Result<Containerd> {
+    /// The socket's path.
+    pub fn path(&self) -> Result<PathBuf> {
+        self.address
+            .strip_prefix("unix://")
+            .map(PathBuf::from)
+            .with_context(|| format!("shim address {:?} is not unix://", self.address))
+    }
+
+    /// The ttrpc service name of its Task API.
+    pub fn task_service(&self) -> String {
+        format!("containerd.task.v{}.Task", self.task_api)
+    }
+
+    /// Call Task API `method` with `req`, whichever version the shim speaks (v2 and v3 share
+    /// their messages; only the service name differs), within `timeout`.
+    pub fn call<Req, Resp>(&self, method: &str, req: &Req, timeout: Duration) -> Result<Resp>
+    where
+        Req: containerd_shim_protos::protobuf::Message,
+        Resp: containerd_shim_protos::protobuf::Message,
+    {
+        use containerd_shim_protos::ttrpc;
+        let client = ttrpc::Client::connect(&self.address)
+            .with_context(|| format!("connect to the shim at {}", self.address))?;
+        let mut request = ttrpc::Request::new();
+        request.set_service(self.task_service());
+        request.set_method(method.to_string());
+        request.set_timeout_nano(timeout.as_nanos() as i64);
+        request.payload = req.write_to_bytes()?;
+        let response = client
+            .request(request)
+            .with_context(|| format!("{} {method}", self.task_service()))?;
+        Ok(Resp::parse_from_bytes(&response.payload)?)
+    }
+}
+
+/// How to start a private containerd beyond the defaults.
+#[derive(Debug, Clone, Default)]
+pub struct StartOptions {
+    /// The umask containerd (and so every shim it starts) runs with; the test's own if `None`.
+    pub umask: Option<u32>,
+    /// The system part of containerd's (and so the shims') `PATH`, after the shim's and the
+    /// release's directories; the test's own `PATH` if `None`.
+    pub path: Option<String>,
+}
+
+impl Containerd {
+    /// Start a private containerd of the selected release ([`Release::selected`]) that finds
+    /// `shim` as `containerd-shim-cryo-v2`.
+    pub fn start(shim: &Path) -> Result<Containerd> {
+        Containerd::start_with(shim, &StartOptions::default())
+    }
+
+    /// The same with `options`.
+    pub fn start_with(shim: &Path, options: &StartOptions) -> Result<Containerd> {
+        let release = Release::selected()?;
+        let bins = release.binaries()?;
         if !shim.is_file() {
             bail!(
                 "{} is missing: build it first: cargo build --workspace --bins",
@@ -68,35 +153,90 @@ impl Containerd {
             .prefix("cryo-test-")
             .tempdir_in("/tmp")?
             .keep();
+        // A daemon that never served (or is not the release asked for) is stopped by then; its
+        // temp dir goes with it.
+        Containerd::launch(dir.clone(), shim, release, bins, options).inspect_err(|_| {
+            let _ = std::fs::remove_dir_all(&dir);
+        })
+    }
+
+    /// Start containerd in `dir` and wait until it serves.
+    fn launch(
+        dir: PathBuf,
+        shim: &Path,
+        release: Release,
+        bins: Binaries,
+        options: &StartOptions,
+    ) -> Result<Containerd> {
         for sub in ["bin", "cni/bin", "cni/net.d"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
         std::os::unix::fs::symlink(shim, dir.join("bin/containerd-shim-cryo-v2"))?;
-        std::fs::write(dir.join("config.toml"), config(&dir))?;
+        std::fs::write(
+            dir.join("config.toml"),
+            crate::config::for_release(release, &dir),
+        )?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .subsec_nanos();
         let namespace = format!("cryo-test-{}-{nanos}", std::process::id());
         let log = std::fs::File::create(dir.join("containerd.log"))?;
-        let path = format!("{}:{path}", dir.join("bin").display());
-        let child = Command::new("containerd")
+        // The shim under test first, then the release's own runc shim, then the system's.
+        let mut path = vec![dir.join("bin")];
+        path.extend(bins.bin_dir.clone());
+        let system = match &options.path {
+            Some(p) => p.into(),
+            None => std::env::var_os("PATH").unwrap_or_default(),
+        };
+        path.extend(std::env::split_paths(&system));
+        let mut command = Command::new(&bins.containerd);
+        command
             .arg("--config")
             .arg(dir.join("config.toml"))
-            .env("PATH", path)
+            .env("PATH", std::env::join_paths(path)?)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("start containerd (is it installed? run scripts/setup)")?;
+            .stderr(log);
+        if let Some(mask) = options.umask {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: umask is async-signal-safe and touches only the child.
+            unsafe {
+                command.pre_exec(move || {
+                    libc::umask(mask as libc::mode_t);
+                    Ok(())
+                });
+            }
+        }
+        let child = command.spawn().with_context(|| {
+            format!(
+                "start {} ({}; is it installed? run scripts/setup)",
+                release.name(),
+                bins.containerd.display()
+            )
+        })?;
         let mut cd = Containerd {
             dir,
             namespace,
+            release,
+            bins,
             child: Some(child),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if cd.ctr(&["version"]).map(|o| o.code == 0).unwrap_or(false) {
-                return Ok(cd);
+            if let Ok(out) = cd.ctr(&["version"]) {
+                if out.code == 0 {
+                    // The daemon and ctr that came up are the release asked for (PATH decides
+                    // for 1.6).
+                    if !release.reports(&out.stdout) {
+                        cd.stop();
+                        bail!(
+                            "asked for {} but `ctr version` says:\n{}",
+                            release.name(),
+                            out.stdout
+                        );
+                    }
+                    return Ok(cd);
+                }
             }
             if Instant::now() > deadline {
                 let log = cd.log_tail();
@@ -135,13 +275,34 @@ impl Containerd {
         if let Some(at) = at {
             args.splice(at..at, ["--fifo-dir", fifo_dir.as_str()]);
         }
-        let mut c = Command::new("ctr");
+        let mut c = Command::new(&self.bins.ctr);
         c.arg("-a")
             .arg(self.address())
             .arg("-n")
             .arg(namespace)
             .args(args);
         cmd::run(&mut c, stdin, CTR_LIMIT)
+    }
+
+    /// How containerd reaches the shim of task `id` in this run's namespace.
+    pub fn shim_address(&self, id: &str) -> Result<ShimAddress> {
+        ShimAddress::of_bundle(
+            &self
+                .dir
+                .join("state/io.containerd.runtime.v2.task")
+                .join(&self.namespace)
+                .join(id),
+        )
+    }
+
+    /// The release's `ctr`.
+    pub fn ctr_path(&self) -> &Path {
+        &self.bins.ctr
+    }
+
+    /// containerd's whole log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
     }
 
     /// Where this run's ctr calls put their FIFOs.
@@ -225,6 +386,12 @@ impl Containerd {
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }
         crate::leftovers::remove_cgroups(&self.namespace);
+        let log = self.log();
+        if let Some(kept) = crate::logcheck::kept_log_path(self.release.name()) {
+            let _ = std::fs::create_dir_all(kept.parent().unwrap_or(Path::new(".")));
+            let _ = std::fs::write(&kept, &log);
+        }
+        let complaints = crate::logcheck::cryo_complaints(&log);
         // runc's shim keeps its state under /run/containerd/runc/<namespace> and leaves the
         // directory; anything inside it is a container runc still knows.
         let runc_root = Path::new("/run/containerd/runc").join(&self.namespace);
@@ -238,6 +405,20 @@ impl Containerd {
         if !left.is_empty() {
             bail!("the suite left things behind:\n  {}", left.join("\n  "));
         }
+        for (why, count) in known_counts(&complaints.known) {
+            eprintln!(
+                "{}'s log: {count} warning lines caused by cryo, known and open: {why}",
+                self.release.name()
+            );
+        }
+        if !complaints.new.is_empty() {
+            bail!(
+                "{}'s log has {} error or warning lines caused by cryo:\n  {}",
+                self.release.name(),
+                complaints.new.len(),
+                complaints.new.join("\n  ")
+            );
+        }
         Ok(())
     }
 }
@@ -248,35 +429,16 @@ impl Drop for Containerd {
     }
 }
 
-/// containerd's config (shared/ENVIRONMENT.md): everything under `dir`.
-fn config(dir: &Path) -> String {
-    let t = dir.display();
-    format!(
-        r#"version = 2
-root = "{t}/root"
-state = "{t}/state"
-[grpc]
-  address = "{t}/c.sock"
-[ttrpc]
-  address = "{t}/c.sock.ttrpc"
-[plugins."io.containerd.internal.v1.opt"]
-  path = "{t}/opt"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = "{pause}"
-  netns_mounts_under_state_dir = true
-  restrict_oom_score_adj = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "{t}/cni/bin"
-    conf_dir = "{t}/cni/net.d"
-  # CRI refuses to load without its default runtime (runc) configured.
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.cryo]
-    runtime_type = "io.containerd.cryo.v2"
-    pod_annotations = ["dev.cryo.spec.mount.*", "dev.gvisor.spec.mount.*"]
-"#,
-        pause = crate::image::PAUSE_IMAGE,
-    )
+/// How many lines each known cause accounts for.
+fn known_counts(known: &[(String, &'static str)]) -> Vec<(&'static str, usize)> {
+    let mut counts: Vec<(&'static str, usize)> = Vec::new();
+    for (_, why) in known {
+        match counts.iter_mut().find(|(w, _)| w == why) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((why, 1)),
+        }
+    }
+    counts
 }
 
 /// The shim under test: `$CRYO_TEST_SHIM` if set (e.g. a release build), else the one built

@@ -1,12 +1,16 @@
 //! The frame both integration suites run in: the suite's shared state is set up by the first
 //! trial that needs it (listing or filtering out every trial starts nothing, a failed setup
 //! fails every trial with its reason), torn down after the last, and the process exits 101 when
-//! a trial or the teardown failed.
+//! a trial or the teardown failed. Trials carry the containerd release they run against as
+//! their kind when it is not the default; when that release cannot run here (containerd 2.2.7's
+//! archive is absent) every trial is reported ignored with the reason, never passed.
 
 use std::sync::{Arc, OnceLock};
 
 use anyhow::Result;
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
+
+use crate::release::Release;
 
 /// Shared state, set up on first use.
 pub struct Lazy<S>(Arc<OnceLock<std::result::Result<S, String>>>);
@@ -40,6 +44,7 @@ pub fn conclude<S>(
     lazy: Lazy<S>,
     teardown: impl FnOnce(S) -> Result<()>,
 ) -> ! {
+    let trials = for_release(trials);
     let conclusion = libtest_mimic::run(args, trials);
     let torn = match Arc::try_unwrap(lazy.0).map(OnceLock::into_inner) {
         Ok(Some(Ok(state))) => teardown(state),
@@ -55,4 +60,30 @@ pub fn conclude<S>(
     } else {
         0
     });
+}
+
+/// `trials` as they run against the selected release: labelled with it (2.x), or all ignored
+/// with the reason it cannot run here. An unknown selection is left to fail at setup.
+fn for_release(trials: Vec<Trial>) -> Vec<Trial> {
+    let Ok(release) = Release::selected() else {
+        return trials;
+    };
+    if !release.is_v2() {
+        return trials;
+    }
+    let kind = release.name().replace(' ', "-");
+    match release.unavailable() {
+        None => trials
+            .into_iter()
+            .map(|t| t.with_kind(kind.clone()))
+            .collect(),
+        Some(why) => trials
+            .into_iter()
+            .map(|t| {
+                let why = why.clone();
+                Trial::ignorable_test(t.name(), move || Ok(Completion::ignored_with(why)))
+                    .with_kind(kind.clone())
+            })
+            .collect(),
+    }
 }

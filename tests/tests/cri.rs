@@ -53,6 +53,7 @@ const CASES: &[(&str, Case)] = &[
         "killed_shim_leaves_no_volume_mounted",
         killed_shim_leaves_no_volume_mounted,
     ),
+    ("pod_sysctls_safe_and_unsafe", pod_sysctls_safe_and_unsafe),
 ];
 
 fn main() {
@@ -1019,6 +1020,53 @@ fn killed_shim_leaves_no_volume_mounted(s: &Suite, case: &str) -> Result<()> {
     ensure!(
         std::fs::read_to_string(&kept).ok().as_deref() == Some("kept\n"),
         "the emptyDir's files did not survive the cleanup"
+    );
+    Ok(())
+}
+
+/// Pod sysctls as kubelet passes them: a safe one (kernel.shm_rmid_forced, the pod's ipc
+/// namespace) and the unsafe net.* ones containerd 2.x sets on every pod with its own network
+/// namespace. RunPodSandbox, CreateContainer and StartContainer succeed, the app container sees
+/// the values, and the host's stay as they were.
+fn pod_sysctls_safe_and_unsafe(s: &Suite, case: &str) -> Result<()> {
+    let wanted = [
+        ("kernel.shm_rmid_forced", "1"),
+        ("net.ipv4.ip_unprivileged_port_start", "0"),
+        ("net.ipv4.ping_group_range", "0 2147483647"),
+    ];
+    let host = |key: &str| -> Result<String> {
+        let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+        Ok(std::fs::read_to_string(path)?)
+    };
+    let before: Vec<String> = wanted.iter().map(|(k, _)| host(k)).collect::<Result<_>>()?;
+    let uid = uid(case);
+    let logs = s.logs.join(&uid);
+    std::fs::create_dir_all(&logs)?;
+    let mut config = cri::pod_config(case, &uid, &[], &s.cgroup_parent, &logs);
+    let linux = config.linux.get_or_insert_with(Default::default);
+    for (key, value) in wanted {
+        linux.sysctls.insert(key.to_string(), value.to_string());
+    }
+    let id = s
+        .cri
+        .run_pod(config.clone())
+        .context("RunPodSandbox with sysctls")?;
+    let pod = Pod { id, config };
+    let app = start(s, &pod, "app", "exec sleep 100000", &[])?;
+    for (key, value) in wanted {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        let (code, out, err) = s.cri.exec_sync(&app, &["cat", &path])?;
+        ensure!(code == 0, "cat {path}: exit {code}: {err}");
+        ensure!(
+            out.split_whitespace().eq(value.split_whitespace()),
+            "{key} in the pod is {:?}, want {value:?}",
+            out.trim()
+        );
+    }
+    let after: Vec<String> = wanted.iter().map(|(k, _)| host(k)).collect::<Result<_>>()?;
+    ensure!(
+        before == after,
+        "the host's sysctls changed: {before:?} -> {after:?}"
     );
     Ok(())
 }

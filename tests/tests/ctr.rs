@@ -42,16 +42,24 @@ mod engine_hardening;
 mod launch_hardening;
 #[path = "ctr/shim_hardening.rs"]
 mod shim_hardening;
+#[path = "ctr/socket.rs"]
+mod socket;
+
+/// A topic module's cases and the cases of it runc's shim is not held to.
+type Topic = (
+    &'static [(&'static str, Case)],
+    &'static [(&'static str, &'static str)],
+);
 
 /// Every module's cases and the cases runc's shim is not held to.
 fn all_cases() -> Vec<(&'static str, Case, Option<&'static str>)> {
-    #[allow(clippy::type_complexity)]
-    let topics: &[(&[(&str, Case)], &[(&str, &str)])] = &[
+    let topics: &[Topic] = &[
         (CASES, RUNC_FALLS_SHORT),
         (engine_hardening::CASES, engine_hardening::RUNC_FALLS_SHORT),
         (launch_hardening::CASES, launch_hardening::RUNC_FALLS_SHORT),
         (shim_hardening::CASES, shim_hardening::RUNC_FALLS_SHORT),
         (checkpoint::CASES, checkpoint::RUNC_FALLS_SHORT),
+        (socket::CASES, socket::RUNC_FALLS_SHORT),
     ];
     let mut all = Vec::new();
     for (cases, excused) in topics {
@@ -640,19 +648,14 @@ fn pause_resume(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
 /// Update through the shim's own Task API (ctr 1.6 has no `task update`): the memory limit of
 /// the running task changes in its cgroup; resources that are not JSON are refused.
 fn update_applies_resources(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    use containerd_shim_protos::api;
     use containerd_shim_protos::protobuf::well_known_types::any::Any;
+    use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
     use containerd_shim_protos::protobuf::MessageField;
-    use containerd_shim_protos::{api, ttrpc};
     run_detached(s, rt, id, &["--memory-limit", "67108864"])?;
-    let bundle =
-        s.cd.dir
-            .join("state/io.containerd.runtime.v2.task")
-            .join(&s.cd.namespace)
-            .join(id);
-    let address = std::fs::read_to_string(bundle.join("address"))?;
-    let client = containerd_shim_protos::TaskClient::new(
-        ttrpc::Client::connect(address.trim()).context("connect to the shim")?,
-    );
+    // Task API v2, or v3 for containerd 2.x's runc shim.
+    let shim = s.cd.shim_address(id)?;
+    let limit = Duration::from_secs(10);
     let update = |value: &[u8]| {
         let req = api::UpdateTaskRequest {
             id: id.to_string(),
@@ -663,7 +666,7 @@ fn update_applies_resources(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
             }),
             ..Default::default()
         };
-        client.update(ttrpc::context::with_timeout(10_000_000_000), &req)
+        shim.call::<_, Empty>("Update", &req, limit)
     };
     update(br#"{"memory":{"limit":134217728},"pids":{"limit":50}}"#).context("update")?;
     let cgroup = |ctrl: &str, file: &str| {
@@ -695,8 +698,7 @@ fn update_applies_resources(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
         height: 24,
         ..Default::default()
     };
-    client
-        .resize_pty(ttrpc::context::with_timeout(10_000_000_000), &resize)
+    shim.call::<_, Empty>("ResizePty", &resize, limit)
         .context("resize of a process without a terminal")?;
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! sparse format 1.0 map (decimal lines `count`, then `offset` and `length` per extent, at the
 //! start of the data area, zero-padded to a block).
 
-use std::os::fd::AsRawFd;
+use nix::errno::Errno;
+use nix::unistd::{lseek, Whence};
 
 use super::{padded, BLOCK};
 
@@ -10,26 +11,16 @@ use super::{padded, BLOCK};
 /// whole). A file ending in a hole gets a final zero-length extent at its size, as GNU tar
 /// writes it.
 pub fn extents(f: &std::fs::File, size: u64) -> std::io::Result<Option<Vec<(u64, u64)>>> {
-    let fd = f.as_raw_fd();
     let mut out = Vec::new();
     let mut pos: i64 = 0;
     let end = size as i64;
     while pos < end {
-        // SAFETY: lseek on an open descriptor.
-        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break; // only a hole remains
-            }
-            return Err(e);
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let hole = hole.min(end);
+        let data = match lseek(f, pos, Whence::SeekData) {
+            Ok(d) => d,
+            Err(Errno::ENXIO) => break, // only a hole remains
+            Err(e) => return Err(e.into()),
+        };
+        let hole = lseek(f, data, Whence::SeekHole)?.min(end);
         if hole > data {
             out.push((data as u64, (hole - data) as u64));
         }

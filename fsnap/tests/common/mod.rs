@@ -11,6 +11,15 @@ use std::path::{Path, PathBuf};
 
 use fsnap::{Progress, ResourceId, ResourceKind, RestoreOptions, SaveOptions, Source};
 
+/// Tests that create device nodes, set owners or `trusted.*` xattrs, or mount, need root: say
+/// so plainly instead of failing on the first EPERM (or, worse, passing). CI runs as root.
+pub fn require_root(what: &str) {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root ({what}); run the suite as root, as CI does"
+    );
+}
+
 /// Build a tree with files, an empty file, a big random file, a sparse file (1 GiB, 2 data
 /// extents, ending in a hole), directories with odd modes, symlinks (relative, absolute,
 /// dangling), hard links, a fifo, a whiteout, device nodes, xattrs (user and trusted, an opaque
@@ -166,7 +175,7 @@ pub fn describe(root: &Path) -> BTreeMap<String, Seen> {
                 size: if is_file { md.len() } else { 0 },
                 rdev: md.rdev(),
                 link: ft.is_symlink().then(|| std::fs::read_link(&path).unwrap()),
-                xattrs: fsnap::walk::xattrs(&path).unwrap(),
+                xattrs: fsnap::xattr::xattrs(&path).unwrap(),
                 content_hash: is_file.then(|| content_hash(&path)),
                 data_extents: is_file.then(|| data_extents(&path)),
                 hardlink_group: vec![],

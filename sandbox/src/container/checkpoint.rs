@@ -46,7 +46,7 @@ impl Container {
         let paused = match self.state.status {
             Status::Running => false,
             Status::Paused => true,
-            other => return Err(self.wrong_state(other, "checkpoint")),
+            _ => return Err(self.wrong_state("checkpoint")),
         };
         let work_dir = opts
             .work_dir

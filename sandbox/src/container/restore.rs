@@ -15,8 +15,10 @@ use nix::sys::signal::Signal;
 use rust_criu::rust_criu_protobuf::rpc;
 
 use super::checkpoint::with_log;
-use super::{namespace_records, start_time, validate, with_default_devices, Container, Undo};
-use crate::cgroup::Cgroup;
+use super::create::{namespace_records, Undo};
+use super::validate::validate;
+use super::{start_time, Container};
+use crate::cgroup::{with_default_devices, Cgroup};
 use crate::config::{ContainerConfig, Stdio};
 use crate::criu::externals;
 use crate::criu::manifest::{External, Manifest};
@@ -61,7 +63,7 @@ impl Container {
             spec,
             stdio,
         } = config;
-        validate(&spec)?;
+        validate(&spec, matches!(stdio, Stdio::Terminal))?;
         let manifest = Manifest::load(&options.image_dir)?;
         if manifest.options.shell_job || matches!(stdio, Stdio::Terminal) {
             return Err(Error::InvalidSpec(

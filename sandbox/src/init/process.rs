@@ -16,7 +16,7 @@ use oci_spec::runtime::{LinuxNamespaceType, Process, Spec};
 use super::{namespaces, seccomp};
 use crate::error::{Error, Result};
 
-/// What belongs to the whole container: hostname, domainname, sysctls (PID 1 only).
+/// What belongs to the whole container: hostname, domainname (PID 1 only).
 pub fn configure_container(spec: &Spec) -> Result<()> {
     if namespaces::has(spec, LinuxNamespaceType::Uts) {
         if let Some(h) = spec.hostname().as_deref().filter(|h| !h.is_empty()) {
@@ -31,11 +31,18 @@ pub fn configure_container(spec: &Spec) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// Write the spec's sysctls through the container's /proc (its own namespaces). Called while
+/// /proc/sys is still writable; the names were checked at Create (namespaced ones only, in
+/// namespaces the container has of its own).
+pub fn apply_sysctls(spec: &Spec) -> Result<()> {
     if let Some(sysctl) = spec.linux().as_ref().and_then(|l| l.sysctl().as_ref()) {
         for (key, value) in sysctl {
             let path = Path::new("/proc/sys").join(key.replace('.', "/"));
             std::fs::write(&path, value)
-                .map_err(|e| Error::io(format!("sysctl {key}={value}"), e))?;
+                .map_err(|e| Error::io(format!("linux.sysctl {key}={value}"), e))?;
         }
     }
     Ok(())

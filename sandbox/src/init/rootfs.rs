@@ -1,6 +1,7 @@
 //! The container's filesystem view, built by PID 1 in its new mount namespace: propagation,
 //! the spec's mounts (proc, sysfs, tmpfs /dev, devpts, mqueue, cgroup, binds), device nodes,
-//! /dev symlinks, pivot_root, the console, masked and readonly paths, a readonly root.
+//! /dev symlinks, pivot_root, the console, the sysctls, masked and readonly paths, a readonly
+//! root.
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{symlink, PermissionsExt};
@@ -9,13 +10,14 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{open, OFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+use nix::sys::statvfs::{statvfs, FsFlags};
 use nix::unistd::{chown, fchdir, pivot_root, Gid, Uid};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, LinuxNamespaceType, Mount};
 
 use super::namespaces;
 use super::protocol::InitConfig;
 use crate::error::{Error, Result};
-use crate::mount::{mount_with, mountinfo_self, resolve_beneath, MountOptions};
+use crate::mount::{mount_of, mount_with, mountinfo_self, resolve_beneath, MountOptions};
 
 /// Build the filesystem view and pivot into it. Returns the pty master when the config asks
 /// for a terminal.
@@ -41,6 +43,7 @@ pub fn prepare(config: &InitConfig) -> Result<Option<OwnedFd>> {
             reason: "not a directory".into(),
         });
     }
+    parent_mount_private(rootfs)?;
     mount(
         Some(rootfs.as_path()),
         rootfs.as_path(),
@@ -73,10 +76,13 @@ pub fn prepare(config: &InitConfig) -> Result<Option<OwnedFd>> {
     }
     pivot(rootfs)?;
     let console = if config.terminal {
-        Some(console()?)
+        Some(terminal(true)?)
     } else {
         None
     };
+    // Before /proc/sys may become read-only below; which sysctls are allowed was checked at
+    // Create.
+    super::process::apply_sysctls(spec)?;
     for p in linux
         .and_then(|l| l.masked_paths().as_deref())
         .unwrap_or_default()
@@ -355,9 +361,41 @@ fn pivot(rootfs: &Path) -> Result<()> {
     std::env::set_current_dir("/").map_err(|e| Error::io("chdir /", e))
 }
 
-/// A new pty: the slave becomes stdio, controlling terminal and /dev/console; the master is
-/// returned for the engine.
+/// The rootfs's parent mount made private when it is shared: pivot_root refuses a new root
+/// whose parent mount is shared (EINVAL), which `rootfsPropagation: rshared` makes of `/`.
+/// As runc's `rootfsParentMountPrivate`.
+fn parent_mount_private(rootfs: &Path) -> Result<()> {
+    let mounts = mountinfo_self()?;
+    let Some(parent) = mount_of(&mounts, rootfs).filter(|m| m.shared) else {
+        return Ok(());
+    };
+    mount(
+        None::<&str>,
+        &parent.mount_point,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|e| {
+        Error::sys(
+            format!(
+                "make {} (the rootfs's parent mount) private",
+                parent.mount_point.display()
+            ),
+            e,
+        )
+    })
+}
+
+/// An exec'd process's terminal: a new pty whose slave becomes stdio and controlling
+/// terminal; the master is returned for the engine. The container's mounts are not touched.
 pub fn console() -> Result<OwnedFd> {
+    terminal(false)
+}
+
+/// A new pty: the slave becomes stdio and controlling terminal and, for PID 1 only
+/// (`on_console`), is bound onto /dev/console; the master is returned for the engine.
+fn terminal(on_console: bool) -> Result<OwnedFd> {
     use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt};
     let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
         .map_err(|e| Error::sys("open /dev/ptmx", e))?;
@@ -370,17 +408,19 @@ pub fn console() -> Result<OwnedFd> {
         Mode::empty(),
     )
     .map_err(|e| Error::sys(format!("open {name}"), e))?;
-    let console = Path::new("/dev/console");
-    if !console.exists() {
-        let _ = std::fs::File::create(console);
+    if on_console {
+        let console = Path::new("/dev/console");
+        if !console.exists() {
+            let _ = std::fs::File::create(console);
+        }
+        let _ = mount(
+            Some(name.as_str()),
+            console,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        );
     }
-    let _ = mount(
-        Some(name.as_str()),
-        console,
-        None::<&str>,
-        MsFlags::MS_BIND,
-        None::<&str>,
-    );
     for fd in 0..3 {
         // SAFETY: installs the slave as stdio; fds 0-2 are ours to replace.
         if unsafe { libc::dup2(slave.as_raw_fd(), fd) } < 0 {
@@ -421,7 +461,9 @@ fn mask(path: &Path) -> Result<()> {
     res.map_err(|e| Error::sys(format!("mask {}", path.display()), e))
 }
 
-/// Make `path` readonly with a bind mount onto itself.
+/// Make `path` readonly with a bind mount onto itself, keeping the flags its mount had
+/// (nosuid, nodev, noexec, atime flags), as runc does: a bind remount drops what it does not
+/// repeat.
 fn readonly(path: &Path) -> Result<()> {
     if !path.exists() {
         return Ok(());
@@ -435,12 +477,43 @@ fn readonly(path: &Path) -> Result<()> {
         None::<&str>,
     )
     .map_err(err)?;
+    let kept = statvfs(path).map(|s| kept_flags(s.flags())).map_err(err)?;
     mount(
         None::<&str>,
         path,
         None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC,
+        MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_REC | kept,
         None::<&str>,
     )
     .map_err(err)
+}
+
+/// The per-mount flags of a mount (as statvfs reports them) that a remount must repeat.
+fn kept_flags(flags: FsFlags) -> MsFlags {
+    [
+        (FsFlags::ST_NOSUID, MsFlags::MS_NOSUID),
+        (FsFlags::ST_NODEV, MsFlags::MS_NODEV),
+        (FsFlags::ST_NOEXEC, MsFlags::MS_NOEXEC),
+        (FsFlags::ST_NOATIME, MsFlags::MS_NOATIME),
+        (FsFlags::ST_NODIRATIME, MsFlags::MS_NODIRATIME),
+        (FsFlags::ST_RELATIME, MsFlags::MS_RELATIME),
+    ]
+    .into_iter()
+    .filter(|(st, _)| flags.contains(*st))
+    .fold(MsFlags::empty(), |acc, (_, ms)| acc | ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remounts_keep_the_mounts_flags() {
+        let kept = kept_flags(FsFlags::ST_NOSUID | FsFlags::ST_NOEXEC | FsFlags::ST_RDONLY);
+        assert_eq!(kept, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC);
+        assert_eq!(
+            kept_flags(FsFlags::ST_NODEV | FsFlags::ST_RELATIME),
+            MsFlags::MS_NODEV | MsFlags::MS_RELATIME
+        );
+    }
 }

@@ -11,6 +11,7 @@ use harness::image::BUSYBOX_IMAGE;
 use harness::Runtime;
 
 use super::{assert_gone, cleanup_container, run_detached, wait_status, Case, Suite};
+use harness::containerd::StartOptions;
 use harness::Containerd;
 
 /// Cases runc's shim is not held to, and why.
@@ -575,7 +576,11 @@ fn missing_criu_is_named(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     let image = checkpoint_of_sleeper(s, rt, id)?;
     let work = tempfile::tempdir_in(&s.cd.dir)?;
     let (tar, name) = checkpoint_tar(s, &image, work.path(), |_| Ok(()))?;
-    let cd = Containerd::start_with_path(&harness::built_shim()?, PATH_WITHOUT_CRIU)?;
+    let options = StartOptions {
+        path: Some(PATH_WITHOUT_CRIU.into()),
+        ..Default::default()
+    };
+    let cd = Containerd::start_with(&harness::built_shim()?, &options)?;
     let result = without_criu(&cd, s, rt, id, &tar, &name);
     let teardown = cd.teardown(&[]);
     result?;
@@ -654,20 +659,14 @@ fn without_criu(
 /// running; runc's `CheckpointOptions` with `exit`, `image_path` and `work_path` put the images
 /// and CRIU's log where asked and stop the task.
 fn checkpoint_options_are_honoured(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    use containerd_shim_protos::api;
     use containerd_shim_protos::protobuf::well_known_types::any::Any;
+    use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
     use containerd_shim_protos::protobuf::{Message, MessageField};
     use containerd_shim_protos::shim::oci::CheckpointOptions;
-    use containerd_shim_protos::{api, ttrpc};
     run_detached(s, rt, id, &[])?;
-    let bundle =
-        s.cd.dir
-            .join("state/io.containerd.runtime.v2.task")
-            .join(&s.cd.namespace)
-            .join(id);
-    let address = std::fs::read_to_string(bundle.join("address"))?;
-    let client = containerd_shim_protos::TaskClient::new(
-        ttrpc::Client::connect(address.trim()).context("connect to the shim")?,
-    );
+    // Task API v2, or v3 for containerd 2.x's runc shim.
+    let shim = s.cd.shim_address(id)?;
     let work = tempfile::tempdir_in(&s.cd.dir)?;
     let (images, logs) = (work.path().join("images"), work.path().join("work"));
     let checkpoint = |options: Any| {
@@ -678,7 +677,7 @@ fn checkpoint_options_are_honoured(s: &Suite, rt: Runtime, id: &str) -> Result<(
             options: MessageField::some(options),
             ..Default::default()
         };
-        client.checkpoint(ttrpc::context::with_timeout(60_000_000_000), &req)
+        shim.call::<_, Empty>("Checkpoint", &req, Duration::from_secs(60))
     };
 
     let bogus = checkpoint(Any {

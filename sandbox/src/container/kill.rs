@@ -1,0 +1,48 @@
+//! Signals and processes: kill PID 1 or all, list pids, and record PID 1's exit.
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use oci_spec::runtime::LinuxNamespaceType;
+
+use super::{own_namespace, Container};
+use crate::error::{Error, Result};
+use crate::state::Status;
+
+impl Container {
+    /// Send `signal` to PID 1, or to every process of the container when `all`.
+    pub fn kill(&self, signal: i32, all: bool) -> Result<()> {
+        let sig =
+            Signal::try_from(signal).map_err(|e| Error::sys(format!("signal {signal}"), e))?;
+        if all {
+            self.cgroup.signal_all(sig);
+            return Ok(());
+        }
+        kill(Pid::from_raw(self.state.pid), sig)
+            .map_err(|e| Error::sys(format!("kill {sig} pid {}", self.state.pid), e))
+    }
+
+    /// Host pids of every process in the container (from its cgroup).
+    pub fn pids(&self) -> Result<Vec<i32>> {
+        Ok(self.cgroup.procs())
+    }
+
+    /// The embedder saw PID 1 exit. Without a pid namespace of its own, the container's other
+    /// processes do not die with PID 1 (the kernel kills a pid namespace's processes only with
+    /// its init): they are killed here, as runc's shim does, so that their stdio closes and the
+    /// exit can be reported at once. Call it before waiting for the output to drain; idempotent.
+    pub fn pid1_exited(&self) {
+        if !own_namespace(&self.spec, LinuxNamespaceType::Pid) {
+            self.cgroup.signal_all(Signal::SIGKILL);
+        }
+    }
+
+    /// The embedder observed PID 1's exit: record it (after [`Container::pid1_exited`]'s kill,
+    /// made here too for embedders that did not call it).
+    pub fn set_stopped(&mut self) {
+        self.pid1_exited();
+        self.state.status = Status::Stopped;
+        self.init = None;
+        let _ = self.state.save();
+    }
+}
