@@ -687,7 +687,7 @@ fn checkpoint_options_are_honoured(s: &Suite, rt: Runtime, id: &str) -> Result<(
     });
     let err = match bogus {
         Ok(_) => bail!("checkpoint options of an unknown type were accepted"),
-        Err(e) => e.to_string(),
+        Err(e) => format!("{e:#}"),
     };
     ensure!(
         rt == Runtime::Runc || err.contains("bogus.CheckpointOptions"),
