@@ -101,6 +101,7 @@ mod tests {
                 cgroup,
                 init: None,
                 console: None,
+                restore: None,
             };
             Fixture { c, child, parent }
         }
