@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
+use oci_spec::runtime::{LinuxPids, LinuxResources};
 use rust_criu::rust_criu_protobuf::rpc;
 
 use super::checkpoint::with_log;
@@ -45,6 +46,8 @@ pub struct RestoreOptions {
 #[derive(Debug)]
 pub(super) struct Pending {
     options: RestoreOptions,
+    /// The spec's pids limit, applied once CRIU (which runs in the cgroup) is done.
+    pids: Option<LinuxPids>,
     manifest: Manifest,
     stdio: Stdio,
 }
@@ -84,11 +87,17 @@ impl Container {
             .and_then(|l| l.cgroups_path().as_ref())
             .map(|p| p.to_string_lossy().into_owned())
             .unwrap_or_else(|| format!("/cryo/{id}"));
-        let resources = spec
+        let mut resources = spec
             .linux()
             .as_ref()
             .and_then(|l| l.resources().clone())
             .map(with_default_devices);
+        // As at create: CRIU itself counts against the pids limit while it restores.
+        let pids = resources.as_mut().and_then(|r| {
+            let pids = *r.pids();
+            r.set_pids(None);
+            pids
+        });
 
         let mut undo = Undo::default();
         mount::mount_rootfs(&rootfs, &rootfs_mounts)?;
@@ -130,6 +139,7 @@ impl Container {
             console: None,
             restore: Some(Pending {
                 options,
+                pids,
                 manifest,
                 stdio,
             }),
@@ -140,6 +150,7 @@ impl Container {
     pub(super) fn run_restore(&mut self, pending: Pending) -> Result<()> {
         let Pending {
             options,
+            pids,
             manifest,
             stdio,
         } = pending;
@@ -239,6 +250,14 @@ impl Container {
                 return Err(with_log(e, &log));
             }
         };
+        if let Some(pids) = pids {
+            let mut only_pids = LinuxResources::default();
+            only_pids.set_pids(Some(pids));
+            if let Err(e) = self.cgroup.update(&only_pids) {
+                self.cgroup.signal_all(Signal::SIGKILL);
+                return Err(e);
+            }
+        }
         self.state.pid = pid;
         self.state.pid_start_time = start_time(pid).unwrap_or(0);
         self.state.status = Status::Running;
