@@ -43,6 +43,10 @@ pub const CASES: &[(&str, Case)] = &[
         "checkpoint_options_are_honoured",
         checkpoint_options_are_honoured,
     ),
+    (
+        "bind_and_tmpfs_mounts_come_back",
+        bind_and_tmpfs_mounts_come_back,
+    ),
 ];
 
 /// PID 1 of the restore case: a counter loop, an open descriptor part-way into a file, a file
@@ -721,4 +725,78 @@ fn checkpoint_options_are_honoured(s: &Suite, rt: Runtime, id: &str) -> Result<(
         .unwrap_or(false);
     ensure!(logged, "no CRIU log in work_path {}", logs.display());
     Ok(())
+}
+
+/// A container with a bind mount of a host directory (an external mount for CRIU, mapped onto
+/// the new spec's source at restore) and a tmpfs (its files in CRIU's images), each holding a
+/// file and an open descriptor: after the restore both files are there, the process still
+/// holds both, and what it writes through the bind mount reaches the host directory.
+fn bind_and_tmpfs_mounts_come_back(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let restored = format!("{id}-restored");
+    let _cleanup = Cleanup(s, restored.clone());
+    let host = tempfile::tempdir_in(&s.cd.dir)?;
+    let bind = format!(
+        "type=bind,src={},dst=/data,options=rbind:rw",
+        host.path().display()
+    );
+    let script = "echo on-tmpfs > /scratch/t; echo on-bind > /data/b; \
+                  exec 4>>/data/log; exec 5</scratch/t; \
+                  while true; do \
+                    if [ -e /data/go ]; then rm /data/go; echo after-restore >&4; fi; sleep 0.1; \
+                  done";
+    s.cd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        rt.id(),
+        "--mount",
+        &bind,
+        "--mount",
+        "type=tmpfs,src=tmpfs,dst=/scratch,options=size=16m",
+        BUSYBOX_IMAGE,
+        id,
+        "sh",
+        "-c",
+        script,
+    ])?
+    .ok()?;
+    wait_status(s, id, "RUNNING")?;
+    exec_until(s, id, "cat /scratch/t", |o| o == "on-tmpfs")?;
+    let image = unique_ref(id);
+    s.cd.ctr(&["container", "checkpoint", "--task", "--rw", id, &image])?
+        .ok()
+        .context("checkpoint")?;
+    kill_and_remove_task(s, id)?;
+    s.cd.ctr(&["container", "delete", id])?.ok()?;
+
+    s.cd.ctr(&["container", "restore", "--live", "--rw", &restored, &image])?
+        .ok()
+        .context("restore")?;
+    wait_status(s, &restored, "RUNNING")?;
+    ensure!(
+        exec(s, &restored, "cat /scratch/t")? == "on-tmpfs",
+        "the tmpfs file is not there after the restore"
+    );
+    ensure!(
+        exec(s, &restored, "cat /data/b")? == "on-bind",
+        "the bind-mounted file is not there after the restore"
+    );
+    let fds = exec(s, &restored, "ls -l /proc/1/fd/4 /proc/1/fd/5")?;
+    ensure!(
+        fds.contains("/data/log") && fds.contains("/scratch/t"),
+        "PID 1 lost its descriptors on the mounts: {fds}"
+    );
+    std::fs::write(host.path().join("go"), b"")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(host.path().join("log")).unwrap_or_default() != "after-restore\n"
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "what the restored process wrote through the bind mount never reached the host"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill_and_remove_task(s, &restored)?;
+    s.cd.ctr(&["container", "delete", &restored])?.ok()?;
+    assert_gone(s, &restored)
 }
