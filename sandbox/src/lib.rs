@@ -24,6 +24,7 @@ pub mod error;
 pub mod exec;
 pub mod init;
 mod launch;
+mod lsm;
 pub mod mount;
 mod sealed_exe;
 pub mod spec;

@@ -777,7 +777,12 @@ fn events_in_order_and_oom(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     let mut deleted = false;
     while Instant::now() < deadline {
         if let Ok(t) = rx.recv_timeout(Duration::from_millis(100)) {
-            if t == "/tasks/delete" && !deleted {
+            let last = if rt == Runtime::Runc && s.cd.release.is_v2() {
+                "/containers/delete"
+            } else {
+                "/tasks/delete"
+            };
+            if t == last && !deleted {
                 deleted = true;
                 deadline = Instant::now() + Duration::from_millis(500);
             }
@@ -790,12 +795,19 @@ fn events_in_order_and_oom(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     let _ = events.wait();
     let out = out?;
     ensure!(out.code == 137, "exit {}", out.code);
-    let order = [
-        "/tasks/create",
-        "/tasks/start",
-        "/tasks/exit",
-        "/tasks/delete",
-    ];
+    // containerd 2.2.7's runc shim publishes no /tasks/delete (seen on every run here); cryo's
+    // shim is held to it on both releases.
+    let runc_on_v2 = rt == Runtime::Runc && s.cd.release.is_v2();
+    let order: &[&str] = if runc_on_v2 {
+        &["/tasks/create", "/tasks/start", "/tasks/exit"]
+    } else {
+        &[
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/exit",
+            "/tasks/delete",
+        ]
+    };
     let seen: Vec<&str> = topics
         .iter()
         .map(String::as_str)

@@ -93,7 +93,112 @@ pub(super) fn validate(spec: &Spec, terminal: bool) -> Result<()> {
     if let Some(resources) = linux.resources() {
         check_resources(resources)?;
     }
+    check_confinement(spec)?;
+    check_unapplied(spec)
+}
+
+/// An AppArmor profile or SELinux label the host cannot apply is refused (runc refuses them
+/// too): a container that asked for confinement never runs without it.
+fn check_confinement(spec: &Spec) -> Result<()> {
+    let process = spec.process().as_ref();
+    if let Some(p) = process
+        .and_then(|p| p.apparmor_profile().as_deref())
+        .filter(|p| !p.is_empty())
+    {
+        if !crate::lsm::apparmor_enabled() {
+            return Err(Error::InvalidSpec(format!(
+                "process.apparmorProfile {p:?}: apparmor profile requested but AppArmor is not \
+                 enabled on this host"
+            )));
+        }
+    }
+    let labels = [
+        (
+            "process.selinuxLabel",
+            process.and_then(|p| p.selinux_label().as_deref()),
+        ),
+        (
+            "linux.mountLabel",
+            spec.linux()
+                .as_ref()
+                .and_then(|l| l.mount_label().as_deref()),
+        ),
+    ];
+    for (field, label) in labels {
+        if let Some(label) = label.filter(|l| !l.is_empty()) {
+            let why = if crate::lsm::selinux_enabled() {
+                "SELinux labels are not applied by cryo"
+            } else {
+                "selinux label is specified in config, but SELinux is disabled or not supported \
+                 on this host"
+            };
+            return Err(Error::InvalidSpec(format!("{field} {label:?}: {why}")));
+        }
+    }
     Ok(())
+}
+
+/// Fields cryo does not apply are refused by name rather than silently dropped: the process
+/// would otherwise run without what its spec asked for.
+fn check_unapplied(spec: &Spec) -> Result<()> {
+    let process = spec.process().as_ref();
+    let linux = spec.linux().as_ref();
+    let hooks = spec.hooks().as_ref();
+    let hook_lists = hooks.map(|h| {
+        [
+            ("hooks.prestart", h.prestart()),
+            ("hooks.createRuntime", h.create_runtime()),
+            ("hooks.createContainer", h.create_container()),
+            ("hooks.startContainer", h.start_container()),
+            ("hooks.poststart", h.poststart()),
+            ("hooks.poststop", h.poststop()),
+        ]
+    });
+    for (field, list) in hook_lists.iter().flatten() {
+        if list.as_ref().is_some_and(|l| !l.is_empty()) {
+            return Err(unapplied(field, "OCI hooks are not run by cryo"));
+        }
+    }
+    let set = [
+        (
+            "process.scheduler",
+            process.is_some_and(|p| p.scheduler().is_some()),
+        ),
+        (
+            "process.ioPriority",
+            process.is_some_and(|p| p.io_priority().is_some()),
+        ),
+        (
+            "linux.intelRdt",
+            linux.is_some_and(|l| l.intel_rdt().is_some()),
+        ),
+        (
+            "linux.personality",
+            linux.is_some_and(|l| l.personality().is_some()),
+        ),
+        (
+            "linux.timeOffsets",
+            linux.is_some_and(|l| l.time_offsets().is_some()),
+        ),
+        (
+            "linux.memoryPolicy",
+            linux.is_some_and(|l| l.memory_policy().is_some()),
+        ),
+        (
+            "linux.netDevices",
+            linux.is_some_and(|l| l.net_devices().as_ref().is_some_and(|d| !d.is_empty())),
+        ),
+    ];
+    match set.iter().find(|(_, present)| *present) {
+        Some((field, _)) => Err(unapplied(field, "not supported by cryo")),
+        None => Ok(()),
+    }
+}
+
+fn unapplied(field: &str, why: &str) -> Error {
+    Error::InvalidSpec(format!(
+        "{field}: {why}; remove it from the spec (it would be ignored)"
+    ))
 }
 
 /// Resources that the kernel would silently change or cgroups-rs would refuse without naming

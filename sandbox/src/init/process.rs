@@ -83,6 +83,14 @@ pub fn configure(spec: &Spec) -> Result<()> {
         // Without no_new_privs the filter needs CAP_SYS_ADMIN: load it before dropping caps.
         seccomp::load(spec)?;
     }
+    if let Some(profile) = process
+        .apparmor_profile()
+        .as_deref()
+        .filter(|p| !p.is_empty())
+    {
+        // Checked at create: AppArmor is enabled. Takes effect at the exec.
+        crate::lsm::apparmor_exec(profile)?;
+    }
     drop_bounding(process)?;
     set_user(process)?;
     set_capabilities(process)?;

@@ -16,11 +16,18 @@ use super::{
 };
 
 /// Cases runc's shim is not held to, and why.
-pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[(
-    "foreign_cgroups_are_refused",
-    "runc 1.1.5 only warns about a non-empty cgroup (refused since runc 1.2); the case is not run \
-     against it: with cgroupsPath \"/\" its kill --all would signal every process of the host",
-)];
+pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[
+    (
+        "foreign_cgroups_are_refused",
+        "runc 1.1.5 only warns about a non-empty cgroup (refused since runc 1.2); the case is not \
+         run against it: with cgroupsPath \"/\" its kill --all would signal every process of the host",
+    ),
+    (
+        "unapplied_fields_are_refused",
+        "runc 1.1.5 predates process.scheduler, process.ioPriority, linux.personality and \
+         linux.timeOffsets and silently ignores them (and it runs hooks, which cryo refuses)",
+    ),
+];
 
 pub const CASES: &[(&str, Case)] = &[
     ("ids_out_of_range_are_refused", ids_out_of_range_are_refused),
@@ -51,6 +58,11 @@ pub const CASES: &[(&str, Case)] = &[
         pid1_exit_kills_the_rest_without_pid_namespace,
     ),
     ("foreign_cgroups_are_refused", foreign_cgroups_are_refused),
+    (
+        "confinement_the_host_cannot_apply_is_refused",
+        confinement_the_host_cannot_apply_is_refused,
+    ),
+    ("unapplied_fields_are_refused", unapplied_fields_are_refused),
 ];
 
 /// `ctr run --rm --config` of a spec edited by `edit`, under the id `id-suffix`, removed after.
@@ -438,4 +450,117 @@ fn foreign_cgroups_are_refused(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     })();
     cleanup_container(&s.cd, &victim);
     result
+}
+
+/// An AppArmor profile or SELinux label on a host without AppArmor or SELinux (this one) is
+/// refused: the container never runs unconfined when its spec asked for confinement.
+fn confinement_the_host_cannot_apply_is_refused(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    ensure!(
+        !std::path::Path::new("/sys/module/apparmor/parameters/enabled").exists()
+            && !std::path::Path::new("/sys/fs/selinux/enforce").exists(),
+        "this case expects a host without AppArmor and SELinux"
+    );
+    for (suffix, field, edit) in [
+        (
+            "apparmor",
+            "process.apparmorProfile",
+            &(|spec: &mut serde_json::Value| {
+                spec["process"]["apparmorProfile"] = "cryo-test-profile".into()
+            }) as &dyn Fn(&mut serde_json::Value),
+        ),
+        ("selinux", "process.selinuxLabel", &|spec| {
+            spec["process"]["selinuxLabel"] = "system_u:system_r:container_t:s0".into()
+        }),
+    ] {
+        let out = run_edited(s, rt, id, suffix, |spec| {
+            edit(spec);
+            spec["process"]["args"] = serde_json::json!(["echo", "ran unconfined"]);
+        })?;
+        ensure!(
+            out.code != 0 && !out.stdout.contains("ran unconfined"),
+            "{field} was not refused: {out:?}"
+        );
+        if rt == Runtime::Cryo {
+            ensure!(out.stderr.contains(field), "{field} not named: {out:?}");
+        }
+    }
+    Ok(())
+}
+
+/// Spec fields cryo does not apply are refused by name, never silently dropped. containerd
+/// 1.6 itself drops the fields its runtime-spec predates (scheduler, ioPriority, timeOffsets):
+/// each field is checked where containerd hands it over, and at least the hooks always are.
+fn unapplied_fields_are_refused(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let cases: [(&str, &str, serde_json::Value); 6] = [
+        (
+            "hook",
+            "hooks.prestart",
+            serde_json::json!([{"path": "/bin/true"}]),
+        ),
+        (
+            "rdt",
+            "linux.intelRdt",
+            serde_json::json!({"closID": "cryo"}),
+        ),
+        (
+            "persona",
+            "linux.personality",
+            serde_json::json!({"domain": "LINUX32"}),
+        ),
+        (
+            "sched",
+            "process.scheduler",
+            serde_json::json!({"policy": "SCHED_OTHER"}),
+        ),
+        (
+            "ioprio",
+            "process.ioPriority",
+            serde_json::json!({"class": "IOPRIO_CLASS_IDLE"}),
+        ),
+        (
+            "timens",
+            "linux.timeOffsets",
+            serde_json::json!({"monotonic": {"secs": 86400}}),
+        ),
+    ];
+    let mut checked = Vec::new();
+    for (suffix, field, value) in cases {
+        let cid = format!("{id}-{suffix}");
+        let (section, key) = field.split_once('.').expect("section.key");
+        let spec = spec_file(s, &cid, |spec| {
+            spec[section][key] = value;
+            spec["process"]["args"] = serde_json::json!(["echo", "ran"]);
+        })?;
+        let result = (|| -> Result<()> {
+            s.cd.ctr(&[
+                "container",
+                "create",
+                "--runtime",
+                rt.id(),
+                "--config",
+                &spec,
+                &cid,
+            ])?
+            .ok()?;
+            let info: serde_json::Value =
+                serde_json::from_str(&s.cd.ctr(&["container", "info", &cid])?.ok()?.stdout)?;
+            if info["Spec"][section][key].is_null() {
+                return Ok(()); // containerd dropped it: nothing reaches the runtime
+            }
+            checked.push(field);
+            let out = s.cd.ctr(&["task", "start", &cid])?;
+            ensure!(
+                out.code != 0 && out.stderr.contains(field) && !out.stdout.contains("ran"),
+                "{field} was not refused by name: {out:?}"
+            );
+            Ok(())
+        })();
+        cleanup_container(&s.cd, &cid);
+        result?;
+    }
+    ensure!(
+        checked.contains(&"hooks.prestart"),
+        "containerd dropped even the hooks: nothing was checked ({checked:?})"
+    );
+    Ok(())
 }

@@ -6,12 +6,14 @@
 use std::collections::HashSet;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
+use containerd_shim_protos::api;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::MessageField;
-use containerd_shim_protos::{api, ttrpc, TaskClient};
 use harness::Runtime;
+use harness::ShimAddress;
 
 use super::{assert_gone, cleanup_container, run_detached, run_spec, spec_file, Case, Suite};
 
@@ -50,21 +52,17 @@ pub const CASES: &[(&str, Case)] = &[
 const REFUSAL_RUNS: usize = 20;
 
 /// Ten seconds, for calls on the shim's own Task API.
-fn deadline() -> ttrpc::context::Context {
-    ttrpc::context::with_timeout(10_000_000_000)
-}
+const CALL_LIMIT: Duration = Duration::from_secs(10);
 
-/// A client on the Task API of the shim serving `id`.
-fn shim_client(s: &Suite, id: &str) -> Result<TaskClient> {
+/// The Task API of the shim serving `id`, in whichever version it speaks (containerd 2.x's
+/// runc shim serves v3).
+fn shim_client(s: &Suite, id: &str) -> Result<ShimAddress> {
     let bundle =
         s.cd.dir
             .join("state/io.containerd.runtime.v2.task")
             .join(&s.cd.namespace)
             .join(id);
-    let address = std::fs::read_to_string(bundle.join("address"))?;
-    Ok(TaskClient::new(
-        ttrpc::Client::connect(address.trim()).context("connect to the shim")?,
-    ))
+    ShimAddress::of_bundle(&bundle)
 }
 
 /// Host pid of the task `id` (from `ctr task ls`).
@@ -148,7 +146,7 @@ done"#;
 
 /// Removes a second container created straight through a shim's Task API, and its bundle.
 struct Sibling<'a> {
-    client: &'a TaskClient,
+    client: &'a ShimAddress,
     id: String,
     bundle: PathBuf,
 }
@@ -161,17 +159,17 @@ impl Drop for Sibling<'_> {
             all: true,
             ..Default::default()
         };
-        let _ = self.client.kill(deadline(), &kill);
+        let _: Result<api::Empty> = self.client.call("Kill", &kill, CALL_LIMIT);
         let wait = api::WaitRequest {
             id: self.id.clone(),
             ..Default::default()
         };
-        let _ = self.client.wait(deadline(), &wait);
+        let _: Result<api::WaitResponse> = self.client.call("Wait", &wait, CALL_LIMIT);
         let delete = api::DeleteRequest {
             id: self.id.clone(),
             ..Default::default()
         };
-        let _ = self.client.delete(deadline(), &delete);
+        let _: Result<api::DeleteResponse> = self.client.call("Delete", &delete, CALL_LIMIT);
         let _ = std::fs::remove_dir_all(&self.bundle);
     }
 }
@@ -267,16 +265,17 @@ fn with_waiting_processes(
         }),
         ..Default::default()
     };
-    client
-        .exec(deadline(), &exec)
+    let _: api::Empty = client
+        .call("Exec", &exec, CALL_LIMIT)
         .context("create the waiting exec")?;
-    let state = client.state(
-        deadline(),
+    let state: api::StateResponse = client.call(
+        "State",
         &api::StateRequest {
             id: id.to_string(),
             exec_id: "waiting".into(),
             ..Default::default()
         },
+        CALL_LIMIT,
     )?;
     s.cd.ctr(&[
         "task",
@@ -312,14 +311,15 @@ fn with_waiting_processes(
         }
     })?;
     std::fs::rename(&spec, bundle.join("config.json"))?;
-    let created = client
-        .create(
-            deadline(),
+    let created: api::CreateTaskResponse = client
+        .call(
+            "Create",
             &api::CreateTaskRequest {
                 id: sibling_id.clone(),
                 bundle: bundle.display().to_string(),
                 ..Default::default()
             },
+            CALL_LIMIT,
         )
         .context("create the sibling")?;
 
