@@ -47,6 +47,10 @@ pub const CASES: &[(&str, Case)] = &[
         "bind_and_tmpfs_mounts_come_back",
         bind_and_tmpfs_mounts_come_back,
     ),
+    (
+        "joined_network_namespace_is_rejoined",
+        joined_network_namespace_is_rejoined,
+    ),
 ];
 
 /// PID 1 of the restore case: a counter loop, an open descriptor part-way into a file, a file
@@ -796,6 +800,57 @@ fn bind_and_tmpfs_mounts_come_back(s: &Suite, rt: Runtime, id: &str) -> Result<(
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    kill_and_remove_task(s, &restored)?;
+    s.cd.ctr(&["container", "delete", &restored])?.ok()?;
+    assert_gone(s, &restored)
+}
+
+/// A container that joined another's network namespace (as a pod's containers join the
+/// sandbox's): the namespace is external to CRIU's images, and the restored container is in
+/// that same namespace again, not in a new one.
+fn joined_network_namespace_is_rejoined(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let holder = format!("{id}-netns");
+    let restored = format!("{id}-restored");
+    let _cleanup = (Cleanup(s, restored.clone()), Cleanup(s, holder.clone()));
+    run_detached(s, rt, &holder, &[])?;
+    let ps = s.cd.ctr(&["task", "ls"])?.ok()?.stdout;
+    let pid = ps
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(holder.as_str()))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .with_context(|| format!("no pid for {holder} in:\n{ps}"))?
+        .to_string();
+    let netns = format!("/proc/{pid}/ns/net");
+    let want = std::fs::read_link(&netns)?.display().to_string();
+    s.cd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        rt.id(),
+        "--with-ns",
+        &format!("network:{netns}"),
+        BUSYBOX_IMAGE,
+        id,
+        "sleep",
+        "100000",
+    ])?
+    .ok()?;
+    wait_status(s, id, "RUNNING")?;
+    let image = unique_ref(id);
+    s.cd.ctr(&["container", "checkpoint", "--task", "--rw", id, &image])?
+        .ok()
+        .context("checkpoint")?;
+    kill_and_remove_task(s, id)?;
+    s.cd.ctr(&["container", "delete", id])?.ok()?;
+    s.cd.ctr(&["container", "restore", "--live", "--rw", &restored, &image])?
+        .ok()
+        .context("restore")?;
+    wait_status(s, &restored, "RUNNING")?;
+    let got = exec(s, &restored, "readlink /proc/1/ns/net")?;
+    ensure!(
+        got == want,
+        "the restored container is in network namespace {got}, not the joined {want}"
+    );
     kill_and_remove_task(s, &restored)?;
     s.cd.ctr(&["container", "delete", &restored])?.ok()?;
     assert_gone(s, &restored)
