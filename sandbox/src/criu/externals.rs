@@ -250,3 +250,102 @@ fn criu_ns_name(typ: LinuxNamespaceType) -> Option<&'static str> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(json: &str) -> Spec {
+        serde_json::from_str(json).unwrap()
+    }
+
+    fn mount(root: &str, point: &str, fstype: &str, opts: &str) -> MountInfo {
+        MountInfo {
+            root: root.into(),
+            mount_point: PathBuf::from(point),
+            fstype: fstype.into(),
+            source: fstype.into(),
+            super_options: opts.into(),
+            shared: false,
+        }
+    }
+
+    #[test]
+    fn a_bind_the_new_spec_lacks_is_refused_by_destination() {
+        let externals = [External::Bind {
+            destination: "/data".into(),
+        }];
+        let s = spec(
+            r#"{"ociVersion":"1.0.2","mounts":[{"destination":"/other","type":"bind","source":"/tmp","options":["rbind"]}]}"#,
+        );
+        let err = for_restore(&externals, &s, Path::new("/b"), "/c")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("/data"), "{err}");
+    }
+
+    #[test]
+    fn binds_map_to_the_new_sources_relative_ones_in_the_bundle() {
+        let externals = [
+            External::Bind {
+                destination: "/data".into(),
+            },
+            External::Bind {
+                destination: "/etc/hosts".into(),
+            },
+        ];
+        let s = spec(
+            r#"{"ociVersion":"1.0.2","mounts":[
+                {"destination":"/data","type":"none","source":"/srv/new","options":["rbind","rw"]},
+                {"destination":"/etc/hosts","type":"bind","source":"hosts"}]}"#,
+        );
+        let ext = for_restore(&externals, &s, Path::new("/bundle"), "/c").unwrap();
+        assert_eq!(
+            ext.mounts,
+            vec![
+                ("/data".to_string(), "/srv/new".to_string()),
+                ("/etc/hosts".to_string(), "/bundle/hosts".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_joined_namespace_the_new_spec_does_not_join_is_refused() {
+        let externals = [External::Namespace {
+            namespace: "network".into(),
+            key: "extRootNetNS".into(),
+        }];
+        let s = spec(r#"{"ociVersion":"1.0.2","linux":{"namespaces":[{"type":"network"}]}}"#);
+        let err = for_restore(&externals, &s, Path::new("/b"), "/c")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("network"), "{err}");
+    }
+
+    #[test]
+    fn cgroup_views_map_to_the_new_cgroup_in_their_hierarchy() {
+        let host = [
+            mount("/", "/sys/fs/cgroup/memory", "cgroup", "rw,memory"),
+            mount(
+                "/",
+                "/sys/fs/cgroup/cpu,cpuacct",
+                "cgroup",
+                "rw,cpu,cpuacct",
+            ),
+            mount("/", "/sys/fs/cgroup/unified", "cgroup2", "rw"),
+        ];
+        assert_eq!(
+            cgroup_dir(&host, "cpu,cpuacct", "/ns/c2").unwrap(),
+            Path::new("/sys/fs/cgroup/cpu,cpuacct/ns/c2")
+        );
+        assert_eq!(
+            cgroup_dir(&host, "unified", "/ns/c2").unwrap(),
+            Path::new("/sys/fs/cgroup/unified/ns/c2")
+        );
+        // A hierarchy name from a hostile manifest only ever names a mounted hierarchy.
+        assert!(cgroup_dir(&host, "../../etc", "/ns/c2").is_err());
+        assert!(cgroup_dir(&host, "pids", "/ns/c2").is_err());
+    }
+}
