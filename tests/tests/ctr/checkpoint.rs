@@ -51,6 +51,10 @@ pub const CASES: &[(&str, Case)] = &[
         "joined_network_namespace_is_rejoined",
         joined_network_namespace_is_rejoined,
     ),
+    (
+        "paused_checkpoint_with_exit_stops",
+        paused_checkpoint_with_exit_stops,
+    ),
 ];
 
 /// PID 1 of the restore case: a counter loop, an open descriptor part-way into a file, a file
@@ -854,4 +858,37 @@ fn joined_network_namespace_is_rejoined(s: &Suite, rt: Runtime, id: &str) -> Res
     kill_and_remove_task(s, &restored)?;
     s.cd.ctr(&["container", "delete", &restored])?.ok()?;
     assert_gone(s, &restored)
+}
+
+/// Task API Checkpoint of a paused task with runc's `exit` option (as a client sends it after
+/// containerd paused the task): the frozen processes are killed after the dump and the task
+/// stops, rather than staying frozen with a SIGKILL pending.
+fn paused_checkpoint_with_exit_stops(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    use containerd_shim_protos::api;
+    use containerd_shim_protos::protobuf::well_known_types::any::Any;
+    use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
+    use containerd_shim_protos::protobuf::{Message, MessageField};
+    use containerd_shim_protos::shim::oci::CheckpointOptions;
+    run_detached(s, rt, id, &[])?;
+    s.cd.ctr(&["task", "pause", id])?.ok()?;
+    wait_status(s, id, "PAUSED")?;
+    let shim = s.cd.shim_address(id)?;
+    let work = tempfile::tempdir_in(&s.cd.dir)?;
+    let options = CheckpointOptions {
+        exit: true,
+        ..Default::default()
+    };
+    let req = api::CheckpointTaskRequest {
+        id: id.to_string(),
+        path: work.path().join("images").display().to_string(),
+        options: MessageField::some(Any {
+            type_url: "containerd.runc.v1.CheckpointOptions".into(),
+            value: options.write_to_bytes()?,
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    shim.call::<_, Empty>("Checkpoint", &req, Duration::from_secs(60))
+        .context("checkpoint of a paused task with exit")?;
+    wait_status(s, id, "STOPPED").context("the paused task did not stop after an exit checkpoint")
 }
