@@ -253,11 +253,7 @@ impl Task {
                 )))
             }
         }
-        let restored_exit = self
-            .restored_exit
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let restored_exit = lock_restored(&self.restored_exit).take();
         let mark = restored_exit.as_ref().map(|r| r.mark());
         let container = self.container.clone();
         tokio::task::spawn_blocking(move || with(&container, |c| c.start()))
@@ -425,6 +421,8 @@ impl Task {
                 self.id
             )));
         }
+        // A restore never started has no PID 1: its exit is known to be none.
+        drop(lock_restored(&self.restored_exit).take());
         if self.exited().is_none() {
             // Created but never started: PID 1 waits; kill it and take its exit.
             self.kill(libc::SIGKILL as u32, true)?;
@@ -446,6 +444,12 @@ impl Task {
 
 fn lock(c: &Mutex<Option<Container>>) -> std::sync::MutexGuard<'_, Option<Container>> {
     c.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn lock_restored(
+    m: &Mutex<Option<crate::checkpoint::RestoredExit>>,
+) -> std::sync::MutexGuard<'_, Option<crate::checkpoint::RestoredExit>> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn lock_execs(

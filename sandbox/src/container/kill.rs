@@ -18,6 +18,10 @@ impl Container {
             self.cgroup.signal_all(sig);
             return Ok(());
         }
+        // No PID 1 yet (a restore before Start): pid 0 would signal our own process group.
+        if self.state.pid <= 0 {
+            return Err(self.wrong_state("signal PID 1 (it does not exist yet)"));
+        }
         kill(Pid::from_raw(self.state.pid), sig)
             .map_err(|e| Error::sys(format!("kill {sig} pid {}", self.state.pid), e))
     }

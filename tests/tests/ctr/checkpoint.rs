@@ -15,10 +15,16 @@ use harness::containerd::StartOptions;
 use harness::Containerd;
 
 /// Cases runc's shim is not held to, and why.
-pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[(
-    "restore_of_a_newer_format_is_refused",
-    "cryo's own checkpoint manifest (cryo-checkpoint.json): runc's checkpoints have none",
-)];
+pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[
+    (
+        "restore_of_a_newer_format_is_refused",
+        "cryo's own checkpoint manifest (cryo-checkpoint.json): runc's checkpoints have none",
+    ),
+    (
+        "prepared_restore_is_killed_and_deleted_cleanly",
+        "a second task created on a running container's shim: runc's shim serves one container",
+    ),
+];
 
 pub const CASES: &[(&str, Case)] = &[
     ("checkpoint_restore_continues", checkpoint_restore_continues),
@@ -54,6 +60,10 @@ pub const CASES: &[(&str, Case)] = &[
     (
         "paused_checkpoint_with_exit_stops",
         paused_checkpoint_with_exit_stops,
+    ),
+    (
+        "prepared_restore_is_killed_and_deleted_cleanly",
+        prepared_restore_is_killed_and_deleted_cleanly,
     ),
 ];
 
@@ -891,4 +901,75 @@ fn paused_checkpoint_with_exit_stops(s: &Suite, rt: Runtime, id: &str) -> Result
     shim.call::<_, Empty>("Checkpoint", &req, Duration::from_secs(60))
         .context("checkpoint of a paused task with exit")?;
     wait_status(s, id, "STOPPED").context("the paused task did not stop after an exit checkpoint")
+}
+
+/// A restore created but never started (Create with a checkpoint, then Kill and Delete, as
+/// containerd does when something fails between the two): no process exists yet, so a Kill of
+/// PID 1 is refused without signalling anything else (pid 0 would be the shim's own process
+/// group), and Delete returns at once and leaves nothing.
+fn prepared_restore_is_killed_and_deleted_cleanly(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    use containerd_shim_protos::api;
+    use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
+    run_detached(s, rt, id, &[])?;
+    let shim = s.cd.shim_address(id)?;
+    let bundle =
+        s.cd.dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&s.cd.namespace)
+            .join(id);
+    let work = tempfile::tempdir_in(&s.cd.dir)?;
+    let images = work.path().join("images");
+    let req = api::CheckpointTaskRequest {
+        id: id.to_string(),
+        path: images.display().to_string(),
+        ..Default::default()
+    };
+    shim.call::<_, Empty>("Checkpoint", &req, Duration::from_secs(60))
+        .context("checkpoint")?;
+
+    // A second task on the same shim, restoring that checkpoint onto the busybox directory.
+    let second = format!("{id}-prepared");
+    let new_bundle = work.path().join("bundle");
+    std::fs::create_dir_all(&new_bundle)?;
+    let mut spec: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json"))?)?;
+    spec["root"]["path"] = s.rootfs.display().to_string().into();
+    spec["linux"]["cgroupsPath"] = format!("/{}/{second}", s.cd.namespace).into();
+    std::fs::write(new_bundle.join("config.json"), serde_json::to_vec(&spec)?)?;
+    let create = api::CreateTaskRequest {
+        id: second.clone(),
+        bundle: new_bundle.display().to_string(),
+        checkpoint: images.display().to_string(),
+        ..Default::default()
+    };
+    shim.call::<_, api::CreateTaskResponse>("Create", &create, Duration::from_secs(30))
+        .context("create for a restore")?;
+    let kill = api::KillRequest {
+        id: second.clone(),
+        signal: 9,
+        ..Default::default()
+    };
+    let killed = shim.call::<_, Empty>("Kill", &kill, Duration::from_secs(10));
+    ensure!(
+        killed.is_err(),
+        "Kill of a restore that has no process yet was accepted"
+    );
+    wait_status(s, id, "RUNNING").context("the first task after the Kill")?;
+    let delete = api::DeleteRequest {
+        id: second.clone(),
+        ..Default::default()
+    };
+    let started = Instant::now();
+    shim.call::<_, api::DeleteResponse>("Delete", &delete, Duration::from_secs(30))
+        .context("delete of the prepared restore")?;
+    ensure!(
+        started.elapsed() < Duration::from_secs(3),
+        "Delete of a prepared restore took {:?}",
+        started.elapsed()
+    );
+    let cgroup = Path::new("/sys/fs/cgroup/memory")
+        .join(&s.cd.namespace)
+        .join(&second);
+    ensure!(!cgroup.exists(), "cgroup {} left", cgroup.display());
+    assert_gone(s, &second)
 }
