@@ -78,6 +78,7 @@ pub fn prepare(config: &InitConfig) -> Result<Option<OwnedFd>> {
     let console = if config.terminal {
         Some(terminal(true)?)
     } else {
+        reopen_dev_null()?;
         None
     };
     // Before /proc/sys may become read-only below; which sysctls are allowed was checked at
@@ -336,6 +337,44 @@ fn dev_symlinks(rootfs: &Path) -> Result<()> {
         let link = dev.join(name);
         let _ = std::fs::remove_file(&link);
         symlink(target, &link).map_err(|e| Error::io(format!("symlink /dev/{name}"), e))?;
+    }
+    Ok(())
+}
+
+/// Stdio that is the host's /dev/null (what the engine gives for a stream nobody wants) is
+/// reopened as the container's own /dev/null, as runc does: CRIU cannot checkpoint a descriptor
+/// on a mount outside the container. Without a /dev/null of its own nothing changes.
+fn reopen_dev_null() -> Result<()> {
+    let Ok(ours) = nix::sys::stat::stat("/dev/null") else {
+        return Ok(());
+    };
+    let is_null = |st: &nix::sys::stat::FileStat| {
+        st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == makedev(1, 3)
+    };
+    if !is_null(&ours) {
+        return Ok(());
+    }
+    for fd in 0..3 {
+        // SAFETY: fds 0-2 are this process's stdio, borrowed only for the call.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        let Ok(st) = nix::sys::stat::fstat(borrowed) else {
+            continue;
+        };
+        if !is_null(&st) || (st.st_dev == ours.st_dev && st.st_ino == ours.st_ino) {
+            continue;
+        }
+        let access = nix::fcntl::fcntl(borrowed, nix::fcntl::FcntlArg::F_GETFL)
+            .map(|f| OFlag::from_bits_truncate(f) & OFlag::O_ACCMODE)
+            .map_err(|e| Error::sys(format!("read the flags of fd {fd}"), e))?;
+        let null = open("/dev/null", access | OFlag::O_CLOEXEC, Mode::empty())
+            .map_err(|e| Error::sys("open the container's /dev/null", e))?;
+        // SAFETY: replaces stdio fd `fd` with the container's /dev/null; `null` stays owned.
+        if unsafe { libc::dup2(null.as_raw_fd(), fd) } < 0 {
+            return Err(Error::sys(
+                format!("dup2 /dev/null onto fd {fd}"),
+                nix::Error::last(),
+            ));
+        }
     }
     Ok(())
 }

@@ -65,6 +65,10 @@ pub const CASES: &[(&str, Case)] = &[
         "prepared_restore_is_killed_and_deleted_cleanly",
         prepared_restore_is_killed_and_deleted_cleanly,
     ),
+    (
+        "null_io_container_round_trips",
+        null_io_container_round_trips,
+    ),
 ];
 
 /// PID 1 of the restore case: a counter loop, an open descriptor part-way into a file, a file
@@ -972,4 +976,34 @@ fn prepared_restore_is_killed_and_deleted_cleanly(s: &Suite, rt: Runtime, id: &s
         .join(&second);
     ensure!(!cgroup.exists(), "cgroup {} left", cgroup.display());
     assert_gone(s, &second)
+}
+
+/// A container without stdio (`ctr run --null-io`): its streams are /dev/null, which must be
+/// the container's own for CRIU to dump them (the host's is on a mount outside the container).
+fn null_io_container_round_trips(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let restored = format!("{id}-restored");
+    let _cleanup = Cleanup(s, restored.clone());
+    run_detached(s, rt, id, &["--null-io"])?;
+    let image = unique_ref(id);
+    s.cd.ctr(&["container", "checkpoint", "--task", "--rw", id, &image])?
+        .ok()
+        .context("checkpoint of a container with null stdio")?;
+    kill_and_remove_task(s, id)?;
+    s.cd.ctr(&["container", "delete", id])?.ok()?;
+    s.cd.ctr(&["container", "restore", "--live", "--rw", &restored, &image])?
+        .ok()
+        .context("restore")?;
+    wait_status(s, &restored, "RUNNING")?;
+    let fds = exec(
+        s,
+        &restored,
+        "for f in 0 1 2; do readlink /proc/1/fd/$f; done",
+    )?;
+    ensure!(
+        fds.lines().all(|l| l == "/dev/null"),
+        "the restored PID 1's stdio: {fds:?}"
+    );
+    kill_and_remove_task(s, &restored)?;
+    s.cd.ctr(&["container", "delete", &restored])?.ok()?;
+    assert_gone(s, &restored)
 }
