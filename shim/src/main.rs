@@ -6,13 +6,18 @@
 
 mod annotations;
 mod bootstrap;
-mod errors;
+mod container;
+mod engine;
+mod error;
 mod events;
 mod exec;
 mod exits;
+mod init;
+mod lifecycle;
 mod metrics;
 mod pod;
 mod process;
+mod registry;
 mod service;
 mod stdio;
 mod task;
