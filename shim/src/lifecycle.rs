@@ -52,6 +52,8 @@ impl Lifecycle {
         tokio::spawn(async move {
             let Ok(exit) = exit_rx.await else { return };
             io.wait_outputs(IO_DRAIN_LIMIT).await;
+            // Nothing reads stdin any more: release its FIFO and copy.
+            io.control().stop_stdin();
             let _started = lock.lock().await;
             on_exit.await;
             let _ = exit_tx.send(Some(exit.clone()));
