@@ -41,10 +41,7 @@ impl ExecProcess {
         exits: &Exits,
         events: &EventTx,
     ) -> Result<ExecProcess> {
-        let process: oci_spec::runtime::Process =
-            serde_json::from_slice(&req.spec.value).map_err(|e| {
-                Error::InvalidArgument(format!("exec {}: process spec: {e}", req.exec_id))
-            })?;
+        let process = crate::spec::process(&req.exec_id, &req.spec.value)?;
         let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),

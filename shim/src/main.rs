@@ -19,6 +19,7 @@ mod pod;
 mod process;
 mod registry;
 mod service;
+mod spec;
 mod stdio;
 mod task;
 mod volumes;

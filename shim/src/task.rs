@@ -2,7 +2,7 @@
 //! containers and their processes ([`crate::process::Process`]) and answers with containerd's
 //! types; errors become ttrpc codes in one place ([`crate::error`]).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,7 +18,6 @@ use containerd_shim_protos::topics::{
 };
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 use log::info;
-use oci_spec::runtime::Spec;
 
 use crate::container::Container;
 use crate::engine::Engine;
@@ -67,7 +66,7 @@ impl TaskService {
             ));
         }
         let bundle = PathBuf::from(&req.bundle);
-        let spec = load_spec(&bundle)?;
+        let spec = crate::spec::load(&bundle)?;
         // Pod volumes (dev.cryo.spec.mount.* annotations): mounts rewritten, pod overlays mounted.
         let spec = self.pod.volumes.prepare(&bundle, &req.id, spec).await?;
         let init =
@@ -271,10 +270,7 @@ impl TaskApi for TaskService {
         req: api::UpdateTaskRequest,
     ) -> TtrpcResult<api::Empty> {
         let container = self.pod.get(&req.id)?;
-        let resources: oci_spec::runtime::LinuxResources =
-            serde_json::from_slice(&req.resources.value).map_err(|e| {
-                Error::InvalidArgument(format!("update {}: resources: {e}", req.id))
-            })?;
+        let resources = crate::spec::resources(&req.id, &req.resources.value)?;
         container
             .init
             .engine()
@@ -326,12 +322,6 @@ impl TaskApi for TaskService {
         }
         Ok(api::Empty::default())
     }
-}
-
-/// The bundle's config.json, or an error naming what is wrong with it.
-fn load_spec(bundle: &Path) -> Result<Spec> {
-    let path = bundle.join("config.json");
-    Spec::load(&path).map_err(|e| Error::InvalidArgument(format!("{}: {e}", path.display())))
 }
 
 #[cfg(test)]
