@@ -17,19 +17,15 @@ use crate::events::EventTx;
 use crate::exits::Exits;
 use crate::init::EngineHandle;
 use crate::lifecycle::{ExitSubject, Lifecycle};
-use crate::process::Process;
+use crate::process::{Process, ProcessBase};
 use crate::stdio::{self, StdioPaths};
 
 /// One exec'd process.
 pub struct ExecProcess {
-    exec_id: String,
-    container_id: String,
-    pid: i32,
-    stdio: StdioPaths,
+    base: ProcessBase,
     /// The engine's process: locked only by calls on the blocking pool.
     engine: Arc<tokio::sync::Mutex<Box<dyn EngineExec>>>,
     started: AtomicBool,
-    lifecycle: Lifecycle,
 }
 
 impl ExecProcess {
@@ -85,43 +81,27 @@ impl ExecProcess {
             }),
         );
         Ok(ExecProcess {
-            exec_id: req.exec_id.clone(),
-            container_id: container_id.to_string(),
-            pid,
-            stdio,
+            base: ProcessBase {
+                container_id: container_id.to_string(),
+                exec_id: req.exec_id.clone(),
+                pid,
+                stdio,
+                lifecycle,
+            },
             engine: Arc::new(tokio::sync::Mutex::new(proc)),
             started: AtomicBool::new(false),
-            lifecycle,
         })
     }
 }
 
 #[async_trait]
 impl Process for ExecProcess {
-    fn exec_id(&self) -> &str {
-        &self.exec_id
+    fn base(&self) -> &ProcessBase {
+        &self.base
     }
 
-    fn container_id(&self) -> &str {
-        &self.container_id
-    }
-
-    fn pid(&self) -> i32 {
-        self.pid
-    }
-
-    fn stdio(&self) -> &StdioPaths {
-        &self.stdio
-    }
-
-    fn lifecycle(&self) -> &Lifecycle {
-        &self.lifecycle
-    }
-
-    fn status(&self) -> Status {
-        if self.lifecycle.exited().is_some() {
-            Status::STOPPED
-        } else if self.started.load(Ordering::SeqCst) {
+    fn live_status(&self) -> Status {
+        if self.started.load(Ordering::SeqCst) {
             Status::RUNNING
         } else {
             Status::CREATED
@@ -132,7 +112,7 @@ impl Process for ExecProcess {
         if self.started.swap(true, Ordering::SeqCst) {
             return Err(Error::FailedPrecondition(format!(
                 "exec process {} was already started",
-                self.exec_id
+                self.base.exec_id
             )));
         }
         Ok(())
@@ -145,9 +125,9 @@ impl Process for ExecProcess {
 
     fn started_event(&self) -> (&'static str, Box<dyn MessageDyn>) {
         let event = TaskExecStarted {
-            container_id: self.container_id.clone(),
-            exec_id: self.exec_id.clone(),
-            pid: self.pid as u32,
+            container_id: self.base.container_id.clone(),
+            exec_id: self.base.exec_id.clone(),
+            pid: self.base.pid as u32,
             ..Default::default()
         };
         (TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(event))

@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::events::EventTx;
 use crate::exits::{Exits, Mark};
 use crate::lifecycle::{ExitSubject, Lifecycle};
-use crate::process::Process;
+use crate::process::{Process, ProcessBase};
 use crate::stdio::{self, Io, StdioPaths};
 
 /// The engine's container, shared by the init process and the container's exec processes.
@@ -88,11 +88,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// PID 1 of a container.
 pub struct InitProcess {
-    id: String,
-    pid: i32,
-    stdio: StdioPaths,
+    base: ProcessBase,
     engine: EngineHandle,
-    lifecycle: Lifecycle,
 }
 
 impl InitProcess {
@@ -135,7 +132,7 @@ impl InitProcess {
         let mark = exits.mark();
         let container = tokio::task::spawn_blocking(move || engine.create(config)).await??;
         let init = InitProcess::adopt(&req.id, container, stdio, io, exits, mark, events).await?;
-        info!("created container {} (pid {})", req.id, init.pid);
+        info!("created container {} (pid {})", req.id, init.pid());
         events.send(
             TASK_CREATE_EVENT_TOPIC,
             Box::new(TaskCreate {
@@ -150,7 +147,7 @@ impl InitProcess {
                     ..Default::default()
                 }),
                 checkpoint: req.checkpoint.clone(),
-                pid: init.pid as u32,
+                pid: init.pid() as u32,
                 ..Default::default()
             }),
         );
@@ -198,11 +195,14 @@ impl InitProcess {
         };
         let lifecycle = Lifecycle::follow(exit_rx, io, events.clone(), subject, on_exit);
         let init = Arc::new(InitProcess {
-            id: id.to_string(),
-            pid,
-            stdio,
+            base: ProcessBase {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+                pid,
+                stdio,
+                lifecycle,
+            },
             engine,
-            lifecycle,
         });
         init.watch_oom(events.clone()).await;
         Ok(init)
@@ -215,7 +215,7 @@ impl InitProcess {
 
     /// Send TaskOOM for every OOM kill in the container's cgroup.
     async fn watch_oom(&self, events: EventTx) {
-        let id = self.id.clone();
+        let id = self.base.container_id.clone();
         let on_oom = Box::new(move || {
             info!("container {id}: OOM kill");
             events.send(
@@ -227,7 +227,7 @@ impl InitProcess {
             );
         });
         if let Err(e) = self.engine.call(move |c| c.on_oom(on_oom)).await {
-            warn!("container {}: no OOM events: {e}", self.id);
+            warn!("container {}: no OOM events: {e}", self.base.container_id);
         }
     }
 
@@ -242,30 +242,11 @@ impl InitProcess {
 
 #[async_trait]
 impl Process for InitProcess {
-    fn exec_id(&self) -> &str {
-        ""
+    fn base(&self) -> &ProcessBase {
+        &self.base
     }
 
-    fn container_id(&self) -> &str {
-        &self.id
-    }
-
-    fn pid(&self) -> i32 {
-        self.pid
-    }
-
-    fn stdio(&self) -> &StdioPaths {
-        &self.stdio
-    }
-
-    fn lifecycle(&self) -> &Lifecycle {
-        &self.lifecycle
-    }
-
-    fn status(&self) -> Status {
-        if self.lifecycle.exited().is_some() {
-            return Status::STOPPED;
-        }
+    fn live_status(&self) -> Status {
         match self.engine.status() {
             EngineStatus::Created => Status::CREATED,
             EngineStatus::Running => Status::RUNNING,
@@ -279,7 +260,7 @@ impl Process for InitProcess {
             Status::CREATED => Ok(()),
             other => Err(Error::FailedPrecondition(format!(
                 "container {} is {other:?}: cannot start",
-                self.id
+                self.base.container_id
             ))),
         }
     }
@@ -290,8 +271,8 @@ impl Process for InitProcess {
 
     fn started_event(&self) -> (&'static str, Box<dyn MessageDyn>) {
         let event = TaskStart {
-            container_id: self.id.clone(),
-            pid: self.pid as u32,
+            container_id: self.base.container_id.clone(),
+            pid: self.base.pid as u32,
             ..Default::default()
         };
         (TASK_START_EVENT_TOPIC, Box::new(event))

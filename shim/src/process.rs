@@ -20,19 +20,23 @@ use crate::stdio::StdioPaths;
 /// the process it leaves behind to be gone.
 pub const EXIT_WAIT: Duration = Duration::from_secs(10);
 
+/// What every process is: who, where its stdio goes, and its lifecycle.
+pub struct ProcessBase {
+    pub container_id: String,
+    /// Empty for the init process.
+    pub exec_id: String,
+    /// Host pid.
+    pub pid: i32,
+    pub stdio: StdioPaths,
+    pub lifecycle: Lifecycle,
+}
+
 /// What the Task service asks of any process.
 #[async_trait]
 pub trait Process: Send + Sync {
-    /// The exec id; empty for the init process.
-    fn exec_id(&self) -> &str;
-    /// The container it belongs to.
-    fn container_id(&self) -> &str;
-    /// Host pid.
-    fn pid(&self) -> i32;
-    fn stdio(&self) -> &StdioPaths;
-    fn lifecycle(&self) -> &Lifecycle;
-    /// Where it is in its life (STOPPED once its exit is known).
-    fn status(&self) -> Status;
+    fn base(&self) -> &ProcessBase;
+    /// Where it is while its exit is not known.
+    fn live_status(&self) -> Status;
 
     /// Refuse a Start that does not fit the process's state.
     fn check_startable(&self) -> Result<()>;
@@ -42,6 +46,37 @@ pub trait Process: Send + Sync {
     fn started_event(&self) -> (&'static str, Box<dyn MessageDyn>);
     /// Send `signal` (to every process of the container when `all`, for init).
     async fn signal(&self, signal: u32, all: bool) -> Result<()>;
+
+    /// The exec id; empty for the init process.
+    fn exec_id(&self) -> &str {
+        &self.base().exec_id
+    }
+
+    /// The container it belongs to.
+    fn container_id(&self) -> &str {
+        &self.base().container_id
+    }
+
+    /// Host pid.
+    fn pid(&self) -> i32 {
+        self.base().pid
+    }
+
+    fn stdio(&self) -> &StdioPaths {
+        &self.base().stdio
+    }
+
+    fn lifecycle(&self) -> &Lifecycle {
+        &self.base().lifecycle
+    }
+
+    /// Where it is in its life: STOPPED once its exit is known.
+    fn status(&self) -> Status {
+        if self.lifecycle().exited().is_some() {
+            return Status::STOPPED;
+        }
+        self.live_status()
+    }
 
     /// What containerd calls this process in messages.
     fn name(&self) -> String {

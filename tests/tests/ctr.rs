@@ -643,15 +643,7 @@ fn update_applies_resources(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     use containerd_shim_protos::protobuf::MessageField;
     use containerd_shim_protos::{api, ttrpc};
     run_detached(s, rt, id, &["--memory-limit", "67108864"])?;
-    let bundle =
-        s.cd.dir
-            .join("state/io.containerd.runtime.v2.task")
-            .join(&s.cd.namespace)
-            .join(id);
-    let address = std::fs::read_to_string(bundle.join("address"))?;
-    let client = containerd_shim_protos::TaskClient::new(
-        ttrpc::Client::connect(address.trim()).context("connect to the shim")?,
-    );
+    let client = task_client(s, id)?;
     let update = |value: &[u8]| {
         let req = api::UpdateTaskRequest {
             id: id.to_string(),
@@ -698,6 +690,20 @@ fn update_applies_resources(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
         .resize_pty(ttrpc::context::with_timeout(10_000_000_000), &resize)
         .context("resize of a process without a terminal")?;
     Ok(())
+}
+
+/// A direct Task API client on the shim serving `id` (for what ctr 1.6 cannot ask).
+fn task_client(s: &Suite, id: &str) -> Result<containerd_shim_protos::TaskClient> {
+    let bundle =
+        s.cd.dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&s.cd.namespace)
+            .join(id);
+    let address = std::fs::read_to_string(bundle.join("address"))?;
+    Ok(containerd_shim_protos::TaskClient::new(
+        containerd_shim_protos::ttrpc::Client::connect(address.trim())
+            .context("connect to the shim")?,
+    ))
 }
 
 fn metrics(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
