@@ -43,9 +43,15 @@ mod launch_hardening;
 #[path = "ctr/shim_hardening.rs"]
 mod shim_hardening;
 
+/// One topic's cases and the cases of it runc's shim is not held to.
+type Topic = (
+    &'static [(&'static str, Case)],
+    &'static [(&'static str, &'static str)],
+);
+
 /// Every module's cases and the cases runc's shim is not held to.
 fn all_cases() -> Vec<(&'static str, Case, Option<&'static str>)> {
-    let topics: &[(&[(&str, Case)], &[(&str, &str)])] = &[
+    let topics: &[Topic] = &[
         (CASES, RUNC_FALLS_SHORT),
         (engine_hardening::CASES, engine_hardening::RUNC_FALLS_SHORT),
         (launch_hardening::CASES, launch_hardening::RUNC_FALLS_SHORT),
