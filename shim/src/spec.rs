@@ -1,7 +1,7 @@
 //! Reading what containerd hands the shim as JSON (the bundle's config.json, an exec's process,
 //! Update's resources). Every value is hostile until parsed: a parse error names the file or
-//! request, the field's path and the value (`process.rlimits[0].type: unknown variant
-//! `RLIMIT_FOO`, ...`), never just "invalid argument".
+//! request, the field's path and the value (`process.rlimits[0].type: RLIMIT_FOO: unknown
+//! value, expected one of ...`), never just "invalid argument".
 
 use std::path::Path;
 
@@ -33,10 +33,19 @@ fn parse<T: DeserializeOwned>(bytes: &[u8]) -> std::result::Result<T, String> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
+        let inner = e.inner().to_string();
+        // serde says "unknown variant `X`, expected ...": put the value next to its field.
+        let message = match inner
+            .strip_prefix("unknown variant `")
+            .and_then(|rest| rest.split_once('`'))
+        {
+            Some((value, expected)) => format!("{value}: unknown value{expected}"),
+            None => inner,
+        };
         if path == "." {
-            e.inner().to_string()
+            message
         } else {
-            format!("{path}: {}", e.inner())
+            format!("{path}: {message}")
         }
     })
 }
@@ -60,7 +69,7 @@ mod tests {
                 serde_json::json!([{"type": "RLIMIT_FOO", "hard": 1, "soft": 1}]);
         });
         assert!(
-            e.contains("process.rlimits[0].type: unknown variant `RLIMIT_FOO`"),
+            e.contains("process.rlimits[0].type: RLIMIT_FOO: unknown value, expected"),
             "{e}"
         );
         assert!(e.contains("config.json"), "{e}");
@@ -71,19 +80,33 @@ mod tests {
         let e = spec_error(|s| {
             s["process"]["capabilities"]["bounding"] = serde_json::json!(["CAP_CHOWN", "CAP_FOO"]);
         });
-        assert!(e.contains("process.capabilities.bounding"), "{e}");
+        assert!(e.contains("process.capabilities.bounding[1]: "), "{e}");
         assert!(e.contains("CAP_FOO"), "{e}");
     }
 
     #[test]
-    fn a_bad_seccomp_action_names_the_field_and_the_value() {
-        let e = spec_error(|s| {
-            s["linux"]["seccomp"] = serde_json::json!({"defaultAction": "SCMP_ACT_FOO"});
-        });
-        assert!(
-            e.contains("linux.seccomp.defaultAction: unknown variant `SCMP_ACT_FOO`"),
-            "{e}"
-        );
+    fn bad_seccomp_names_name_the_field_and_the_value() {
+        let cases = [
+            (
+                serde_json::json!({"defaultAction": "SCMP_ACT_FOO"}),
+                "linux.seccomp.defaultAction: SCMP_ACT_FOO",
+            ),
+            (
+                serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
+                    {"names": ["read"], "action": "SCMP_ACT_ERRNO"},
+                    {"names": ["mkdir"], "action": "SCMP_ACT_BAR"}]}),
+                "linux.seccomp.syscalls[1].action: SCMP_ACT_BAR",
+            ),
+            (
+                serde_json::json!({"defaultAction": "SCMP_ACT_ALLOW",
+                    "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_Z80"]}),
+                "linux.seccomp.architectures[1]: SCMP_ARCH_Z80",
+            ),
+        ];
+        for (profile, expected) in cases {
+            let e = spec_error(|s| s["linux"]["seccomp"] = profile);
+            assert!(e.contains(expected), "{e}");
+        }
     }
 
     #[test]

@@ -43,15 +43,9 @@ mod launch_hardening;
 #[path = "ctr/shim_hardening.rs"]
 mod shim_hardening;
 
-/// One topic's cases and the cases of it runc's shim is not held to.
-type Topic = (
-    &'static [(&'static str, Case)],
-    &'static [(&'static str, &'static str)],
-);
-
 /// Every module's cases and the cases runc's shim is not held to.
 fn all_cases() -> Vec<(&'static str, Case, Option<&'static str>)> {
-    let topics: &[Topic] = &[
+    let topics: &[(&[(&str, Case)], &[(&str, &str)])] = &[
         (CASES, RUNC_FALLS_SHORT),
         (engine_hardening::CASES, engine_hardening::RUNC_FALLS_SHORT),
         (launch_hardening::CASES, launch_hardening::RUNC_FALLS_SHORT),
@@ -649,7 +643,15 @@ fn update_applies_resources(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     use containerd_shim_protos::protobuf::MessageField;
     use containerd_shim_protos::{api, ttrpc};
     run_detached(s, rt, id, &["--memory-limit", "67108864"])?;
-    let client = task_client(s, id)?;
+    let bundle =
+        s.cd.dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&s.cd.namespace)
+            .join(id);
+    let address = std::fs::read_to_string(bundle.join("address"))?;
+    let client = containerd_shim_protos::TaskClient::new(
+        ttrpc::Client::connect(address.trim()).context("connect to the shim")?,
+    );
     let update = |value: &[u8]| {
         let req = api::UpdateTaskRequest {
             id: id.to_string(),
@@ -696,20 +698,6 @@ fn update_applies_resources(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
         .resize_pty(ttrpc::context::with_timeout(10_000_000_000), &resize)
         .context("resize of a process without a terminal")?;
     Ok(())
-}
-
-/// A direct Task API client on the shim serving `id` (for what ctr 1.6 cannot ask).
-fn task_client(s: &Suite, id: &str) -> Result<containerd_shim_protos::TaskClient> {
-    let bundle =
-        s.cd.dir
-            .join("state/io.containerd.runtime.v2.task")
-            .join(&s.cd.namespace)
-            .join(id);
-    let address = std::fs::read_to_string(bundle.join("address"))?;
-    Ok(containerd_shim_protos::TaskClient::new(
-        containerd_shim_protos::ttrpc::Client::connect(address.trim())
-            .context("connect to the shim")?,
-    ))
 }
 
 fn metrics(s: &Suite, rt: Runtime, id: &str) -> Result<()> {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::MessageField;
-use containerd_shim_protos::{api, ttrpc};
+use containerd_shim_protos::{api, ttrpc, TaskClient};
 use harness::Runtime;
 
 use super::{Case, Suite};
@@ -203,6 +203,19 @@ fn execs_leak_nothing(
     }
 }
 
+/// A direct Task API client (v2, as containerd 1.6's shims serve it) on the shim serving `id`.
+fn task_client(s: &Suite, id: &str) -> Result<TaskClient> {
+    let bundle =
+        s.cd.dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(&s.cd.namespace)
+            .join(id);
+    let address = std::fs::read_to_string(bundle.join("address"))?;
+    Ok(TaskClient::new(
+        ttrpc::Client::connect(address.trim()).context("connect to the shim")?,
+    ))
+}
+
 /// An exec request for `args` with `output` as its stdout and stderr FIFO (empty: none).
 fn exec_request(
     id: &str,
@@ -239,7 +252,7 @@ fn execs_without_stdin_leak_nothing(s: &Suite, rt: Runtime, id: &str) -> Result<
     let mut client = None;
     execs_leak_nothing(s, rt, id, |i| {
         if client.is_none() {
-            client = Some(super::task_client(s, id)?);
+            client = Some(task_client(s, id)?);
         }
         let c = client.as_ref().expect("connected");
         let exec_id = format!("n{i}");
@@ -347,7 +360,7 @@ fn bad_spec_values_are_named(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
 /// been reaped but its exit is not reported yet (a child still holds its stdout).
 fn kill_of_a_gone_process_is_not_found(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     super::run_detached(s, rt, id, &[])?;
-    let client = super::task_client(s, id)?;
+    let client = task_client(s, id)?;
     let fifo = s.cd.dir.join(format!("{id}-stdout"));
     let _ = std::fs::remove_file(&fifo);
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))?;
