@@ -31,13 +31,18 @@ const FAIL_START: &str = "fail-start";
 const SLOW_START: &str = "slow-start";
 const SLOW_CREATE: &str = "slow-create";
 
-/// A pid the test engine hands out (far above any real one).
-static NEXT_PID: AtomicI32 = AtomicI32::new(10_000_000);
-
 #[derive(Default)]
 struct Record {
     created: AtomicUsize,
     destroyed: AtomicUsize,
+    pids: AtomicI32,
+}
+
+impl Record {
+    /// A pid for a new process (far above any real one).
+    fn new_pid(&self) -> i32 {
+        10_000_000 + self.pids.fetch_add(1, Ordering::SeqCst)
+    }
 }
 
 struct TestEngine {
@@ -61,10 +66,6 @@ struct TestExec {
     pid: i32,
     exits: Arc<Exits>,
     gone: Arc<Mutex<Vec<i32>>>,
-}
-
-fn new_pid() -> i32 {
-    NEXT_PID.fetch_add(1, Ordering::SeqCst)
 }
 
 /// Signal `pid`: gone pids are ESRCH (as kill(2)); signal 0 only probes.
@@ -104,7 +105,7 @@ impl Engine for TestEngine {
         }
         self.record.created.fetch_add(1, Ordering::SeqCst);
         Ok(Box::new(TestContainer {
-            pid: new_pid(),
+            pid: self.record.new_pid(),
             status: EngineStatus::Created,
             behaviour,
             exits: self.exits.clone(),
@@ -146,7 +147,7 @@ impl EngineContainer for TestContainer {
             });
         }
         Ok(Box::new(TestExec {
-            pid: new_pid(),
+            pid: self.record.new_pid(),
             exits: self.exits.clone(),
             gone: self.gone.clone(),
         }))
