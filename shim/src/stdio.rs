@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cryo_sandbox::Stdio;
-use log::warn;
+use log::{debug, warn};
 use tokio::sync::oneshot;
 
 /// Where containerd wants the streams (empty: not wanted).
@@ -222,8 +222,9 @@ fn copy_out(from: OwnedFd, fifo: String) -> oneshot::Receiver<()> {
         match OpenOptions::new().write(true).open(&fifo) {
             Ok(mut to) => {
                 if let Err(e) = io::copy(&mut from, &mut to) {
-                    // EIO: the pty's last slave closed; that is the end of a terminal.
-                    if e.raw_os_error() != Some(libc::EIO) {
+                    if is_an_end(&e) {
+                        debug!("copy to {fifo} ended: {e}");
+                    } else {
                         warn!("copy to {fifo}: {e}");
                     }
                 }
@@ -238,6 +239,13 @@ fn copy_out(from: OwnedFd, fifo: String) -> oneshot::Receiver<()> {
     rx
 }
 
+/// An output copy's error that is a normal end, not a fault: EIO, the pty's last slave closed
+/// (the end of a terminal); EPIPE, the FIFO's reader left (a finished or detached client; the
+/// process's further writes fail as with runc's shim).
+fn is_an_end(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EPIPE))
+}
+
 /// A copy thread with a small stack.
 fn spawn_thread(f: impl FnOnce() + Send + 'static) {
     if let Err(e) = std::thread::Builder::new()
@@ -245,5 +253,54 @@ fn spawn_thread(f: impl FnOnce() + Send + 'static) {
         .spawn(f)
     {
         warn!("cannot start a stdio copy thread: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_that_left_or_a_closed_terminal_is_an_end_not_a_fault() {
+        assert!(is_an_end(&io::Error::from_raw_os_error(libc::EPIPE)));
+        assert!(is_an_end(&io::Error::from_raw_os_error(libc::EIO)));
+        assert!(!is_an_end(&io::Error::from_raw_os_error(libc::ENOSPC)));
+        assert!(!is_an_end(&io::Error::from_raw_os_error(libc::EBADF)));
+    }
+
+    fn fifo_in(dir: &tempfile::TempDir) -> std::path::PathBuf {
+        let fifo = dir.path().join("stdin");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        fifo
+    }
+
+    #[test]
+    fn stdin_of_a_fifo_whose_writer_is_gone_never_blocks_and_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = fifo_in(&dir);
+        let control = IoControl::default();
+        let (r, w) = pipe().unwrap();
+        // No writer ever comes: the open returns at once, the copy waits.
+        copy_in(fifo.to_str().unwrap(), w, &control).unwrap();
+        control.stop_stdin();
+        // The copy ends and closes the process's stdin: its reader sees EOF.
+        let mut buf = Vec::new();
+        File::from(r).read_to_end(&mut buf).unwrap();
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn stdin_data_reaches_the_process_and_the_writer_leaving_is_eof() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = fifo_in(&dir);
+        let control = IoControl::default();
+        let (r, w) = pipe().unwrap();
+        copy_in(fifo.to_str().unwrap(), w, &control).unwrap();
+        let mut writer = OpenOptions::new().write(true).open(&fifo).unwrap();
+        writer.write_all(b"hello\n").unwrap();
+        drop(writer);
+        let mut buf = Vec::new();
+        File::from(r).read_to_end(&mut buf).unwrap();
+        assert_eq!(buf, b"hello\n");
     }
 }
