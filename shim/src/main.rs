@@ -6,18 +6,24 @@
 
 mod annotations;
 mod bootstrap;
-mod errors;
+mod container;
+mod engine;
+mod error;
 mod events;
 mod exec;
 mod exits;
 mod info;
+mod init;
+mod lifecycle;
 mod logging;
 mod metrics;
 mod pod;
 mod process;
+mod registry;
 mod serve;
 mod service;
 mod socket;
+mod spec;
 mod stdio;
 mod task;
 mod volumes;
