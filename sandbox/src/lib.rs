@@ -27,7 +27,6 @@ mod launch;
 mod lsm;
 pub mod mount;
 mod sealed_exe;
-pub mod spec;
 pub mod state;
 pub mod volume;
 

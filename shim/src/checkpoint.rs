@@ -14,17 +14,14 @@ use containerd_shim_protos::events::task::TaskCheckpointed;
 use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::shim::oci::CheckpointOptions as RuncCheckpointOptions;
 use containerd_shim_protos::topics::TASK_CHECKPOINTED_EVENT_TOPIC;
-use containerd_shim_protos::ttrpc;
 use cryo_sandbox::{CheckpointOptions, RestoreOptions};
 use log::info;
 use tokio::sync::oneshot;
 
-use crate::errors;
-use crate::events::Events;
+use crate::error::{Error, Result};
+use crate::events::EventTx;
 use crate::exits::{Exit, Exits, Mark};
-use crate::process::{with, Task};
-
-type TtrpcResult<T> = Result<T, ttrpc::Error>;
+use crate::init::InitProcess;
 
 /// Environment variable naming the CRIU binary (default: `criu` on `PATH`).
 pub const CRIU_ENV: &str = "CRYO_CRIU";
@@ -33,7 +30,7 @@ pub const CRIU_ENV: &str = "CRYO_CRIU";
 const RUNC_CHECKPOINT_OPTIONS: &str = "containerd.runc.v1.CheckpointOptions";
 
 /// The CRIU binary, or FailedPrecondition naming what is missing.
-fn criu_binary() -> TtrpcResult<PathBuf> {
+fn criu_binary() -> Result<PathBuf> {
     let configured = std::env::var_os(CRIU_ENV).map(PathBuf::from);
     let path = std::env::var("PATH").ok();
     cryo_sandbox::criu::locate(configured.as_deref(), path.as_deref()).map_err(|e| {
@@ -42,14 +39,14 @@ fn criu_binary() -> TtrpcResult<PathBuf> {
         } else {
             format!(" (or name it with {CRIU_ENV})")
         };
-        errors::failed_precondition(format!("{e}{hint}"))
+        Error::FailedPrecondition(format!("{e}{hint}"))
     })
 }
 
 /// The engine's options from a Checkpoint request: none leaves the task running into
 /// `req.path`; runc's `CheckpointOptions` is honoured field by field; any other type is refused
 /// by name.
-fn checkpoint_options(req: &api::CheckpointTaskRequest) -> TtrpcResult<CheckpointOptions> {
+fn checkpoint_options(req: &api::CheckpointTaskRequest) -> Result<CheckpointOptions> {
     let mut opts = CheckpointOptions {
         image_dir: PathBuf::from(&req.path),
         ..Default::default()
@@ -57,22 +54,21 @@ fn checkpoint_options(req: &api::CheckpointTaskRequest) -> TtrpcResult<Checkpoin
     if let Some(any) = req.options.as_ref() {
         let type_name = any.type_url.rsplit('/').next().unwrap_or_default();
         if type_name != RUNC_CHECKPOINT_OPTIONS {
-            return Err(errors::invalid_argument(format!(
+            return Err(Error::InvalidArgument(format!(
                 "checkpoint {}: options of type {:?} are not supported (only {RUNC_CHECKPOINT_OPTIONS})",
                 req.id, any.type_url
             )));
         }
-        let o = RuncCheckpointOptions::parse_from_bytes(&any.value).map_err(|e| {
-            errors::invalid_argument(format!("checkpoint {}: options: {e}", req.id))
-        })?;
+        let o = RuncCheckpointOptions::parse_from_bytes(&any.value)
+            .map_err(|e| Error::InvalidArgument(format!("checkpoint {}: options: {e}", req.id)))?;
         if !o.empty_namespaces.is_empty() {
-            return Err(errors::invalid_argument(format!(
+            return Err(Error::InvalidArgument(format!(
                 "checkpoint {}: options.empty_namespaces {:?}: not supported",
                 req.id, o.empty_namespaces
             )));
         }
         if !o.cgroups_mode.is_empty() {
-            return Err(errors::invalid_argument(format!(
+            return Err(Error::InvalidArgument(format!(
                 "checkpoint {}: options.cgroups_mode {:?}: not supported (cryo restores into the \
                  new container's cgroup)",
                 req.id, o.cgroups_mode
@@ -91,13 +87,13 @@ fn checkpoint_options(req: &api::CheckpointTaskRequest) -> TtrpcResult<Checkpoin
         }
     }
     if opts.image_dir.as_os_str().is_empty() {
-        return Err(errors::invalid_argument(format!(
+        return Err(Error::InvalidArgument(format!(
             "checkpoint {}: no path to write the checkpoint to",
             req.id
         )));
     }
     if !opts.image_dir.is_absolute() {
-        return Err(errors::invalid_argument(format!(
+        return Err(Error::InvalidArgument(format!(
             "checkpoint {}: path {} is not absolute",
             req.id,
             opts.image_dir.display()
@@ -109,45 +105,40 @@ fn checkpoint_options(req: &api::CheckpointTaskRequest) -> TtrpcResult<Checkpoin
 /// Task API Checkpoint: dump the task with CRIU, publish TaskCheckpointed. With `exit` the
 /// task's processes are killed after the dump and its TaskExit follows as for any exit.
 pub async fn checkpoint(
-    task: &Task,
+    init: &InitProcess,
     req: &api::CheckpointTaskRequest,
-    events: &Events,
-) -> TtrpcResult<()> {
+    events: &EventTx,
+) -> Result<()> {
     let mut opts = checkpoint_options(req)?;
     opts.criu = criu_binary()?;
     let image_dir = opts.image_dir.display().to_string();
-    let container = task.container().clone();
     let started = std::time::Instant::now();
-    tokio::task::spawn_blocking(move || with(&container, |c| c.checkpoint(&opts)))
-        .await
-        .map_err(errors::internal)??;
+    init.engine().call(move |c| c.checkpoint(&opts)).await?;
     info!(
         "checkpointed {} into {image_dir} in {:.2}s",
         req.id,
         started.elapsed().as_secs_f64()
     );
-    events
-        .publish(
-            TASK_CHECKPOINTED_EVENT_TOPIC,
-            Box::new(TaskCheckpointed {
-                container_id: req.id.clone(),
-                checkpoint: image_dir,
-                ..Default::default()
-            }),
-        )
-        .await;
+    events.send(
+        TASK_CHECKPOINTED_EVENT_TOPIC,
+        Box::new(TaskCheckpointed {
+            container_id: req.id.clone(),
+            checkpoint: image_dir,
+            ..Default::default()
+        }),
+    );
     Ok(())
 }
 
 /// The restore a Create asks for (`checkpoint` names the directory containerd unpacked), or
 /// `None` for a plain create.
-pub fn restore_options(req: &api::CreateTaskRequest) -> TtrpcResult<Option<RestoreOptions>> {
+pub fn restore_options(req: &api::CreateTaskRequest) -> Result<Option<RestoreOptions>> {
     if req.checkpoint.is_empty() {
         return Ok(None);
     }
     let image_dir = PathBuf::from(&req.checkpoint);
     if !image_dir.is_absolute() {
-        return Err(errors::invalid_argument(format!(
+        return Err(Error::InvalidArgument(format!(
             "create {}: checkpoint {} is not an absolute path",
             req.id, req.checkpoint
         )));

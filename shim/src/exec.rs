@@ -1,179 +1,140 @@
-//! One exec process of a task as the shim holds it: the engine's exec'd process, its stdio
+//! A process exec'd into a container as the shim holds it: the engine's process, its stdio
 //! copies, its exit, and its events (TaskExecAdded, TaskExecStarted, TaskExit with its exec id).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
+use async_trait::async_trait;
 use containerd_shim_protos::api::{self, Status};
 use containerd_shim_protos::events::task::{TaskExecAdded, TaskExecStarted};
+use containerd_shim_protos::protobuf::MessageDyn;
 use containerd_shim_protos::topics::{TASK_EXEC_ADDED_EVENT_TOPIC, TASK_EXEC_STARTED_EVENT_TOPIC};
-use containerd_shim_protos::ttrpc;
-use cryo_sandbox::{Container, ExecConfig, ExecProcess};
+use cryo_sandbox::ExecConfig;
 
-use crate::errors;
-use crate::events::Events;
-use crate::exits::{Exit, Exits};
-use crate::process::{with, ExitNames, Life};
-use crate::stdio::{self, IoControl, StdioPaths};
+use crate::engine::EngineExec;
+use crate::error::{Error, Result};
+use crate::events::EventTx;
+use crate::exits::Exits;
+use crate::init::EngineHandle;
+use crate::lifecycle::{ExitSubject, Lifecycle};
+use crate::process::{Process, ProcessBase};
+use crate::stdio::{self, StdioPaths};
 
-type TtrpcResult<T> = Result<T, ttrpc::Error>;
-
-pub struct ExecTask {
-    pub exec_id: String,
-    pub container_id: String,
-    pub pid: i32,
-    pub stdio: StdioPaths,
-    process: Arc<Mutex<ExecProcess>>,
+/// One exec'd process.
+pub struct ExecProcess {
+    base: ProcessBase,
+    /// The engine's process: locked only by calls on the blocking pool.
+    engine: Arc<tokio::sync::Mutex<Box<dyn EngineExec>>>,
     started: AtomicBool,
-    life: Life,
 }
 
-impl ExecTask {
-    /// Prepare the process in the container (not yet exec'd) and publish TaskExecAdded.
+impl ExecProcess {
+    /// Prepare the process in the container (not yet exec'd) and send TaskExecAdded.
     pub async fn create(
         container_id: &str,
         req: &api::ExecProcessRequest,
-        container: &Arc<Mutex<Option<Container>>>,
+        container: &EngineHandle,
         exits: &Exits,
-        events: Arc<Events>,
-    ) -> TtrpcResult<Arc<ExecTask>> {
-        let process: oci_spec::runtime::Process =
-            serde_json::from_slice(&req.spec.value).map_err(|e| {
-                errors::invalid_argument(format!("exec {}: process spec: {e}", req.exec_id))
-            })?;
-        let paths = StdioPaths {
+        events: &EventTx,
+    ) -> Result<ExecProcess> {
+        let process = crate::spec::process(&req.exec_id, &req.spec.value)?;
+        let stdio = StdioPaths {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
         let (engine_stdio, mut io) =
-            stdio::prepare(&paths).map_err(|e| errors::internal(format!("stdio: {e}")))?;
+            stdio::prepare(&stdio).map_err(|e| Error::Internal(format!("stdio: {e}")))?;
         let mark = exits.mark();
-        let c = container.clone();
-        let mut proc = tokio::task::spawn_blocking(move || {
-            with(&c, |c| {
+        let mut proc = container
+            .call(move |c| {
                 c.exec(ExecConfig {
                     process,
                     stdio: engine_stdio,
                 })
             })
-        })
-        .await
-        .map_err(errors::internal)??;
+            .await?;
         let pid = proc.pid();
         let exit_rx = exits.watch(pid, mark);
         if let Some(master) = proc.take_console() {
-            io.attach_console(master, &paths)
-                .map_err(|e| errors::internal(format!("console: {e}")))?;
+            if let Err(e) = io.attach_console(master, &stdio) {
+                let _ = proc.kill(libc::SIGKILL);
+                return Err(Error::Internal(format!(
+                    "exec {}: console: {e}",
+                    req.exec_id
+                )));
+            }
         }
-        let names = ExitNames {
+        let subject = ExitSubject {
             container_id: container_id.to_string(),
             id: req.exec_id.clone(),
-            pid: Arc::new(pid.into()),
-        };
-        let life = Life::follow(exit_rx, io, events.clone(), names, || {});
-        events
-            .publish(
-                TASK_EXEC_ADDED_EVENT_TOPIC,
-                Box::new(TaskExecAdded {
-                    container_id: container_id.to_string(),
-                    exec_id: req.exec_id.clone(),
-                    ..Default::default()
-                }),
-            )
-            .await;
-        Ok(Arc::new(ExecTask {
-            exec_id: req.exec_id.clone(),
-            container_id: container_id.to_string(),
             pid,
-            stdio: paths,
-            process: Arc::new(Mutex::new(proc)),
+        };
+        let lifecycle = Lifecycle::follow(exit_rx, io, events.clone(), subject, async {});
+        events.send(
+            TASK_EXEC_ADDED_EVENT_TOPIC,
+            Box::new(TaskExecAdded {
+                container_id: container_id.to_string(),
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            }),
+        );
+        Ok(ExecProcess {
+            base: ProcessBase {
+                container_id: container_id.to_string(),
+                exec_id: req.exec_id.clone(),
+                pid,
+                stdio,
+                lifecycle,
+            },
+            engine: Arc::new(tokio::sync::Mutex::new(proc)),
             started: AtomicBool::new(false),
-            life,
-        }))
+        })
+    }
+}
+
+#[async_trait]
+impl Process for ExecProcess {
+    fn base(&self) -> &ProcessBase {
+        &self.base
     }
 
-    /// Exec the process and publish TaskExecStarted.
-    pub async fn start(&self, events: &Events) -> TtrpcResult<u32> {
-        let _guard = self.life.start_lock.lock().await;
-        if self.started.swap(true, Ordering::SeqCst) {
-            return Err(errors::failed_precondition(format!(
-                "exec process {} was already started",
-                self.exec_id
-            )));
-        }
-        let process = self.process.clone();
-        tokio::task::spawn_blocking(move || lock(&process).start())
-            .await
-            .map_err(errors::internal)?
-            .map_err(errors::engine)?;
-        events
-            .publish(
-                TASK_EXEC_STARTED_EVENT_TOPIC,
-                Box::new(TaskExecStarted {
-                    container_id: self.container_id.clone(),
-                    exec_id: self.exec_id.clone(),
-                    pid: self.pid as u32,
-                    ..Default::default()
-                }),
-            )
-            .await;
-        Ok(self.pid as u32)
-    }
-
-    pub fn kill(&self, signal: u32) -> TtrpcResult<()> {
-        if self.exited().is_some() {
-            return Err(errors::not_found(format!(
-                "process {} already finished",
-                self.exec_id
-            )));
-        }
-        lock(&self.process)
-            .kill(signal as i32)
-            .map_err(errors::engine)
-    }
-
-    pub fn exited(&self) -> Option<Exit> {
-        self.life.exited()
-    }
-
-    pub async fn wait(&self) -> Exit {
-        self.life.wait().await
-    }
-
-    pub fn io(&self) -> &IoControl {
-        &self.life.io
-    }
-
-    pub fn status(&self) -> Status {
-        if self.exited().is_some() {
-            Status::STOPPED
-        } else if self.started.load(Ordering::SeqCst) {
+    fn live_status(&self) -> Status {
+        if self.started.load(Ordering::SeqCst) {
             Status::RUNNING
         } else {
             Status::CREATED
         }
     }
 
-    /// The exit, for Delete: a running process is refused; one never started is killed.
-    pub async fn finish(&self) -> TtrpcResult<Exit> {
-        if self.status() == Status::RUNNING {
-            return Err(errors::failed_precondition(format!(
-                "exec process {} is running: kill it before delete",
-                self.exec_id
+    fn check_startable(&self) -> Result<()> {
+        if self.started.swap(true, Ordering::SeqCst) {
+            return Err(Error::FailedPrecondition(format!(
+                "exec process {} was already started",
+                self.base.exec_id
             )));
         }
-        if self.exited().is_none() {
-            let _ = lock(&self.process).kill(libc::SIGKILL);
-        }
-        tokio::time::timeout(Duration::from_secs(10), self.wait())
-            .await
-            .map_err(|_| errors::internal(format!("exec process {} did not exit", self.exec_id)))
+        Ok(())
     }
-}
 
-fn lock(p: &Mutex<ExecProcess>) -> std::sync::MutexGuard<'_, ExecProcess> {
-    p.lock().unwrap_or_else(|e| e.into_inner())
+    async fn exec_workload(&self) -> Result<()> {
+        let mut engine = self.engine.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || engine.start().map_err(Error::from)).await?
+    }
+
+    fn started_event(&self) -> (&'static str, Box<dyn MessageDyn>) {
+        let event = TaskExecStarted {
+            container_id: self.base.container_id.clone(),
+            exec_id: self.base.exec_id.clone(),
+            pid: self.base.pid as u32,
+            ..Default::default()
+        };
+        (TASK_EXEC_STARTED_EVENT_TOPIC, Box::new(event))
+    }
+
+    async fn signal(&self, signal: u32, _all: bool) -> Result<()> {
+        let engine = self.engine.lock().await;
+        engine.kill(signal as i32).map_err(Error::from)
+    }
 }

@@ -80,7 +80,8 @@ impl Exits {
         rx
     }
 
-    fn record(&self, pid: i32, code: i32) {
+    /// Note `pid`'s exit (the reaper's report).
+    pub(crate) fn record(&self, pid: i32, code: i32) {
         let exit = Exit {
             status: code as u32,
             at: containerd_shim::util::timestamp().unwrap_or_default(),

@@ -1,53 +1,46 @@
-//! The tasks one shim serves (one pod, or one container when not run by CRI), by id.
+//! The pod one shim serves (one pod, or one container when not run by CRI): its containers by
+//! id and its volumes.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
-use containerd_shim_protos::ttrpc;
+use crate::container::Container;
+use crate::error::Result;
+use crate::registry::{Registry, Reservation};
+use crate::volumes::PodVolumes;
 
-use crate::errors;
-use crate::process::Task;
-
-#[derive(Default)]
 pub struct Pod {
-    tasks: Mutex<HashMap<String, Arc<Task>>>,
+    containers: Registry<Container>,
+    pub volumes: PodVolumes,
+}
+
+impl Default for Pod {
+    fn default() -> Self {
+        Pod {
+            containers: Registry::new("container"),
+            volumes: PodVolumes::default(),
+        }
+    }
 }
 
 impl Pod {
-    pub fn get(&self, id: &str) -> Result<Arc<Task>, ttrpc::Error> {
-        self.lock()
-            .get(id)
-            .cloned()
-            .ok_or_else(|| errors::not_found(format!("container {id} not found")))
+    /// Claim a container id before anything is built for it.
+    pub fn reserve(&self, id: &str) -> Result<Reservation<Container>> {
+        self.containers.reserve(id)
     }
 
-    pub fn contains(&self, id: &str) -> bool {
-        self.lock().contains_key(id)
+    pub fn get(&self, id: &str) -> Result<Arc<Container>> {
+        self.containers.get(id)
     }
 
-    pub fn insert(&self, task: Arc<Task>) -> Result<(), ttrpc::Error> {
-        let mut tasks = self.lock();
-        if tasks.contains_key(&task.id) {
-            return Err(errors::already_exists(format!(
-                "container {} already exists",
-                task.id
-            )));
-        }
-        tasks.insert(task.id.clone(), task);
-        Ok(())
+    /// Forget a deleted container; when it is the pod's sandbox (pause) container, the pod's
+    /// volumes are unmounted.
+    pub async fn remove(&self, id: &str) {
+        self.containers.remove(id);
+        self.volumes.container_removed(id).await;
     }
 
-    /// Forget a deleted task; the sandbox's removal unmounts the pod's volumes.
-    pub fn remove(&self, id: &str) {
-        self.lock().remove(id);
-        crate::volumes::container_removed(id);
-    }
-
+    /// No container, and none being created.
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Task>>> {
-        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+        self.containers.is_empty()
     }
 }

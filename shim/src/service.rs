@@ -16,7 +16,8 @@ use oci_spec::runtime::Spec;
 
 use crate::annotations;
 use crate::bootstrap;
-use crate::events::Events;
+use crate::engine::SandboxEngine;
+use crate::events::{self, Containerd};
 use crate::exits::Exits;
 use crate::task::TaskService;
 
@@ -91,11 +92,11 @@ impl Shim for Service {
         if self.namespace.is_empty() {
             warn!("no namespace given; events will not be routed");
         }
-        TaskService::new(
-            exits,
-            Events::new(publisher, self.namespace.clone()),
-            self.exit.clone(),
-        )
+        let events = events::forward(Containerd {
+            publisher,
+            namespace: self.namespace.clone(),
+        });
+        TaskService::new(Arc::new(SandboxEngine), exits, events, self.exit.clone())
     }
 }
 

@@ -1,15 +1,21 @@
 //! The container's stdio: pipes (or the pty master) copied to and from the FIFOs containerd
 //! hands over. Copies run on plain threads with blocking I/O (the kernel splices pipe to FIFO);
 //! an output is done when its pipe reaches EOF, so no output is lost at exit.
+//!
+//! The stdin FIFO is opened `O_RDONLY|O_NONBLOCK` (as containerd's fifo package does), which
+//! never waits for a writer: a client that already closed its end (stdin from /dev/null) must
+//! not leave a thread blocked in `open` forever. Its copy then waits in `poll` for data, for the
+//! writer to leave, or for [`IoControl::stop_stdin`] (the process exited, or CloseIO).
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cryo_sandbox::Stdio;
-use log::warn;
+use log::{debug, warn};
 use tokio::sync::oneshot;
 
 /// Where containerd wants the streams (empty: not wanted).
@@ -35,6 +41,8 @@ pub struct IoControl {
     stdin: Arc<Mutex<Option<File>>>,
     /// The pty master (a duplicate), when the process has a terminal.
     console: Arc<Mutex<Option<OwnedFd>>>,
+    /// Dropping it ends stdin's copy (the write end of a pipe its `poll` watches).
+    stdin_stop: Arc<Mutex<Option<OwnedFd>>>,
 }
 
 impl IoControl {
@@ -44,6 +52,12 @@ impl IoControl {
         if let (Some(mut w), Some(_)) = (writer, lock(&self.console).as_ref()) {
             let _ = w.write_all(&[4]);
         }
+        self.stop_stdin();
+    }
+
+    /// End stdin's copy, wherever it waits (its FIFO and thread are released).
+    pub fn stop_stdin(&self) {
+        lock(&self.stdin_stop).take();
     }
 
     /// Set the terminal's window size. A process without a terminal ignores it, as with the
@@ -82,7 +96,7 @@ pub fn prepare(paths: &StdioPaths) -> io::Result<(Stdio, Io)> {
         None
     } else {
         let (r, w) = pipe()?;
-        copy_in(paths.stdin.clone(), w, &io.control);
+        copy_in(&paths.stdin, w, &io.control)?;
         Some(r)
     };
     let stdout = output(&paths.stdout, &mut io)?;
@@ -111,7 +125,7 @@ impl Io {
     pub fn attach_console(&mut self, master: OwnedFd, paths: &StdioPaths) -> io::Result<()> {
         *lock(&self.control.console) = Some(master.try_clone()?);
         if !paths.stdin.is_empty() {
-            copy_in(paths.stdin.clone(), master.try_clone()?, &self.control);
+            copy_in(&paths.stdin, master.try_clone()?, &self.control)?;
         }
         if !paths.stdout.is_empty() {
             self.outputs.push(copy_out(master, paths.stdout.clone()));
@@ -144,34 +158,60 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
-/// FIFO → container: ends (closing the container's stdin) when the writer closes the FIFO
-/// or CloseIO takes the writer away.
-fn copy_in(fifo: String, to: OwnedFd, control: &IoControl) {
+/// FIFO → container: ends (closing the container's stdin) when the FIFO's writer leaves,
+/// CloseIO takes the container's end away, or [`IoControl::stop_stdin`] is called.
+fn copy_in(fifo: &str, to: OwnedFd, control: &IoControl) -> io::Result<()> {
+    let from = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(fifo)
+        .map_err(|e| io::Error::new(e.kind(), format!("stdin {fifo}: {e}")))?;
+    let (stop, stop_tx) = pipe()?;
     *lock(&control.stdin) = Some(File::from(to));
+    *lock(&control.stdin_stop) = Some(stop_tx);
     let target = control.stdin.clone();
     spawn_thread(move || {
-        let mut from = match File::open(&fifo) {
-            Ok(f) => f,
-            Err(e) => {
-                warn!("stdin {fifo}: {e}");
-                target.lock().unwrap_or_else(|e| e.into_inner()).take();
-                return;
-            }
-        };
+        let mut from = from;
         let mut buf = vec![0u8; 32 * 1024];
-        loop {
+        while wait_readable(&from, &stop) {
             let n = match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
+                Ok(0) => break,
                 Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
             };
             let mut guard = lock(&target);
-            let Some(to) = guard.as_mut() else { return };
+            let Some(to) = guard.as_mut() else { break };
             if to.write_all(&buf[..n]).is_err() {
                 break;
             }
         }
         lock(&target).take();
     });
+    Ok(())
+}
+
+/// Wait until `fifo` has data or its writer left (true), or `stop` was closed (false).
+fn wait_readable(fifo: &File, stop: &OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    loop {
+        let mut fds = [
+            PollFd::new(fifo.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            return false;
+        }
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+            return true;
+        }
+    }
 }
 
 /// Container → FIFO: done when the container side is closed by every process.
@@ -182,8 +222,9 @@ fn copy_out(from: OwnedFd, fifo: String) -> oneshot::Receiver<()> {
         match OpenOptions::new().write(true).open(&fifo) {
             Ok(mut to) => {
                 if let Err(e) = io::copy(&mut from, &mut to) {
-                    // EIO: the pty's last slave closed; that is the end of a terminal.
-                    if e.raw_os_error() != Some(libc::EIO) {
+                    if is_an_end(&e) {
+                        debug!("copy to {fifo} ended: {e}");
+                    } else {
                         warn!("copy to {fifo}: {e}");
                     }
                 }
@@ -198,6 +239,13 @@ fn copy_out(from: OwnedFd, fifo: String) -> oneshot::Receiver<()> {
     rx
 }
 
+/// An output copy's error that is a normal end, not a fault: EIO, the pty's last slave closed
+/// (the end of a terminal); EPIPE, the FIFO's reader left (a finished or detached client; the
+/// process's further writes fail as with runc's shim).
+fn is_an_end(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EPIPE))
+}
+
 /// A copy thread with a small stack.
 fn spawn_thread(f: impl FnOnce() + Send + 'static) {
     if let Err(e) = std::thread::Builder::new()
@@ -205,5 +253,54 @@ fn spawn_thread(f: impl FnOnce() + Send + 'static) {
         .spawn(f)
     {
         warn!("cannot start a stdio copy thread: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reader_that_left_or_a_closed_terminal_is_an_end_not_a_fault() {
+        assert!(is_an_end(&io::Error::from_raw_os_error(libc::EPIPE)));
+        assert!(is_an_end(&io::Error::from_raw_os_error(libc::EIO)));
+        assert!(!is_an_end(&io::Error::from_raw_os_error(libc::ENOSPC)));
+        assert!(!is_an_end(&io::Error::from_raw_os_error(libc::EBADF)));
+    }
+
+    fn fifo_in(dir: &tempfile::TempDir) -> std::path::PathBuf {
+        let fifo = dir.path().join("stdin");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        fifo
+    }
+
+    #[test]
+    fn stdin_of_a_fifo_whose_writer_is_gone_never_blocks_and_stops() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = fifo_in(&dir);
+        let control = IoControl::default();
+        let (r, w) = pipe().unwrap();
+        // No writer ever comes: the open returns at once, the copy waits.
+        copy_in(fifo.to_str().unwrap(), w, &control).unwrap();
+        control.stop_stdin();
+        // The copy ends and closes the process's stdin: its reader sees EOF.
+        let mut buf = Vec::new();
+        File::from(r).read_to_end(&mut buf).unwrap();
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn stdin_data_reaches_the_process_and_the_writer_leaving_is_eof() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = fifo_in(&dir);
+        let control = IoControl::default();
+        let (r, w) = pipe().unwrap();
+        copy_in(fifo.to_str().unwrap(), w, &control).unwrap();
+        let mut writer = OpenOptions::new().write(true).open(&fifo).unwrap();
+        writer.write_all(b"hello\n").unwrap();
+        drop(writer);
+        let mut buf = Vec::new();
+        File::from(r).read_to_end(&mut buf).unwrap();
+        assert_eq!(buf, b"hello\n");
     }
 }

@@ -1,7 +1,10 @@
-//! The Task ttrpc service: translates containerd's task requests into calls on the shim's
-//! tasks ([`crate::process::Task`]) and answers with containerd's types and error codes.
+//! The Task ttrpc service: translates containerd's task requests into calls on the pod's
+//! containers and their processes ([`crate::process::Process`]) and answers with containerd's
+//! types; errors become ttrpc codes in one place ([`crate::error`]).
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use containerd_shim::asynchronous::ExitSignal;
@@ -16,27 +19,81 @@ use containerd_shim_protos::topics::{
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 use log::info;
 
-use crate::errors;
-use crate::events::Events;
+use crate::container::Container;
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::events::EventTx;
 use crate::exits::Exits;
+use crate::init::InitProcess;
 use crate::pod::Pod;
-use crate::process::Task;
+use crate::process::{self, Process};
+
+/// How long Shutdown waits for queued events (TaskDelete) to reach containerd.
+const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
 pub struct TaskService {
     pod: Pod,
+    engine: Arc<dyn Engine>,
     exits: Arc<Exits>,
-    events: Arc<Events>,
-    exit: Arc<ExitSignal>,
+    events: EventTx,
+    /// Tells the shim's main loop to leave (after the last container's Shutdown).
+    shutdown: Arc<ExitSignal>,
 }
 
 impl TaskService {
-    pub fn new(exits: Arc<Exits>, events: Events, exit: Arc<ExitSignal>) -> Self {
+    pub fn new(
+        engine: Arc<dyn Engine>,
+        exits: Arc<Exits>,
+        events: EventTx,
+        shutdown: Arc<ExitSignal>,
+    ) -> Self {
         TaskService {
             pod: Pod::default(),
+            engine,
             exits,
-            events: Arc::new(events),
-            exit,
+            events,
+            shutdown,
         }
+    }
+
+    async fn create_container(&self, req: &api::CreateTaskRequest) -> Result<u32> {
+        info!("create {} (bundle {})", req.id, req.bundle);
+        // The id is taken before anything is mounted or spawned; a failure below frees it.
+        let reservation = self.pod.reserve(&req.id)?;
+        let bundle = PathBuf::from(&req.bundle);
+        let spec = crate::spec::load(&bundle)?;
+        // Pod volumes (dev.cryo.spec.mount.* annotations): mounts rewritten, pod overlays mounted.
+        let spec = self.pod.volumes.prepare(&bundle, &req.id, spec).await?;
+        let init =
+            InitProcess::create(req, spec, self.engine.clone(), &self.exits, &self.events).await?;
+        let pid = init.pid() as u32;
+        reservation.fill(Arc::new(Container::new(&req.id, &req.bundle, init)));
+        crate::release_memory();
+        Ok(pid)
+    }
+
+    async fn delete_container(&self, container: &Container) -> Result<api::DeleteResponse> {
+        let exit = container.init.destroy().await?;
+        self.pod.remove(&container.id).await;
+        crate::release_memory();
+        info!("deleted container {}", container.id);
+        let pid = container.init.pid() as u32;
+        self.events.send(
+            TASK_DELETE_EVENT_TOPIC,
+            Box::new(TaskDelete {
+                container_id: container.id.clone(),
+                pid,
+                exit_status: exit.status,
+                exited_at: MessageField::some(exit.at.clone()),
+                ..Default::default()
+            }),
+        );
+        Ok(api::DeleteResponse {
+            pid,
+            exit_status: exit.status,
+            exited_at: MessageField::some(exit.at),
+            ..Default::default()
+        })
     }
 }
 
@@ -47,17 +104,7 @@ impl TaskApi for TaskService {
         _ctx: &TtrpcContext,
         req: api::CreateTaskRequest,
     ) -> TtrpcResult<api::CreateTaskResponse> {
-        info!("create {} (bundle {})", req.id, req.bundle);
-        if self.pod.contains(&req.id) {
-            return Err(errors::already_exists(format!(
-                "container {} already exists",
-                req.id
-            )));
-        }
-        let task = Task::create(&req, &self.exits, self.events.clone()).await?;
-        let pid = task.pid() as u32;
-        self.pod.insert(task)?;
-        crate::release_memory();
+        let pid = self.create_container(&req).await?;
         Ok(api::CreateTaskResponse {
             pid,
             ..Default::default()
@@ -69,12 +116,8 @@ impl TaskApi for TaskService {
         _ctx: &TtrpcContext,
         req: api::StartRequest,
     ) -> TtrpcResult<api::StartResponse> {
-        let task = self.pod.get(&req.id)?;
-        let pid = if req.exec_id.is_empty() {
-            task.start(&self.events).await?
-        } else {
-            task.exec_process(&req.exec_id)?.start(&self.events).await?
-        };
+        let process = self.pod.get(&req.id)?.get_process(&req.exec_id)?;
+        let pid = process.start(&self.events).await?;
         Ok(api::StartResponse {
             pid,
             ..Default::default()
@@ -86,48 +129,14 @@ impl TaskApi for TaskService {
         _ctx: &TtrpcContext,
         req: api::StateRequest,
     ) -> TtrpcResult<api::StateResponse> {
-        let task = self.pod.get(&req.id)?;
-        if !req.exec_id.is_empty() {
-            let exec = task.exec_process(&req.exec_id)?;
-            let exit = exec.exited();
-            return Ok(api::StateResponse {
-                id: exec.exec_id.clone(),
-                bundle: task.bundle.clone(),
-                pid: exec.pid as u32,
-                status: exec.status().into(),
-                stdin: exec.stdio.stdin.clone(),
-                stdout: exec.stdio.stdout.clone(),
-                stderr: exec.stdio.stderr.clone(),
-                terminal: exec.stdio.terminal,
-                exit_status: exit.as_ref().map_or(0, |e| e.status),
-                exited_at: MessageField::from_option(exit.map(|e| e.at)),
-                exec_id: exec.exec_id.clone(),
-                ..Default::default()
-            });
-        }
-        let exit = task.exited();
-        Ok(api::StateResponse {
-            id: task.id.clone(),
-            bundle: task.bundle.clone(),
-            pid: task.pid() as u32,
-            status: task.status().into(),
-            stdin: task.stdio.stdin.clone(),
-            stdout: task.stdio.stdout.clone(),
-            stderr: task.stdio.stderr.clone(),
-            terminal: task.stdio.terminal,
-            exit_status: exit.as_ref().map_or(0, |e| e.status),
-            exited_at: MessageField::from_option(exit.map(|e| e.at)),
-            ..Default::default()
-        })
+        let container = self.pod.get(&req.id)?;
+        let process = container.get_process(&req.exec_id)?;
+        Ok(process::state_response(process.as_ref(), &container.bundle))
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: api::KillRequest) -> TtrpcResult<api::Empty> {
-        let task = self.pod.get(&req.id)?;
-        if req.exec_id.is_empty() {
-            task.kill(req.signal, req.all)?;
-        } else {
-            task.exec_process(&req.exec_id)?.kill(req.signal)?;
-        }
+        let process = self.pod.get(&req.id)?.get_process(&req.exec_id)?;
+        process.kill(req.signal, req.all).await?;
         Ok(api::Empty::default())
     }
 
@@ -136,12 +145,8 @@ impl TaskApi for TaskService {
         _ctx: &TtrpcContext,
         req: api::WaitRequest,
     ) -> TtrpcResult<api::WaitResponse> {
-        let task = self.pod.get(&req.id)?;
-        let exit = if req.exec_id.is_empty() {
-            task.wait().await
-        } else {
-            task.exec_process(&req.exec_id)?.wait().await
-        };
+        let process = self.pod.get(&req.id)?.get_process(&req.exec_id)?;
+        let exit = process.lifecycle().wait().await;
         Ok(api::WaitResponse {
             exit_status: exit.status,
             exited_at: MessageField::some(exit.at),
@@ -154,7 +159,8 @@ impl TaskApi for TaskService {
         _ctx: &TtrpcContext,
         req: api::PidsRequest,
     ) -> TtrpcResult<api::PidsResponse> {
-        let pids = self.pod.get(&req.id)?.pids()?;
+        let container = self.pod.get(&req.id)?;
+        let pids = container.init.engine().call(|c| c.pids()).await?;
         Ok(api::PidsResponse {
             processes: pids
                 .into_iter()
@@ -172,36 +178,13 @@ impl TaskApi for TaskService {
         _ctx: &TtrpcContext,
         req: api::DeleteRequest,
     ) -> TtrpcResult<api::DeleteResponse> {
-        let task = self.pod.get(&req.id)?;
-        if !req.exec_id.is_empty() {
-            let exec = task.exec_process(&req.exec_id)?;
-            let exit = exec.finish().await?;
-            task.remove_exec(&req.exec_id);
-            return Ok(api::DeleteResponse {
-                pid: exec.pid as u32,
-                exit_status: exit.status,
-                exited_at: MessageField::some(exit.at),
-                ..Default::default()
-            });
+        let container = self.pod.get(&req.id)?;
+        if req.exec_id.is_empty() {
+            return Ok(self.delete_container(&container).await?);
         }
-        let exit = task.destroy().await?;
-        self.pod.remove(&req.id);
-        crate::release_memory();
-        info!("deleted container {}", req.id);
-        self.events
-            .publish(
-                TASK_DELETE_EVENT_TOPIC,
-                Box::new(TaskDelete {
-                    container_id: req.id.clone(),
-                    pid: task.pid() as u32,
-                    exit_status: exit.status,
-                    exited_at: MessageField::some(exit.at.clone()),
-                    ..Default::default()
-                }),
-            )
-            .await;
+        let (pid, exit) = container.delete_exec(&req.exec_id).await?;
         Ok(api::DeleteResponse {
-            pid: task.pid() as u32,
+            pid: pid as u32,
             exit_status: exit.status,
             exited_at: MessageField::some(exit.at),
             ..Default::default()
@@ -214,8 +197,8 @@ impl TaskApi for TaskService {
         req: api::ExecProcessRequest,
     ) -> TtrpcResult<api::Empty> {
         info!("exec {} in {}", req.exec_id, req.id);
-        let task = self.pod.get(&req.id)?;
-        task.exec(&req, &self.exits, self.events.clone()).await?;
+        let container = self.pod.get(&req.id)?;
+        container.exec(&req, &self.exits, &self.events).await?;
         Ok(api::Empty::default())
     }
 
@@ -224,14 +207,13 @@ impl TaskApi for TaskService {
         _ctx: &TtrpcContext,
         req: api::ResizePtyRequest,
     ) -> TtrpcResult<api::Empty> {
-        let task = self.pod.get(&req.id)?;
+        let process = self.pod.get(&req.id)?.get_process(&req.exec_id)?;
         let (width, height) = (req.width as u16, req.height as u16);
-        let result = if req.exec_id.is_empty() {
-            task.io().resize(width, height)
-        } else {
-            task.exec_process(&req.exec_id)?.io().resize(width, height)
-        };
-        result.map_err(|e| errors::failed_precondition(format!("resize {}: {e}", req.id)))?;
+        process
+            .lifecycle()
+            .io()
+            .resize(width, height)
+            .map_err(|e| Error::FailedPrecondition(format!("resize {}: {e}", process.name())))?;
         Ok(api::Empty::default())
     }
 
@@ -240,28 +222,23 @@ impl TaskApi for TaskService {
         _ctx: &TtrpcContext,
         req: api::CloseIORequest,
     ) -> TtrpcResult<api::Empty> {
-        let task = self.pod.get(&req.id)?;
+        let process = self.pod.get(&req.id)?.get_process(&req.exec_id)?;
         if req.stdin {
-            if req.exec_id.is_empty() {
-                task.io().close_stdin();
-            } else {
-                task.exec_process(&req.exec_id)?.io().close_stdin();
-            }
+            process.lifecycle().io().close_stdin();
         }
         Ok(api::Empty::default())
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: api::PauseRequest) -> TtrpcResult<api::Empty> {
-        self.pod.get(&req.id)?.pause()?;
-        self.events
-            .publish(
-                TASK_PAUSED_EVENT_TOPIC,
-                Box::new(TaskPaused {
-                    container_id: req.id.clone(),
-                    ..Default::default()
-                }),
-            )
-            .await;
+        let container = self.pod.get(&req.id)?;
+        container.init.engine().call(|c| c.pause()).await?;
+        self.events.send(
+            TASK_PAUSED_EVENT_TOPIC,
+            Box::new(TaskPaused {
+                container_id: req.id.clone(),
+                ..Default::default()
+            }),
+        );
         Ok(api::Empty::default())
     }
 
@@ -270,16 +247,15 @@ impl TaskApi for TaskService {
         _ctx: &TtrpcContext,
         req: api::ResumeRequest,
     ) -> TtrpcResult<api::Empty> {
-        self.pod.get(&req.id)?.resume()?;
-        self.events
-            .publish(
-                TASK_RESUMED_EVENT_TOPIC,
-                Box::new(TaskResumed {
-                    container_id: req.id.clone(),
-                    ..Default::default()
-                }),
-            )
-            .await;
+        let container = self.pod.get(&req.id)?;
+        container.init.engine().call(|c| c.resume()).await?;
+        self.events.send(
+            TASK_RESUMED_EVENT_TOPIC,
+            Box::new(TaskResumed {
+                container_id: req.id.clone(),
+                ..Default::default()
+            }),
+        );
         Ok(api::Empty::default())
     }
 
@@ -288,12 +264,13 @@ impl TaskApi for TaskService {
         _ctx: &TtrpcContext,
         req: api::UpdateTaskRequest,
     ) -> TtrpcResult<api::Empty> {
-        let task = self.pod.get(&req.id)?;
-        let resources: oci_spec::runtime::LinuxResources =
-            serde_json::from_slice(&req.resources.value).map_err(|e| {
-                errors::invalid_argument(format!("update {}: resources: {e}", req.id))
-            })?;
-        task.update(&resources)?;
+        let container = self.pod.get(&req.id)?;
+        let resources = crate::spec::resources(&req.id, &req.resources.value)?;
+        container
+            .init
+            .engine()
+            .call(move |c| c.update(&resources))
+            .await?;
         Ok(api::Empty::default())
     }
 
@@ -302,9 +279,10 @@ impl TaskApi for TaskService {
         _ctx: &TtrpcContext,
         req: api::StatsRequest,
     ) -> TtrpcResult<api::StatsResponse> {
-        let metrics = self.pod.get(&req.id)?.metrics()?;
+        let container = self.pod.get(&req.id)?;
+        let metrics = container.init.engine().call(|c| Ok(c.metrics())).await?;
         let any = containerd_shim::util::convert_to_any(metrics)
-            .map_err(|e| errors::internal(format!("stats {}: {e}", req.id)))?;
+            .map_err(|e| Error::Internal(format!("stats {}: {e}", req.id)))?;
         Ok(api::StatsResponse {
             stats: MessageField::some(any),
             ..Default::default()
@@ -316,7 +294,7 @@ impl TaskApi for TaskService {
         _ctx: &TtrpcContext,
         req: api::ConnectRequest,
     ) -> TtrpcResult<api::ConnectResponse> {
-        let task_pid = self.pod.get(&req.id).map(|t| t.pid() as u32).unwrap_or(0);
+        let task_pid = self.pod.get(&req.id).map_or(0, |c| c.init.pid() as u32);
         Ok(api::ConnectResponse {
             shim_pid: std::process::id(),
             task_pid,
@@ -331,8 +309,8 @@ impl TaskApi for TaskService {
         req: api::CheckpointTaskRequest,
     ) -> TtrpcResult<api::Empty> {
         info!("checkpoint {} into {}", req.id, req.path);
-        let task = self.pod.get(&req.id)?;
-        crate::checkpoint::checkpoint(&task, &req, &self.events).await?;
+        let container = self.pod.get(&req.id)?;
+        crate::checkpoint::checkpoint(&container.init, &req, &self.events).await?;
         Ok(api::Empty::default())
     }
 
@@ -341,11 +319,17 @@ impl TaskApi for TaskService {
         _ctx: &TtrpcContext,
         _req: api::ShutdownRequest,
     ) -> TtrpcResult<api::Empty> {
-        // One shim serves a pod: it leaves only when its last task is gone.
+        // One shim serves a pod: it leaves only when its last container is gone, once the
+        // events queued before (TaskDelete) are out.
         if self.pod.is_empty() {
-            info!("last task deleted: shutting down");
-            self.exit.signal();
+            info!("last container deleted: shutting down");
+            self.events.flush(FLUSH_LIMIT).await;
+            self.shutdown.signal();
         }
         Ok(api::Empty::default())
     }
 }
+
+#[cfg(test)]
+#[path = "task_tests.rs"]
+mod tests;

@@ -53,41 +53,6 @@ pub fn validate(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
-/// Check the names in a profile as JSON (`linux.seccomp`, or null) against the values the spec
-/// allows, before it is parsed, so that an unknown one is refused with its place and value.
-pub fn check_names(profile: &serde_json::Value) -> Result<()> {
-    use oci_spec::runtime::{Arch, LinuxSeccompFilterFlag, LinuxSeccompOperator};
-    let f = "linux.seccomp";
-    known::<LinuxSeccompAction>(&profile["defaultAction"], &format!("{f}.defaultAction"))?;
-    for (i, v) in items(&profile["architectures"]) {
-        known::<Arch>(v, &format!("{f}.architectures[{i}]"))?;
-    }
-    for (i, v) in items(&profile["flags"]) {
-        known::<LinuxSeccompFilterFlag>(v, &format!("{f}.flags[{i}]"))?;
-    }
-    for (i, rule) in items(&profile["syscalls"]) {
-        known::<LinuxSeccompAction>(&rule["action"], &format!("{f}.syscalls[{i}].action"))?;
-        for (j, arg) in items(&rule["args"]) {
-            known::<LinuxSeccompOperator>(&arg["op"], &format!("{f}.syscalls[{i}].args[{j}].op"))?;
-        }
-    }
-    Ok(())
-}
-
-/// The elements of `v` if it is an array, with their indexes.
-fn items(v: &serde_json::Value) -> impl Iterator<Item = (usize, &serde_json::Value)> {
-    v.as_array().into_iter().flatten().enumerate()
-}
-
-/// `v` (when present) is one of `T`'s names.
-fn known<T: serde::de::DeserializeOwned>(v: &serde_json::Value, field: &str) -> Result<()> {
-    if v.is_null() || serde_json::from_value::<T>(v.clone()).is_ok() {
-        return Ok(());
-    }
-    let shown = v.as_str().map_or_else(|| v.to_string(), str::to_string);
-    Err(invalid(format!("{field}: {shown} is not supported")))
-}
-
 /// Load the profile now (the early, no_new_privs-less case).
 pub fn load(spec: &Spec) -> Result<()> {
     match profile(spec) {

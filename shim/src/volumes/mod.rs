@@ -12,26 +12,26 @@
 //! - a private tmpfs is mounted in the container's mount namespace too.
 //!
 //! The pod overlays are unmounted when the sandbox container is deleted
-//! ([`container_removed`]), or by the shim's `delete` after a crash ([`cleanup_bundle`], from
-//! the record `<sandbox bundle>/cryo-volumes.json` and the mount table). The emptyDir itself
-//! is kubelet's: cryo leaves it (with its filestore) for kubelet to delete.
+//! ([`PodVolumes::container_removed`]), or by the shim's `delete` after a crash
+//! ([`cleanup_bundle`], from the record `<sandbox bundle>/cryo-volumes.json` and the mount
+//! table). The emptyDir itself is kubelet's: cryo leaves it (with its filestore) for kubelet to
+//! delete.
 //!
-//! One shim process serves exactly one pod (grouped by `io.kubernetes.cri.sandbox-id`), so the
-//! pod's volume registry is the process's.
+//! The pod owns its [`PodVolumes`] (`crate::pod::Pod`); their lock is never held across a
+//! mount or unmount.
 
 pub mod rules;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
-use containerd_shim_protos::ttrpc;
 use cryo_sandbox::volume;
 use log::{info, warn};
 use oci_spec::runtime::Spec;
 
 use crate::annotations;
-use crate::errors;
+use crate::error::{Error, Result};
 use rules::{Decision, Medium, Placement, Shape};
 
 /// The record of the pod overlays mounted, in the sandbox bundle.
@@ -43,7 +43,7 @@ const POD_KEY: &str = "pod";
 
 /// What the pod knows of its volumes.
 #[derive(Default)]
-struct PodVolumes {
+struct Known {
     sandbox_id: Option<String>,
     sandbox_bundle: Option<PathBuf>,
     /// Each volume's shape, decided once (by the first container that mounts it).
@@ -52,103 +52,149 @@ struct PodVolumes {
     mounted: BTreeMap<String, PathBuf>,
 }
 
-static POD: LazyLock<Mutex<PodVolumes>> = LazyLock::new(Default::default);
-
-fn pod() -> MutexGuard<'static, PodVolumes> {
-    POD.lock().unwrap_or_else(|e| e.into_inner())
+/// The pod's volumes.
+#[derive(Default, Clone)]
+pub struct PodVolumes {
+    known: Arc<Mutex<Known>>,
 }
 
-/// Rewrite `spec`'s mounts for the pod's annotated volumes, mounting the pod overlays they
-/// need. Bad annotations fail with a message naming the key, before anything is mounted.
-pub async fn prepare(bundle: &Path, id: &str, spec: Spec) -> Result<Spec, ttrpc::Error> {
-    let bundle = bundle.to_path_buf();
-    let id = id.to_string();
-    tokio::task::spawn_blocking(move || prepare_blocking(&bundle, &id, spec))
-        .await
-        .map_err(errors::internal)?
-}
+impl PodVolumes {
+    /// Rewrite `spec`'s mounts for the pod's annotated volumes, mounting the pod overlays they
+    /// need. Bad annotations fail with a message naming the key, before anything is mounted.
+    pub async fn prepare(&self, bundle: &Path, id: &str, spec: Spec) -> Result<Spec> {
+        let (this, bundle, id) = (self.clone(), bundle.to_path_buf(), id.to_string());
+        tokio::task::spawn_blocking(move || this.prepare_blocking(&bundle, &id, spec)).await?
+    }
 
-fn prepare_blocking(bundle: &Path, id: &str, mut spec: Spec) -> Result<Spec, ttrpc::Error> {
-    let sandbox_id = annotations::grouping(Some(&spec), id);
-    let is_sandbox = annotations::get(&spec, annotations::CONTAINER_TYPE)
-        == Some(annotations::CONTAINER_TYPE_SANDBOX);
-    let mut pod = pod();
-    if is_sandbox || sandbox_id == id {
-        pod.sandbox_id = Some(id.to_string());
-        pod.sandbox_bundle = Some(bundle.to_path_buf());
+    fn lock(&self) -> MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
-    let annotations_map = spec.annotations().clone().unwrap_or_default();
-    let uid = annotations::get(&spec, annotations::SANDBOX_UID);
-    if is_sandbox {
-        // The sandbox mounts no volumes, its app containers do; but bad hints fail the pod
-        // now (RunPodSandbox), before anything of it runs.
-        rules::validate_pod(&annotations_map, uid)
-            .map_err(|e| errors::invalid_argument(format!("pod sandbox {id}: {e}")))?;
-        return Ok(spec);
-    }
-    let mounts = spec.mounts().clone().unwrap_or_default();
-    let plan = rules::plan(&annotations_map, &mounts, uid, &pod.decided, &medium_of)
-        .map_err(|e| errors::invalid_argument(format!("container {id}: {e}")))?;
-    if plan.is_empty() {
-        return Ok(spec);
-    }
-    let sandbox_bundle = pod
-        .sandbox_bundle
-        .clone()
-        .unwrap_or_else(|| bundle.parent().unwrap_or(Path::new("/")).join(&sandbox_id));
-    if plan.iter().any(|(d, _)| d.shape == Shape::PodOverlay) && !sandbox_bundle.is_dir() {
-        return Err(errors::failed_precondition(format!(
-            "container {id}: pod sandbox {sandbox_id} is gone ({} missing): no pod volume to join",
-            sandbox_bundle.display()
-        )));
-    }
-    let name = annotations::get(&spec, annotations::CONTAINER_NAME)
-        .filter(|n| !n.contains('/') && !n.contains("..") && !n.is_empty())
-        .unwrap_or(id);
-    let mut placed = Vec::new();
-    for (d, new) in plan {
-        if new {
-            info!(
-                "pod {sandbox_id}: volume {} ({}) is {:?}: {}",
-                d.volume,
-                d.source.display(),
-                d.shape,
-                d.reason
-            );
-        }
-        let place = match d.shape {
-            Shape::Bind | Shape::SharedBind => Placement::AsIs,
-            Shape::Tmpfs => Placement::Tmpfs,
-            Shape::PodOverlay => {
-                let mountpoint = sandbox_bundle.join(VOLUMES_DIR).join(&d.volume);
-                pod.mounted.insert(d.volume.clone(), mountpoint.clone());
-                write_record(&sandbox_bundle, &pod.mounted);
-                if let Err(e) = volume::mount_overlay(&d.source, POD_KEY, &mountpoint) {
-                    pod.mounted.remove(&d.volume);
-                    write_record(&sandbox_bundle, &pod.mounted);
-                    return Err(errors::engine(e));
-                }
-                Placement::BindFrom(mountpoint)
+
+    fn prepare_blocking(&self, bundle: &Path, id: &str, mut spec: Spec) -> Result<Spec> {
+        let sandbox_id = annotations::grouping(Some(&spec), id);
+        let is_sandbox = annotations::get(&spec, annotations::CONTAINER_TYPE)
+            == Some(annotations::CONTAINER_TYPE_SANDBOX);
+        let (decided, known_bundle) = {
+            let mut known = self.lock();
+            if is_sandbox || sandbox_id == id {
+                known.sandbox_id = Some(id.to_string());
+                known.sandbox_bundle = Some(bundle.to_path_buf());
             }
-            Shape::ContainerOverlay => {
-                let store = volume::filestore(&d.source, &format!("container-{name}"))
-                    .map_err(errors::engine)?;
-                Placement::Overlay {
-                    lower: store.lower,
-                    upper: store.upper,
-                    work: store.work,
-                }
-            }
+            (known.decided.clone(), known.sandbox_bundle.clone())
         };
-        placed.push((d, place));
+        let annotations_map = spec.annotations().clone().unwrap_or_default();
+        let uid = annotations::get(&spec, annotations::SANDBOX_UID);
+        if is_sandbox {
+            // The sandbox mounts no volumes, its app containers do; but bad hints fail the pod
+            // now (RunPodSandbox), before anything of it runs.
+            rules::validate_pod(&annotations_map, uid)
+                .map_err(|e| Error::InvalidArgument(format!("pod sandbox {id}: {e}")))?;
+            return Ok(spec);
+        }
+        let mounts = spec.mounts().clone().unwrap_or_default();
+        let plan = rules::plan(&annotations_map, &mounts, uid, &decided, &medium_of)
+            .map_err(|e| Error::InvalidArgument(format!("container {id}: {e}")))?;
+        if plan.is_empty() {
+            return Ok(spec);
+        }
+        let sandbox_bundle = known_bundle
+            .unwrap_or_else(|| bundle.parent().unwrap_or(Path::new("/")).join(&sandbox_id));
+        if plan.iter().any(|(d, _)| d.shape == Shape::PodOverlay) && !sandbox_bundle.is_dir() {
+            return Err(Error::FailedPrecondition(format!(
+                "container {id}: pod sandbox {sandbox_id} is gone ({} missing): no pod volume to join",
+                sandbox_bundle.display()
+            )));
+        }
+        let name = annotations::get(&spec, annotations::CONTAINER_NAME)
+            .filter(|n| !n.contains('/') && !n.contains("..") && !n.is_empty())
+            .unwrap_or(id);
+        let mut placed = Vec::new();
+        for (d, new) in plan {
+            if new {
+                info!(
+                    "pod {sandbox_id}: volume {} ({}) is {:?}: {}",
+                    d.volume,
+                    d.source.display(),
+                    d.shape,
+                    d.reason
+                );
+            }
+            let place = match d.shape {
+                Shape::Bind | Shape::SharedBind => Placement::AsIs,
+                Shape::Tmpfs => Placement::Tmpfs,
+                Shape::PodOverlay => {
+                    let mountpoint = sandbox_bundle.join(VOLUMES_DIR).join(&d.volume);
+                    self.record_mounted(&sandbox_bundle, &d.volume, Some(&mountpoint));
+                    // Mounting is idempotent: a container racing this one mounts it once.
+                    if let Err(e) = volume::mount_overlay(&d.source, POD_KEY, &mountpoint) {
+                        self.record_mounted(&sandbox_bundle, &d.volume, None);
+                        return Err(e.into());
+                    }
+                    Placement::BindFrom(mountpoint)
+                }
+                Shape::ContainerOverlay => {
+                    let store = volume::filestore(&d.source, &format!("container-{name}"))?;
+                    Placement::Overlay {
+                        lower: store.lower,
+                        upper: store.upper,
+                        work: store.work,
+                    }
+                }
+            };
+            placed.push((d, place));
+        }
+        let mut known = self.lock();
+        for (d, _) in &placed {
+            known
+                .decided
+                .entry(d.volume.clone())
+                .or_insert_with(|| d.clone());
+        }
+        drop(known);
+        spec.set_mounts(Some(rules::rewrite(&mounts, &placed)));
+        Ok(spec)
     }
-    for (d, _) in &placed {
-        pod.decided
-            .entry(d.volume.clone())
-            .or_insert_with(|| d.clone());
+
+    /// Note a pod overlay as mounted at `mountpoint` (or no longer, with `None`), in memory
+    /// and in the sandbox bundle's record, before the mount is tried (so a crash in between
+    /// leaves it recorded).
+    fn record_mounted(&self, sandbox_bundle: &Path, volume: &str, mountpoint: Option<&Path>) {
+        let mut known = self.lock();
+        match mountpoint {
+            Some(m) => known.mounted.insert(volume.to_string(), m.to_path_buf()),
+            None => known.mounted.remove(volume),
+        };
+        write_record(sandbox_bundle, &known.mounted);
     }
-    spec.set_mounts(Some(rules::rewrite(&mounts, &placed)));
-    Ok(spec)
+
+    /// A container was deleted: when it is the pod's sandbox, unmount every pod overlay.
+    pub async fn container_removed(&self, id: &str) {
+        let (this, id) = (self.clone(), id.to_string());
+        if let Err(e) =
+            tokio::task::spawn_blocking(move || this.container_removed_blocking(&id)).await
+        {
+            warn!("pod volumes: {e}");
+        }
+    }
+
+    fn container_removed_blocking(&self, id: &str) {
+        let known = {
+            let mut known = self.lock();
+            if known.sandbox_id.as_deref() != Some(id) {
+                return;
+            }
+            std::mem::take(&mut *known)
+        };
+        for (name, mountpoint) in known.mounted {
+            match volume::unmount_overlay(&mountpoint) {
+                Ok(()) => info!("pod {id}: volume {name} unmounted"),
+                Err(e) => warn!("pod {id}: volume {name}: {e}"),
+            }
+        }
+        if let Some(bundle) = known.sandbox_bundle {
+            cleanup_bundle(&bundle);
+        }
+    }
 }
 
 /// The emptyDir medium: `Memory` when kubelet mounted a tmpfs there.
@@ -161,25 +207,6 @@ fn medium_of(dir: &Path) -> Medium {
             Medium::Disk
         }
     }
-}
-
-/// A container was deleted: when it is the pod's sandbox, unmount every pod overlay.
-pub fn container_removed(id: &str) {
-    let mut pod = pod();
-    if pod.sandbox_id.as_deref() != Some(id) {
-        return;
-    }
-    let bundle = pod.sandbox_bundle.clone();
-    for (name, mountpoint) in std::mem::take(&mut pod.mounted) {
-        match volume::unmount_overlay(&mountpoint) {
-            Ok(()) => info!("pod {id}: volume {name} unmounted"),
-            Err(e) => warn!("pod {id}: volume {name}: {e}"),
-        }
-    }
-    if let Some(bundle) = bundle {
-        cleanup_bundle(&bundle);
-    }
-    *pod = PodVolumes::default();
 }
 
 /// Unmount every pod overlay under `bundle` (the shim's `delete` after a crash, and the end of
@@ -234,10 +261,11 @@ mod tests {
 
     #[test]
     fn cleanup_bundle_unmounts_recorded_and_found_overlays() {
-        if !nix::unistd::geteuid().is_root() {
-            eprintln!("skipped: needs root");
-            return;
-        }
+        // Needs root (overlay mounts); CI is root. Without it this fails, it never passes.
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "needs root: overlay mounts (run the shim's tests as root, as CI does)"
+        );
         let tmp = std::env::temp_dir().join(format!("cryo-volumes-test-{}", std::process::id()));
         let bundle = tmp.join("bundle");
         let vol = tmp.join("vol");

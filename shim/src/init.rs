@@ -1,0 +1,336 @@
+//! A container's init process as the shim holds it: the engine's container (behind
+//! [`EngineHandle`]), PID 1's stdio copies, its exit, and its events (TaskCreate, TaskStart,
+//! TaskOOM, TaskExit). A restore path builds one the same way, from a restored engine container
+//! ([`InitProcess::adopt`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use containerd_shim_protos::api::{self, Status};
+use containerd_shim_protos::events::task::{TaskCreate, TaskIO, TaskOOM, TaskStart};
+use containerd_shim_protos::protobuf::{MessageDyn, MessageField};
+use containerd_shim_protos::topics::{
+    TASK_CREATE_EVENT_TOPIC, TASK_OOM_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
+};
+use cryo_sandbox::state::Status as EngineStatus;
+use cryo_sandbox::{ContainerConfig, RootfsMount};
+use log::{info, warn};
+use oci_spec::runtime::Spec;
+
+use crate::engine::{Engine, EngineContainer};
+use crate::error::{Error, Result};
+use crate::events::EventTx;
+use crate::exits::{Exits, Mark};
+use crate::lifecycle::{ExitSubject, Lifecycle};
+use crate::process::{Process, ProcessBase};
+use crate::stdio::{self, Io, StdioPaths};
+
+/// The engine's container, shared by the init process and the container's exec processes.
+///
+/// Its lock is a tokio mutex, taken asynchronously and held only by an engine call running on
+/// the blocking pool: the runtime thread never waits on it. What State needs (the status) is a
+/// snapshot updated after every call.
+#[derive(Clone)]
+pub struct EngineHandle {
+    id: String,
+    container: Arc<tokio::sync::Mutex<Option<Box<dyn EngineContainer>>>>,
+    status: Arc<Mutex<EngineStatus>>,
+}
+
+impl EngineHandle {
+    fn new(id: &str, container: Box<dyn EngineContainer>) -> EngineHandle {
+        EngineHandle {
+            id: id.to_string(),
+            status: Arc::new(Mutex::new(container.status())),
+            container: Arc::new(tokio::sync::Mutex::new(Some(container))),
+        }
+    }
+
+    /// Run `f` on the container, off the runtime; NotFound once it was destroyed.
+    pub async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut dyn EngineContainer) -> cryo_sandbox::Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let mut guard = self.container.clone().lock_owned().await;
+        let status = self.status.clone();
+        let id = self.id.clone();
+        tokio::task::spawn_blocking(move || {
+            let Some(container) = guard.as_mut() else {
+                return Err(Error::NotFound(format!("container {id} was deleted")));
+            };
+            let result = f(container.as_mut());
+            *lock(&status) = container.status();
+            result.map_err(Error::from)
+        })
+        .await?
+    }
+
+    /// The engine's status as of its last call.
+    pub fn status(&self) -> EngineStatus {
+        *lock(&self.status)
+    }
+
+    /// Tear the container down (once; later calls do nothing).
+    pub async fn destroy(&self) -> Result<()> {
+        let mut guard = self.container.clone().lock_owned().await;
+        tokio::task::spawn_blocking(move || match guard.take() {
+            Some(c) => c.destroy().map_err(Error::from),
+            None => Ok(()),
+        })
+        .await?
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// PID 1 of a container.
+pub struct InitProcess {
+    base: ProcessBase,
+    engine: EngineHandle,
+    /// For a restore: how Start connects the restored PID 1's exit to the lifecycle.
+    restore: Mutex<Option<crate::checkpoint::RestoredExit>>,
+    /// The restored PID 1 (0 until a restore's Start ran; `base.pid` is 0 then).
+    restored_pid: AtomicI32,
+}
+
+impl InitProcess {
+    /// Create the container (PID 1 waiting for Start) and send TaskCreate. On error nothing
+    /// of the container is left (mounts, cgroup, processes, state record).
+    pub async fn create(
+        req: &api::CreateTaskRequest,
+        spec: Spec,
+        engine: Arc<dyn Engine>,
+        exits: &Arc<Exits>,
+        events: &EventTx,
+    ) -> Result<Arc<InitProcess>> {
+        let restore = crate::checkpoint::restore_options(req)?;
+        let bundle = PathBuf::from(&req.bundle);
+        let rootfs_mounts: Vec<RootfsMount> = req
+            .rootfs
+            .iter()
+            .map(|m| RootfsMount {
+                fstype: m.type_.clone(),
+                source: m.source.clone(),
+                options: m.options.clone(),
+            })
+            .collect();
+        let rootfs = rootfs_path(&bundle, &spec, !rootfs_mounts.is_empty())?;
+        let stdio = StdioPaths {
+            stdin: req.stdin.clone(),
+            stdout: req.stdout.clone(),
+            stderr: req.stderr.clone(),
+            terminal: req.terminal,
+        };
+        let (engine_stdio, io) =
+            stdio::prepare(&stdio).map_err(|e| Error::Internal(format!("stdio: {e}")))?;
+        let config = ContainerConfig {
+            id: req.id.clone(),
+            bundle,
+            rootfs,
+            rootfs_mounts,
+            spec,
+            stdio: engine_stdio,
+        };
+        let mark = exits.mark();
+        let container = tokio::task::spawn_blocking(move || match restore {
+            Some(restore) => engine.prepare_restore(config, restore),
+            None => engine.create(config),
+        })
+        .await??;
+        let init = InitProcess::adopt(&req.id, container, stdio, io, exits, mark, events).await?;
+        info!("created container {} (pid {})", req.id, init.pid());
+        events.send(
+            TASK_CREATE_EVENT_TOPIC,
+            Box::new(TaskCreate {
+                container_id: req.id.clone(),
+                bundle: req.bundle.clone(),
+                rootfs: req.rootfs.clone(),
+                io: MessageField::some(TaskIO {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                    ..Default::default()
+                }),
+                checkpoint: req.checkpoint.clone(),
+                pid: init.pid() as u32,
+                ..Default::default()
+            }),
+        );
+        Ok(init)
+    }
+
+    /// Take over an engine container whose PID 1 exists (created, or restored), with the exit
+    /// registry's mark from before it was spawned. On error the container is destroyed.
+    pub async fn adopt(
+        id: &str,
+        mut container: Box<dyn EngineContainer>,
+        stdio: StdioPaths,
+        mut io: Io,
+        exits: &Arc<Exits>,
+        mark: Mark,
+        events: &EventTx,
+    ) -> Result<Arc<InitProcess>> {
+        let pid = container.pid();
+        // A restore's PID 1 exists only after Start: its exit is connected then.
+        let (exit_rx, restore) = if container.is_restore() {
+            crate::checkpoint::RestoredExit::pending(exits)
+        } else {
+            (exits.watch(pid, mark), None)
+        };
+        if let Some(master) = container.take_console() {
+            if let Err(e) = io.attach_console(master, &stdio) {
+                let destroyed = tokio::task::spawn_blocking(move || container.destroy()).await;
+                if let Ok(Err(d)) = destroyed {
+                    warn!("container {id}: undo create: {d}");
+                }
+                return Err(Error::Internal(format!("container {id}: console: {e}")));
+            }
+        }
+        let engine = EngineHandle::new(id, container);
+        let on_exit = {
+            let engine = engine.clone();
+            async move {
+                let _ = engine
+                    .call(|c| {
+                        c.set_stopped();
+                        Ok(())
+                    })
+                    .await;
+            }
+        };
+        let subject = ExitSubject {
+            container_id: id.to_string(),
+            id: id.to_string(),
+            pid,
+        };
+        let lifecycle = Lifecycle::follow(exit_rx, io, events.clone(), subject, on_exit);
+        let init = Arc::new(InitProcess {
+            base: ProcessBase {
+                container_id: id.to_string(),
+                exec_id: String::new(),
+                pid,
+                stdio,
+                lifecycle,
+            },
+            engine,
+            restore: Mutex::new(restore),
+            restored_pid: AtomicI32::new(0),
+        });
+        init.watch_oom(events.clone()).await;
+        Ok(init)
+    }
+
+    /// The engine's container (for exec, pause, update, metrics).
+    pub fn engine(&self) -> &EngineHandle {
+        &self.engine
+    }
+
+    /// Send TaskOOM for every OOM kill in the container's cgroup.
+    async fn watch_oom(&self, events: EventTx) {
+        let id = self.base.container_id.clone();
+        let on_oom = Box::new(move || {
+            info!("container {id}: OOM kill");
+            events.send(
+                TASK_OOM_EVENT_TOPIC,
+                Box::new(TaskOOM {
+                    container_id: id.clone(),
+                    ..Default::default()
+                }),
+            );
+        });
+        if let Err(e) = self.engine.call(move |c| c.on_oom(on_oom)).await {
+            warn!("container {}: no OOM events: {e}", self.base.container_id);
+        }
+    }
+
+    /// Tear the container down for Delete: refused while it runs; PID 1 of a container never
+    /// started is killed first. Returns PID 1's exit.
+    pub async fn destroy(&self) -> Result<crate::exits::Exit> {
+        // A restore never started has no PID 1: its exit is known to be none.
+        drop(lock(&self.restore).take());
+        let exit = self.exit_for_delete().await?;
+        self.engine.destroy().await?;
+        Ok(exit)
+    }
+}
+
+#[async_trait]
+impl Process for InitProcess {
+    fn base(&self) -> &ProcessBase {
+        &self.base
+    }
+
+    fn live_status(&self) -> Status {
+        match self.engine.status() {
+            EngineStatus::Created => Status::CREATED,
+            EngineStatus::Running => Status::RUNNING,
+            EngineStatus::Paused => Status::PAUSED,
+            EngineStatus::Stopped => Status::STOPPED,
+        }
+    }
+
+    fn check_startable(&self) -> Result<()> {
+        match self.status() {
+            Status::CREATED => Ok(()),
+            other => Err(Error::FailedPrecondition(format!(
+                "container {} is {other:?}: cannot start",
+                self.base.container_id
+            ))),
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        match self.restored_pid.load(Ordering::Relaxed) {
+            0 => self.base.pid,
+            restored => restored,
+        }
+    }
+
+    async fn exec_workload(&self) -> Result<()> {
+        let restore = lock(&self.restore).take();
+        let mark = restore.as_ref().map(|r| r.mark());
+        self.engine.call(|c| c.start()).await?;
+        if let (Some(restore), Some(mark)) = (restore, mark) {
+            let pid = self.engine.call(|c| Ok(c.pid())).await?;
+            self.restored_pid.store(pid, Ordering::Relaxed);
+            restore.connect(pid, mark);
+        }
+        Ok(())
+    }
+
+    fn started_event(&self) -> (&'static str, Box<dyn MessageDyn>) {
+        let event = TaskStart {
+            container_id: self.base.container_id.clone(),
+            pid: self.pid() as u32,
+            ..Default::default()
+        };
+        (TASK_START_EVENT_TOPIC, Box::new(event))
+    }
+
+    async fn signal(&self, signal: u32, all: bool) -> Result<()> {
+        self.engine.call(move |c| c.kill(signal as i32, all)).await
+    }
+}
+
+/// Where the rootfs is: `<bundle>/rootfs` when containerd gave mounts, else the spec's root
+/// path (relative to the bundle).
+fn rootfs_path(bundle: &Path, spec: &Spec, has_mounts: bool) -> Result<PathBuf> {
+    if has_mounts {
+        return Ok(bundle.join("rootfs"));
+    }
+    let root = spec
+        .root()
+        .as_ref()
+        .ok_or_else(|| Error::InvalidArgument("spec has no root".into()))?;
+    let path = root.path();
+    Ok(if path.is_absolute() {
+        path.clone()
+    } else {
+        bundle.join(path)
+    })
+}
