@@ -21,6 +21,7 @@ pub mod config;
 pub mod container;
 pub mod error;
 pub mod exec;
+mod fs_context;
 pub mod init;
 mod launch;
 mod lsm;
