@@ -142,9 +142,11 @@ impl Cgroup {
     }
 
     /// Call `on_oom` (from a thread of its own) once per OOM kill episode in the cgroup, until
-    /// the cgroup is removed. v1: the memory controller's eventfd, a burst of notifications
-    /// counting as one; v2: memory.events' `oom_kill` count, polled.
-    pub fn on_oom(&self, on_oom: impl Fn() + Send + 'static) -> Result<()> {
+    /// the cgroup is removed, with the cgroup's OOM kill count as of then (see
+    /// [`Cgroup::oom_kills`]; an embedder that also reads it when the container exits can tell
+    /// whether the episode was already reported). v1: the memory controller's eventfd, a burst
+    /// of notifications counting as one; v2: memory.events' `oom_kill` count, polled.
+    pub fn on_oom(&self, on_oom: impl Fn(u64) + Send + 'static) -> Result<()> {
         let spawn = |f: Box<dyn FnOnce() + Send>| {
             std::thread::Builder::new()
                 .name("oom".into())
@@ -153,16 +155,13 @@ impl Cgroup {
                 .map(|_| ())
                 .map_err(|e| Error::io("spawn the OOM watch thread", e))
         };
+        let counter = self.oom_count_file();
         if self.v2() {
-            let events = hierarchies::auto()
-                .root()
-                .join(self.path.trim_start_matches('/'))
-                .join("memory.events");
             return spawn(Box::new(move || {
-                let mut seen = oom_kills(&events).unwrap_or(0);
-                while let Some(now) = oom_kills(&events) {
+                let mut seen = counter.as_deref().and_then(oom_kills).unwrap_or(0);
+                while let Some(now) = counter.as_deref().and_then(oom_kills) {
                     if now > seen {
-                        on_oom();
+                        on_oom(now);
                     }
                     seen = now;
                     std::thread::sleep(Duration::from_millis(200));
@@ -177,28 +176,40 @@ impl Cgroup {
             .register_oom_event("oom")
             .map_err(|e| err(&self.path, "register for oom events", e))?;
         // The eventfd fires for every OOM condition of one episode (often dozens, before the
-        // kill is even counted): report one per burst.
+        // kill is even counted): report one per burst, with the count once the burst is over.
         spawn(Box::new(move || {
             while events.recv().is_ok() {
-                on_oom();
                 while events.recv_timeout(OOM_BURST).is_ok() {}
+                on_oom(counter.as_deref().and_then(oom_kills).unwrap_or(0));
             }
         }))
     }
 
     /// How many processes of the cgroup the OOM killer has killed so far (0 without a memory
-    /// controller): tells a launch that died of the memory limit from other failures.
+    /// controller): tells a launch that died of the memory limit from other failures, and an
+    /// exit whose OOM kill was not reported yet.
     pub fn oom_kills(&self) -> u64 {
+        self.oom_count_file()
+            .as_deref()
+            .and_then(oom_kills)
+            .unwrap_or(0)
+    }
+
+    /// The file with the cgroup's `oom_kill N` line: memory.events (v2) or memory.oom_control
+    /// (v1's memory controller).
+    fn oom_count_file(&self) -> Option<std::path::PathBuf> {
         if self.v2() {
-            let events = hierarchies::auto()
-                .root()
-                .join(self.path.trim_start_matches('/'))
-                .join("memory.events");
-            return oom_kills(&events).unwrap_or(0);
+            return Some(
+                hierarchies::auto()
+                    .root()
+                    .join(self.path.trim_start_matches('/'))
+                    .join("memory.events"),
+            );
         }
+        use cgroups_rs::fs::Controller;
         self.cgroup
             .controller_of::<cgroups_rs::fs::memory::MemController>()
-            .map_or(0, |m| m.memory_stat().oom_control.oom_kill)
+            .map(|m| m.path().join("memory.oom_control"))
     }
 
     /// Resource usage figures.

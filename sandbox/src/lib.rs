@@ -22,6 +22,7 @@ pub mod container;
 pub mod criu;
 pub mod error;
 pub mod exec;
+mod fs_context;
 pub mod init;
 mod launch;
 mod lsm;

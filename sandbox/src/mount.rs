@@ -174,111 +174,40 @@ const MAX_MOUNT_DATA: usize = 4000;
 /// An overlay whose options exceed a page (an image with many layers): mounted through the new
 /// mount API one option at a time, each lower layer appended with `lowerdir+` (Linux 6.8+).
 fn overlay_by_parts(target: &Path, opts: &MountOptions) -> Result<()> {
-    use std::ffi::CString;
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    const FSOPEN_CLOEXEC: libc::c_uint = 1;
-    const FSCONFIG_SET_FLAG: libc::c_uint = 0;
-    const FSCONFIG_SET_STRING: libc::c_uint = 1;
-    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-    const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
-    let fail = |what: &str| Error::Mount {
+    use crate::fs_context::{self, FsContext};
+    let fail = |what: &str, e: std::io::Error| Error::Mount {
         target: target.to_path_buf(),
-        reason: format!(
-            "overlay ({} bytes of options) {what}: {}",
-            opts.data.len(),
-            std::io::Error::last_os_error()
-        ),
+        reason: format!("overlay ({} bytes of options) {what}: {e}", opts.data.len()),
     };
-    let cstr = |s: &str| {
-        CString::new(s).map_err(|_| Error::Mount {
-            target: target.to_path_buf(),
-            reason: format!("option {s:?} has a NUL byte"),
-        })
-    };
-    let fstype = cstr("overlay")?;
-    // SAFETY: the mount-API syscalls get valid C strings; returned descriptors are owned.
-    let fs = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) };
-    if fs < 0 {
-        return Err(fail("fsopen"));
-    }
-    // SAFETY: a fresh descriptor from fsopen.
-    let fs = unsafe { OwnedFd::from_raw_fd(fs as i32) };
-    let set = |cmd: libc::c_uint, key: &str, value: Option<&str>| -> Result<()> {
-        let k = cstr(key)?;
-        let v = value.map(cstr).transpose()?;
-        let vp = v.as_ref().map_or(std::ptr::null(), |v| v.as_ptr());
-        // SAFETY: valid descriptor and C strings (or null for a flag).
-        let rc =
-            unsafe { libc::syscall(libc::SYS_fsconfig, fs.as_raw_fd(), cmd, k.as_ptr(), vp, 0) };
-        if rc < 0 {
-            return Err(fail(&format!("option {key}")));
-        }
-        Ok(())
-    };
+    let fs = FsContext::open("overlay").map_err(|e| fail("fsopen", e))?;
     for opt in opts.data.split(',').filter(|o| !o.is_empty()) {
-        match opt.split_once('=') {
-            Some(("lowerdir", dirs)) => {
-                for dir in dirs.split(':') {
-                    set(FSCONFIG_SET_STRING, "lowerdir+", Some(dir))?;
-                }
-            }
-            Some((k, v)) => set(FSCONFIG_SET_STRING, k, Some(v))?,
-            None => set(FSCONFIG_SET_FLAG, opt, None)?,
-        }
+        let set = match opt.split_once('=') {
+            Some(("lowerdir", dirs)) => dirs
+                .split(':')
+                .try_for_each(|dir| fs.set_string("lowerdir+", dir)),
+            Some((k, v)) => fs.set_string(k, v),
+            None => fs.set_flag(opt),
+        };
+        set.map_err(|e| {
+            fail(
+                &format!("option {}", opt.split('=').next().unwrap_or(opt)),
+                e,
+            )
+        })?;
     }
-    // SAFETY: valid descriptor; CMD_CREATE takes no key or value.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            0,
-            0,
-            0,
-        )
-    };
-    if rc < 0 {
-        return Err(fail("create"));
-    }
-    let mut attrs: libc::c_uint = 0;
+    let mut attrs = 0;
     for (flag, attr) in [
-        (MsFlags::MS_RDONLY, 0x1),
-        (MsFlags::MS_NOSUID, 0x2),
-        (MsFlags::MS_NODEV, 0x4),
-        (MsFlags::MS_NOEXEC, 0x8),
+        (MsFlags::MS_RDONLY, fs_context::ATTR_RDONLY),
+        (MsFlags::MS_NOSUID, fs_context::ATTR_NOSUID),
+        (MsFlags::MS_NODEV, fs_context::ATTR_NODEV),
+        (MsFlags::MS_NOEXEC, fs_context::ATTR_NOEXEC),
     ] {
         if opts.flags.contains(flag) {
             attrs |= attr;
         }
     }
-    // SAFETY: valid descriptor.
-    let mnt = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), FSMOUNT_CLOEXEC, attrs) };
-    if mnt < 0 {
-        return Err(fail("fsmount"));
-    }
-    // SAFETY: a fresh descriptor from fsmount.
-    let mnt = unsafe { OwnedFd::from_raw_fd(mnt as i32) };
-    let to = CString::new(target.as_os_str().as_encoded_bytes()).map_err(|_| Error::Mount {
-        target: target.to_path_buf(),
-        reason: "path has a NUL byte".into(),
-    })?;
-    let empty = cstr("")?;
-    // SAFETY: valid descriptor and C strings.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            mnt.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            to.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if rc < 0 {
-        return Err(fail("move_mount"));
-    }
-    Ok(())
+    let mnt = fs.mount(attrs).map_err(|e| fail("create and fsmount", e))?;
+    fs_context::attach(&mnt, target).map_err(|e| fail("move_mount", e))
 }
 
 /// Apply the rootfs mounts onto `rootfs` in order. On failure the ones already made are undone.

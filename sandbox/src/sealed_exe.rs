@@ -23,6 +23,7 @@ use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 
 use crate::error::{Error, Result};
+use crate::fs_context::{self, FsContext};
 
 /// The seals the memfd copy carries: no write, no resize, no change to the seals.
 const SEALS: SealFlag = SealFlag::from_bits_truncate(
@@ -121,11 +122,10 @@ fn overlay_view_of(binary: &Path, running: &std::fs::Metadata, scratch: &Path) -
             binary.display()
         )));
     };
-    let fail = |what: &str| {
+    let fail = |what: &str, e: std::io::Error| {
         Error::Init(format!(
-            "overlayfs view of {}: {what}: {}",
-            binary.display(),
-            std::io::Error::last_os_error()
+            "overlayfs view of {}: {what}: {e}",
+            binary.display()
         ))
     };
     let cstr = |b: &[u8]| CString::new(b).map_err(|_| Error::Init("a path has a NUL byte".into()));
@@ -134,66 +134,14 @@ fn overlay_view_of(binary: &Path, running: &std::fs::Metadata, scratch: &Path) -
     let _remove = RemoveDir(&empty);
     let lower = format!("{}:{}", escape(dir), escape(&empty));
 
-    const FSOPEN_CLOEXEC: libc::c_uint = 1;
-    const FSCONFIG_SET_STRING: libc::c_uint = 1;
-    const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-    const FSMOUNT_CLOEXEC: libc::c_uint = 1;
-    const MOUNT_ATTR_RDONLY_NOSUID_NODEV: libc::c_uint = 0x1 | 0x2 | 0x4;
-    let fstype = cstr(b"overlay")?;
-    // SAFETY: a valid C string; the returned descriptor is owned below.
-    let fs = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) };
-    if fs < 0 {
-        return Err(fail("fsopen"));
-    }
-    // SAFETY: a fresh descriptor from fsopen.
-    let fs = unsafe { OwnedFd::from_raw_fd(fs as i32) };
-    let set = |key: &str, value: &str| -> Result<libc::c_long> {
-        let (k, v) = (cstr(key.as_bytes())?, cstr(value.as_bytes())?);
-        // SAFETY: a valid descriptor and C strings.
-        Ok(unsafe {
-            libc::syscall(
-                libc::SYS_fsconfig,
-                fs.as_raw_fd(),
-                FSCONFIG_SET_STRING,
-                k.as_ptr(),
-                v.as_ptr(),
-                0,
-            )
-        })
-    };
-    if set("lowerdir", &lower)? < 0 {
-        return Err(fail(&format!("lowerdir={lower}")));
-    }
+    let fs = FsContext::open("overlay").map_err(|e| fail("fsopen", e))?;
+    fs.set_string("lowerdir", &lower)
+        .map_err(|e| fail(&format!("lowerdir={lower}"), e))?;
     // Only to keep dmesg quiet where the layers are on different filesystems.
-    let _ = set("xino", "off")?;
-    // SAFETY: a valid descriptor; CMD_CREATE takes no key or value.
-    let rc = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            0,
-            0,
-            0,
-        )
-    };
-    if rc < 0 {
-        return Err(fail("create"));
-    }
-    // SAFETY: a valid descriptor.
-    let mnt = unsafe {
-        libc::syscall(
-            libc::SYS_fsmount,
-            fs.as_raw_fd(),
-            FSMOUNT_CLOEXEC,
-            MOUNT_ATTR_RDONLY_NOSUID_NODEV,
-        )
-    };
-    if mnt < 0 {
-        return Err(fail("fsmount"));
-    }
-    // SAFETY: a fresh descriptor from fsmount; the mount lives as long as a descriptor on it.
-    let mnt = unsafe { OwnedFd::from_raw_fd(mnt as i32) };
+    let _ = fs.set_string("xino", "off");
+    let mnt = fs
+        .mount(fs_context::ATTR_RDONLY | fs_context::ATTR_NOSUID | fs_context::ATTR_NODEV)
+        .map_err(|e| fail("create and fsmount", e))?;
     let name = cstr(name.as_bytes())?;
     // SAFETY: a valid directory descriptor and C string.
     let exe = unsafe {
@@ -204,7 +152,7 @@ fn overlay_view_of(binary: &Path, running: &std::fs::Metadata, scratch: &Path) -
         )
     };
     if exe < 0 {
-        return Err(fail("open the binary"));
+        return Err(fail("open the binary", std::io::Error::last_os_error()));
     }
     // SAFETY: a fresh descriptor from openat.
     let exe = unsafe { OwnedFd::from_raw_fd(exe) };

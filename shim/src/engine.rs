@@ -52,8 +52,12 @@ pub trait EngineContainer: Send + 'static {
     fn pids(&self) -> Result<Vec<i32>>;
     /// The cgroup's figures as containerd's metrics message.
     fn metrics(&self) -> Box<dyn MessageDyn>;
-    /// Call `f` on every OOM kill in the container.
-    fn on_oom(&self, f: Box<dyn Fn() + Send + 'static>) -> Result<()>;
+    /// Call `f` on every OOM kill episode in the container, with the OOM kill count then.
+    fn on_oom(&self, f: Box<dyn Fn(u64) + Send + 'static>) -> Result<()>;
+    /// How many processes of the container the OOM killer has killed so far.
+    fn oom_kills(&self) -> u64;
+    /// PID 1 was reaped: kill what must not outlive it (before its output drains).
+    fn pid1_exited(&self);
     /// PID 1 was seen to exit.
     fn set_stopped(&mut self);
     /// Kill what remains, remove the cgroup, unmount, forget.
@@ -130,8 +134,14 @@ impl EngineContainer for cryo_sandbox::Container {
     fn metrics(&self) -> Box<dyn MessageDyn> {
         metrics::to_metrics(&self.cgroup().stats(), self.cgroup().v2())
     }
-    fn on_oom(&self, f: Box<dyn Fn() + Send + 'static>) -> Result<()> {
+    fn on_oom(&self, f: Box<dyn Fn(u64) + Send + 'static>) -> Result<()> {
         self.cgroup().on_oom(f)
+    }
+    fn oom_kills(&self) -> u64 {
+        self.cgroup().oom_kills()
+    }
+    fn pid1_exited(&self) {
+        cryo_sandbox::Container::pid1_exited(self)
     }
     fn set_stopped(&mut self) {
         cryo_sandbox::Container::set_stopped(self)

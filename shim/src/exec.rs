@@ -71,7 +71,7 @@ impl ExecProcess {
             id: req.exec_id.clone(),
             pid,
         };
-        let lifecycle = Lifecycle::follow(exit_rx, io, events.clone(), subject, async {});
+        let lifecycle = Lifecycle::follow(exit_rx, io, events.clone(), subject, async {}, async {});
         events.send(
             TASK_EXEC_ADDED_EVENT_TOPIC,
             Box::new(TaskExecAdded {

@@ -4,7 +4,7 @@
 //! ([`InitProcess::adopt`]).
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -80,6 +80,32 @@ impl EngineHandle {
             None => Ok(()),
         })
         .await?
+    }
+}
+
+/// Sends TaskOOM once for each rise of the container's OOM kill count, whoever sees it first:
+/// the cgroup's watch, or PID 1's exit (which must not be reported before its OOM).
+#[derive(Clone)]
+struct OomReporter {
+    container_id: String,
+    events: EventTx,
+    /// The kill count the TaskOOM events sent so far account for.
+    covered: Arc<AtomicU64>,
+}
+
+impl OomReporter {
+    fn report(&self, kills: u64) {
+        if self.covered.fetch_max(kills, Ordering::SeqCst) >= kills {
+            return;
+        }
+        info!("container {}: OOM kill", self.container_id);
+        self.events.send(
+            TASK_OOM_EVENT_TOPIC,
+            Box::new(TaskOOM {
+                container_id: self.container_id.clone(),
+                ..Default::default()
+            }),
+        );
     }
 }
 
@@ -192,15 +218,36 @@ impl InitProcess {
             }
         }
         let engine = EngineHandle::new(id, container);
-        let on_exit = {
+        let oom = OomReporter {
+            container_id: id.to_string(),
+            events: events.clone(),
+            covered: Arc::default(),
+        };
+        let on_reaped = {
             let engine = engine.clone();
             async move {
                 let _ = engine
                     .call(|c| {
-                        c.set_stopped();
+                        c.pid1_exited();
                         Ok(())
                     })
                     .await;
+            }
+        };
+        let on_exit = {
+            let (engine, oom) = (engine.clone(), oom.clone());
+            async move {
+                let kills = engine
+                    .call(|c| {
+                        c.set_stopped();
+                        Ok(c.oom_kills())
+                    })
+                    .await;
+                // An OOM kill the watch has not reported yet (it may see it only later) is
+                // reported now: TaskOOM comes before the TaskExit it explains.
+                if let Ok(kills) = kills {
+                    oom.report(kills);
+                }
             }
         };
         let subject = ExitSubject {
@@ -208,7 +255,7 @@ impl InitProcess {
             id: id.to_string(),
             pid,
         };
-        let lifecycle = Lifecycle::follow(exit_rx, io, events.clone(), subject, on_exit);
+        let lifecycle = Lifecycle::follow(exit_rx, io, events.clone(), subject, on_reaped, on_exit);
         let init = Arc::new(InitProcess {
             base: ProcessBase {
                 container_id: id.to_string(),
@@ -221,7 +268,7 @@ impl InitProcess {
             restore: Mutex::new(restore),
             restored_pid: AtomicI32::new(0),
         });
-        init.watch_oom(events.clone()).await;
+        init.watch_oom(oom).await;
         Ok(init)
     }
 
@@ -230,19 +277,9 @@ impl InitProcess {
         &self.engine
     }
 
-    /// Send TaskOOM for every OOM kill in the container's cgroup.
-    async fn watch_oom(&self, events: EventTx) {
-        let id = self.base.container_id.clone();
-        let on_oom = Box::new(move || {
-            info!("container {id}: OOM kill");
-            events.send(
-                TASK_OOM_EVENT_TOPIC,
-                Box::new(TaskOOM {
-                    container_id: id.clone(),
-                    ..Default::default()
-                }),
-            );
-        });
+    /// Send TaskOOM for every OOM kill episode in the container's cgroup.
+    async fn watch_oom(&self, oom: OomReporter) {
+        let on_oom = Box::new(move |kills| oom.report(kills));
         if let Err(e) = self.engine.call(move |c| c.on_oom(on_oom)).await {
             warn!("container {}: no OOM events: {e}", self.base.container_id);
         }

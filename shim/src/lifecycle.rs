@@ -36,13 +36,16 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    /// Follow a process to its exit: drain its stdio, run `on_exit`, make the exit known, and
-    /// send TaskExit (after TaskStart if a start is under way).
+    /// Follow a process to its exit: run `on_reaped` (what must not wait for the output, e.g.
+    /// killing what shares the process's stdio), drain its stdio, run `on_exit`, make the exit
+    /// known, and send TaskExit (after TaskStart if a start is under way, after whatever
+    /// `on_exit` sent).
     pub fn follow(
         exit_rx: oneshot::Receiver<Exit>,
         mut io: Io,
         events: EventTx,
         subject: ExitSubject,
+        on_reaped: impl Future<Output = ()> + Send + 'static,
         on_exit: impl Future<Output = ()> + Send + 'static,
     ) -> Lifecycle {
         let (exit_tx, exit) = watch::channel(None);
@@ -51,6 +54,7 @@ impl Lifecycle {
         let lock = start_lock.clone();
         tokio::spawn(async move {
             let Ok(exit) = exit_rx.await else { return };
+            on_reaped.await;
             io.wait_outputs(IO_DRAIN_LIMIT).await;
             // Nothing reads stdin any more: release its FIFO and copy.
             io.control().stop_stdin();

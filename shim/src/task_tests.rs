@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,11 +31,18 @@ const FAIL_START: &str = "fail-start";
 const SLOW_START: &str = "slow-start";
 const SLOW_CREATE: &str = "slow-create";
 
+/// The OOM watch a test container was given.
+type OomWatch = Box<dyn Fn(u64) + Send + 'static>;
+
 #[derive(Default)]
 struct Record {
     created: AtomicUsize,
     destroyed: AtomicUsize,
     pids: AtomicI32,
+    /// The container's OOM kill count, as the kernel would keep it.
+    oom_kills: AtomicU64,
+    /// The OOM watch the shim registered, to be fired by a test.
+    oom_watch: Mutex<Option<OomWatch>>,
 }
 
 impl Record {
@@ -183,9 +190,14 @@ impl EngineContainer for TestContainer {
     fn metrics(&self) -> Box<dyn MessageDyn> {
         Box::new(api::Empty::default())
     }
-    fn on_oom(&self, _f: Box<dyn Fn() + Send + 'static>) -> cryo_sandbox::Result<()> {
+    fn on_oom(&self, f: Box<dyn Fn(u64) + Send + 'static>) -> cryo_sandbox::Result<()> {
+        *self.record.oom_watch.lock().unwrap() = Some(f);
         Ok(())
     }
+    fn oom_kills(&self) -> u64 {
+        self.record.oom_kills.load(Ordering::SeqCst)
+    }
+    fn pid1_exited(&self) {}
     fn set_stopped(&mut self) {
         self.status = EngineStatus::Stopped;
     }
@@ -584,4 +596,57 @@ async fn kill_of_a_gone_process_is_not_found() {
         Code::FAILED_PRECONDITION
     );
     assert_eq!(code(h.start("c1", "").await), Code::FAILED_PRECONDITION);
+}
+
+#[tokio::test]
+async fn an_oom_kill_the_watch_has_not_seen_is_reported_before_the_exit() {
+    let mut h = Harness::new();
+    let pid = h.create("c1", "run").await.unwrap();
+    h.start("c1", "").await.unwrap();
+    // The kernel counted the kill; its notification has not reached the watch yet.
+    h.record.oom_kills.store(1, Ordering::SeqCst);
+    h.exits.record(pid as i32, 137);
+    assert_eq!(h.wait("c1", "").await, 137);
+    // The watch fires late for the same kill: nothing more is sent.
+    (h.record
+        .oom_watch
+        .lock()
+        .unwrap()
+        .as_ref()
+        .expect("watched"))(1);
+    assert_eq!(
+        h.topics().await,
+        ["/tasks/create", "/tasks/start", "/tasks/oom", "/tasks/exit"]
+    );
+}
+
+#[tokio::test]
+async fn each_oom_kill_is_reported_once() {
+    let mut h = Harness::new();
+    let pid = h.create("c1", "run").await.unwrap();
+    h.start("c1", "").await.unwrap();
+    let fire = |kills| {
+        h.record.oom_kills.store(kills, Ordering::SeqCst);
+        (h.record
+            .oom_watch
+            .lock()
+            .unwrap()
+            .as_ref()
+            .expect("watched"))(kills);
+    };
+    fire(1);
+    fire(1);
+    fire(2);
+    h.exits.record(pid as i32, 137);
+    assert_eq!(h.wait("c1", "").await, 137);
+    assert_eq!(
+        h.topics().await,
+        [
+            "/tasks/create",
+            "/tasks/start",
+            "/tasks/oom",
+            "/tasks/oom",
+            "/tasks/exit"
+        ]
+    );
 }

@@ -314,10 +314,24 @@ impl Cri {
         Ok(r.items.into_iter().map(|p| p.id).collect())
     }
 
-    /// Stop and remove a pod (its containers go with it), as kubelet does.
+    /// Stop and remove a pod (its containers go with it), as kubelet does: retried while
+    /// containerd still counts a container as running (containerd 2.x handles the exit of a
+    /// shim that died asynchronously, with back-off, so a container of a killed shim reads
+    /// "still running" for a second or two; kubelet retries the same way).
     pub fn remove_pod_fully(&self, pod: &str) -> Result<()> {
-        self.stop_pod(pod)?;
-        self.remove_pod(pod)
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        loop {
+            self.stop_pod(pod)?;
+            match self.remove_pod(pod) {
+                Err(e)
+                    if format!("{e:#}").contains("still running")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                other => return other,
+            }
+        }
     }
 }
 

@@ -54,6 +54,10 @@ const CASES: &[(&str, Case)] = &[
         killed_shim_leaves_no_volume_mounted,
     ),
     ("pod_sysctls_safe_and_unsafe", pod_sysctls_safe_and_unsafe),
+    (
+        "stop_in_a_shared_pid_namespace_is_prompt",
+        stop_in_a_shared_pid_namespace_is_prompt,
+    ),
 ];
 
 fn main() {
@@ -1067,6 +1071,48 @@ fn pod_sysctls_safe_and_unsafe(s: &Suite, case: &str) -> Result<()> {
     ensure!(
         before == after,
         "the host's sysctls changed: {before:?} -> {after:?}"
+    );
+    Ok(())
+}
+
+/// In a pod's shared pid namespace a container's processes do not die with its PID 1: when PID 1
+/// exits, the rest of the container is killed at once (as runc's shim does), so a child that
+/// holds the container's stdout cannot hold back the exit until the shim's 5 s stdio drain
+/// limit. StopContainer returns well within that limit, and nothing of the container is left.
+fn stop_in_a_shared_pid_namespace_is_prompt(s: &Suite, case: &str) -> Result<()> {
+    /// The shim's stdio drain limit (shim/src/lifecycle.rs): an exit held back by the drain
+    /// comes after it.
+    const DRAIN_LIMIT: Duration = Duration::from_secs(5);
+    let pod = run_pod(s, case, &[])?;
+    let app = start(s, &pod, "app", "sleep 100000 & exec sleep 100001", &[])?;
+    let pid = s.cri.container_pid(&app)?;
+    let pause = s.cri.pod_pid(&pod.id)?;
+    ensure!(
+        ns(pid, "pid")? == ns(pause, "pid")?,
+        "the app does not share the pod's pid namespace"
+    );
+    let ps = s.cri.sh(&app, "ps")?;
+    ensure!(
+        ps.lines().any(|l| l.trim_end().ends_with("sleep 100000")),
+        "no background child holding the app's stdout:\n{ps}"
+    );
+    let started = Instant::now();
+    s.cri.stop_container(&app, 0)?;
+    let took = started.elapsed();
+    ensure!(
+        took < DRAIN_LIMIT - Duration::from_secs(1),
+        "StopContainer took {took:?}: the exit waited for the stdio drain"
+    );
+    let status = s.cri.container_status(&app)?.status.context("no status")?;
+    ensure!(status.state == 2, "state {} (want EXITED=2)", status.state);
+    let left = std::fs::read_dir("/proc")?
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|c| c.as_slice() == b"sleep\x00100000\x00")
+        .count();
+    ensure!(
+        left == 0,
+        "{left} background sleep(s) of the app left running"
     );
     Ok(())
 }

@@ -5,7 +5,7 @@ use nix::unistd::Pid;
 
 use oci_spec::runtime::LinuxNamespaceType;
 
-use super::{own_namespace, Container};
+use super::Container;
 use crate::error::{Error, Result};
 use crate::state::Status;
 
@@ -31,12 +31,14 @@ impl Container {
         Ok(self.cgroup.procs())
     }
 
-    /// The embedder saw PID 1 exit. Without a pid namespace of its own, the container's other
-    /// processes do not die with PID 1 (the kernel kills a pid namespace's processes only with
-    /// its init): they are killed here, as runc's shim does, so that their stdio closes and the
-    /// exit can be reported at once. Call it before waiting for the output to drain; idempotent.
+    /// The embedder saw PID 1 exit. Unless PID 1 was the init of a pid namespace the container
+    /// created, the container's other processes do not die with it (the kernel kills a pid
+    /// namespace's processes only with that namespace's init: a container with the host's pid
+    /// namespace, or one that joined a pod's, keeps them): they are killed here, as runc's shim
+    /// does, so that their stdio closes and the exit can be reported at once. Call it before
+    /// waiting for the output to drain; idempotent.
     pub fn pid1_exited(&self) {
-        if !own_namespace(&self.spec, LinuxNamespaceType::Pid) {
+        if !creates_namespace(&self.spec, LinuxNamespaceType::Pid) {
             self.cgroup.signal_all(Signal::SIGKILL);
         }
     }
@@ -49,4 +51,12 @@ impl Container {
         self.init = None;
         let _ = self.state.save();
     }
+}
+
+/// Whether the container creates a namespace of `typ` of its own (listed without a path).
+fn creates_namespace(spec: &oci_spec::runtime::Spec, typ: LinuxNamespaceType) -> bool {
+    spec.linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|nss| nss.iter().any(|ns| ns.typ() == typ && ns.path().is_none()))
 }
