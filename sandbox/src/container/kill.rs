@@ -16,6 +16,11 @@ impl Container {
             Signal::try_from(signal).map_err(|e| Error::sys(format!("signal {signal}"), e))?;
         if all {
             self.cgroup.signal_all(sig);
+            // A frozen process never acts on a SIGKILL: a paused container is thawed so that
+            // its processes die, as runc does.
+            if sig == Signal::SIGKILL && self.state.status == Status::Paused {
+                self.cgroup.thaw()?;
+            }
             return Ok(());
         }
         // No PID 1 yet (a restore before Start): pid 0 would signal our own process group.

@@ -63,6 +63,10 @@ pub const CASES: &[(&str, Case)] = &[
         confinement_the_host_cannot_apply_is_refused,
     ),
     ("unapplied_fields_are_refused", unapplied_fields_are_refused),
+    (
+        "kill_all_of_a_paused_task_stops_it",
+        kill_all_of_a_paused_task_stops_it,
+    ),
 ];
 
 /// `ctr run --rm --config` of a spec edited by `edit`, under the id `id-suffix`, removed after.
@@ -563,4 +567,15 @@ fn unapplied_fields_are_refused(s: &Suite, rt: Runtime, id: &str) -> Result<()> 
         "containerd dropped even the hooks: nothing was checked ({checked:?})"
     );
     Ok(())
+}
+
+/// `kill --all SIGKILL` of a paused task stops it (as runc: the processes are thawed to die);
+/// a frozen process never acts on a SIGKILL, so without the thaw the task stays PAUSED forever.
+fn kill_all_of_a_paused_task_stops_it(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    run_detached(s, rt, id, &[])?;
+    s.cd.ctr(&["task", "pause", id])?.ok()?;
+    wait_status(s, id, "PAUSED")?;
+    s.cd.ctr(&["task", "kill", "-a", "-s", "SIGKILL", id])?
+        .ok()?;
+    wait_status(s, id, "STOPPED")
 }
