@@ -7,7 +7,6 @@
 //! FailedPrecondition naming what is missing; nothing else needs it.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use containerd_shim_protos::api;
 use containerd_shim_protos::events::task::TaskCheckpointed;
@@ -16,11 +15,9 @@ use containerd_shim_protos::shim::oci::CheckpointOptions as RuncCheckpointOption
 use containerd_shim_protos::topics::TASK_CHECKPOINTED_EVENT_TOPIC;
 use cryo_sandbox::{CheckpointOptions, RestoreOptions};
 use log::info;
-use tokio::sync::oneshot;
 
 use crate::error::{Error, Result};
 use crate::events::EventTx;
-use crate::exits::{Exit, Exits, Mark};
 use crate::init::InitProcess;
 
 /// Environment variable naming the CRIU binary (default: `criu` on `PATH`).
@@ -148,40 +145,4 @@ pub fn restore_options(req: &api::CreateTaskRequest) -> Result<Option<RestoreOpt
         image_dir,
         work_dir: None,
     }))
-}
-
-/// A restored PID 1's exit, connected at Start once its pid is known.
-pub struct RestoredExit {
-    exits: Arc<Exits>,
-    tx: oneshot::Sender<Exit>,
-}
-
-impl RestoredExit {
-    /// The receiver the task's life follows, and the pending connection.
-    pub fn pending(exits: &Arc<Exits>) -> (oneshot::Receiver<Exit>, Option<RestoredExit>) {
-        let (tx, rx) = oneshot::channel();
-        (
-            rx,
-            Some(RestoredExit {
-                exits: exits.clone(),
-                tx,
-            }),
-        )
-    }
-
-    /// Taken before the restore runs: exits after it may be the restored PID 1's.
-    pub fn mark(&self) -> Mark {
-        self.exits.mark()
-    }
-
-    /// The restore made `pid` PID 1: its exit is the task's.
-    pub fn connect(self, pid: i32, mark: Mark) {
-        let rx = self.exits.watch(pid, mark);
-        let tx = self.tx;
-        tokio::spawn(async move {
-            if let Ok(exit) = rx.await {
-                let _ = tx.send(exit);
-            }
-        });
-    }
 }

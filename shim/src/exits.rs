@@ -104,6 +104,44 @@ impl Exits {
     }
 }
 
+/// An exit to watch for a process that does not exist yet (a restored PID 1, whose pid is
+/// known only once the restore ran at Start): the receiver is handed out now, the watch is
+/// connected later.
+pub struct PendingExit {
+    exits: Arc<Exits>,
+    tx: oneshot::Sender<Exit>,
+}
+
+impl PendingExit {
+    /// The receiver to follow, and the connection still to make.
+    pub fn pending(exits: &Arc<Exits>) -> (oneshot::Receiver<Exit>, Option<PendingExit>) {
+        let (tx, rx) = oneshot::channel();
+        (
+            rx,
+            Some(PendingExit {
+                exits: exits.clone(),
+                tx,
+            }),
+        )
+    }
+
+    /// Taken before the process is spawned: exits after it may be its.
+    pub fn mark(&self) -> Mark {
+        self.exits.mark()
+    }
+
+    /// The process is `pid`: its exit goes to the receiver.
+    pub fn connect(self, pid: i32, mark: Mark) {
+        let rx = self.exits.watch(pid, mark);
+        let tx = self.tx;
+        tokio::spawn(async move {
+            if let Ok(exit) = rx.await {
+                let _ = tx.send(exit);
+            }
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use containerd_shim_protos::topics::{
     TASK_CREATE_EVENT_TOPIC, TASK_OOM_EVENT_TOPIC, TASK_START_EVENT_TOPIC,
 };
 use cryo_sandbox::state::Status as EngineStatus;
-use cryo_sandbox::{ContainerConfig, RootfsMount};
+use cryo_sandbox::{ContainerConfig, RestoreOptions, RootfsMount};
 use log::{info, warn};
 use oci_spec::runtime::Spec;
 
@@ -118,7 +118,7 @@ pub struct InitProcess {
     base: ProcessBase,
     engine: EngineHandle,
     /// For a restore: how Start connects the restored PID 1's exit to the lifecycle.
-    restore: Mutex<Option<crate::checkpoint::RestoredExit>>,
+    restore: Mutex<Option<crate::exits::PendingExit>>,
     /// The restored PID 1 (0 until a restore's Start ran; `base.pid` is 0 then).
     restored_pid: AtomicI32,
 }
@@ -129,11 +129,11 @@ impl InitProcess {
     pub async fn create(
         req: &api::CreateTaskRequest,
         spec: Spec,
+        restore: Option<RestoreOptions>,
         engine: Arc<dyn Engine>,
         exits: &Arc<Exits>,
         events: &EventTx,
     ) -> Result<Arc<InitProcess>> {
-        let restore = crate::checkpoint::restore_options(req)?;
         let bundle = PathBuf::from(&req.bundle);
         let rootfs_mounts: Vec<RootfsMount> = req
             .rootfs
@@ -204,7 +204,7 @@ impl InitProcess {
         let pid = container.pid();
         // A restore's PID 1 exists only after Start: its exit is connected then.
         let (exit_rx, restore) = if container.is_restore() {
-            crate::checkpoint::RestoredExit::pending(exits)
+            crate::exits::PendingExit::pending(exits)
         } else {
             (exits.watch(pid, mark), None)
         };

@@ -64,8 +64,16 @@ impl TaskService {
         let spec = crate::spec::load(&bundle)?;
         // Pod volumes (dev.cryo.spec.mount.* annotations): mounts rewritten, pod overlays mounted.
         let spec = self.pod.volumes.prepare(&bundle, &req.id, spec).await?;
-        let init =
-            InitProcess::create(req, spec, self.engine.clone(), &self.exits, &self.events).await?;
+        let restore = crate::checkpoint::restore_options(req)?;
+        let init = InitProcess::create(
+            req,
+            spec,
+            restore,
+            self.engine.clone(),
+            &self.exits,
+            &self.events,
+        )
+        .await?;
         let pid = init.pid() as u32;
         reservation.fill(Arc::new(Container::new(&req.id, &req.bundle, init)));
         crate::release_memory();
