@@ -7,6 +7,7 @@
 mod annotations;
 mod bootstrap;
 mod container;
+mod control;
 mod engine;
 mod error;
 mod events;
@@ -18,6 +19,7 @@ mod lifecycle;
 mod logging;
 mod metrics;
 mod pod;
+mod pod_checkpoint;
 mod process;
 mod registry;
 mod serve;
