@@ -80,7 +80,11 @@ pub fn shims(root: &Path) -> Result<Vec<Shim>> {
     sockets.sort();
     let mut out = Vec::new();
     for socket in sockets {
-        match request(&socket, &json!({"version": VERSION, "op": "ps"}), Some(PS_LIMIT)) {
+        match request(
+            &socket,
+            &json!({"version": VERSION, "op": "ps"}),
+            Some(PS_LIMIT),
+        ) {
             Ok(r) => out.push(Shim {
                 socket,
                 containers: r.containers,
@@ -92,7 +96,11 @@ pub fn shims(root: &Path) -> Result<Vec<Shim>> {
 }
 
 /// Send one request and read the answer; a refusal by the shim is an error with its message.
-pub fn request(socket: &Path, req: &serde_json::Value, limit: Option<Duration>) -> Result<Response> {
+pub fn request(
+    socket: &Path,
+    req: &serde_json::Value,
+    limit: Option<Duration>,
+) -> Result<Response> {
     let mut conn =
         UnixStream::connect(socket).with_context(|| format!("connect {}", socket.display()))?;
     conn.set_read_timeout(limit)?;
@@ -109,7 +117,11 @@ pub fn request(socket: &Path, req: &serde_json::Value, limit: Option<Duration>) 
     let r: Response = serde_json::from_str(&answer)
         .with_context(|| format!("the answer of {}", socket.display()))?;
     if r.version != VERSION {
-        bail!("{} speaks version {} (want {VERSION})", socket.display(), r.version);
+        bail!(
+            "{} speaks version {} (want {VERSION})",
+            socket.display(),
+            r.version
+        );
     }
     if !r.ok {
         bail!("{}", r.error.unwrap_or_else(|| "refused".into()));

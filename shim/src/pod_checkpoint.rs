@@ -194,15 +194,24 @@ pub async fn save(pod: &Pod, args: FscheckpointArgs) -> Result<Vec<SectionInfo>>
         Ok(s) => s,
         Err(e) => {
             thaw(&frozen).await;
-            warn!("fscheckpoint of pod {pod_id} failed, pod left running: {e}");
+            info!("fscheckpoint of pod {pod_id} failed, pod left running: {e}");
             return Err(e);
         }
     };
     if !args.leave_running {
         // Stop: SIGKILL every PID 1 (pending while frozen), then thaw so the kills land.
         for m in members.iter().filter(|m| m.pid() > 0 && !m.exited()) {
-            if let Err(e) = m.container.init.engine().call(|c| c.kill(libc::SIGKILL, false)).await {
-                warn!("stop container {} after the checkpoint: {e}", m.container.id);
+            if let Err(e) = m
+                .container
+                .init
+                .engine()
+                .call(|c| c.kill(libc::SIGKILL, false))
+                .await
+            {
+                warn!(
+                    "stop container {} after the checkpoint: {e}",
+                    m.container.id
+                );
             }
         }
     }
@@ -240,7 +249,7 @@ fn check_destination(out: &Path) -> Result<()> {
                 return Err(Error::AlreadyExists(format!(
                     "--image-path {}: already exists and is not empty{}",
                     out.display(),
-                    if out.join("manifest.json").exists() {
+                    if out.join(fsnap::manifest::MANIFEST_FILE).exists() {
                         " (it holds a checkpoint)"
                     } else {
                         ""
@@ -334,7 +343,10 @@ fn unescape(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c)) {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
             out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
             i += 4;
         } else {
@@ -396,7 +408,10 @@ fn sources(members: &[Member], wanted: &[Wanted], pod_id: &str) -> Result<Vec<So
                         .find(|e| e.point == "/")
                         .and_then(|e| e.upperdir.clone())
                     else {
-                        info!("container {}: no overlay rootfs, nothing to save for /", m.container.id);
+                        info!(
+                            "container {}: no overlay rootfs, nothing to save for /",
+                            m.container.id
+                        );
                         continue;
                     };
                     if m.sandbox && is_empty_dir(&upper) {

@@ -99,9 +99,11 @@ pub fn allowed_connections(
 ) -> std::io::Result<impl futures::Stream<Item = std::io::Result<tokio::net::UnixStream>>> {
     let listener = tokio::net::UnixListener::from_std(listener)?;
     let own_uid = nix::unistd::geteuid().as_raw();
-    Ok(futures::stream::unfold(listener, move |listener| async move {
-        loop {
-            match listener.accept().await {
+    Ok(futures::stream::unfold(
+        listener,
+        move |listener| async move {
+            loop {
+                match listener.accept().await {
                 Ok((conn, _)) => match conn.peer_cred() {
                     Ok(cred) if peer_allowed(cred.uid(), own_uid) => {
                         return Some((Ok(conn), listener));
@@ -115,8 +117,9 @@ pub fn allowed_connections(
                 },
                 Err(e) => return Some((Err(e), listener)),
             }
-        }
-    }))
+            }
+        },
+    ))
 }
 
 #[cfg(test)]
