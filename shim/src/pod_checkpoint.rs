@@ -5,9 +5,11 @@
 //! (`/proc/<pid1>/mountinfo`, mount points relative to the container's root):
 //! - `/`: the upper directory of the container's overlay rootfs (the pod's sandbox (pause)
 //!   container only if its upper holds anything);
-//! - a mount path: the volume mounted there in every container that mounts it — an overlay's
-//!   upper directory (a share=pod volume or a private overlay), else the mount read through
-//!   `/proc/<pid1>/root/<path>` (a tmpfs inside the container's mount namespace);
+//! - a mount path: the volume mounted there in every container that mounts it — the upper
+//!   directory of an overlay the shim's own mount namespace also holds (a share=pod volume),
+//!   else the mount read through `/proc/<pid1>/root/<path>` (a tmpfs or a private overlay
+//!   inside the container's mount namespace). A container's own mount options are never taken
+//!   for host paths ([`trusted_uppers`]);
 //! - `all-volumes` (`all-tmpfs`): every writable tmpfs or overlay mount outside `/proc`, `/sys`
 //!   and `/dev`.
 //!
@@ -18,7 +20,7 @@
 //! SIGKILLed and thawed (containerd sees the exits). A failure anywhere thaws the pod and leaves
 //! it running: nothing was saved, and nothing is lost.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -304,14 +306,18 @@ fn parse_paths(paths: &[String]) -> Result<Vec<Wanted>> {
 /// One mount as a container sees it.
 struct MountEntry {
     point: String,
+    /// `major:minor` of the filesystem.
+    dev: String,
     fstype: String,
     read_only: bool,
+    /// An overlay's upper directory as a host path, only when the shim's own mount namespace
+    /// holds the same overlay (see [`trusted_uppers`]).
     upperdir: Option<PathBuf>,
 }
 
-/// The mounts of `pid`'s mount namespace, the last mount at a point winning (it hides the rest).
-fn mounts(pid: i32) -> std::io::Result<Vec<MountEntry>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+/// The mounts of a mountinfo text, the last mount at a point winning (it hides the rest);
+/// `upperdir` as the options say.
+fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
     let mut out: Vec<MountEntry> = Vec::new();
     for line in text.lines() {
         let fields: Vec<&str> = line.split(' ').collect();
@@ -329,12 +335,42 @@ fn mounts(pid: i32) -> std::io::Result<Vec<MountEntry>> {
         out.retain(|m| m.point != point);
         out.push(MountEntry {
             point,
+            dev: fields[2].to_string(),
             fstype: fields[sep + 1].to_string(),
             read_only: fields[5].split(',').any(|o| o == "ro"),
             upperdir,
         });
     }
-    Ok(out)
+    out
+}
+
+/// The upper directories of the overlays in the shim's own mount namespace, by device: the
+/// containers' rootfs (the engine mounts them here before the containers start) and the pod's
+/// share=pod volumes. A container's own mount options are the container's to forge (a
+/// privileged container can mount an overlay whose `upperdir=` names any host path); an
+/// overlay the shim's namespace also holds is one the shim or containerd mounted, and its
+/// options here are host paths.
+fn trusted_uppers() -> std::io::Result<HashMap<String, PathBuf>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&text)
+        .into_iter()
+        .filter(|m| m.fstype == "overlay")
+        .filter_map(|m| Some((m.dev, m.upperdir?)))
+        .collect())
+}
+
+/// The mounts `pid` sees (points relative to its root); an overlay's upper only when trusted.
+fn mounts(pid: i32, trusted: &HashMap<String, PathBuf>) -> std::io::Result<Vec<MountEntry>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+    let mut entries = parse_mountinfo(&text);
+    for e in &mut entries {
+        e.upperdir = if e.fstype == "overlay" {
+            trusted.get(&e.dev).cloned()
+        } else {
+            None
+        };
+    }
+    Ok(entries)
 }
 
 /// mountinfo's octal escapes (`\040` for a space).
@@ -387,10 +423,12 @@ fn sources(members: &[Member], wanted: &[Wanted], pod_id: &str) -> Result<Vec<So
         });
         Ok(true)
     };
+    let trusted = trusted_uppers()
+        .map_err(|e| Error::Internal(format!("read the shim's own mounts: {e}")))?;
     let live: Vec<(&Member, Vec<MountEntry>)> = members
         .iter()
         .filter(|m| m.pid() > 0 && !m.exited())
-        .filter_map(|m| match mounts(m.pid()) {
+        .filter_map(|m| match mounts(m.pid(), &trusted) {
             Ok(ms) => Some((m, ms)),
             Err(e) => {
                 warn!("container {}: read its mounts: {e}", m.container.id);
@@ -520,6 +558,20 @@ mod tests {
             let e = parse_paths(&[bad.into()]).unwrap_err().to_string();
             assert!(e.contains(bad), "{e}");
         }
+    }
+
+    #[test]
+    fn mountinfo_lines_parse_the_last_mount_at_a_point_winning() {
+        let text = "\
+22 1 0:40 / / rw,relatime - overlay overlay rw,lowerdir=/l,upperdir=/a\\040b,workdir=/w
+23 22 0:41 / /data ro - tmpfs tmpfs rw
+24 22 0:42 / /data rw - tmpfs tmpfs rw";
+        let m = parse_mountinfo(text);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m[0].point, "/");
+        assert_eq!(m[0].dev, "0:40");
+        assert_eq!(m[0].upperdir.as_deref(), Some(Path::new("/a b")));
+        assert_eq!((m[1].dev.as_str(), m[1].read_only), ("0:42", false));
     }
 
     #[test]

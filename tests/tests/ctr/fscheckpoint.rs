@@ -25,6 +25,7 @@ pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[
     ("fscheckpoint_stops_the_task_by_default", NO_SUCH_SOCKET),
     ("control_socket_is_0600_and_root_only", NO_SUCH_SOCKET),
     ("fscheckpoint_errors_change_nothing", NO_SUCH_SOCKET),
+    ("forged_overlay_options_are_not_trusted", NO_SUCH_SOCKET),
 ];
 
 pub const CASES: &[(&str, Case)] = &[
@@ -43,6 +44,10 @@ pub const CASES: &[(&str, Case)] = &[
     (
         "fscheckpoint_errors_change_nothing",
         fscheckpoint_errors_change_nothing,
+    ),
+    (
+        "forged_overlay_options_are_not_trusted",
+        forged_overlay_options_are_not_trusted,
     ),
 ];
 
@@ -296,6 +301,92 @@ fn fscheckpoint_errors_change_nothing(s: &Suite, rt: Runtime, id: &str) -> Resul
     ensure!(
         echo.stdout.trim() == "alive",
         "the task is not running: {echo:?}"
+    );
+    Ok(())
+}
+
+/// A privileged container mounts an overlay whose `upperdir=` names, inside the container, the
+/// same path as a host directory holding a secret. Saving that mount must read the container's
+/// overlay, never the host directory its options name.
+fn forged_overlay_options_are_not_trusted(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let dir = tmp()?;
+    let host_dir = dir.path().join("secret");
+    std::fs::create_dir(&host_dir)?;
+    std::fs::write(host_dir.join("secret.txt"), "host secret")?;
+    let u = host_dir.display().to_string();
+    let script = format!(
+        "mount -t tmpfs none /tmp && mkdir -p {u} /tmp/w /tmp/l /mnt/evil && echo mine > {u}/mine.txt \\
+         && mount -t overlay overlay -o lowerdir=/tmp/l,upperdir={u},workdir=/tmp/w /mnt/evil \\
+         && touch /ready && exec sleep 100000"
+    );
+    s.cd.ctr(&[
+        "run",
+        "-d",
+        "--privileged",
+        "--runtime",
+        rt.id(),
+        harness::image::BUSYBOX_IMAGE,
+        id,
+        "sh",
+        "-c",
+        &script,
+    ])?
+    .ok()?;
+    wait_status(s, id, "RUNNING")?;
+    for _ in 0..100 {
+        if s.cd
+            .ctr(&[
+                "task",
+                "exec",
+                "--exec-id",
+                "probe",
+                id,
+                "test",
+                "-e",
+                "/ready",
+            ])?
+            .code
+            == 0
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ck = dir.path().join("ck");
+    let ck_s = ck.display().to_string();
+    cryo(
+        s,
+        &[
+            "fscheckpoint",
+            "--image-path",
+            &ck_s,
+            "--path",
+            "/mnt/evil",
+            "--leave-running",
+            id,
+        ],
+    )?
+    .ok()?;
+    let out = dir.path().join("out");
+    cryo(
+        s,
+        &[
+            "fscheckpoint",
+            "restore",
+            "--image-path",
+            &ck_s,
+            "--target",
+            &out.display().to_string(),
+        ],
+    )?
+    .ok()?;
+    ensure!(
+        !out.join("secret.txt").exists(),
+        "the host directory named by the container's overlay options was saved"
+    );
+    ensure!(
+        std::fs::read_to_string(out.join("mine.txt"))? == "mine\n",
+        "the container's overlay was not saved"
     );
     Ok(())
 }
