@@ -26,6 +26,10 @@ pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[
     ("control_socket_is_0600_and_root_only", NO_SUCH_SOCKET),
     ("fscheckpoint_errors_change_nothing", NO_SUCH_SOCKET),
     ("forged_overlay_options_are_not_trusted", NO_SUCH_SOCKET),
+    (
+        "a_full_destination_leaves_no_snapshot_and_the_pod_running",
+        NO_SUCH_SOCKET,
+    ),
 ];
 
 pub const CASES: &[(&str, Case)] = &[
@@ -48,6 +52,10 @@ pub const CASES: &[(&str, Case)] = &[
     (
         "forged_overlay_options_are_not_trusted",
         forged_overlay_options_are_not_trusted,
+    ),
+    (
+        "a_full_destination_leaves_no_snapshot_and_the_pod_running",
+        a_full_destination_leaves_no_snapshot_and_the_pod_running,
     ),
 ];
 
@@ -388,5 +396,82 @@ fn forged_overlay_options_are_not_trusted(s: &Suite, rt: Runtime, id: &str) -> R
         std::fs::read_to_string(out.join("mine.txt"))? == "mine\n",
         "the container's overlay was not saved"
     );
+    Ok(())
+}
+
+/// A tmpfs mounted for a case, unmounted when dropped.
+struct SmallTmpfs(PathBuf);
+
+impl Drop for SmallTmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// The destination fills up (ENOSPC) while saving: the error says so, nothing of the checkpoint
+/// is left, and the task runs on, with `--leave-running` or without (a failed save does not
+/// stop the pod: nothing was saved).
+fn a_full_destination_leaves_no_snapshot_and_the_pod_running(
+    s: &Suite,
+    rt: Runtime,
+    id: &str,
+) -> Result<()> {
+    run_detached(s, rt, id, &[])?;
+    s.cd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "fill",
+        id,
+        "sh",
+        "-c",
+        "head -c 4194304 /dev/urandom > /big && sync",
+    ])?
+    .ok()?;
+    let dir = tmp()?;
+    let small = dir.path().join("small");
+    std::fs::create_dir(&small)?;
+    nix::mount::mount(
+        Some("tmpfs"),
+        &small,
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=1m"),
+    )?;
+    let _mounted = SmallTmpfs(small.clone());
+    let ck = small.join("ck").display().to_string();
+    for leave_running in [true, false] {
+        let mut args = vec!["fscheckpoint", "--image-path", &ck];
+        if leave_running {
+            args.push("--leave-running");
+        }
+        args.push(id);
+        let out = cryo(s, &args)?;
+        ensure!(
+            out.code != 0,
+            "a save into 1 MiB of 4 MiB succeeded: {out:?}"
+        );
+        ensure!(
+            out.stderr.contains("No space left") || out.stderr.contains("ENOSPC"),
+            "the error does not say the destination is full: {}",
+            out.stderr
+        );
+        let left: Vec<_> = std::fs::read_dir(&small)?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        ensure!(
+            left.is_empty(),
+            "left in the destination's filesystem: {left:?}"
+        );
+        wait_status(s, id, "RUNNING")?;
+        let echo =
+            s.cd.ctr(&["task", "exec", "--exec-id", "alive", id, "echo", "alive"])?
+                .ok()?;
+        ensure!(
+            echo.stdout.trim() == "alive",
+            "the task is not running: {echo:?}"
+        );
+    }
     Ok(())
 }
