@@ -1195,6 +1195,18 @@ fn fscheckpoint_of_the_seed_pod_leave_running(s: &Suite, case: &str) -> Result<(
         );
     }
     s.cri.sh(&agent, "echo still > /workspace/after.txt")?;
+    // cryo ps: both containers by CRI name, in the pod.
+    let ps = cryo(&["ps"])?.ok()?.stdout;
+    for (id, name) in [(&agent, "agent"), (&sidecar, "sidecar")] {
+        ensure!(
+            ps.lines().any(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                w.len() == 5 && w[0] == id && w[1] == pod.id && w[2] == name && w[3] == "running"
+            }),
+            "cryo ps does not list {name} ({id}) running in pod {}:\n{ps}",
+            pod.id
+        );
+    }
     // The manifest: each container's rootfs by CRI name, the volume once.
     let json = cryo(&["fscheckpoint", "inspect", "--json", "--image-path", &ck])?
         .ok()?
