@@ -410,8 +410,13 @@ fn sources(members: &[Member], wanted: &[Wanted], pod_id: &str) -> Result<Vec<So
                 dir.display()
             ))
         })?;
-        if !meta.is_dir() || !seen.insert((meta.dev(), meta.ino())) {
+        if !meta.is_dir() {
+            // A file bind (e.g. /etc/hosts): not a volume directory.
             return Ok(false);
+        }
+        if !seen.insert((meta.dev(), meta.ino())) {
+            // Already saved (a share=pod volume another container mounts).
+            return Ok(true);
         }
         sources.push(Source {
             resource: ResourceId {
@@ -465,6 +470,7 @@ fn sources(members: &[Member], wanted: &[Wanted], pod_id: &str) -> Result<Vec<So
                 }
             }
             Wanted::AllVolumes => {
+                let mut any = false;
                 for (m, ms) in &live {
                     for e in ms.iter().filter(|e| {
                         e.point != "/"
@@ -473,8 +479,13 @@ fn sources(members: &[Member], wanted: &[Wanted], pod_id: &str) -> Result<Vec<So
                             && (e.fstype == "tmpfs" || e.fstype == "overlay")
                     }) {
                         let (kind, dir) = volume_source(m, e);
-                        add(m.label(), &e.point, kind, dir)?;
+                        any |= add(m.label(), &e.point, kind, dir)?;
                     }
+                }
+                if !any {
+                    return Err(Error::InvalidArgument(format!(
+                        "--path all-volumes: no container of pod {pod_id} mounts a writable volume"
+                    )));
                 }
             }
             Wanted::Mount(path) => {
@@ -490,7 +501,12 @@ fn sources(members: &[Member], wanted: &[Wanted], pod_id: &str) -> Result<Vec<So
                         )));
                     }
                     let (kind, dir) = volume_source(m, e);
-                    add(m.label(), path, kind, dir)?;
+                    if !add(m.label(), path, kind, dir)? {
+                        return Err(Error::InvalidArgument(format!(
+                            "--path {path}: not a directory in container {}",
+                            m.container.id
+                        )));
+                    }
                     found = true;
                 }
                 if !found {

@@ -57,6 +57,10 @@ pub const CASES: &[(&str, Case)] = &[
         "a_full_destination_leaves_no_snapshot_and_the_pod_running",
         a_full_destination_leaves_no_snapshot_and_the_pod_running,
     ),
+    (
+        "all_volumes_saves_a_tmpfs_of_the_container",
+        all_volumes_saves_a_tmpfs_of_the_container,
+    ),
 ];
 
 /// How long one `cryo` command may take.
@@ -287,6 +291,23 @@ fn fscheckpoint_errors_change_nothing(s: &Suite, rt: Runtime, id: &str) -> Resul
     )?;
     ensure!(!ck.exists(), "a checkpoint dir was left by a failed save");
     wait_status(s, id, "RUNNING")?;
+    // A kernel view is no volume; nor is a relative path.
+    refused(
+        cryo(
+            s,
+            &["fscheckpoint", "--image-path", &ck_s, "--path", "/proc", id],
+        )?,
+        &["--path /proc", "proc mount", "not a volume"],
+    )?;
+    refused(
+        cryo(
+            s,
+            &["fscheckpoint", "--image-path", &ck_s, "--path", "etc", id],
+        )?,
+        &["--path \"etc\"", "not an absolute path"],
+    )?;
+    ensure!(!ck.exists(), "a checkpoint dir was left by a failed save");
+    wait_status(s, id, "RUNNING")?;
     // A destination that already holds a checkpoint: refused, unchanged, the task runs on.
     cryo(
         s,
@@ -474,4 +495,79 @@ fn a_full_destination_leaves_no_snapshot_and_the_pod_running(
         );
     }
     Ok(())
+}
+
+/// A tmpfs the container mounts (in its own mount namespace, out of the host's sight) is saved
+/// by `--path all-volumes` and by its path, read through the container's root, as kind tmpfs.
+fn all_volumes_saves_a_tmpfs_of_the_container(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    run_detached(
+        s,
+        rt,
+        id,
+        &["--mount", "type=tmpfs,src=tmpfs,dst=/scratch,options=rw"],
+    )?;
+    s.cd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "w",
+        id,
+        "sh",
+        "-c",
+        "echo t > /scratch/t.txt",
+    ])?
+    .ok()?;
+    let dir = tmp()?;
+    for (n, path) in ["all-volumes", "/scratch"].iter().enumerate() {
+        let ck = dir.path().join(format!("ck{n}"));
+        let ck_s = ck.display().to_string();
+        cryo(
+            s,
+            &[
+                "fscheckpoint",
+                "--image-path",
+                &ck_s,
+                "--path",
+                path,
+                "--leave-running",
+                id,
+            ],
+        )?
+        .ok()?;
+        let json = cryo(
+            s,
+            &["fscheckpoint", "inspect", "--json", "--image-path", &ck_s],
+        )?
+        .ok()?
+        .stdout;
+        let m: serde_json::Value = serde_json::from_str(&json)?;
+        let sections = m["sections"].as_array().context("no sections")?;
+        let i = sections
+            .iter()
+            .position(|x| x["resource"]["path"] == "/scratch")
+            .with_context(|| format!("--path {path}: no /scratch section: {json}"))?;
+        ensure!(
+            sections[i]["resource"]["kind"] == "tmpfs"
+                && sections[i]["resource"]["container"] == id,
+            "--path {path}: {}",
+            sections[i]
+        );
+        let out = dir.path().join(format!("out{n}"));
+        cryo(
+            s,
+            &[
+                "fscheckpoint",
+                "restore",
+                "--image-path",
+                &ck_s,
+                "--section",
+                &i.to_string(),
+                "--target",
+                &out.display().to_string(),
+            ],
+        )?
+        .ok()?;
+        ensure!(std::fs::read_to_string(out.join("t.txt"))? == "t\n");
+    }
+    wait_status(s, id, "RUNNING")
 }
