@@ -62,6 +62,10 @@ const CASES: &[(&str, Case)] = &[
         "fscheckpoint_of_the_seed_pod_leave_running",
         fscheckpoint_of_the_seed_pod_leave_running,
     ),
+    (
+        "fscheckpoint_stops_the_pod_by_default",
+        fscheckpoint_stops_the_pod_by_default,
+    ),
 ];
 
 fn main() {
@@ -1273,5 +1277,48 @@ fn fscheckpoint_of_the_seed_pod_leave_running(s: &Suite, case: &str) -> Result<(
         !vol.join("after.txt").exists(),
         "a write after the checkpoint is in it"
     );
+    Ok(())
+}
+
+/// Without `--leave-running`, `cryo fscheckpoint` (given an app container's id: its whole pod)
+/// stops every container of the pod, and containerd records the exits (CRI: EXITED).
+fn fscheckpoint_stops_the_pod_by_default(s: &Suite, case: &str) -> Result<()> {
+    let pod = run_pod(s, case, &[])?;
+    let one = start(
+        s,
+        &pod,
+        "one",
+        "echo 1 > /one.txt && exec sleep 100000",
+        &[],
+    )?;
+    let two = start(s, &pod, "two", "exec sleep 100000", &[])?;
+    eventually("one wrote", || {
+        Ok(s.cri.exec_sync(&one, &["cat", "/one.txt"])?.0 == 0)
+    })?;
+    let tmp = tempfile::Builder::new()
+        .prefix("cryo-fsck-")
+        .tempdir_in("/tmp")?;
+    let ck = tmp.path().join("ck");
+    let mut cmd = std::process::Command::new(harness::built_shim()?.with_file_name("cryo"));
+    cmd.args([
+        "fscheckpoint",
+        "--image-path",
+        &ck.display().to_string(),
+        &two,
+    ])
+    .env("CRYO_ROOT", s.cd.cryo_root());
+    harness::cmd::run(&mut cmd, None, Duration::from_secs(60))?
+        .ok()
+        .context("cryo fscheckpoint of the pod by a container's id")?;
+    ensure!(
+        ck.join("fscheckpoint.json").is_file(),
+        "no checkpoint written"
+    );
+    for id in [&one, &two] {
+        eventually(&format!("container {id} EXITED"), || {
+            let st = s.cri.container_status(id)?.status.context("no status")?;
+            Ok(st.state == 2)
+        })?;
+    }
     Ok(())
 }
