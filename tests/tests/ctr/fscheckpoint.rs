@@ -30,6 +30,7 @@ pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[
         "a_full_destination_leaves_no_snapshot_and_the_pod_running",
         NO_SUCH_SOCKET,
     ),
+    ("all_volumes_saves_a_tmpfs_of_the_container", NO_SUCH_SOCKET),
 ];
 
 pub const CASES: &[(&str, Case)] = &[
