@@ -1,11 +1,14 @@
-//! `cryo`: the command-line face of cryo. Today one command family, `cryo fscheckpoint save |
-//! restore | verify | inspect`: filesystem checkpoints of plain directories (the commands are
-//! in `fscheckpoint.rs`, what they print in `output.rs`).
+//! `cryo`: the command-line face of cryo. `cryo fscheckpoint save | restore | verify |
+//! inspect`: filesystem checkpoints of plain directories (`fscheckpoint.rs`, printed by
+//! `output.rs`); `cryo fscheckpoint [OPTIONS] ID` and `cryo ps`: running pods, through their
+//! shims' control sockets (`pod.rs`, `control.rs`).
 
+mod control;
 mod fscheckpoint;
 mod output;
+mod pod;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(name = "cryo", version, about = "cryo: freeze and thaw containers")]
@@ -16,14 +19,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Filesystem checkpoints of directories (overlay upper layers, volumes).
+    /// Filesystem checkpoints: of a running pod (`cryo fscheckpoint --image-path DIR ID`), or
+    /// of directories (save, restore, verify, inspect).
+    Fscheckpoint(FscheckpointCmd),
+    /// The pods and containers the shims on this node serve.
+    Ps(pod::Ps),
+}
+
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+struct FscheckpointCmd {
     #[command(subcommand)]
-    Fscheckpoint(fscheckpoint::Fscheckpoint),
+    command: Option<fscheckpoint::Fscheckpoint>,
+    #[command(flatten)]
+    pod: pod::PodCheckpoint,
 }
 
 fn main() {
-    let Command::Fscheckpoint(cmd) = Cli::parse().command;
-    if let Err(e) = fscheckpoint::run(cmd) {
+    let result = match Cli::parse().command {
+        Command::Fscheckpoint(FscheckpointCmd {
+            command: Some(cmd), ..
+        }) => fscheckpoint::run(cmd),
+        Command::Fscheckpoint(FscheckpointCmd { command: None, pod }) => pod::fscheckpoint(pod),
+        Command::Ps(args) => pod::ps(args),
+    };
+    if let Err(e) = result {
         eprintln!("cryo: {e:#}");
         std::process::exit(1);
     }

@@ -39,6 +39,11 @@ impl Pod {
         self.volumes.container_removed(id).await;
     }
 
+    /// Every container built so far.
+    pub fn containers(&self) -> Vec<Arc<Container>> {
+        self.containers.all()
+    }
+
     /// No container, and none being created.
     pub fn is_empty(&self) -> bool {
         self.containers.is_empty()

@@ -55,6 +55,11 @@ impl<T> Registry<T> {
         lock(&self.entries).remove(id);
     }
 
+    /// Every built object (reserved ids are left out), in no particular order.
+    pub fn all(&self) -> Vec<Arc<T>> {
+        lock(&self.entries).values().flatten().cloned().collect()
+    }
+
     /// No object and no reservation.
     pub fn is_empty(&self) -> bool {
         lock(&self.entries).is_empty()

@@ -42,7 +42,9 @@ pub async fn run(runtime_id: &str, flags: Flags) -> Result<(), Error> {
             .map_err(|e| Error::Other(format!("open the shim log: {e}")))?;
     }
     let publisher = RemotePublisher::new(&ttrpc_address).await?;
-    let task: Box<dyn Task + Send + Sync> = Box::new(shim.create_task_service(publisher).await);
+    let task = shim.create_task_service(publisher).await;
+    let pod = task.pod();
+    let task: Box<dyn Task + Send + Sync> = Box::new(task);
     let service = create_task(Arc::from(task));
     let socket_path = flags.socket.clone();
     let bound = tokio::task::spawn_blocking(move || socket::bind(&socket_path))
@@ -65,6 +67,11 @@ pub async fn run(runtime_id: &str, flags: Flags) -> Result<(), Error> {
         .add_listener(listener)
         .register_service(service);
     server.start().await?;
+    // The `cryo` CLI's socket (removed when `_control` drops, as the shim leaves).
+    // A pod still runs without it (only `cryo` needs it): its failure is logged.
+    let _control = crate::control::serve(&flags.id, pod)
+        .inspect_err(|e| error!("serve the control socket: {e}"))
+        .ok();
     signal_server_started();
     info!("Shim successfully started, waiting for exit signal...");
     tokio::spawn(signals.handle());

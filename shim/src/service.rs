@@ -74,6 +74,7 @@ impl Shim for Service {
         .map_err(|e| Error::Other(format!("cleanup of {}: {e}", self.id)))?
         .map_err(|e| Error::Other(format!("cleanup of {}: {e}", self.id)))?;
         remove_stale_socket(&self.bundle);
+        crate::control::remove_stale(&self.id);
         Ok(DeleteResponse {
             pid: found.map_or(0, |s| s.pid as u32),
             exit_status: KILLED_STATUS,

@@ -62,7 +62,7 @@ pub fn bind(address: &str) -> std::io::Result<Bound> {
 }
 
 /// A listening socket at `path` whose file is mode 0600 from the moment it exists.
-fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+pub fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
     let fd: OwnedFd = socket::socket(
         AddressFamily::Unix,
         SockType::Stream,
@@ -89,11 +89,21 @@ pub fn peer_allowed(uid: u32, own_uid: u32) -> bool {
 
 /// The ttrpc listener over `listener`: connections from other users are closed unanswered.
 pub fn serve(listener: std::os::unix::net::UnixListener) -> std::io::Result<Listener> {
+    Ok(Listener::new(allowed_connections(listener)?))
+}
+
+/// The connections accepted on `listener` from root or the shim's own uid; others are closed
+/// unanswered (logged). Shared by the ttrpc socket and the control socket.
+pub fn allowed_connections(
+    listener: std::os::unix::net::UnixListener,
+) -> std::io::Result<impl futures::Stream<Item = std::io::Result<tokio::net::UnixStream>>> {
     let listener = tokio::net::UnixListener::from_std(listener)?;
     let own_uid = nix::unistd::geteuid().as_raw();
-    let accepted = futures::stream::unfold(listener, move |listener| async move {
-        loop {
-            match listener.accept().await {
+    Ok(futures::stream::unfold(
+        listener,
+        move |listener| async move {
+            loop {
+                match listener.accept().await {
                 Ok((conn, _)) => match conn.peer_cred() {
                     Ok(cred) if peer_allowed(cred.uid(), own_uid) => {
                         return Some((Ok(conn), listener));
@@ -107,9 +117,9 @@ pub fn serve(listener: std::os::unix::net::UnixListener) -> std::io::Result<List
                 },
                 Err(e) => return Some((Err(e), listener)),
             }
-        }
-    });
-    Ok(Listener::new(accepted))
+            }
+        },
+    ))
 }
 
 #[cfg(test)]

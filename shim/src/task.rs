@@ -32,7 +32,7 @@ use crate::process::{self, Process};
 const FLUSH_LIMIT: Duration = Duration::from_secs(5);
 
 pub struct TaskService {
-    pod: Pod,
+    pod: Arc<Pod>,
     engine: Arc<dyn Engine>,
     exits: Arc<Exits>,
     events: EventTx,
@@ -48,12 +48,17 @@ impl TaskService {
         shutdown: Arc<ExitSignal>,
     ) -> Self {
         TaskService {
-            pod: Pod::default(),
+            pod: Arc::default(),
             engine,
             exits,
             events,
             shutdown,
         }
+    }
+
+    /// The pod, shared with the control socket ([`crate::control`]).
+    pub fn pod(&self) -> Arc<Pod> {
+        self.pod.clone()
     }
 
     async fn create_container(&self, req: &api::CreateTaskRequest) -> Result<u32> {

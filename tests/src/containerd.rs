@@ -194,6 +194,8 @@ impl Containerd {
             .arg("--config")
             .arg(dir.join("config.toml"))
             .env("PATH", std::env::join_paths(path)?)
+            // The shims it starts put their control sockets here (`cryo --root`).
+            .env("CRYO_ROOT", dir.join("cryo"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -245,6 +247,11 @@ impl Containerd {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Where this containerd's cryo shims serve their control sockets (`CRYO_ROOT`).
+    pub fn cryo_root(&self) -> PathBuf {
+        self.dir.join("cryo")
     }
 
     pub fn address(&self) -> PathBuf {
@@ -376,6 +383,12 @@ impl Containerd {
         }
         self.stop();
         let mut left = crate::leftovers::find(&self.dir, &self.namespace);
+        // Every shim removes its control socket as it leaves.
+        if let Ok(entries) = std::fs::read_dir(self.cryo_root()) {
+            for e in entries.flatten() {
+                left.push(format!("control socket left: {}", e.path().display()));
+            }
+        }
         // What is reported goes, so that a failed run does not burden the machine.
         crate::leftovers::kill_processes_mentioning(&[
             &self.dir.display().to_string(),

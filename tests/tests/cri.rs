@@ -58,6 +58,14 @@ const CASES: &[(&str, Case)] = &[
         "stop_in_a_shared_pid_namespace_is_prompt",
         stop_in_a_shared_pid_namespace_is_prompt,
     ),
+    (
+        "fscheckpoint_of_the_seed_pod_leave_running",
+        fscheckpoint_of_the_seed_pod_leave_running,
+    ),
+    (
+        "fscheckpoint_stops_the_pod_by_default",
+        fscheckpoint_stops_the_pod_by_default,
+    ),
 ];
 
 fn main() {
@@ -1114,5 +1122,203 @@ fn stop_in_a_shared_pid_namespace_is_prompt(s: &Suite, case: &str) -> Result<()>
         left == 0,
         "{left} background sleep(s) of the app left running"
     );
+    Ok(())
+}
+
+/// The seed's pod (agent + sidecar sharing a share=pod emptyDir), each writing into its rootfs
+/// (the sidecar also deletes an image file) and the volume: `cryo fscheckpoint --path /
+/// --path all-volumes --leave-running POD` saves both containers' rootfs changes and the volume
+/// once; the pod keeps running; the sections restore to what was written, the deletion as a
+/// whiteout.
+fn fscheckpoint_of_the_seed_pod_leave_running(s: &Suite, case: &str) -> Result<()> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let uid = uid(case);
+    let dir = cri::empty_dir(&s.kubelet, &uid, "ws")?;
+    let source = dir.display().to_string();
+    let pod = run_pod_with_uid(
+        s,
+        case,
+        &uid,
+        &[
+            ("dev.gvisor.spec.mount.ws.type", "tmpfs"),
+            ("dev.gvisor.spec.mount.ws.share", "pod"),
+            ("dev.gvisor.spec.mount.ws.source", &source),
+        ],
+    )?;
+    let agent = start(
+        s,
+        &pod,
+        "agent",
+        "echo agent-root > /agent-root.txt && echo agent-vol > /workspace/agent.txt && exec sleep 100000",
+        &[("/workspace", &dir)],
+    )?;
+    let sidecar = start(
+        s,
+        &pod,
+        "sidecar",
+        "echo side-root > /side-root.txt && rm /bin/ls && echo side-vol > /workspace/side.txt && exec sleep 100000",
+        &[("/workspace", &dir)],
+    )?;
+    eventually("both containers wrote", || {
+        Ok(s.cri
+            .exec_sync(
+                &sidecar,
+                &["cat", "/workspace/agent.txt", "/workspace/side.txt"],
+            )?
+            .0
+            == 0)
+    })?;
+    let tmp = tempfile::Builder::new()
+        .prefix("cryo-fsck-")
+        .tempdir_in("/tmp")?;
+    let ck = tmp.path().join("ck").display().to_string();
+    let cli = harness::built_shim()?.with_file_name("cryo");
+    let cryo = |args: &[&str]| -> Result<harness::Output> {
+        let mut cmd = std::process::Command::new(&cli);
+        cmd.args(args).env("CRYO_ROOT", s.cd.cryo_root());
+        harness::cmd::run(&mut cmd, None, Duration::from_secs(60))
+    };
+    cryo(&[
+        "fscheckpoint",
+        "--image-path",
+        &ck,
+        "--path",
+        "/",
+        "--path",
+        "all-volumes",
+        "--leave-running",
+        &pod.id,
+    ])?
+    .ok()
+    .context("cryo fscheckpoint of the pod")?;
+    for id in [&agent, &sidecar] {
+        let st = s.cri.container_status(id)?.status.context("no status")?;
+        ensure!(
+            st.state == 1,
+            "container {id} not running after --leave-running: {st:?}"
+        );
+    }
+    s.cri.sh(&agent, "echo still > /workspace/after.txt")?;
+    // cryo ps: both containers by CRI name, in the pod.
+    let ps = cryo(&["ps"])?.ok()?.stdout;
+    for (id, name) in [(&agent, "agent"), (&sidecar, "sidecar")] {
+        ensure!(
+            ps.lines().any(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                w.len() == 5 && w[0] == id && w[1] == pod.id && w[2] == name && w[3] == "running"
+            }),
+            "cryo ps does not list {name} ({id}) running in pod {}:\n{ps}",
+            pod.id
+        );
+    }
+    // The manifest: each container's rootfs by CRI name, the volume once.
+    let json = cryo(&["fscheckpoint", "inspect", "--json", "--image-path", &ck])?
+        .ok()?
+        .stdout;
+    let m: serde_json::Value = serde_json::from_str(&json)?;
+    let sections: Vec<(String, String, String)> = m["sections"]
+        .as_array()
+        .context("no sections")?
+        .iter()
+        .map(|x| {
+            let r = &x["resource"];
+            let f = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            (f("container"), f("path"), f("kind"))
+        })
+        .collect();
+    for name in ["agent", "sidecar"] {
+        ensure!(
+            sections.contains(&(name.into(), "/".into(), "rootfs-upper".into())),
+            "no rootfs section of {name}: {sections:?}"
+        );
+    }
+    let volume: Vec<_> = sections.iter().filter(|x| x.1 == "/workspace").collect();
+    ensure!(
+        volume.len() == 1 && volume[0].2 == "pod-volume",
+        "the volume is not saved once as a pod-volume: {sections:?}"
+    );
+    // Restored (each section on its own: a volume's target lies inside its container's rootfs
+    // target): every file, the deletion as a whiteout, the volume's data.
+    let out = tmp.path().join("out");
+    let restored = |i: usize| -> Result<PathBuf> {
+        let target = out.join(i.to_string());
+        cryo(&[
+            "fscheckpoint",
+            "restore",
+            "--image-path",
+            &ck,
+            "--section",
+            &i.to_string(),
+            "--target",
+            &target.display().to_string(),
+        ])?
+        .ok()?;
+        Ok(target)
+    };
+    let index = |name: &str, path: &str| {
+        sections
+            .iter()
+            .position(|x| x.0 == name && x.1 == path)
+            .with_context(|| format!("no section {name} {path}"))
+    };
+    let agent_root = restored(index("agent", "/")?)?;
+    let side_root = restored(index("sidecar", "/")?)?;
+    ensure!(std::fs::read_to_string(agent_root.join("agent-root.txt"))? == "agent-root\n");
+    ensure!(std::fs::read_to_string(side_root.join("side-root.txt"))? == "side-root\n");
+    let ls = std::fs::symlink_metadata(side_root.join("bin/ls"))?;
+    ensure!(
+        ls.file_type().is_char_device() && ls.rdev() == 0,
+        "/bin/ls is no whiteout"
+    );
+    let vol = restored(index(&volume[0].0, "/workspace")?)?;
+    ensure!(std::fs::read_to_string(vol.join("agent.txt"))? == "agent-vol\n");
+    ensure!(std::fs::read_to_string(vol.join("side.txt"))? == "side-vol\n");
+    ensure!(
+        !vol.join("after.txt").exists(),
+        "a write after the checkpoint is in it"
+    );
+    Ok(())
+}
+
+/// Without `--leave-running`, `cryo fscheckpoint` (given an app container's id: its whole pod)
+/// stops every container of the pod, and containerd records the exits (CRI: EXITED).
+fn fscheckpoint_stops_the_pod_by_default(s: &Suite, case: &str) -> Result<()> {
+    let pod = run_pod(s, case, &[])?;
+    let one = start(
+        s,
+        &pod,
+        "one",
+        "echo 1 > /one.txt && exec sleep 100000",
+        &[],
+    )?;
+    let two = start(s, &pod, "two", "exec sleep 100000", &[])?;
+    eventually("one wrote", || {
+        Ok(s.cri.exec_sync(&one, &["cat", "/one.txt"])?.0 == 0)
+    })?;
+    let tmp = tempfile::Builder::new()
+        .prefix("cryo-fsck-")
+        .tempdir_in("/tmp")?;
+    let ck = tmp.path().join("ck");
+    let mut cmd = std::process::Command::new(harness::built_shim()?.with_file_name("cryo"));
+    cmd.args([
+        "fscheckpoint",
+        "--image-path",
+        &ck.display().to_string(),
+        &two,
+    ])
+    .env("CRYO_ROOT", s.cd.cryo_root());
+    harness::cmd::run(&mut cmd, None, Duration::from_secs(60))?
+        .ok()
+        .context("cryo fscheckpoint of the pod by a container's id")?;
+    ensure!(
+        ck.join("fscheckpoint.json").is_file(),
+        "no checkpoint written"
+    );
+    for id in [&one, &two] {
+        eventually(&format!("container {id} EXITED"), || {
+            let st = s.cri.container_status(id)?.status.context("no status")?;
+            Ok(st.state == 2)
+        })?;
+    }
     Ok(())
 }

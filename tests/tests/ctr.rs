@@ -38,6 +38,8 @@ const RUNC_FALLS_SHORT: &[(&str, &str)] = &[(
 mod checkpoint;
 #[path = "ctr/engine_hardening.rs"]
 mod engine_hardening;
+#[path = "ctr/fscheckpoint.rs"]
+mod fscheckpoint;
 #[path = "ctr/launch_hardening.rs"]
 mod launch_hardening;
 #[path = "ctr/shim_hardening.rs"]
@@ -60,6 +62,7 @@ fn all_cases() -> Vec<(&'static str, Case, Option<&'static str>)> {
         (shim_hardening::CASES, shim_hardening::RUNC_FALLS_SHORT),
         (checkpoint::CASES, checkpoint::RUNC_FALLS_SHORT),
         (socket::CASES, socket::RUNC_FALLS_SHORT),
+        (fscheckpoint::CASES, fscheckpoint::RUNC_FALLS_SHORT),
     ];
     let mut all = Vec::new();
     for (cases, excused) in topics {

@@ -174,7 +174,7 @@ fn probe(
 }
 
 /// Switch the calling thread (only) to `uid`/`uid`, keeping CAP_DAC_OVERRIDE if asked.
-fn become_user(uid: u32, dac_override: bool) -> Result<()> {
+pub(super) fn become_user(uid: u32, dac_override: bool) -> Result<()> {
     let sys = |what: &str, rc: libc::c_long| -> Result<()> {
         if rc != 0 {
             bail!("{what}: {}", std::io::Error::last_os_error());
