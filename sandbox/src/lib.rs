@@ -23,6 +23,7 @@ pub mod criu;
 pub mod error;
 pub mod exec;
 mod fs_context;
+pub mod fscheckpoint;
 pub mod init;
 mod launch;
 mod lsm;

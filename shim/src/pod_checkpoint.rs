@@ -21,13 +21,12 @@
 //! it running: nothing was saved, and nothing is lost.
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use cryo_sandbox::fscheckpoint::{self, ResourceId, ResourceKind, Source};
 use cryo_sandbox::state::Status as EngineStatus;
-use fsnap::{ResourceId, ResourceKind, SaveOptions, Source};
 use log::{info, warn};
 
 use crate::annotations;
@@ -175,16 +174,8 @@ pub async fn save(pod: &Pod, args: FscheckpointArgs) -> Result<Vec<SectionInfo>>
     let result = async {
         let sources = sources(&members, &wanted, &pod_id)?;
         let saved = tokio::task::spawn_blocking(move || -> Result<Vec<Source>> {
-            for s in &sources {
-                syncfs(&s.dir)?;
-            }
-            fsnap::save(
-                &sources,
-                &out,
-                &SaveOptions { direct },
-                &fsnap::Progress::default(),
-            )
-            .map_err(|e| Error::FailedPrecondition(format!("save the checkpoint: {e}")))?;
+            fscheckpoint::save(&sources, &out, direct)
+                .map_err(|e| Error::FailedPrecondition(format!("save the checkpoint: {e}")))?;
             Ok(sources)
         })
         .await
@@ -251,7 +242,7 @@ fn check_destination(out: &Path) -> Result<()> {
                 return Err(Error::AlreadyExists(format!(
                     "--image-path {}: already exists and is not empty{}",
                     out.display(),
-                    if out.join(fsnap::manifest::MANIFEST_FILE).exists() {
+                    if out.join(fscheckpoint::MANIFEST_FILE).exists() {
                         " (it holds a checkpoint)"
                     } else {
                         ""
@@ -541,20 +532,6 @@ fn is_empty_dir(dir: &Path) -> bool {
 }
 
 /// Flush the filesystem holding `dir` (the pod is frozen: nothing writes meanwhile).
-fn syncfs(dir: &Path) -> Result<()> {
-    let f = std::fs::File::open(dir)
-        .map_err(|e| Error::FailedPrecondition(format!("open {}: {e}", dir.display())))?;
-    // SAFETY: syncfs on a descriptor we own.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(Error::Internal(format!(
-            "syncfs {}: {}",
-            dir.display(),
-            std::io::Error::last_os_error()
-        )));
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1113,8 +1113,12 @@ fn stop_in_a_shared_pid_namespace_is_prompt(s: &Suite, case: &str) -> Result<()>
     );
     let status = s.cri.container_status(&app)?.status.context("no status")?;
     ensure!(status.state == 2, "state {} (want EXITED=2)", status.state);
+    // The app's background child, looked for in the pod's pid namespace only (other runs on
+    // the machine may sleep as long).
+    let pod_pid_ns = ns(pause, "pid")?;
     let left = std::fs::read_dir("/proc")?
         .flatten()
+        .filter(|e| std::fs::read_link(e.path().join("ns/pid")).ok() == Some(pod_pid_ns.clone()))
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .filter(|c| c.as_slice() == b"sleep\x00100000\x00")
         .count();

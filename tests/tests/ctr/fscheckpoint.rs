@@ -233,7 +233,10 @@ fn control_socket_is_0600_and_root_only(s: &Suite, rt: Runtime, id: &str) -> Res
     // Under a containerd running with umask 000 too.
     let cd = harness::Containerd::start_with(
         &harness::built_shim()?,
-        &harness::StartOptions { umask: Some(0) },
+        &harness::StartOptions {
+            umask: Some(0),
+            ..Default::default()
+        },
     )?;
     let checked = (|| -> Result<()> {
         let rootfs = s.rootfs.display().to_string();
