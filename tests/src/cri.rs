@@ -256,6 +256,22 @@ impl Cri {
             .sum())
     }
 
+    /// `CheckpointContainer` as kubelet calls it: the archive goes to `location` (a tar path);
+    /// `timeout` in seconds (0: containerd's default).
+    pub fn checkpoint_container(&self, id: &str, location: &Path, timeout: i64) -> Result<()> {
+        self.call(
+            "CheckpointContainer",
+            self.runtime
+                .clone()
+                .checkpoint_container(CheckpointContainerRequest {
+                    container_id: id.to_string(),
+                    location: location.display().to_string(),
+                    timeout,
+                }),
+        )
+        .map(|_| ())
+    }
+
     pub fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
         self.call(
             "StopContainer",
