@@ -63,11 +63,18 @@ const CASES: &[(&str, Case)] = &[
         "checkpoint_container_writes_the_archive",
         checkpoint_container_writes_the_archive,
     ),
+    (
+        "restore_through_create_continues_the_process",
+        restore_through_create_continues_the_process,
+    ),
 ];
 
 /// Cases of CRI calls containerd 1.6 does not have (CheckpointContainer, restore through
 /// CreateContainer): on 1.6 they are reported ignored with [`NEEDS_V2_WHY`], never passed.
-const NEEDS_V2: &[&str] = &["checkpoint_container_writes_the_archive"];
+const NEEDS_V2: &[&str] = &[
+    "checkpoint_container_writes_the_archive",
+    "restore_through_create_continues_the_process",
+];
 const NEEDS_V2_WHY: &str = "containerd 1.6's CRI has no CheckpointContainer (Unimplemented) \
      nor restore through CreateContainer: run with CRYO_TEST_CONTAINERD=2.2";
 
@@ -1135,9 +1142,9 @@ fn stop_in_a_shared_pid_namespace_is_prompt(s: &Suite, case: &str) -> Result<()>
 }
 
 /// The counter script of the checkpoint cases: a count held only in the shell's memory,
-/// written to `/count` every 100 ms, and a rootfs change (`/marker`) made once at start.
-const COUNTER: &str =
-    "echo changed > /marker; i=0; while true; do i=$((i+1)); echo $i > /count; sleep 0.1; done";
+/// written to `/count` every 100 ms, and rootfs changes made once at start (`/marker`, a line
+/// in `/starts`: a second line would mean the script ran again instead of being restored).
+const COUNTER: &str = "echo started >> /starts; echo changed > /marker; i=0; while true; do i=$((i+1)); echo $i > /count; sleep 0.1; done";
 
 /// The counter's current value in container `id`.
 fn count(s: &Suite, id: &str) -> Result<u64> {
@@ -1165,17 +1172,19 @@ fn tar_entries(tar: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// A pod running the counter, checkpointed through CRI as kubelet does; the archive's path.
+/// A pod running the counter, checkpointed through CRI as kubelet does: the pod, the
+/// container, the archive's path and a count read before the checkpoint (at most the
+/// checkpointed one).
 fn checkpointed_counter(s: &Suite, case: &str) -> Result<(Pod, String, PathBuf, u64)> {
     let pod = run_pod(s, case, &[])?;
     let app = start(s, &pod, "counter", COUNTER, &[])?;
     eventually("the counter counts", || Ok(count(s, &app)? >= 3))?;
+    let before = count(s, &app)?;
     let dir = s.kubelet.join("checkpoints");
     std::fs::create_dir_all(&dir)?;
     let archive = dir.join(format!("checkpoint-{case}-counter.tar"));
     s.cri.checkpoint_container(&app, &archive, 60)?;
-    let at = count(s, &app)?;
-    Ok((pod, app, archive, at))
+    Ok((pod, app, archive, before))
 }
 
 /// CRI CheckpointContainer (containerd 2.x; kubelet's checkpoint API) of a running cryo
@@ -1222,6 +1231,74 @@ fn checkpoint_container_writes_the_archive(s: &Suite, case: &str) -> Result<()> 
     eventually("the counter counts on after the checkpoint", || {
         Ok(count(s, &app)? > at)
     })?;
+    std::fs::remove_file(&archive)?;
+    Ok(())
+}
+
+/// A container config restoring the CheckpointContainer archive `archive` (its path as the
+/// image, as kubelet passes a restore Pod's `image:`).
+fn restore_config(name: &str, archive: &Path) -> k8s_cri::v1::ContainerConfig {
+    k8s_cri::v1::ContainerConfig {
+        metadata: Some(k8s_cri::v1::ContainerMetadata {
+            name: name.to_string(),
+            attempt: 0,
+        }),
+        image: Some(k8s_cri::v1::ImageSpec {
+            image: archive.display().to_string(),
+            ..Default::default()
+        }),
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+/// Restore through CreateContainer (containerd 2.x `enable_experimental_restore_via_create`)
+/// in a new pod, the original pod gone: the process continues from its checkpointed count
+/// (it is not run again), the rootfs changes are back, exec, stop and remove work.
+fn restore_through_create_continues_the_process(s: &Suite, case: &str) -> Result<()> {
+    let (pod, _app, archive, before) = checkpointed_counter(s, case)?;
+    s.cri.remove_pod_fully(&pod.id)?;
+    let new = run_pod(s, &format!("{case}-restored"), &[])?;
+    let started = Instant::now();
+    let id = s
+        .cri
+        .create_container(&new.id, restore_config("counter", &archive), &new.config)?;
+    s.cri.start_container(&id)?;
+    let took = started.elapsed();
+    let status = s.cri.container_status(&id)?.status.context("no status")?;
+    ensure!(
+        status.state == 1,
+        "restored state {} (want RUNNING=1)",
+        status.state
+    );
+    let restored = count(s, &id)?;
+    ensure!(
+        restored >= before,
+        "restored count {restored} is below {before}, read before the checkpoint: the process \
+         started over"
+    );
+    eventually("the restored counter counts on", || {
+        Ok(count(s, &id)? > restored)
+    })?;
+    let starts = s.cri.sh(&id, "cat /starts")?;
+    ensure!(
+        starts == "started\n",
+        "/starts after restore: {starts:?} (ran again?)"
+    );
+    let marker = s.cri.sh(&id, "cat /marker")?;
+    ensure!(marker == "changed\n", "/marker after restore: {marker:?}");
+    eprintln!(
+        "restore through create to running: {:.2}s",
+        took.as_secs_f64()
+    );
+    s.cri.stop_container(&id, 2)?;
+    let status = s.cri.container_status(&id)?.status.context("no status")?;
+    ensure!(
+        status.state == 2,
+        "state {} after stop (want EXITED=2)",
+        status.state
+    );
+    s.cri.remove_container(&id)?;
     std::fs::remove_file(&archive)?;
     Ok(())
 }

@@ -206,6 +206,26 @@ fn cgroup_dir(host: &[MountInfo], hierarchy: &str, cgroup_path: &str) -> Result<
         .strip_prefix(h.root.as_str())
         .unwrap_or(cgroup_path)
         .trim_start_matches('/');
+    let dir = h.mount_point.join(rel);
+    if dir.is_dir() {
+        return Ok(dir);
+    }
+    // A hierarchy cryo does not manage (a hybrid host's `unified` cgroup2 beside the v1
+    // controllers): the new container's processes stay in the shim's own cgroup there, and
+    // its cgroup view binds that, as the init's cgroup mount does (init::rootfs).
+    let own = crate::init::own_cgroups()?;
+    let path = crate::init::own_path(&own, h).ok_or_else(|| Error::Cgroup {
+        path: cgroup_path.to_string(),
+        reason: format!(
+            "{} does not exist and this process has no cgroup in {}",
+            dir.display(),
+            h.mount_point.display()
+        ),
+    })?;
+    let rel = path
+        .strip_prefix(h.root.as_str())
+        .unwrap_or(&path)
+        .trim_start_matches('/');
     Ok(h.mount_point.join(rel))
 }
 
