@@ -319,6 +319,20 @@ impl Cri {
         .map(|_| ())
     }
 
+    /// The ids of the containers of `pod`.
+    pub fn list_containers(&self, pod: &str) -> Result<Vec<String>> {
+        let r = self.call(
+            "ListContainers",
+            self.runtime.clone().list_containers(ListContainersRequest {
+                filter: Some(ContainerFilter {
+                    pod_sandbox_id: pod.to_string(),
+                    ..Default::default()
+                }),
+            }),
+        )?;
+        Ok(r.containers.into_iter().map(|c| c.id).collect())
+    }
+
     /// Every pod sandbox id containerd's CRI knows.
     pub fn list_pods(&self) -> Result<Vec<String>> {
         let r = self.call(

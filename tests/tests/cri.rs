@@ -67,6 +67,10 @@ const CASES: &[(&str, Case)] = &[
         "restore_through_create_continues_the_process",
         restore_through_create_continues_the_process,
     ),
+    (
+        "restore_of_a_corrupt_archive_fails_cleanly",
+        restore_of_a_corrupt_archive_fails_cleanly,
+    ),
 ];
 
 /// Cases of CRI calls containerd 1.6 does not have (CheckpointContainer, restore through
@@ -74,6 +78,7 @@ const CASES: &[(&str, Case)] = &[
 const NEEDS_V2: &[&str] = &[
     "checkpoint_container_writes_the_archive",
     "restore_through_create_continues_the_process",
+    "restore_of_a_corrupt_archive_fails_cleanly",
 ];
 const NEEDS_V2_WHY: &str = "containerd 1.6's CRI has no CheckpointContainer (Unimplemented) \
      nor restore through CreateContainer: run with CRYO_TEST_CONTAINERD=2.2";
@@ -1299,6 +1304,90 @@ fn restore_through_create_continues_the_process(s: &Suite, case: &str) -> Result
         status.state
     );
     s.cri.remove_container(&id)?;
+    std::fs::remove_file(&archive)?;
+    Ok(())
+}
+
+/// A copy of the archive `archive` with `edit` applied to its unpacked tree, at `to`.
+fn doctored_archive(archive: &Path, to: &Path, edit: impl Fn(&Path) -> Result<()>) -> Result<()> {
+    let dir = tempfile::tempdir_in(archive.parent().context("archive has no parent")?)?;
+    let run = |cmd: &mut std::process::Command| -> Result<()> {
+        let out = cmd.output()?;
+        ensure!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    run(std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(archive)
+        .arg("-C")
+        .arg(dir.path()))?;
+    edit(dir.path())?;
+    run(std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(to)
+        .arg("-C")
+        .arg(dir.path())
+        .arg("."))?;
+    Ok(())
+}
+
+/// Restore through CreateContainer of archives whose checkpoint is corrupt (CRIU's inventory
+/// is garbage; cryo's manifest is not JSON): CreateContainer or StartContainer fails naming
+/// the cause, nothing of the new container runs or stays mounted (the suite's leftover check
+/// follows), and RemoveContainer removes it.
+fn restore_of_a_corrupt_archive_fails_cleanly(s: &Suite, case: &str) -> Result<()> {
+    let (pod, _app, archive, _) = checkpointed_counter(s, case)?;
+    s.cri.remove_pod_fully(&pod.id)?;
+    let garbage = |name: &'static str| {
+        move |dir: &Path| -> Result<()> {
+            let file = dir.join("checkpoint").join(name);
+            ensure!(file.is_file(), "{} is not in the archive", file.display());
+            std::fs::write(file, b"this is not what it should be")?;
+            Ok(())
+        }
+    };
+    for (name, cause) in [
+        ("inventory.img", "inventory.img"),
+        ("cryo-checkpoint.json", "cryo-checkpoint.json"),
+    ] {
+        let bad = archive.with_file_name(format!("corrupt-{name}.tar"));
+        doctored_archive(&archive, &bad, garbage(name))?;
+        let new = run_pod(s, &format!("{case}-{}", &name[..4]), &[])?;
+        let result = s
+            .cri
+            .create_container(&new.id, restore_config("counter", &bad), &new.config)
+            .and_then(|id| s.cri.start_container(&id));
+        let err = match result {
+            Ok(()) => bail!("the archive with a corrupt {name} was restored"),
+            Err(e) => format!("{e:#}"),
+        };
+        eprintln!("restore of a corrupt {name}: {err}");
+        ensure!(
+            err.contains(cause),
+            "the error for a corrupt {name} does not name it: {err}"
+        );
+        // Nothing of the new container runs; the pod's only process is its pause.
+        let left = std::fs::read_dir("/proc")?
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .filter(|c| c.starts_with(b"sh\x00-c\x00echo started"))
+            .count();
+        ensure!(
+            left == 0,
+            "{left} counter process(es) running after the failed restore"
+        );
+        // RemoveContainer of what CreateContainer made, then the pod.
+        let status = s.cri.list_containers(&new.id)?;
+        for id in status {
+            s.cri.remove_container(&id)?;
+        }
+        s.cri.remove_pod_fully(&new.id)?;
+        std::fs::remove_file(&bad)?;
+    }
     std::fs::remove_file(&archive)?;
     Ok(())
 }
