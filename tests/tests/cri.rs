@@ -71,6 +71,10 @@ const CASES: &[(&str, Case)] = &[
         "restore_of_a_corrupt_archive_fails_cleanly",
         restore_of_a_corrupt_archive_fails_cleanly,
     ),
+    (
+        "restore_from_a_checkpoint_image",
+        restore_from_a_checkpoint_image,
+    ),
 ];
 
 /// Cases of CRI calls containerd 1.6 does not have (CheckpointContainer, restore through
@@ -79,6 +83,7 @@ const NEEDS_V2: &[&str] = &[
     "checkpoint_container_writes_the_archive",
     "restore_through_create_continues_the_process",
     "restore_of_a_corrupt_archive_fails_cleanly",
+    "restore_from_a_checkpoint_image",
 ];
 const NEEDS_V2_WHY: &str = "containerd 1.6's CRI has no CheckpointContainer (Unimplemented) \
      nor restore through CreateContainer: run with CRYO_TEST_CONTAINERD=2.2";
@@ -1389,5 +1394,58 @@ fn restore_of_a_corrupt_archive_fails_cleanly(s: &Suite, case: &str) -> Result<(
         std::fs::remove_file(&bad)?;
     }
     std::fs::remove_file(&archive)?;
+    Ok(())
+}
+
+/// Restore through CreateContainer from a local checkpoint image (the archive as its layer,
+/// marked `org.criu.checkpoint.container.name`), what a Pod's `image:` can name since
+/// kubelet sees it in ImageStatus: the process continues from its checkpointed count.
+fn restore_from_a_checkpoint_image(s: &Suite, case: &str) -> Result<()> {
+    let (pod, _app, archive, before) = checkpointed_counter(s, case)?;
+    s.cri.remove_pod_fully(&pod.id)?;
+    let name = format!("localhost/cryo-test/checkpoint-{case}:latest");
+    let oci = archive.with_file_name(format!("{case}-image.tar"));
+    harness::image::checkpoint_oci_tar(&archive, "counter", &name, &oci)?;
+    s.cd.ctr_in(
+        K8S_NAMESPACE,
+        &["image", "import", &oci.display().to_string()],
+        None,
+    )?
+    .ok()
+    .context("import the checkpoint image")?;
+    std::fs::remove_file(&oci)?;
+    let result = (|| -> Result<()> {
+        ensure!(
+            s.cri.image_present(&name)?,
+            "CRI ImageStatus does not see {name} (kubelet would try to pull it)"
+        );
+        let new = run_pod(s, &format!("{case}-restored"), &[])?;
+        let id = s.cri.create_container(
+            &new.id,
+            restore_config("counter", Path::new(&name)),
+            &new.config,
+        )?;
+        s.cri.start_container(&id)?;
+        let restored = count(s, &id)?;
+        ensure!(
+            restored >= before,
+            "restored count {restored} is below {before}: the process started over"
+        );
+        eventually("the restored counter counts on", || {
+            Ok(count(s, &id)? > restored)
+        })?;
+        let starts = s.cri.sh(&id, "cat /starts")?;
+        ensure!(
+            starts == "started\n",
+            "/starts after restore: {starts:?} (ran again?)"
+        );
+        s.cri.stop_container(&id, 2)?;
+        s.cri.remove_container(&id)?;
+        Ok(())
+    })();
+    let removed = s.cd.ctr_in(K8S_NAMESPACE, &["image", "rm", &name], None);
+    std::fs::remove_file(&archive)?;
+    result?;
+    removed?.ok().context("remove the checkpoint image")?;
     Ok(())
 }
