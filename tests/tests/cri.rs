@@ -1152,9 +1152,9 @@ fn stop_in_a_shared_pid_namespace_is_prompt(s: &Suite, case: &str) -> Result<()>
 }
 
 /// The counter script of the checkpoint cases: a count held only in the shell's memory,
-/// written to `/count` every 100 ms, and rootfs changes made once at start (`/marker`, a line
+/// written to `/count` and to stdout (`tick N`, the container's log) every 100 ms, and rootfs changes made once at start (`/marker`, a line
 /// in `/starts`: a second line would mean the script ran again instead of being restored).
-const COUNTER: &str = "echo started >> /starts; echo changed > /marker; i=0; while true; do i=$((i+1)); echo $i > /count; sleep 0.1; done";
+const COUNTER: &str = "echo started >> /starts; echo changed > /marker; i=0; while true; do i=$((i+1)); echo $i > /count; echo tick $i; sleep 0.1; done";
 
 /// The counter's current value in container `id`.
 fn count(s: &Suite, id: &str) -> Result<u64> {
@@ -1297,6 +1297,25 @@ fn restore_through_create_continues_the_process(s: &Suite, case: &str) -> Result
     );
     let marker = s.cri.sh(&id, "cat /marker")?;
     ensure!(marker == "changed\n", "/marker after restore: {marker:?}");
+    // The restored container's log continues the original's: the first ticks (written before
+    // the checkpoint, carried in the archive) and ticks the restored process wrote.
+    let log = Path::new(&new.config.log_directory).join("counter.log");
+    let later = count(s, &id)?;
+    eventually("the restored process's output reaches its log", || {
+        let text = std::fs::read_to_string(&log)?;
+        let ticks: Vec<u64> = text
+            .lines()
+            .filter_map(|l| l.rsplit_once(" tick ").and_then(|(_, n)| n.parse().ok()))
+            .collect();
+        Ok(ticks.first() == Some(&1) && ticks.iter().any(|&n| n >= later))
+    })
+    .with_context(|| {
+        format!(
+            "{}:\n{}",
+            log.display(),
+            std::fs::read_to_string(&log).unwrap_or_else(|e| e.to_string())
+        )
+    })?;
     eprintln!(
         "restore through create to running: {:.2}s",
         took.as_secs_f64()
