@@ -75,6 +75,10 @@ const CASES: &[(&str, Case)] = &[
         "restore_from_a_checkpoint_image",
         restore_from_a_checkpoint_image,
     ),
+    (
+        "restore_brings_back_a_private_tmpfs_volume",
+        restore_brings_back_a_private_tmpfs_volume,
+    ),
 ];
 
 /// Cases of CRI calls containerd 1.6 does not have (CheckpointContainer, restore through
@@ -84,6 +88,7 @@ const NEEDS_V2: &[&str] = &[
     "restore_through_create_continues_the_process",
     "restore_of_a_corrupt_archive_fails_cleanly",
     "restore_from_a_checkpoint_image",
+    "restore_brings_back_a_private_tmpfs_volume",
 ];
 const NEEDS_V2_WHY: &str = "containerd 1.6's CRI has no CheckpointContainer (Unimplemented) \
      nor restore through CreateContainer: run with CRYO_TEST_CONTAINERD=2.2";
@@ -1152,9 +1157,9 @@ fn stop_in_a_shared_pid_namespace_is_prompt(s: &Suite, case: &str) -> Result<()>
 }
 
 /// The counter script of the checkpoint cases: a count held only in the shell's memory,
-/// written to `/count` and to stdout (`tick N`, the container's log) every 100 ms, and rootfs changes made once at start (`/marker`, a line
+/// written to `/count` (replaced whole, never read half-written) and to stdout (`tick N`, the container's log) every 100 ms, and rootfs changes made once at start (`/marker`, a line
 /// in `/starts`: a second line would mean the script ran again instead of being restored).
-const COUNTER: &str = "echo started >> /starts; echo changed > /marker; i=0; while true; do i=$((i+1)); echo $i > /count; echo tick $i; sleep 0.1; done";
+const COUNTER: &str = "echo started >> /starts; echo changed > /marker; i=0; while true; do i=$((i+1)); echo $i > /count.new; mv /count.new /count; echo tick $i; sleep 0.1; done";
 
 /// The counter's current value in container `id`.
 fn count(s: &Suite, id: &str) -> Result<u64> {
@@ -1466,5 +1471,50 @@ fn restore_from_a_checkpoint_image(s: &Suite, case: &str) -> Result<()> {
     std::fs::remove_file(&archive)?;
     result?;
     removed?.ok().context("remove the checkpoint image")?;
+    Ok(())
+}
+
+/// A container with a private tmpfs emptyDir (`type=tmpfs`: memory no other container or the
+/// host sees, so no other place keeps it) checkpointed through CRI and restored in a new pod
+/// with the same volume hint: the volume's content is back, the process continues.
+fn restore_brings_back_a_private_tmpfs_volume(s: &Suite, case: &str) -> Result<()> {
+    const HINT: (&str, &str) = ("dev.cryo.spec.mount.tmp.type", "tmpfs");
+    let uid = uid(case);
+    let dir = cri::empty_dir(&s.kubelet, &uid, "tmp")?;
+    let pod = run_pod_with_uid(s, case, &uid, &[HINT])?;
+    let script = format!("echo in-the-volume > /v/tmp/file; {COUNTER}");
+    let app = start(s, &pod, "counter", &script, &[("/v/tmp", &dir)])?;
+    eventually("the counter counts", || Ok(count(s, &app)? >= 3))?;
+    ensure!(
+        !dir.join("file").exists(),
+        "the tmpfs volume's file is in the host's emptyDir: not a private tmpfs"
+    );
+    let before = count(s, &app)?;
+    let archive = s.kubelet.join("checkpoints").join(format!("{case}.tar"));
+    std::fs::create_dir_all(archive.parent().context("no parent")?)?;
+    s.cri.checkpoint_container(&app, &archive, 60)?;
+    s.cri.remove_pod_fully(&pod.id)?;
+    let uid2 = format!("{uid}-restored");
+    cri::empty_dir(&s.kubelet, &uid2, "tmp")?;
+    let new = run_pod_with_uid(s, &format!("{case}-restored"), &uid2, &[HINT])?;
+    let id = s
+        .cri
+        .create_container(&new.id, restore_config("counter", &archive), &new.config)?;
+    s.cri.start_container(&id)?;
+    let restored = count(s, &id)?;
+    ensure!(restored >= before, "restored count {restored} < {before}");
+    let file = s.cri.sh(&id, "cat /v/tmp/file")?;
+    ensure!(
+        file == "in-the-volume\n",
+        "the tmpfs volume after restore: {file:?}"
+    );
+    let (fstype, _) = mount_at(s.cri.container_pid(&id)?, "/v/tmp")?;
+    ensure!(
+        fstype == "tmpfs",
+        "/v/tmp after restore is {fstype}, not tmpfs"
+    );
+    s.cri.stop_container(&id, 2)?;
+    s.cri.remove_container(&id)?;
+    std::fs::remove_file(&archive)?;
     Ok(())
 }
