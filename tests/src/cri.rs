@@ -256,6 +256,22 @@ impl Cri {
             .sum())
     }
 
+    /// `CheckpointContainer` as kubelet calls it: the archive goes to `location` (a tar path);
+    /// `timeout` in seconds (0: containerd's default).
+    pub fn checkpoint_container(&self, id: &str, location: &Path, timeout: i64) -> Result<()> {
+        self.call(
+            "CheckpointContainer",
+            self.runtime
+                .clone()
+                .checkpoint_container(CheckpointContainerRequest {
+                    container_id: id.to_string(),
+                    location: location.display().to_string(),
+                    timeout,
+                }),
+        )
+        .map(|_| ())
+    }
+
     pub fn stop_container(&self, id: &str, timeout: i64) -> Result<()> {
         self.call(
             "StopContainer",
@@ -301,6 +317,20 @@ impl Cri {
                 }),
         )
         .map(|_| ())
+    }
+
+    /// The ids of the containers of `pod`.
+    pub fn list_containers(&self, pod: &str) -> Result<Vec<String>> {
+        let r = self.call(
+            "ListContainers",
+            self.runtime.clone().list_containers(ListContainersRequest {
+                filter: Some(ContainerFilter {
+                    pod_sandbox_id: pod.to_string(),
+                    ..Default::default()
+                }),
+            }),
+        )?;
+        Ok(r.containers.into_iter().map(|c| c.id).collect())
     }
 
     /// Every pod sandbox id containerd's CRI knows.

@@ -115,6 +115,65 @@ pub fn oci_tar(
     Ok(())
 }
 
+/// containerd's (and CRI-O's) mark of a checkpoint image: the checkpointed container's name.
+pub const CHECKPOINT_ANNOTATION: &str = "org.criu.checkpoint.container.name";
+
+/// Write an OCI image tar named `name` whose one layer is the CheckpointContainer archive
+/// `archive` as it is (what `buildah add` of the archive makes), marked with
+/// [`CHECKPOINT_ANNOTATION`] = `container` in the manifest's annotations and the config's
+/// labels, to `out`.
+pub fn checkpoint_oci_tar(archive: &Path, container: &str, name: &str, out: &Path) -> Result<()> {
+    let work = out.with_extension("d");
+    let blobs = work.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs)?;
+    let (layer_digest, layer_size) = store(&blobs, &std::fs::read(archive)?)?;
+    let config = json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {"Labels": {CHECKPOINT_ANNOTATION: container}},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]},
+    });
+    let (config_digest, config_size) = store(&blobs, &serde_json::to_vec(&config)?)?;
+    let manifest = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": format!("sha256:{config_digest}"),
+            "size": config_size,
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar",
+            "digest": format!("sha256:{layer_digest}"),
+            "size": layer_size,
+        }],
+        "annotations": {CHECKPOINT_ANNOTATION: container},
+    });
+    let (manifest_digest, manifest_size) = store(&blobs, &serde_json::to_vec(&manifest)?)?;
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{manifest_digest}"),
+            "size": manifest_size,
+            "annotations": {"io.containerd.image.name": name},
+        }],
+    });
+    std::fs::write(work.join("index.json"), serde_json::to_vec(&index)?)?;
+    std::fs::write(
+        work.join("oci-layout"),
+        br#"{"imageLayoutVersion":"1.0.0"}"#,
+    )?;
+    sh(Command::new("tar")
+        .arg("-C")
+        .arg(&work)
+        .arg("-cf")
+        .arg(out)
+        .args(["oci-layout", "index.json", "blobs"]))?;
+    std::fs::remove_dir_all(&work)?;
+    Ok(())
+}
+
 /// Build the busybox and pause image tars under `dir`; returns (rootfs, busybox tar, pause tar).
 pub fn build_all(dir: &Path) -> Result<(PathBuf, PathBuf, PathBuf)> {
     let rootfs = dir.join("busybox-rootfs");

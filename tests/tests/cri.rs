@@ -13,9 +13,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use harness::cri::{self, Cri, K8S_NAMESPACE};
+use harness::release::Release;
 use harness::suite::{conclude, Lazy};
 use harness::Containerd;
-use libtest_mimic::{Arguments, Failed, Trial};
+use libtest_mimic::{Arguments, Completion, Failed, Trial};
 
 struct Suite {
     cd: Containerd,
@@ -66,7 +67,39 @@ const CASES: &[(&str, Case)] = &[
         "fscheckpoint_stops_the_pod_by_default",
         fscheckpoint_stops_the_pod_by_default,
     ),
+    (
+        "checkpoint_container_writes_the_archive",
+        checkpoint_container_writes_the_archive,
+    ),
+    (
+        "restore_through_create_continues_the_process",
+        restore_through_create_continues_the_process,
+    ),
+    (
+        "restore_of_a_corrupt_archive_fails_cleanly",
+        restore_of_a_corrupt_archive_fails_cleanly,
+    ),
+    (
+        "restore_from_a_checkpoint_image",
+        restore_from_a_checkpoint_image,
+    ),
+    (
+        "restore_brings_back_a_private_tmpfs_volume",
+        restore_brings_back_a_private_tmpfs_volume,
+    ),
 ];
+
+/// Cases of CRI calls containerd 1.6 does not have (CheckpointContainer, restore through
+/// CreateContainer): on 1.6 they are reported ignored with [`NEEDS_V2_WHY`], never passed.
+const NEEDS_V2: &[&str] = &[
+    "checkpoint_container_writes_the_archive",
+    "restore_through_create_continues_the_process",
+    "restore_of_a_corrupt_archive_fails_cleanly",
+    "restore_from_a_checkpoint_image",
+    "restore_brings_back_a_private_tmpfs_volume",
+];
+const NEEDS_V2_WHY: &str = "containerd 1.6's CRI has no CheckpointContainer (Unimplemented) \
+     nor restore through CreateContainer: run with CRYO_TEST_CONTAINERD=2.2";
 
 fn main() {
     let mut args = Arguments::from_args();
@@ -78,6 +111,12 @@ fn main() {
         let lazy = lazy.clone();
         let case = *case;
         let short = name.replace('_', "-");
+        if NEEDS_V2.contains(name) && !Release::selected().is_ok_and(Release::is_v2) {
+            trials.push(Trial::ignorable_test(format!("cri::{name}"), || {
+                Ok(Completion::ignored_with(NEEDS_V2_WHY))
+            }));
+            continue;
+        }
         trials.push(Trial::test(format!("cri::{name}"), move || {
             let suite = lazy.get(setup)?;
             let result = case(suite, &short);
@@ -1324,5 +1363,368 @@ fn fscheckpoint_stops_the_pod_by_default(s: &Suite, case: &str) -> Result<()> {
             Ok(st.state == 2)
         })?;
     }
+    Ok(())
+}
+
+/// The counter script of the checkpoint cases: a count held only in the shell's memory,
+/// written to `/count` (replaced whole, never read half-written) and to stdout (`tick N`, the container's log) every 100 ms, and rootfs changes made once at start (`/marker`, a line
+/// in `/starts`: a second line would mean the script ran again instead of being restored).
+const COUNTER: &str = "echo started >> /starts; echo changed > /marker; i=0; while true; do i=$((i+1)); echo $i > /count.new; mv /count.new /count; echo tick $i; sleep 0.1; done";
+
+/// The counter's current value in container `id`.
+fn count(s: &Suite, id: &str) -> Result<u64> {
+    let out = s.cri.sh(id, "cat /count")?;
+    out.trim()
+        .parse()
+        .with_context(|| format!("/count holds {out:?}"))
+}
+
+/// The entries of tar archive `tar`.
+fn tar_entries(tar: &Path) -> Result<Vec<String>> {
+    let out = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(tar)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "tar -tf {}: {}",
+        tar.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| l.trim_start_matches("./").to_string())
+        .collect())
+}
+
+/// A pod running the counter, checkpointed through CRI as kubelet does: the pod, the
+/// container, the archive's path and a count read before the checkpoint (at most the
+/// checkpointed one).
+fn checkpointed_counter(s: &Suite, case: &str) -> Result<(Pod, String, PathBuf, u64)> {
+    let pod = run_pod(s, case, &[])?;
+    let app = start(s, &pod, "counter", COUNTER, &[])?;
+    eventually("the counter counts", || Ok(count(s, &app)? >= 3))?;
+    let before = count(s, &app)?;
+    let dir = s.kubelet.join("checkpoints");
+    std::fs::create_dir_all(&dir)?;
+    let archive = dir.join(format!("checkpoint-{case}-counter.tar"));
+    s.cri.checkpoint_container(&app, &archive, 60)?;
+    Ok((pod, app, archive, before))
+}
+
+/// CRI CheckpointContainer (containerd 2.x; kubelet's checkpoint API) of a running cryo
+/// container: the archive holds cryo's checkpoint (CRIU's images and `cryo-checkpoint.json`)
+/// flat under `checkpoint/`, with containerd's own entries, and the container keeps running.
+fn checkpoint_container_writes_the_archive(s: &Suite, case: &str) -> Result<()> {
+    let (_pod, app, archive, at) = checkpointed_counter(s, case)?;
+    let entries = tar_entries(&archive)?;
+    for want in [
+        "checkpoint/cryo-checkpoint.json",
+        "checkpoint/inventory.img",
+        "rootfs-diff.tar",
+        "spec.dump",
+        "config.dump",
+        "status.dump",
+    ] {
+        ensure!(
+            entries.iter().any(|e| e == want),
+            "{want} is not in the archive {}: {entries:?}",
+            archive.display()
+        );
+    }
+    ensure!(
+        entries.iter().any(|e| e.starts_with("checkpoint/pages-")),
+        "no CRIU page images under checkpoint/: {entries:?}"
+    );
+    let nested: Vec<&String> = entries
+        .iter()
+        .filter_map(|e| e.strip_prefix("checkpoint/").map(|rest| (e, rest)))
+        .filter(|(_, rest)| rest.trim_end_matches('/').contains('/'))
+        .map(|(e, _)| e)
+        .collect();
+    ensure!(
+        nested.is_empty(),
+        "nested entries under checkpoint/: {nested:?}"
+    );
+    // Still running, still counting.
+    let status = s.cri.container_status(&app)?.status.context("no status")?;
+    ensure!(
+        status.state == 1,
+        "state {} after checkpoint (want RUNNING=1)",
+        status.state
+    );
+    eventually("the counter counts on after the checkpoint", || {
+        Ok(count(s, &app)? > at)
+    })?;
+    std::fs::remove_file(&archive)?;
+    Ok(())
+}
+
+/// A container config restoring the CheckpointContainer archive `archive` (its path as the
+/// image, as kubelet passes a restore Pod's `image:`).
+fn restore_config(name: &str, archive: &Path) -> k8s_cri::v1::ContainerConfig {
+    k8s_cri::v1::ContainerConfig {
+        metadata: Some(k8s_cri::v1::ContainerMetadata {
+            name: name.to_string(),
+            attempt: 0,
+        }),
+        image: Some(k8s_cri::v1::ImageSpec {
+            image: archive.display().to_string(),
+            ..Default::default()
+        }),
+        log_path: format!("{name}.log"),
+        ..Default::default()
+    }
+}
+
+/// Restore through CreateContainer (containerd 2.x `enable_experimental_restore_via_create`)
+/// in a new pod, the original pod gone: the process continues from its checkpointed count
+/// (it is not run again), the rootfs changes are back, exec, stop and remove work.
+fn restore_through_create_continues_the_process(s: &Suite, case: &str) -> Result<()> {
+    let (pod, _app, archive, before) = checkpointed_counter(s, case)?;
+    s.cri.remove_pod_fully(&pod.id)?;
+    let new = run_pod(s, &format!("{case}-restored"), &[])?;
+    let started = Instant::now();
+    let id = s
+        .cri
+        .create_container(&new.id, restore_config("counter", &archive), &new.config)?;
+    s.cri.start_container(&id)?;
+    let took = started.elapsed();
+    let status = s.cri.container_status(&id)?.status.context("no status")?;
+    ensure!(
+        status.state == 1,
+        "restored state {} (want RUNNING=1)",
+        status.state
+    );
+    let restored = count(s, &id)?;
+    ensure!(
+        restored >= before,
+        "restored count {restored} is below {before}, read before the checkpoint: the process \
+         started over"
+    );
+    eventually("the restored counter counts on", || {
+        Ok(count(s, &id)? > restored)
+    })?;
+    let starts = s.cri.sh(&id, "cat /starts")?;
+    ensure!(
+        starts == "started\n",
+        "/starts after restore: {starts:?} (ran again?)"
+    );
+    let marker = s.cri.sh(&id, "cat /marker")?;
+    ensure!(marker == "changed\n", "/marker after restore: {marker:?}");
+    // The restored container's log continues the original's: the first ticks (written before
+    // the checkpoint, carried in the archive) and ticks the restored process wrote.
+    let log = Path::new(&new.config.log_directory).join("counter.log");
+    let later = count(s, &id)?;
+    eventually("the restored process's output reaches its log", || {
+        let text = std::fs::read_to_string(&log)?;
+        let ticks: Vec<u64> = text
+            .lines()
+            .filter_map(|l| l.rsplit_once(" tick ").and_then(|(_, n)| n.parse().ok()))
+            .collect();
+        Ok(ticks.first() == Some(&1) && ticks.iter().any(|&n| n >= later))
+    })
+    .with_context(|| {
+        format!(
+            "{}:\n{}",
+            log.display(),
+            std::fs::read_to_string(&log).unwrap_or_else(|e| e.to_string())
+        )
+    })?;
+    eprintln!(
+        "restore through create to running: {:.2}s",
+        took.as_secs_f64()
+    );
+    s.cri.stop_container(&id, 2)?;
+    let status = s.cri.container_status(&id)?.status.context("no status")?;
+    ensure!(
+        status.state == 2,
+        "state {} after stop (want EXITED=2)",
+        status.state
+    );
+    s.cri.remove_container(&id)?;
+    std::fs::remove_file(&archive)?;
+    Ok(())
+}
+
+/// A copy of the archive `archive` with `edit` applied to its unpacked tree, at `to`.
+fn doctored_archive(archive: &Path, to: &Path, edit: impl Fn(&Path) -> Result<()>) -> Result<()> {
+    let dir = tempfile::tempdir_in(archive.parent().context("archive has no parent")?)?;
+    let run = |cmd: &mut std::process::Command| -> Result<()> {
+        let out = cmd.output()?;
+        ensure!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    run(std::process::Command::new("tar")
+        .arg("-xf")
+        .arg(archive)
+        .arg("-C")
+        .arg(dir.path()))?;
+    edit(dir.path())?;
+    run(std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(to)
+        .arg("-C")
+        .arg(dir.path())
+        .arg("."))?;
+    Ok(())
+}
+
+/// Restore through CreateContainer of archives whose checkpoint is corrupt (CRIU's inventory
+/// is garbage; cryo's manifest is not JSON): CreateContainer or StartContainer fails naming
+/// the cause, nothing of the new container runs or stays mounted (the suite's leftover check
+/// follows), and RemoveContainer removes it.
+fn restore_of_a_corrupt_archive_fails_cleanly(s: &Suite, case: &str) -> Result<()> {
+    let (pod, _app, archive, _) = checkpointed_counter(s, case)?;
+    s.cri.remove_pod_fully(&pod.id)?;
+    let garbage = |name: &'static str| {
+        move |dir: &Path| -> Result<()> {
+            let file = dir.join("checkpoint").join(name);
+            ensure!(file.is_file(), "{} is not in the archive", file.display());
+            std::fs::write(file, b"this is not what it should be")?;
+            Ok(())
+        }
+    };
+    for (name, cause) in [
+        ("inventory.img", "inventory.img"),
+        ("cryo-checkpoint.json", "cryo-checkpoint.json"),
+    ] {
+        let bad = archive.with_file_name(format!("corrupt-{name}.tar"));
+        doctored_archive(&archive, &bad, garbage(name))?;
+        let new = run_pod(s, &format!("{case}-{}", &name[..4]), &[])?;
+        let result = s
+            .cri
+            .create_container(&new.id, restore_config("counter", &bad), &new.config)
+            .and_then(|id| s.cri.start_container(&id));
+        let err = match result {
+            Ok(()) => bail!("the archive with a corrupt {name} was restored"),
+            Err(e) => format!("{e:#}"),
+        };
+        eprintln!("restore of a corrupt {name}: {err}");
+        ensure!(
+            err.contains(cause),
+            "the error for a corrupt {name} does not name it: {err}"
+        );
+        // Nothing of the new container runs; the pod's only process is its pause.
+        let left = std::fs::read_dir("/proc")?
+            .flatten()
+            .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+            .filter(|c| c.starts_with(b"sh\x00-c\x00echo started"))
+            .count();
+        ensure!(
+            left == 0,
+            "{left} counter process(es) running after the failed restore"
+        );
+        // RemoveContainer of what CreateContainer made, then the pod.
+        let status = s.cri.list_containers(&new.id)?;
+        for id in status {
+            s.cri.remove_container(&id)?;
+        }
+        s.cri.remove_pod_fully(&new.id)?;
+        std::fs::remove_file(&bad)?;
+    }
+    std::fs::remove_file(&archive)?;
+    Ok(())
+}
+
+/// Restore through CreateContainer from a local checkpoint image (the archive as its layer,
+/// marked `org.criu.checkpoint.container.name`), what a Pod's `image:` can name since
+/// kubelet sees it in ImageStatus: the process continues from its checkpointed count.
+fn restore_from_a_checkpoint_image(s: &Suite, case: &str) -> Result<()> {
+    let (pod, _app, archive, before) = checkpointed_counter(s, case)?;
+    s.cri.remove_pod_fully(&pod.id)?;
+    let name = format!("localhost/cryo-test/checkpoint-{case}:latest");
+    let oci = archive.with_file_name(format!("{case}-image.tar"));
+    harness::image::checkpoint_oci_tar(&archive, "counter", &name, &oci)?;
+    s.cd.ctr_in(
+        K8S_NAMESPACE,
+        &["image", "import", &oci.display().to_string()],
+        None,
+    )?
+    .ok()
+    .context("import the checkpoint image")?;
+    std::fs::remove_file(&oci)?;
+    let result = (|| -> Result<()> {
+        ensure!(
+            s.cri.image_present(&name)?,
+            "CRI ImageStatus does not see {name} (kubelet would try to pull it)"
+        );
+        let new = run_pod(s, &format!("{case}-restored"), &[])?;
+        let id = s.cri.create_container(
+            &new.id,
+            restore_config("counter", Path::new(&name)),
+            &new.config,
+        )?;
+        s.cri.start_container(&id)?;
+        let restored = count(s, &id)?;
+        ensure!(
+            restored >= before,
+            "restored count {restored} is below {before}: the process started over"
+        );
+        eventually("the restored counter counts on", || {
+            Ok(count(s, &id)? > restored)
+        })?;
+        let starts = s.cri.sh(&id, "cat /starts")?;
+        ensure!(
+            starts == "started\n",
+            "/starts after restore: {starts:?} (ran again?)"
+        );
+        s.cri.stop_container(&id, 2)?;
+        s.cri.remove_container(&id)?;
+        Ok(())
+    })();
+    let removed = s.cd.ctr_in(K8S_NAMESPACE, &["image", "rm", &name], None);
+    std::fs::remove_file(&archive)?;
+    result?;
+    removed?.ok().context("remove the checkpoint image")?;
+    Ok(())
+}
+
+/// A container with a private tmpfs emptyDir (`type=tmpfs`: memory no other container or the
+/// host sees, so no other place keeps it) checkpointed through CRI and restored in a new pod
+/// with the same volume hint: the volume's content is back, the process continues.
+fn restore_brings_back_a_private_tmpfs_volume(s: &Suite, case: &str) -> Result<()> {
+    const HINT: (&str, &str) = ("dev.cryo.spec.mount.tmp.type", "tmpfs");
+    let uid = uid(case);
+    let dir = cri::empty_dir(&s.kubelet, &uid, "tmp")?;
+    let pod = run_pod_with_uid(s, case, &uid, &[HINT])?;
+    let script = format!("echo in-the-volume > /v/tmp/file; {COUNTER}");
+    let app = start(s, &pod, "counter", &script, &[("/v/tmp", &dir)])?;
+    eventually("the counter counts", || Ok(count(s, &app)? >= 3))?;
+    ensure!(
+        !dir.join("file").exists(),
+        "the tmpfs volume's file is in the host's emptyDir: not a private tmpfs"
+    );
+    let before = count(s, &app)?;
+    let archive = s.kubelet.join("checkpoints").join(format!("{case}.tar"));
+    std::fs::create_dir_all(archive.parent().context("no parent")?)?;
+    s.cri.checkpoint_container(&app, &archive, 60)?;
+    s.cri.remove_pod_fully(&pod.id)?;
+    let uid2 = format!("{uid}-restored");
+    cri::empty_dir(&s.kubelet, &uid2, "tmp")?;
+    let new = run_pod_with_uid(s, &format!("{case}-restored"), &uid2, &[HINT])?;
+    let id = s
+        .cri
+        .create_container(&new.id, restore_config("counter", &archive), &new.config)?;
+    s.cri.start_container(&id)?;
+    let restored = count(s, &id)?;
+    ensure!(restored >= before, "restored count {restored} < {before}");
+    let file = s.cri.sh(&id, "cat /v/tmp/file")?;
+    ensure!(
+        file == "in-the-volume\n",
+        "the tmpfs volume after restore: {file:?}"
+    );
+    let (fstype, _) = mount_at(s.cri.container_pid(&id)?, "/v/tmp")?;
+    ensure!(
+        fstype == "tmpfs",
+        "/v/tmp after restore is {fstype}, not tmpfs"
+    );
+    s.cri.stop_container(&id, 2)?;
+    s.cri.remove_container(&id)?;
+    std::fs::remove_file(&archive)?;
     Ok(())
 }

@@ -108,6 +108,7 @@ pub fn for_restore(
 ) -> Result<RestoreExternals> {
     let binds = bind_mounts(spec);
     let host = mountinfo_self()?;
+    let own = crate::init::own_cgroups()?;
     let mut out = RestoreExternals {
         mounts: Vec::new(),
         namespaces: Vec::new(),
@@ -137,7 +138,7 @@ pub fn for_restore(
                 destination,
                 hierarchy,
             } => {
-                let dir = cgroup_dir(&host, hierarchy, cgroup_path)?;
+                let dir = cgroup_dir(&host, hierarchy, cgroup_path, &own, Path::is_dir)?;
                 out.mounts
                     .push((destination.clone(), dir.display().to_string()));
             }
@@ -186,8 +187,18 @@ pub(crate) fn ext_mnt(key: &str, val: &str) -> rust_criu::rust_criu_protobuf::rp
 }
 
 /// Host directory of `cgroup_path` in the hierarchy named `hierarchy` (empty: the single
-/// hierarchy of a cgroup v2 host).
-fn cgroup_dir(host: &[MountInfo], hierarchy: &str, cgroup_path: &str) -> Result<PathBuf> {
+/// hierarchy of a cgroup v2 host). Where that directory does not exist (`exists`), the
+/// hierarchy is one cryo does not manage (a hybrid host's `unified` cgroup2 beside the v1
+/// controllers): the new container's processes stay in this process's own cgroup there (`own`,
+/// as in /proc/self/cgroup), and their cgroup view is that directory, as the init's cgroup
+/// mount binds it (init::rootfs).
+fn cgroup_dir(
+    host: &[MountInfo],
+    hierarchy: &str,
+    cgroup_path: &str,
+    own: &[(String, String)],
+    exists: impl Fn(&Path) -> bool,
+) -> Result<PathBuf> {
     let mount_point = if hierarchy.is_empty() {
         PathBuf::from(CGROUP_ROOT)
     } else {
@@ -202,11 +213,26 @@ fn cgroup_dir(host: &[MountInfo], hierarchy: &str, cgroup_path: &str) -> Result<
                 mount_point.display()
             ),
         })?;
-    let rel = cgroup_path
-        .strip_prefix(h.root.as_str())
-        .unwrap_or(cgroup_path)
-        .trim_start_matches('/');
-    Ok(h.mount_point.join(rel))
+    let under = |path: &str| {
+        let rel = path
+            .strip_prefix(h.root.as_str())
+            .unwrap_or(path)
+            .trim_start_matches('/');
+        h.mount_point.join(rel)
+    };
+    let dir = under(cgroup_path);
+    if exists(&dir) {
+        return Ok(dir);
+    }
+    let path = crate::init::own_path(own, h).ok_or_else(|| Error::Cgroup {
+        path: cgroup_path.to_string(),
+        reason: format!(
+            "{} does not exist and this process has no cgroup in {}",
+            dir.display(),
+            h.mount_point.display()
+        ),
+    })?;
+    Ok(under(&path))
 }
 
 fn hierarchies(host: &[MountInfo]) -> impl Iterator<Item = &MountInfo> {
@@ -336,16 +362,37 @@ mod tests {
             ),
             mount("/", "/sys/fs/cgroup/unified", "cgroup2", "rw"),
         ];
+        let own = [
+            ("memory".to_string(), "/ns/c2".to_string()),
+            ("cpu,cpuacct".to_string(), "/ns/c2".to_string()),
+            (
+                String::new(),
+                "/system.slice/containerd.service".to_string(),
+            ),
+        ];
+        let all = |_: &Path| true;
         assert_eq!(
-            cgroup_dir(&host, "cpu,cpuacct", "/ns/c2").unwrap(),
+            cgroup_dir(&host, "cpu,cpuacct", "/ns/c2", &own, all).unwrap(),
             Path::new("/sys/fs/cgroup/cpu,cpuacct/ns/c2")
         );
         assert_eq!(
-            cgroup_dir(&host, "unified", "/ns/c2").unwrap(),
+            cgroup_dir(&host, "unified", "/ns/c2", &own, all).unwrap(),
             Path::new("/sys/fs/cgroup/unified/ns/c2")
         );
+        // A hybrid host's cgroup2 where the new cgroup was not created (cryo manages the v1
+        // controllers only): the view is the shim's own cgroup there, where the restored
+        // processes stay, as a created container's cgroup mount binds it.
+        let v1_only = |p: &Path| !p.starts_with("/sys/fs/cgroup/unified");
+        assert_eq!(
+            cgroup_dir(&host, "unified", "/ns/c2", &own, v1_only).unwrap(),
+            Path::new("/sys/fs/cgroup/unified/system.slice/containerd.service")
+        );
+        let err = cgroup_dir(&host, "unified", "/ns/c2", &own[..2], v1_only)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/sys/fs/cgroup/unified/ns/c2"), "{err}");
         // A hierarchy name from a hostile manifest only ever names a mounted hierarchy.
-        assert!(cgroup_dir(&host, "../../etc", "/ns/c2").is_err());
-        assert!(cgroup_dir(&host, "pids", "/ns/c2").is_err());
+        assert!(cgroup_dir(&host, "../../etc", "/ns/c2", &own, all).is_err());
+        assert!(cgroup_dir(&host, "pids", "/ns/c2", &own, all).is_err());
     }
 }

@@ -18,6 +18,8 @@ pub(crate) mod namespaces;
 mod process;
 pub mod protocol;
 mod rootfs;
+
+pub(crate) use rootfs::{own_cgroups, own_path};
 pub(crate) mod seccomp;
 
 use std::os::fd::AsFd;

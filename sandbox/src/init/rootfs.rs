@@ -233,7 +233,7 @@ fn mount_cgroup(dest: &Path, opts: &MountOptions) -> Result<()> {
 }
 
 /// This process's cgroups: (controllers, path) per line of /proc/self/cgroup.
-fn own_cgroups() -> Result<Vec<(String, String)>> {
+pub(crate) fn own_cgroups() -> Result<Vec<(String, String)>> {
     let text = std::fs::read_to_string("/proc/self/cgroup")
         .map_err(|e| Error::io("read /proc/self/cgroup", e))?;
     Ok(text
@@ -247,7 +247,7 @@ fn own_cgroups() -> Result<Vec<(String, String)>> {
 }
 
 /// The path of this process's cgroup in hierarchy `h`.
-fn own_path(own: &[(String, String)], h: &crate::mount::MountInfo) -> Option<String> {
+pub(crate) fn own_path(own: &[(String, String)], h: &crate::mount::MountInfo) -> Option<String> {
     if h.fstype == "cgroup2" {
         return own
             .iter()
