@@ -14,6 +14,7 @@
 //! `/proc/<pid>/exe` (nor its memory or descriptors) while it waits; the workload's own exec
 //! gives it the dumpable flag its binary deserves. Nothing here sets it back.
 
+mod in_root;
 pub(crate) mod namespaces;
 mod process;
 pub mod protocol;

@@ -14,6 +14,7 @@ use nix::sys::statvfs::{statvfs, FsFlags};
 use nix::unistd::{chown, fchdir, pivot_root, Gid, Uid};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, LinuxNamespaceType, Mount};
 
+use super::in_root::{fd_path, mount_id, InRoot};
 use super::namespaces;
 use super::protocol::InitConfig;
 use crate::error::{Error, Result};
@@ -53,9 +54,11 @@ pub fn prepare(config: &InitConfig) -> Result<Option<OwnedFd>> {
     )
     .map_err(|e| Error::sys(format!("bind rootfs {}", rootfs.display()), e))?;
 
+    // Every mount point and directory beneath the rootfs is made and mounted by descriptor.
+    let root = InRoot::open(rootfs)?;
     let mut dev_is_tmpfs = false;
     for m in spec.mounts().as_deref().unwrap_or_default() {
-        mount_one(config, m)?;
+        mount_one(config, &root, m)?;
         dev_is_tmpfs |= m.destination() == Path::new("/dev");
     }
     let spec_devices = linux.and_then(|l| l.devices().clone()).unwrap_or_default();
@@ -70,9 +73,7 @@ pub fn prepare(config: &InitConfig) -> Result<Option<OwnedFd>> {
         }
     }
     if let Some(p) = spec.process() {
-        let cwd = resolve_beneath(rootfs, p.cwd())?;
-        std::fs::create_dir_all(&cwd)
-            .map_err(|e| Error::io(format!("create cwd {}", p.cwd().display()), e))?;
+        root.mkdir_all(p.cwd())?;
     }
     pivot(rootfs)?;
     let console = if config.terminal {
@@ -115,25 +116,19 @@ pub fn prepare(config: &InitConfig) -> Result<Option<OwnedFd>> {
 }
 
 /// Mount one entry of the spec's `mounts` beneath the rootfs.
-fn mount_one(config: &InitConfig, m: &Mount) -> Result<()> {
-    let dest = resolve_beneath(&config.rootfs, m.destination())?;
+fn mount_one(config: &InitConfig, root: &InRoot, m: &Mount) -> Result<()> {
+    let dest = m.destination();
     let typ = m.typ().as_deref().unwrap_or("");
     let mut opts = MountOptions::parse(m.options().as_deref().unwrap_or_default());
     if typ == "bind" {
         opts.flags |= MsFlags::MS_BIND;
     }
     if typ == "cgroup" || typ == "cgroup2" {
-        return mount_cgroup(&dest, &opts);
+        return mount_cgroup(root, dest, &opts);
     }
-    let mkdir = |p: &Path| {
-        std::fs::create_dir_all(p).map_err(|e| Error::Mount {
-            target: m.destination().clone(),
-            reason: format!("create mount point: {e}"),
-        })
-    };
     if opts.is_bind() {
         let source = m.source().as_ref().ok_or_else(|| Error::Mount {
-            target: m.destination().clone(),
+            target: dest.clone(),
             reason: "bind mount without a source".into(),
         })?;
         let source = if source.is_relative() {
@@ -142,40 +137,101 @@ fn mount_one(config: &InitConfig, m: &Mount) -> Result<()> {
             source.clone()
         };
         let md = std::fs::metadata(&source).map_err(|e| Error::Mount {
-            target: m.destination().clone(),
+            target: dest.clone(),
             reason: format!("bind source {}: {e}", source.display()),
         })?;
-        if md.is_dir() {
-            mkdir(&dest)?;
+        let target = if md.is_dir() {
+            root.mkdir_all(dest)?
         } else {
-            mkdir(dest.parent().unwrap_or(&dest))?;
-            if !dest.exists() {
-                std::fs::File::create(&dest).map_err(|e| Error::Mount {
-                    target: m.destination().clone(),
-                    reason: format!("create mount point file: {e}"),
-                })?;
-            }
-        }
-        return mount_with(Some(&source), &dest, None, &opts);
+            root.touch(dest)?
+        };
+        return mount_on(root, dest, &target, Some(&source), None, &opts);
     }
-    mkdir(&dest)?;
+    let target = root.mkdir_all(dest)?;
     let source = m.source().clone().unwrap_or_else(|| PathBuf::from(typ));
-    match mount_with(Some(&source), &dest, Some(typ), &opts) {
+    match mount_on(root, dest, &target, Some(&source), Some(typ), &opts) {
         // Without a network namespace of its own the container may not mount sysfs: bind the
         // host's, readonly, as runc does.
         Err(_) if typ == "sysfs" => {
             let mut bind = opts.clone();
             bind.flags |= MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_RDONLY;
-            mount_with(Some(Path::new("/sys")), &dest, None, &bind)
+            mount_on(root, dest, &target, Some(Path::new("/sys")), None, &bind)
         }
         other => other,
     }
 }
 
+/// Mount onto the inode `target` holds (opened beneath the root), never onto a path a
+/// co-tenant could redirect. What must be applied to the new mount itself afterwards (a bind's
+/// flags, propagation) goes through a fresh descriptor of `dest`, which must now be on another
+/// mount than `target` was: the mount point was not swapped meanwhile.
+fn mount_on(
+    root: &InRoot,
+    dest: &Path,
+    target: &OwnedFd,
+    source: Option<&Path>,
+    fstype: Option<&str>,
+    opts: &MountOptions,
+) -> Result<()> {
+    let first = MountOptions {
+        flags: if opts.is_bind() {
+            opts.flags & (MsFlags::MS_BIND | MsFlags::MS_REC)
+        } else {
+            opts.flags
+        },
+        propagation: MsFlags::empty(),
+        data: opts.data.clone(),
+    };
+    mount_with(source, &fd_path(target), fstype, &first)?;
+    let remount = if opts.is_bind() {
+        opts.remount_flags()
+    } else {
+        MsFlags::empty()
+    };
+    if remount.is_empty() && opts.propagation.is_empty() {
+        return Ok(());
+    }
+    let mounted = new_mount_at(root, dest, target)?;
+    if !remount.is_empty() {
+        mount(
+            None::<&str>,
+            &fd_path(&mounted),
+            None::<&str>,
+            remount | MsFlags::MS_BIND | MsFlags::MS_REMOUNT,
+            None::<&str>,
+        )
+        .map_err(|e| Error::sys(format!("remount {} with its flags", dest.display()), e))?;
+    }
+    if !opts.propagation.is_empty() {
+        mount(
+            None::<&str>,
+            &fd_path(&mounted),
+            None::<&str>,
+            opts.propagation,
+            None::<&str>,
+        )
+        .map_err(|e| Error::sys(format!("propagation of {}", dest.display()), e))?;
+    }
+    Ok(())
+}
+
+/// `dest` opened afresh after a mount onto `target`: it must now be the root of another mount
+/// than the one `target` lies on (else the mount point was swapped meanwhile).
+fn new_mount_at(root: &InRoot, dest: &Path, target: &OwnedFd) -> Result<OwnedFd> {
+    let mounted = root.open_any(dest)?;
+    if mount_id(&mounted).is_none() || mount_id(&mounted) == mount_id(target) {
+        return Err(Error::Mount {
+            target: dest.to_path_buf(),
+            reason: "the mount point changed while it was being mounted".into(),
+        });
+    }
+    Ok(mounted)
+}
+
 /// A `cgroup` mount: the container sees its own cgroup as the root of each hierarchy
 /// (bind mounts of its cgroup directories, as runc does without a cgroup namespace).
-fn mount_cgroup(dest: &Path, opts: &MountOptions) -> Result<()> {
-    std::fs::create_dir_all(dest).map_err(|e| Error::io(format!("mkdir {}", dest.display()), e))?;
+fn mount_cgroup(root: &InRoot, dest: &Path, opts: &MountOptions) -> Result<()> {
+    let target = root.mkdir_all(dest)?;
     let own = own_cgroups()?;
     let mounts = mountinfo_self()?;
     let hierarchies: Vec<_> = mounts
@@ -193,14 +249,30 @@ fn mount_cgroup(dest: &Path, opts: &MountOptions) -> Result<()> {
         .find(|m| m.mount_point == Path::new("/sys/fs/cgroup"))
     {
         let path = own_path(&own, v2).unwrap_or_default();
-        return mount_with(Some(&host_dir(v2, &path)), dest, None, &bind_opts);
+        return mount_on(
+            root,
+            dest,
+            &target,
+            Some(&host_dir(v2, &path)),
+            None,
+            &bind_opts,
+        );
     }
     let tmpfs = MountOptions {
         flags: MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
         propagation: MsFlags::empty(),
         data: "mode=755".into(),
     };
-    mount_with(Some(Path::new("tmpfs")), dest, Some("tmpfs"), &tmpfs)?;
+    mount_on(
+        root,
+        dest,
+        &target,
+        Some(Path::new("tmpfs")),
+        Some("tmpfs"),
+        &tmpfs,
+    )?;
+    // The fresh tmpfs, by descriptor, for the links below.
+    let tmpfs_root = new_mount_at(root, dest, &target)?;
     for h in &hierarchies {
         let Some(name) = h.mount_point.file_name() else {
             continue;
@@ -208,21 +280,27 @@ fn mount_cgroup(dest: &Path, opts: &MountOptions) -> Result<()> {
         let Some(path) = own_path(&own, h) else {
             continue;
         };
-        let target = dest.join(name);
-        std::fs::create_dir_all(&target)
-            .map_err(|e| Error::io(format!("mkdir {}", target.display()), e))?;
-        mount_with(Some(&host_dir(h, &path)), &target, None, &bind_opts)?;
+        let sub = dest.join(name);
+        let target = root.mkdir_all(&sub)?;
+        mount_on(
+            root,
+            &sub,
+            &target,
+            Some(&host_dir(h, &path)),
+            None,
+            &bind_opts,
+        )?;
         let name = name.to_string_lossy();
         if name.contains(',') {
             for part in name.split(',') {
-                let _ = symlink(&*name, dest.join(part));
+                let _ = nix::unistd::symlinkat(&*name, &tmpfs_root, part);
             }
         }
     }
     if opts.flags.contains(MsFlags::MS_RDONLY) {
         mount(
             None::<&str>,
-            dest,
+            &fd_path(&tmpfs_root),
             None::<&str>,
             tmpfs.flags | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
             Some("mode=755"),
