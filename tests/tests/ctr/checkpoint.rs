@@ -257,9 +257,13 @@ fn checkpoint_restore_continues(s: &Suite, rt: Runtime, id: &str) -> Result<()> 
         ps.lines().skip(1).any(|l| !l.trim().is_empty()),
         "ctr task ps of the restored task lists nothing:\n{ps}"
     );
-    s.cd.ctr(&["task", "metrics", &restored])?
-        .ok()
-        .context("metrics of the restored task")?;
+    // containerd 2.2.7's runc shim answers no metrics for a restored task ("ctr: no metrics
+    // received", every run here); cryo's shim is held to them on both releases.
+    if !(rt == Runtime::Runc && s.cd.release.is_v2()) {
+        s.cd.ctr(&["task", "metrics", &restored])?
+            .ok()
+            .context("metrics of the restored task")?;
+    }
 
     let warning = kill_and_remove_task(s, &restored)?;
     ensure!(
