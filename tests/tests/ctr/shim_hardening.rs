@@ -170,7 +170,7 @@ fn shim_footprint(shim: i32) -> Result<(usize, usize)> {
 }
 
 /// Run `exec` 300 times in a running container (after a warm-up) and check the shim's
-/// descriptors and threads come back within ±2 of where they were.
+/// descriptors and threads come back within ±2 of where they were (runc's Go threads: +8).
 fn execs_leak_nothing(
     s: &Suite,
     rt: Runtime,
@@ -188,12 +188,16 @@ fn execs_leak_nothing(
     for i in 5..5 + EXECS {
         exec(i).with_context(|| format!("exec {i}"))?;
     }
+    // runc's shim is Go: its runtime keeps the OS threads it once needed for blocking calls
+    // (seen: 11 -> 14 under load), which is no leak; a leak grows with every exec (the finding:
+    // +32 threads over 300 execs). cryo's shim is held to ±2.
+    let thread_slack = if rt == Runtime::Runc { 8 } else { 2 };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         settle();
         let (fds_after, threads_after) = shim_footprint(shim)?;
-        let within = |before: usize, after: usize| before.abs_diff(after) <= 2;
-        if within(fds, fds_after) && within(threads, threads_after) {
+        let within = |before: usize, after: usize, slack: usize| before.abs_diff(after) <= slack;
+        if within(fds, fds_after, 2) && within(threads, threads_after, thread_slack) {
             return Ok(());
         }
         ensure!(
