@@ -1,10 +1,10 @@
 //! Create: validate the spec, mount the rootfs, create the cgroup, launch PID 1 (waiting for
 //! start) and write the state record. A create that fails half-way undoes what it did.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use oci_spec::runtime::{LinuxResources, Spec};
+use oci_spec::runtime::{LinuxPids, LinuxResources, Spec};
 
 use super::validate::validate;
 use super::{memory_limit_hit, Container};
@@ -31,36 +31,11 @@ impl Container {
             stdio,
         } = config;
         validate(&spec, matches!(stdio, Stdio::Terminal))?;
-        if !rootfs.is_dir() {
-            return Err(Error::Rootfs {
-                path: rootfs,
-                reason: "does not exist or is not a directory".into(),
-            });
-        }
-        let cgroup_path = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.cgroups_path().as_ref())
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_else(|| format!("/cryo/{id}"));
-        let mut resources = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.resources().clone())
-            .map(with_default_devices);
-        // The pids limit counts the init helper next to PID 1 during the launch: applied once
-        // the helper is done, so that pids.max=1 leaves room for exactly the workload.
-        let pids = resources.as_mut().and_then(|r| {
-            let pids = *r.pids();
-            r.set_pids(None);
-            pids
-        });
-
-        let mut undo = Undo::default();
-        mount::mount_rootfs(&rootfs, &rootfs_mounts)?;
-        undo.rootfs = Some((rootfs.clone(), rootfs_mounts.clone()));
-        let mut cgroup = Cgroup::create(&cgroup_path, resources.as_ref())?;
-        undo.cgroup = Some(Cgroup::open(&cgroup_path)?);
+        let Host {
+            mut undo,
+            mut cgroup,
+            pids,
+        } = Host::prepare(&id, &spec, &rootfs, &rootfs_mounts)?;
 
         let oom_before = cgroup.oom_kills();
         let launched = launch(
@@ -75,11 +50,7 @@ impl Container {
             &cgroup,
         );
         let mut launched = launched.map_err(|e| memory_limit_hit(&cgroup, &spec, oom_before, e))?;
-        if let Some(pids) = pids {
-            let mut only_pids = LinuxResources::default();
-            only_pids.set_pids(Some(pids));
-            cgroup.update(&only_pids)?;
-        }
+        apply_pids(&mut cgroup, pids)?;
         let pid = launched.pid;
         let state = State {
             id,
@@ -106,6 +77,67 @@ impl Container {
             init: Some(launched),
             restore: None,
         })
+    }
+}
+
+/// What a new container needs on the host before any process runs in it, for a create and a
+/// restore alike: the rootfs checked and mounted, the cgroup made from the spec's cgroupsPath
+/// (default `/cryo/<id>`) with its resources — but for the pids limit, held back because the
+/// init helper (or CRIU) counts in the cgroup next to the workload; [`apply_pids`] sets it
+/// once that is done — and the undo of both for a later failure.
+pub(super) struct Host {
+    pub undo: Undo,
+    pub cgroup: Cgroup,
+    pub pids: Option<LinuxPids>,
+}
+
+impl Host {
+    pub fn prepare(
+        id: &str,
+        spec: &Spec,
+        rootfs: &Path,
+        rootfs_mounts: &[RootfsMount],
+    ) -> Result<Host> {
+        if !rootfs.is_dir() {
+            return Err(Error::Rootfs {
+                path: rootfs.to_path_buf(),
+                reason: "does not exist or is not a directory".into(),
+            });
+        }
+        let cgroup_path = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.cgroups_path().as_ref())
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| format!("/cryo/{id}"));
+        let mut resources = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().clone())
+            .map(with_default_devices);
+        let pids = resources.as_mut().and_then(|r| {
+            let pids = *r.pids();
+            r.set_pids(None);
+            pids
+        });
+        let mut undo = Undo::default();
+        mount::mount_rootfs(rootfs, rootfs_mounts)?;
+        undo.rootfs = Some((rootfs.to_path_buf(), rootfs_mounts.to_vec()));
+        let cgroup = Cgroup::create(&cgroup_path, resources.as_ref())?;
+        undo.cgroup = Some(Cgroup::open(&cgroup_path)?);
+        Ok(Host { undo, cgroup, pids })
+    }
+}
+
+/// Set the pids limit [`Host::prepare`] held back.
+pub(super) fn apply_pids(cgroup: &mut Cgroup, pids: Option<LinuxPids>) -> Result<()> {
+    match pids {
+        Some(pids) => {
+            let mut only_pids = LinuxResources::default();
+            only_pids.set_pids(Some(pids));
+            cgroup.update(&only_pids)
+        }
+        None => Ok(()),
     }
 }
 

@@ -12,14 +12,13 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
-use oci_spec::runtime::{LinuxPids, LinuxResources};
+use oci_spec::runtime::LinuxPids;
 use rust_criu::rust_criu_protobuf::rpc;
 
 use super::checkpoint::with_log;
-use super::create::{namespace_records, Undo};
+use super::create::{apply_pids, namespace_records, Host};
 use super::validate::validate;
 use super::{start_time, Container};
-use crate::cgroup::{with_default_devices, Cgroup};
 use crate::config::{ContainerConfig, Stdio};
 use crate::criu::externals;
 use crate::criu::manifest::{External, Manifest};
@@ -74,36 +73,13 @@ impl Container {
                     .into(),
             ));
         }
-        if !rootfs.is_dir() {
-            return Err(Error::Rootfs {
-                path: rootfs,
-                reason: "does not exist or is not a directory".into(),
-            });
-        }
-        // The same cgroup rule as Container::create.
-        let cgroup_path = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.cgroups_path().as_ref())
-            .map(|p| p.to_string_lossy().into_owned())
-            .unwrap_or_else(|| format!("/cryo/{id}"));
-        let mut resources = spec
-            .linux()
-            .as_ref()
-            .and_then(|l| l.resources().clone())
-            .map(with_default_devices);
-        // As at create: CRIU itself counts against the pids limit while it restores.
-        let pids = resources.as_mut().and_then(|r| {
-            let pids = *r.pids();
-            r.set_pids(None);
-            pids
-        });
-
-        let mut undo = Undo::default();
-        mount::mount_rootfs(&rootfs, &rootfs_mounts)?;
-        undo.rootfs = Some((rootfs.clone(), rootfs_mounts.clone()));
-        let cgroup = Cgroup::create(&cgroup_path, resources.as_ref())?;
-        undo.cgroup = Some(Cgroup::open(&cgroup_path)?);
+        // The same host side as Container::create (CRIU, too, counts against the pids limit
+        // while it restores: the limit is applied once it is done).
+        let Host {
+            mut undo,
+            cgroup,
+            pids,
+        } = Host::prepare(&id, &spec, &rootfs, &rootfs_mounts)?;
         // Everything external to the images must be there now, not only at Start.
         externals::for_restore(&manifest.externals, &spec, &bundle, cgroup.path())?;
 
@@ -250,13 +226,9 @@ impl Container {
                 return Err(with_log(e, &log));
             }
         };
-        if let Some(pids) = pids {
-            let mut only_pids = LinuxResources::default();
-            only_pids.set_pids(Some(pids));
-            if let Err(e) = self.cgroup.update(&only_pids) {
-                self.cgroup.signal_all(Signal::SIGKILL);
-                return Err(e);
-            }
+        if let Err(e) = apply_pids(&mut self.cgroup, pids) {
+            self.cgroup.signal_all(Signal::SIGKILL);
+            return Err(e);
         }
         self.state.pid = pid;
         self.state.pid_start_time = start_time(pid).unwrap_or(0);
