@@ -95,6 +95,9 @@ async fn handle(
     let response = match tokio::time::timeout(READ_LIMIT, reader.read_line(&mut line)).await {
         Err(_) => Response::error("no request within 10s".into()),
         Ok(Err(e)) => Response::error(format!("read the request: {e}")),
+        // Connected and closed without a word: a probe whether the shim is alive (a shim's
+        // `delete` looks for stale sockets that way). Nobody waits for an answer.
+        Ok(Ok(0)) => return,
         Ok(Ok(_)) => match Request::parse(&line) {
             Err(e) => Response::error(e),
             Ok(req) => answer(req, &pod, &one_at_a_time).await,
