@@ -42,9 +42,16 @@ impl Container {
     /// namespace, or one that joined a pod's, keeps them): they are killed here, as runc's shim
     /// does, so that their stdio closes and the exit can be reported at once. Call it before
     /// waiting for the output to drain; idempotent.
+    ///
+    /// Whatever is left is also thawed: a frozen process never acts on the SIGKILL the kernel
+    /// (or this) sent it, and would hold the container's stdio open (a container left frozen by
+    /// a pause or a checkpoint's freeze).
     pub fn pid1_exited(&self) {
         if !creates_namespace(&self.spec, LinuxNamespaceType::Pid) {
             self.cgroup.signal_all(Signal::SIGKILL);
+        }
+        if let Err(e) = self.cgroup.thaw() {
+            log::warn!("container {}: thaw after PID 1's exit: {e}", self.state.id);
         }
     }
 
