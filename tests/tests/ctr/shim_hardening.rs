@@ -170,7 +170,7 @@ fn shim_footprint(shim: i32) -> Result<(usize, usize)> {
 }
 
 /// Run `exec` 300 times in a running container (after a warm-up) and check the shim's
-/// descriptors and threads come back within ±2 of where they were (runc's Go threads: +8).
+/// descriptors and threads grow by at most 2 from where they were (runc's Go threads: 8).
 fn execs_leak_nothing(
     s: &Suite,
     rt: Runtime,
@@ -196,7 +196,9 @@ fn execs_leak_nothing(
     loop {
         settle();
         let (fds_after, threads_after) = shim_footprint(shim)?;
-        let within = |before: usize, after: usize, slack: usize| before.abs_diff(after) <= slack;
+        // A leak is growth: fewer descriptors than after the warm-up (one of its copies
+        // finished closing) is none (seen for runc's shim: 37 -> 34).
+        let within = |before: usize, after: usize, slack: usize| after <= before + slack;
         if within(fds, fds_after, 2) && within(threads, threads_after, thread_slack) {
             return Ok(());
         }
