@@ -52,21 +52,7 @@ impl Container {
         let mut launched = launched.map_err(|e| memory_limit_hit(&cgroup, &spec, oom_before, e))?;
         apply_pids(&mut cgroup, pids)?;
         let pid = launched.pid;
-        let state = State {
-            id,
-            bundle,
-            rootfs,
-            rootfs_mounts,
-            pid,
-            pid_start_time: super::start_time(pid).unwrap_or(0),
-            cgroup_path: cgroup.path().to_string(),
-            namespaces: namespace_records(&spec),
-            status: Status::Created,
-            created_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        };
+        let state = Host::record(id, bundle, rootfs, rootfs_mounts, pid, &cgroup, &spec);
         state.save()?;
         undo.disarm();
         Ok(Container {
@@ -126,6 +112,40 @@ impl Host {
         let cgroup = Cgroup::create(&cgroup_path, resources.as_ref())?;
         undo.cgroup = Some(Cgroup::open(&cgroup_path)?);
         Ok(Host { undo, cgroup, pids })
+    }
+}
+
+impl Host {
+    /// The state record of a container just made on this host, with PID 1 `pid` (0 for a
+    /// restore, whose PID 1 exists only after Start).
+    pub fn record(
+        id: String,
+        bundle: PathBuf,
+        rootfs: PathBuf,
+        rootfs_mounts: Vec<RootfsMount>,
+        pid: i32,
+        cgroup: &Cgroup,
+        spec: &Spec,
+    ) -> State {
+        State {
+            id,
+            bundle,
+            rootfs,
+            rootfs_mounts,
+            pid,
+            pid_start_time: if pid > 0 {
+                super::start_time(pid).unwrap_or(0)
+            } else {
+                0
+            },
+            cgroup_path: cgroup.path().to_string(),
+            namespaces: namespace_records(spec),
+            status: Status::Created,
+            created_unix: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        }
     }
 }
 

@@ -9,14 +9,13 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::sys::signal::Signal;
 use oci_spec::runtime::LinuxPids;
 use rust_criu::rust_criu_protobuf::rpc;
 
 use super::checkpoint::with_log;
-use super::create::{apply_pids, namespace_records, Host};
+use super::create::{apply_pids, Host};
 use super::validate::validate;
 use super::{start_time, Container};
 use crate::config::{ContainerConfig, Stdio};
@@ -25,7 +24,7 @@ use crate::criu::manifest::{External, Manifest};
 use crate::criu::swrk::{Opts, ReqType, Session, FIRST_EXTRA_FD};
 use crate::error::{Error, Result};
 use crate::mount;
-use crate::state::{State, Status};
+use crate::state::Status;
 
 /// CRIU's log of a restore, in the work directory.
 pub const RESTORE_LOG: &str = "restore.log";
@@ -83,21 +82,7 @@ impl Container {
         // Everything external to the images must be there now, not only at Start.
         externals::for_restore(&manifest.externals, &spec, &bundle, cgroup.path())?;
 
-        let state = State {
-            id,
-            bundle,
-            rootfs,
-            rootfs_mounts,
-            pid: 0,
-            pid_start_time: 0,
-            cgroup_path: cgroup.path().to_string(),
-            namespaces: namespace_records(&spec),
-            status: Status::Created,
-            created_unix: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
-        };
+        let state = Host::record(id, bundle, rootfs, rootfs_mounts, 0, &cgroup, &spec);
         state.save()?;
         undo.disarm();
         log::info!(
