@@ -31,6 +31,15 @@ struct Suite {
 
 type Case = fn(&Suite, &str) -> Result<()>;
 
+#[path = "cri/checkpoint_volumes.rs"]
+mod checkpoint_volumes;
+#[path = "cri/fs_restore.rs"]
+mod fs_restore;
+#[path = "cri/fs_trigger.rs"]
+mod fs_trigger;
+#[path = "cri/kubernetes.rs"]
+mod kubernetes;
+
 const CASES: &[(&str, Case)] = &[
     ("pod_lifecycle_through_cri", pod_lifecycle_through_cri),
     ("share_pod_agent_and_sidecar", share_pod_agent_and_sidecar),
@@ -101,17 +110,35 @@ const NEEDS_V2: &[&str] = &[
 const NEEDS_V2_WHY: &str = "containerd 1.6's CRI has no CheckpointContainer (Unimplemented) \
      nor restore through CreateContainer: run with CRYO_TEST_CONTAINERD=2.2";
 
+/// Every case: this file's and each topic module's, with whether it needs containerd 2.x.
+fn all_cases() -> Vec<(&'static str, Case, bool)> {
+    let topics: [(&[(&str, Case)], &[&str]); 5] = [
+        (CASES, NEEDS_V2),
+        (fs_restore::CASES, fs_restore::NEEDS_V2),
+        (fs_trigger::CASES, fs_trigger::NEEDS_V2),
+        (kubernetes::CASES, kubernetes::NEEDS_V2),
+        (checkpoint_volumes::CASES, checkpoint_volumes::NEEDS_V2),
+    ];
+    topics
+        .into_iter()
+        .flat_map(|(cases, needs_v2)| {
+            cases
+                .iter()
+                .map(move |(name, case)| (*name, *case, needs_v2.contains(name)))
+        })
+        .collect()
+}
+
 fn main() {
     let mut args = Arguments::from_args();
     // One pod at a time: the memory case compares figures.
     args.test_threads = Some(1);
     let lazy: Lazy<Suite> = Lazy::default();
     let mut trials = Vec::new();
-    for (name, case) in CASES {
+    for (name, case, needs_v2) in all_cases() {
         let lazy = lazy.clone();
-        let case = *case;
         let short = name.replace('_', "-");
-        if NEEDS_V2.contains(name) && !Release::selected().is_ok_and(Release::is_v2) {
+        if needs_v2 && !Release::selected().is_ok_and(Release::is_v2) {
             trials.push(Trial::ignorable_test(format!("cri::{name}"), || {
                 Ok(Completion::ignored_with(NEEDS_V2_WHY))
             }));
