@@ -30,6 +30,8 @@ struct Suite {
 }
 
 type Case = fn(&Suite, &str) -> Result<()>;
+/// A topic's cases and the names of those that need containerd 2.x.
+type Topic = (&'static [(&'static str, Case)], &'static [&'static str]);
 
 #[path = "cri/checkpoint_volumes.rs"]
 mod checkpoint_volumes;
@@ -112,7 +114,7 @@ const NEEDS_V2_WHY: &str = "containerd 1.6's CRI has no CheckpointContainer (Uni
 
 /// Every case: this file's and each topic module's, with whether it needs containerd 2.x.
 fn all_cases() -> Vec<(&'static str, Case, bool)> {
-    let topics: [(&[(&str, Case)], &[&str]); 5] = [
+    let topics: [Topic; 5] = [
         (CASES, NEEDS_V2),
         (fs_restore::CASES, fs_restore::NEEDS_V2),
         (fs_trigger::CASES, fs_trigger::NEEDS_V2),
