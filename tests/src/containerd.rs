@@ -130,6 +130,10 @@ pub struct StartOptions {
     /// The system part of containerd's (and so the shims') `PATH`, after the shim's and the
     /// release's directories; the test's own `PATH` if `None`.
     pub path: Option<String>,
+    /// Name CRIU to the shims through `CRYO_CRIU` as a symlink in the run's dir
+    /// ([`Containerd::criu_switch`]) to the `criu` on `PATH`, so that a case can take CRIU away
+    /// from this daemon's shims (and give it back) without touching the machine's.
+    pub criu_switch: bool,
 }
 
 impl Containerd {
@@ -199,6 +203,18 @@ impl Containerd {
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
+        if options.criu_switch {
+            let switch = criu_switch_in(&dir);
+            std::fs::create_dir_all(switch.parent().unwrap_or(&dir))?;
+            // No criu on PATH: the switch stays off (the shims name CRYO_CRIU's path).
+            if let Some(criu) = std::env::split_paths(&system)
+                .map(|d| d.join("criu"))
+                .find(|p| p.is_file())
+            {
+                std::os::unix::fs::symlink(criu, &switch)?;
+            }
+            command.env("CRYO_CRIU", &switch);
+        }
         if let Some(mask) = options.umask {
             use std::os::unix::process::CommandExt;
             // SAFETY: umask is async-signal-safe and touches only the child.
@@ -247,6 +263,12 @@ impl Containerd {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// The symlink the shims know CRIU by when started with [`StartOptions::criu_switch`]:
+    /// remove it and they have no CRIU.
+    pub fn criu_switch(&self) -> PathBuf {
+        criu_switch_in(&self.dir)
     }
 
     /// Where this containerd's cryo shims serve their control sockets (`CRYO_ROOT`).
@@ -440,6 +462,11 @@ impl Drop for Containerd {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The CRIU switch's path under a run's dir.
+fn criu_switch_in(dir: &Path) -> PathBuf {
+    dir.join("criu/criu")
 }
 
 /// How many lines each known cause accounts for.

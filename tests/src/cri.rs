@@ -23,6 +23,8 @@ use crate::image;
 pub const K8S_NAMESPACE: &str = "k8s.io";
 /// The runtime handler (containerd config `runtimes.cryo`).
 pub const HANDLER: &str = "cryo";
+/// runc's shim's handler (containerd config `runtimes.runc`), for cases that compare.
+pub const RUNC_HANDLER: &str = "runc";
 /// How long one CRI call may take.
 pub const CALL_LIMIT: Duration = Duration::from_secs(60);
 /// kubelet's directory name for emptyDir volumes.
@@ -113,11 +115,16 @@ impl Cri {
     }
 
     pub fn run_pod(&self, config: PodSandboxConfig) -> Result<String> {
+        self.run_pod_on(config, HANDLER)
+    }
+
+    /// RunPodSandbox with runtime handler `handler` (its containers run on it too).
+    pub fn run_pod_on(&self, config: PodSandboxConfig, handler: &str) -> Result<String> {
         let r = self.call(
             "RunPodSandbox",
             self.runtime.clone().run_pod_sandbox(RunPodSandboxRequest {
                 config: Some(config),
-                runtime_handler: HANDLER.to_string(),
+                runtime_handler: handler.to_string(),
             }),
         )?;
         Ok(r.pod_sandbox_id)

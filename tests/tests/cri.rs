@@ -168,7 +168,12 @@ fn setup() -> Result<Suite> {
         nix::unistd::geteuid().is_root(),
         "the CRI suite needs root (containerd, mounts, cgroups)"
     );
-    let cd = Containerd::start(&harness::built_shim()?)?;
+    // CRIU through a switch a case can turn off (kubernetes::checkpoint_without_criu_...).
+    let options = harness::StartOptions {
+        criu_switch: true,
+        ..Default::default()
+    };
+    let cd = Containerd::start_with(&harness::built_shim()?, &options)?;
     let rest = || -> Result<(Cri, PathBuf, PathBuf)> {
         cri::install_cni(&cd)?;
         cri::import_images(&cd)?;
