@@ -321,6 +321,19 @@ fn stop_in_the_window(s: &Suite, case: &str, handler: &str) -> Result<()> {
     let stopped = s.cri.stop_pod(&pod.id);
     let took = started.elapsed();
     let _ = release.join();
+    // runc's shim on containerd 1.6 now and then (2 rounds in 24 here) closes its connection
+    // as this kill arrives: containerd reads `ttrpc: closed`, marks the container exited, and
+    // kubelet's retry of StopPodSandbox succeeds. cryo is held to the first call.
+    let stopped = match stopped {
+        Err(e) if handler == RUNC_HANDLER && format!("{e:#}").contains("ttrpc: closed") => {
+            eprintln!(
+                "runc: its shim closed the connection in the window ({e:#}); StopPodSandbox \
+                 again, as kubelet retries"
+            );
+            s.cri.stop_pod(&pod.id)
+        }
+        other => other,
+    };
     eprintln!(
         "{handler}: PID 1 reaped, CRI state {state} ({}); StopPodSandbox {} in {took:.2?}",
         if in_window {
