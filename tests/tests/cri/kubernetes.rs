@@ -131,6 +131,31 @@ fn host_mount(dir: &Path, marker: &str) -> Result<()> {
     Ok(())
 }
 
+/// The propagation fields (`shared:N`, `master:N`, ...) of the last mount at `dest` in process
+/// `pid`'s mount table (mount points as the process sees them).
+fn propagation_tags(pid: &str, dest: &Path) -> Result<Vec<String>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+    let line = text
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == dest.to_str())
+        .with_context(|| format!("{} is not a mount point of {pid}", dest.display()))?;
+    let (left, _) = line.split_once(" - ").context("bad mountinfo line")?;
+    Ok(left
+        .split(' ')
+        .skip(6)
+        .filter(|f| !f.is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
+/// The host's peer group of its shared mount at `dir` (`N` of `shared:N`).
+fn host_peer_group(dir: &Path) -> Result<String> {
+    propagation_tags("self", dir)?
+        .iter()
+        .find_map(|t| t.strip_prefix("shared:").map(str::to_string))
+        .with_context(|| format!("{} is not a shared mount on the host", dir.display()))
+}
+
 /// A busybox container config with `mounts` (container path, host path, propagation),
 /// privileged if asked.
 fn propagation_config(
@@ -168,6 +193,9 @@ fn propagation_config(
 ///   and a tmpfs the container mounts under it appears on the host;
 /// - `PROPAGATION_PRIVATE` (rprivate): neither container sees the host's mount, and the
 ///   privileged container's own mount there does not reach the host.
+///
+/// Before the mounts, each volume's propagation fields in the container's mountinfo are read:
+/// `master:N` of the source's host peer group, `shared:N` of that very group, none.
 fn mount_propagation_between_host_and_container(s: &Suite, case: &str) -> Result<()> {
     for handler in HANDLERS {
         propagation_on(s, case, handler).with_context(|| format!("runtime handler {handler}"))?;
@@ -207,6 +235,32 @@ fn propagation_on(s: &Suite, case: &str, handler: &str) -> Result<()> {
             &pod.config,
         )?;
         s.cri.start_container(&shared)?;
+
+        // The volumes' places in the host's peer groups: a slave of the source's group
+        // (HostToContainer), a peer in it (Bidirectional), in none (Private).
+        let (h2c_group, bidi_group) = (host_peer_group(h2c)?, host_peer_group(bidi)?);
+        let (slave_pid, shared_pid) = (
+            s.cri.container_pid(&slave)?.to_string(),
+            s.cri.container_pid(&shared)?.to_string(),
+        );
+        let tags = propagation_tags(&slave_pid, Path::new("/h2c"))?;
+        ensure!(
+            tags.contains(&format!("master:{h2c_group}"))
+                && !tags.iter().any(|t| t.starts_with("shared:")),
+            "HostToContainer: /h2c has {tags:?} (want master:{h2c_group}, not shared)"
+        );
+        let tags = propagation_tags(&shared_pid, Path::new("/bidi"))?;
+        ensure!(
+            tags.contains(&format!("shared:{bidi_group}")),
+            "Bidirectional: /bidi has {tags:?} (want shared:{bidi_group}, the host's group)"
+        );
+        for pid in [&slave_pid, &shared_pid] {
+            let tags = propagation_tags(pid, Path::new("/priv"))?;
+            ensure!(
+                tags.is_empty(),
+                "Private: /priv of pid {pid} has {tags:?} (want none)"
+            );
+        }
 
         // The host mounts after the containers started.
         host_mount(h2c, "from-host-h2c")?;
