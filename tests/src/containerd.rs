@@ -434,6 +434,12 @@ impl Containerd {
             left.push(format!("runc state left in {}", runc_root.display()));
             let _ = std::fs::remove_dir_all(&runc_root);
         }
+        // The same for the other namespaces this run used (CRI's `k8s.io`, where pods on the
+        // `runc` handler put it), shared by name with other runs on the machine: removed only
+        // when empty.
+        for ns in namespaces {
+            let _ = std::fs::remove_dir(Path::new("/run/containerd/runc").join(ns));
+        }
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             left.push(format!("temp dir {}: {e}", self.dir.display()));
         }
