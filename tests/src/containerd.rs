@@ -53,6 +53,11 @@ pub struct Containerd {
     pub release: Release,
     bins: Binaries,
     child: Option<Child>,
+    /// The shim sockets there were before this containerd started.
+    shim_sockets: crate::leftovers::ShimSockets,
+    /// Every word this run's ctr calls carried (ids among them): which shim sockets are this
+    /// run's is told by their ids ([`crate::leftovers::ShimSockets::stale`]).
+    ctr_words: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// A shim's ttrpc address and the Task API version containerd speaks to it: containerd 2.x
@@ -181,6 +186,7 @@ impl Containerd {
             .subsec_nanos();
         let namespace = format!("cryo-test-{}-{nanos}", std::process::id());
         let log = std::fs::File::create(dir.join("containerd.log"))?;
+        let shim_sockets = crate::leftovers::ShimSockets::snapshot();
         // The shim under test first, then the release's own runc shim, then the system's.
         let mut path = vec![dir.join("bin")];
         path.extend(bins.bin_dir.clone());
@@ -222,6 +228,8 @@ impl Containerd {
             release,
             bins,
             child: Some(child),
+            shim_sockets,
+            ctr_words: Default::default(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -282,6 +290,10 @@ impl Containerd {
         if let Some(at) = at {
             args.splice(at..at, ["--fifo-dir", fifo_dir.as_str()]);
         }
+        self.ctr_words
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(args.iter().flat_map(|a| crate::leftovers::words(a)).map(str::to_string));
         let mut c = Command::new(&self.bins.ctr);
         c.arg("-a")
             .arg(self.address())
@@ -389,6 +401,8 @@ impl Containerd {
                 left.push(format!("control socket left: {}", e.path().display()));
             }
         }
+        let log = self.log();
+        left.extend(self.stale_shim_sockets(namespaces, &log));
         // What is reported goes, so that a failed run does not burden the machine.
         crate::leftovers::kill_processes_mentioning(&[
             &self.dir.display().to_string(),
@@ -399,7 +413,7 @@ impl Containerd {
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }
         crate::leftovers::remove_cgroups(&self.namespace);
-        let log = self.log();
+        left.extend(crate::leftovers::remaining_cgroups(&self.namespace));
         if let Some(kept) = crate::logcheck::kept_log_path(self.release.name()) {
             let _ = std::fs::create_dir_all(kept.parent().unwrap_or(Path::new(".")));
             let _ = std::fs::write(&kept, &log);
@@ -433,6 +447,36 @@ impl Containerd {
             );
         }
         Ok(())
+    }
+}
+
+impl Containerd {
+    /// The shim sockets this run left in [`crate::leftovers::SHIM_SOCKET_DIR`] with no
+    /// listener, described (each is removed).
+    fn stale_shim_sockets(&self, namespaces: &[&str], log: &str) -> Vec<String> {
+        let mut ids: std::collections::BTreeSet<String> = self
+            .ctr_words
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        ids.extend(crate::leftovers::words(log).map(str::to_string));
+        let all: Vec<&str> = std::iter::once(self.namespace.as_str())
+            .chain(namespaces.iter().copied())
+            .collect();
+        let mut left = Vec::new();
+        for s in self
+            .shim_sockets
+            .stale(&self.address(), &all, ids.iter().map(String::as_str))
+        {
+            left.push(format!(
+                "shim socket {} of {}/{} left with no listener",
+                s.path.display(),
+                s.namespace,
+                s.id
+            ));
+            let _ = std::fs::remove_file(&s.path);
+        }
+        left
     }
 }
 

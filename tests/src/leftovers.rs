@@ -1,8 +1,16 @@
 //! What a test run must not leave behind: mounts under its temp dir, processes that mention it
-//! or its namespace (shims carry `-namespace NS`), cgroups of its namespace with anything in
-//! them.
+//! or its namespace (shims carry `-namespace NS`), cgroups of its namespaces in any mounted
+//! hierarchy (v1 controllers, named ones such as `systemd`, and the unified one), and shim
+//! sockets in `/run/containerd/s` that appeared during the run, belong to its containerd and
+//! have no listener.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// Where containerd's shims put their ttrpc sockets, whatever containerd's own paths.
+pub const SHIM_SOCKET_DIR: &str = "/run/containerd/s";
 
 /// Every leftover, described.
 pub fn find(dir: &Path, namespace: &str) -> Vec<String> {
@@ -113,21 +121,26 @@ pub fn remove_cgroups(namespace: &str) {
             kill_procs(d);
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        // Deepest first: a cgroup goes once its processes are gone.
+        // Deepest first: a cgroup goes once its processes are gone, and rmdir says EBUSY for a
+        // moment after the last one left (what is still there is reported by
+        // [`remaining_cgroups`]).
         for d in dirs.iter().rev() {
-            while std::fs::remove_dir(d).is_err()
-                && d.exists()
-                && Instant::now() < deadline
-                && !std::fs::read_to_string(d.join("cgroup.procs"))
-                    .unwrap_or_default()
-                    .trim()
-                    .is_empty()
-            {
+            while std::fs::remove_dir(d).is_err() && d.exists() && Instant::now() < deadline {
                 kill_procs(d);
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
     }
+}
+
+/// The namespace's cgroups still there after [`remove_cgroups`], in any hierarchy: a normal
+/// run leaves none (an empty directory is a leftover too).
+pub fn remaining_cgroups(namespace: &str) -> Vec<String> {
+    cgroup_dirs(namespace)
+        .iter()
+        .flat_map(|top| tree(top))
+        .map(|d| format!("cgroup {} could not be removed", d.display()))
+        .collect()
 }
 
 fn kill_procs(cgroup: &Path) {
@@ -173,4 +186,162 @@ fn cgroup_dirs(namespace: &str) -> Vec<PathBuf> {
         dirs.push(unified);
     }
     dirs
+}
+
+/// The shim sockets present when a run began: what is there at its end and was not is the
+/// run's (or a parallel run's: [`ShimSockets::stale`] tells them apart).
+#[derive(Debug, Clone, Default)]
+pub struct ShimSockets {
+    before: BTreeSet<String>,
+}
+
+/// A socket file in [`SHIM_SOCKET_DIR`] with no listener behind it, and whose it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleSocket {
+    pub path: PathBuf,
+    pub namespace: String,
+    /// The shim's id (the task's, or the pod's that groups it).
+    pub id: String,
+}
+
+impl ShimSockets {
+    /// The socket files there now.
+    pub fn snapshot() -> ShimSockets {
+        ShimSockets {
+            before: socket_files(Path::new(SHIM_SOCKET_DIR)),
+        }
+    }
+
+    /// The socket files that appeared since the snapshot, have no listener, and were made for
+    /// the containerd at `address`: containerd and the shims name a shim's socket
+    /// `sha256(<containerd address>/<namespace>/<id>)`, so a file is this run's when that
+    /// digest of one of `namespaces` and one of `ids` (every word the run's containerd logged
+    /// or its ctr calls carried) is its name. Another containerd's sockets never match.
+    pub fn stale<'a>(
+        &self,
+        address: &Path,
+        namespaces: &[&str],
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<StaleSocket> {
+        let dir = Path::new(SHIM_SOCKET_DIR);
+        let new: BTreeSet<String> = socket_files(dir)
+            .difference(&self.before)
+            .cloned()
+            .collect();
+        if new.is_empty() {
+            return vec![];
+        }
+        let listening = listening_paths();
+        let mut found = Vec::new();
+        for id in ids.into_iter().collect::<BTreeSet<_>>() {
+            for ns in namespaces {
+                let name = shim_socket_name(address, ns, id);
+                let path = dir.join(&name);
+                if new.contains(&name) && !listening.contains(&path) {
+                    found.push(StaleSocket {
+                        path,
+                        namespace: ns.to_string(),
+                        id: id.to_string(),
+                    });
+                }
+            }
+        }
+        found
+    }
+}
+
+/// The file name containerd (and the shim crates) give the socket of shim `id` in `namespace`
+/// of the containerd at `address` (its gRPC socket): the hex SHA-256 of the joined path.
+pub fn shim_socket_name(address: &Path, namespace: &str, id: &str) -> String {
+    let joined = address.join(namespace).join(id);
+    Sha256::digest(joined.as_os_str().as_encoded_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The words of `text` that could be a namespace or a shim id (containerd allows letters,
+/// digits, `.`, `_` and `-`).
+pub fn words(text: &str) -> impl Iterator<Item = &str> {
+    text.split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        .filter(|w| !w.is_empty())
+}
+
+/// Names of the socket files in `dir`.
+fn socket_files(dir: &Path) -> BTreeSet<String> {
+    use std::os::unix::fs::FileTypeExt;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return BTreeSet::new();
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_type().map(|t| t.is_socket()).unwrap_or(false))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect()
+}
+
+/// Paths of the Unix sockets bound and listening in this network namespace (containerd's and
+/// its shims', as the harness does not change namespaces): `/proc/net/unix` lines whose flags
+/// carry `__SO_ACCEPTCON`.
+fn listening_paths() -> BTreeSet<PathBuf> {
+    const ACCEPTCON: u32 = 0x0001_0000;
+    let text = std::fs::read_to_string("/proc/net/unix").unwrap_or_default();
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            let flags = u32::from_str_radix(fields.get(3)?, 16).ok()?;
+            let path = fields.get(7)?;
+            (flags & ACCEPTCON != 0).then(|| PathBuf::from(path))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shim_socket_is_named_by_its_containerd_namespace_and_id() {
+        // As containerd 2.2.7 logged it: `connecting to shim runc-task-checkpoint-running-and-
+        // paused address=unix:///run/containerd/s/670ce5ed… namespace=cryo-test-22829-936751680`
+        // for the containerd at /tmp/cryo-test-YVsESP/c.sock.
+        assert_eq!(
+            shim_socket_name(
+                Path::new("/tmp/cryo-test-YVsESP/c.sock"),
+                "cryo-test-22829-936751680",
+                "runc-task-checkpoint-running-and-paused"
+            ),
+            "670ce5ed9e44d4931461689cf85cecc29414ba74acaf9018f1002de915334b22"
+        );
+    }
+
+    #[test]
+    fn a_new_socket_without_a_listener_is_found_only_for_its_own_containerd() {
+        let address = Path::new("/tmp/cryo-leftovers-test/c.sock");
+        let ns = format!("leftovers-{}", std::process::id());
+        let before = ShimSockets::snapshot();
+        let name = shim_socket_name(address, &ns, "c1");
+        let path = Path::new(SHIM_SOCKET_DIR).join(&name);
+        std::fs::create_dir_all(SHIM_SOCKET_DIR).unwrap();
+        // A listener: not stale.
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let ids = ["x", "c1", &ns];
+        assert!(before.stale(address, &[&ns], ids).is_empty());
+        // Its process gone (the file stays): stale, and named.
+        drop(listener);
+        let found = before.stale(address, &[&ns], ids);
+        // Another containerd's socket of the same namespace and id is not this run's.
+        let other = before.stale(Path::new("/tmp/other/c.sock"), &[&ns], ids);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(
+            found,
+            vec![StaleSocket {
+                path,
+                namespace: ns.clone(),
+                id: "c1".into()
+            }]
+        );
+        assert!(other.is_empty());
+    }
 }

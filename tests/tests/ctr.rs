@@ -842,15 +842,9 @@ fn killed_shim_is_cleaned_up(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
         .collect();
     let shim = find_shim(&s.cd.namespace, id).context("no shim process found")?;
     // A SIGKILLed shim cannot remove its socket, and neither runc's shim nor containerd do it
-    // afterwards: the test removes it so the run leaves nothing behind.
-    let bundle =
-        s.cd.dir
-            .join("state/io.containerd.runtime.v2.task")
-            .join(&s.cd.namespace)
-            .join(id);
-    let socket = std::fs::read_to_string(bundle.join("address"))
-        .ok()
-        .and_then(|a| a.trim().strip_prefix("unix://").map(PathBuf::from));
+    // afterwards: the test removes it so the run leaves nothing behind. containerd 2.x keeps
+    // the address in bootstrap.json (runc's 2.x shim writes no `address` file).
+    let socket = s.cd.shim_address(id)?.path().ok();
     let _socket = RemoveOnDrop(socket.clone());
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shim),
