@@ -46,6 +46,8 @@ mod launch_hardening;
 mod shim_hardening;
 #[path = "ctr/socket.rs"]
 mod socket;
+#[path = "ctr/stdio.rs"]
+mod stdio;
 
 /// A topic module's cases and the cases of it runc's shim is not held to.
 type Topic = (
@@ -63,6 +65,7 @@ fn all_cases() -> Vec<(&'static str, Case, Option<&'static str>)> {
         (checkpoint::CASES, checkpoint::RUNC_FALLS_SHORT),
         (socket::CASES, socket::RUNC_FALLS_SHORT),
         (fscheckpoint::CASES, fscheckpoint::RUNC_FALLS_SHORT),
+        (stdio::CASES, stdio::RUNC_FALLS_SHORT),
     ];
     let mut all = Vec::new();
     for (cases, excused) in topics {
