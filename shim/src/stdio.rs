@@ -145,7 +145,8 @@ impl Io {
             self.outputs_stopped = Some(Arc::new(stopped));
         }
         let stopped = self.outputs_stopped.clone().expect("made above");
-        self.outputs.push(copy_out(from, to, path.to_string(), stopped));
+        self.outputs
+            .push(copy_out(from, to, path.to_string(), stopped));
         Ok(())
     }
 
@@ -327,12 +328,7 @@ fn wait_for(fd: BorrowedFd<'_>, events: libc::c_short, stop: BorrowedFd<'_>) -> 
 
 /// Container → FIFO (or file): done when the container side is closed by every process, or
 /// when `stopped` reads EOF.
-fn copy_out(
-    from: OwnedFd,
-    to: File,
-    path: String,
-    stopped: Arc<OwnedFd>,
-) -> oneshot::Receiver<()> {
+fn copy_out(from: OwnedFd, to: File, path: String, stopped: Arc<OwnedFd>) -> oneshot::Receiver<()> {
     let (tx, rx) = oneshot::channel();
     spawn_thread(move || {
         if let Err(e) = copy_until_stopped(File::from(from), to, stopped.as_fd()) {
@@ -476,7 +472,10 @@ mod tests {
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let mut io = Io::default();
         // Opened here, in the caller, without a reader: a blocking open would never return.
-        let w = io.output("stdout", fifo.to_str().unwrap()).unwrap().unwrap();
+        let w = io
+            .output("stdout", fifo.to_str().unwrap())
+            .unwrap()
+            .unwrap();
         File::from(w).write_all(b"nobody reads this\n").unwrap();
         // The copy ends at the pipe's EOF (the FIFO held the bytes).
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -498,7 +497,10 @@ mod tests {
         let fifo = dir.path().join("stdout");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
         let mut io = Io::default();
-        let w = io.output("stdout", fifo.to_str().unwrap()).unwrap().unwrap();
+        let w = io
+            .output("stdout", fifo.to_str().unwrap())
+            .unwrap()
+            .unwrap();
         // More than the FIFO holds, from a process that then exits.
         let mut w = File::from(w);
         let writer = std::thread::spawn(move || {

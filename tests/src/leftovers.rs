@@ -1,8 +1,9 @@
 //! What a test run must not leave behind: mounts under its temp dir, processes that mention it
-//! or its namespace (shims carry `-namespace NS`), cgroups of its namespaces in any mounted
-//! hierarchy (v1 controllers, named ones such as `systemd`, and the unified one), and shim
-//! sockets in `/run/containerd/s` that appeared during the run, belong to its containerd and
-//! have no listener.
+//! or its namespace (shims carry `-namespace NS`), cgroups in any mounted hierarchy (v1
+//! controllers, named ones such as `systemd`, and the unified one) — below its namespace's
+//! directory, that directory itself once teardown removed it, or anywhere else named for one
+//! of its containers — and shim sockets in `/run/containerd/s` that appeared during the run,
+//! belong to its containerd and have no listener.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -172,20 +173,113 @@ fn tree(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// `namespace`'s directory in every mounted hierarchy that has one.
 fn cgroup_dirs(namespace: &str) -> Vec<PathBuf> {
-    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return vec![];
-    };
-    let mut dirs: Vec<PathBuf> = entries
-        .flatten()
-        .map(|e| e.path().join(namespace))
+    hierarchies()
+        .into_iter()
+        .map(|h| h.join(namespace))
         .filter(|p| p.is_dir())
+        .collect()
+}
+
+/// Every mounted cgroup hierarchy: each v1 controller's, named v1 ones (`name=systemd`) and the
+/// unified one, wherever they are mounted (`/sys/fs/cgroup/<name>` on a hybrid host,
+/// `/sys/fs/cgroup` itself on a pure v2 one).
+pub fn hierarchies() -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut found: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let (mount, kind) = (f.get(1)?, f.get(2)?);
+            matches!(*kind, "cgroup" | "cgroup2")
+                .then(|| PathBuf::from(mount.replace("\\040", " ")))
+        })
         .collect();
-    let unified = Path::new("/sys/fs/cgroup").join(namespace);
-    if unified.is_dir() && !dirs.contains(&unified) {
-        dirs.push(unified);
+    found.sort();
+    found.dedup();
+    found
+}
+
+/// How deep below a hierarchy's root [`CgroupSnapshot`] looks: a container's cgroup is
+/// `/<namespace>/<id>`, a stray one made for it elsewhere no deeper than this.
+const CGROUP_DEPTH: usize = 3;
+
+/// The cgroup directories of every hierarchy when a run began (to [`CGROUP_DEPTH`]): one the
+/// run made outside its namespace's own directory (e.g. for a container at `/<id>`) is told
+/// by its name.
+#[derive(Debug, Clone, Default)]
+pub struct CgroupSnapshot {
+    before: BTreeSet<PathBuf>,
+}
+
+impl CgroupSnapshot {
+    pub fn take() -> CgroupSnapshot {
+        CgroupSnapshot {
+            before: cgroup_dirs_to_depth().into_iter().map(|(_, d)| d).collect(),
+        }
     }
-    dirs
+
+    /// Directories that appeared since the snapshot with a part of their path among `ids`
+    /// (the run's container and shim ids), outside the directories of test namespaces
+    /// (the run's own are checked apart; parallel runs' are theirs): a run leaves none.
+    pub fn strays<'a>(&self, ids: impl IntoIterator<Item = &'a str>) -> Vec<PathBuf> {
+        let ids: BTreeSet<&str> = ids.into_iter().collect();
+        let named = |p: &Path| {
+            p.components()
+                .any(|c| c.as_os_str().to_str().is_some_and(|c| ids.contains(c)))
+        };
+        cgroup_dirs_to_depth()
+            .into_iter()
+            .filter(|(_, d)| !self.before.contains(d))
+            .filter(|(root, d)| {
+                let below = d.strip_prefix(root).unwrap_or(d);
+                let in_a_test_namespace = below
+                    .components()
+                    .next()
+                    .and_then(|c| c.as_os_str().to_str())
+                    .is_some_and(|c| c.starts_with(TEST_NAMESPACE_PREFIX));
+                !in_a_test_namespace && named(below)
+            })
+            .map(|(_, d)| d)
+            .collect()
+    }
+}
+
+/// What every test namespace's name starts with (see [`crate::containerd`]).
+pub const TEST_NAMESPACE_PREFIX: &str = "cryo-test-";
+
+/// The directories of every hierarchy (with its root), the root excluded, to
+/// [`CGROUP_DEPTH`].
+fn cgroup_dirs_to_depth() -> Vec<(PathBuf, PathBuf)> {
+    let mut out = Vec::new();
+    for root in hierarchies() {
+        let mut level = vec![root.clone()];
+        for _ in 0..CGROUP_DEPTH {
+            let mut next = Vec::new();
+            for d in &level {
+                let Ok(entries) = std::fs::read_dir(d) else {
+                    continue;
+                };
+                next.extend(
+                    entries
+                        .flatten()
+                        .filter(|e| e.file_type().map(|t| t.is_dir()).unwrap_or(false))
+                        .map(|e| e.path()),
+                );
+            }
+            out.extend(next.iter().map(|d| (root.clone(), d.clone())));
+            level = next;
+        }
+    }
+    out
+}
+
+/// Whether `word` looks like a container or shim id of a run: a ctr case's (`cryo-…`,
+/// `runc-…`) or a CRI one (64 hex digits).
+pub fn is_run_id(word: &str) -> bool {
+    let hex = word.len() == 64 && word.bytes().all(|b| b.is_ascii_hexdigit());
+    hex || word.starts_with("cryo-") || word.starts_with("runc-")
 }
 
 /// The shim sockets present when a run began: what is there at its end and was not is the
@@ -343,5 +437,69 @@ mod tests {
             }]
         );
         assert!(other.is_empty());
+    }
+
+    /// A unique name for a test's cgroups.
+    fn test_namespace(what: &str) -> String {
+        format!("{TEST_NAMESPACE_PREFIX}{what}-{}", std::process::id())
+    }
+
+    #[test]
+    fn cgroups_of_the_namespace_are_seen_in_every_hierarchy_and_removed() {
+        assert!(nix::unistd::geteuid().is_root(), "needs root (cgroups)");
+        let ns = test_namespace("hier");
+        let all = hierarchies();
+        for name in ["systemd", "pids", "blkio", "unified"] {
+            let h = Path::new("/sys/fs/cgroup").join(name);
+            if h.is_dir() {
+                assert!(all.contains(&h), "{} missing from {all:?}", h.display());
+            }
+        }
+        for h in &all {
+            std::fs::create_dir_all(h.join(&ns).join("c1")).unwrap();
+        }
+        let found = find(Path::new("/nonexistent-dir-of-the-test"), &ns);
+        for h in &all {
+            let c1 = h.join(&ns).join("c1");
+            assert!(
+                found.iter().any(|l| l.contains(&c1.display().to_string())),
+                "{} not reported in {found:?}",
+                c1.display()
+            );
+        }
+        remove_cgroups(&ns);
+        assert_eq!(remaining_cgroups(&ns), Vec::<String>::new());
+        assert!(all.iter().all(|h| !h.join(&ns).exists()));
+    }
+
+    #[test]
+    fn a_cgroup_made_for_a_container_outside_its_namespace_is_a_stray() {
+        assert!(nix::unistd::geteuid().is_root(), "needs root (cgroups)");
+        let id = format!("cryo-stray-{}", std::process::id());
+        let other = test_namespace("other");
+        let before = CgroupSnapshot::take();
+        let pids = hierarchies()
+            .into_iter()
+            .find(|h| h.ends_with("pids") || h == Path::new("/sys/fs/cgroup"))
+            .expect("a pids or unified hierarchy");
+        let stray = pids.join(&id);
+        let parallel = pids.join(&other).join(&id);
+        std::fs::create_dir_all(&stray).unwrap();
+        std::fs::create_dir_all(&parallel).unwrap();
+        let found = before.strays([id.as_str(), "runc-unrelated"]);
+        let _ = std::fs::remove_dir(&stray);
+        let _ = std::fs::remove_dir(&parallel);
+        let _ = std::fs::remove_dir(pids.join(&other));
+        // A parallel run's namespace holds the same case ids: not this run's.
+        assert_eq!(found, vec![stray]);
+    }
+
+    #[test]
+    fn run_ids_are_ctr_case_ids_and_cri_ids() {
+        assert!(is_run_id("cryo-large-stdin-arrives-whole"));
+        assert!(is_run_id("runc-killed-shim-is-cleaned-up"));
+        assert!(is_run_id(&"ab".repeat(32)));
+        assert!(!is_run_id("default"));
+        assert!(!is_run_id("k8s.io"));
     }
 }

@@ -47,8 +47,11 @@ fn large_stdin_arrives_whole(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     for round in 0..ROUNDS {
         let exec_id = format!("wc{round}");
         let out =
-            s.cd.ctr_stdin(&["task", "exec", "--exec-id", &exec_id, id, "wc", "-c"], &input)?
-                .ok()?;
+            s.cd.ctr_stdin(
+                &["task", "exec", "--exec-id", &exec_id, id, "wc", "-c"],
+                &input,
+            )?
+            .ok()?;
         ensure!(
             out.stdout.trim() == want,
             "exec round {round}: `wc -c` counted {:?} of {want} bytes",
@@ -123,7 +126,11 @@ fn output_fifos_nobody_reads_hang_nothing(s: &Suite, rt: Runtime, id: &str) -> R
                 CALL_LIMIT,
             )
             .context("Wait")?;
-        ensure!(exit.exit_status == 0, "exec {eid} exited {}", exit.exit_status);
+        ensure!(
+            exit.exit_status == 0,
+            "exec {eid} exited {}",
+            exit.exit_status
+        );
         let _: api::DeleteResponse = client
             .call(
                 "Delete",
