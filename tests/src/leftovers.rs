@@ -111,25 +111,34 @@ fn busy_cgroups(namespace: &str) -> Vec<String> {
 }
 
 /// SIGKILL every process in the namespace's cgroups (thawing frozen ones so the signal lands),
-/// then remove them: after a failed run the machine is clean again.
+/// then remove them: after a failed run the machine is clean again. Every hierarchy is thawed
+/// before any is killed: a process frozen by the v1 freezer ignores SIGKILL in every other
+/// hierarchy it is in, and the hierarchies come in no useful order (`/sys/fs/cgroup` lists
+/// `unified`, `systemd`, `pids` and `blkio` before `freezer`: a frozen leftover once kept
+/// exactly those three for good).
 pub fn remove_cgroups(namespace: &str) {
     use std::time::{Duration, Instant};
-    for top in cgroup_dirs(namespace) {
-        let dirs = tree(&top);
-        for d in &dirs {
-            let _ = std::fs::write(d.join("freezer.state"), "THAWED");
-            let _ = std::fs::write(d.join("cgroup.freeze"), "0");
+    let dirs: Vec<PathBuf> = cgroup_dirs(namespace)
+        .iter()
+        .flat_map(|t| tree(t))
+        .collect();
+    for d in &dirs {
+        let _ = std::fs::write(d.join("freezer.state"), "THAWED");
+        let _ = std::fs::write(d.join("cgroup.freeze"), "0");
+    }
+    for d in &dirs {
+        kill_procs(d);
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    // Deepest first: a cgroup goes once its processes are gone, and rmdir says EBUSY for a
+    // moment after the last one left (what is still there is reported by
+    // [`remaining_cgroups`]).
+    let mut deepest_first = dirs;
+    deepest_first.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    for d in &deepest_first {
+        while std::fs::remove_dir(d).is_err() && d.exists() && Instant::now() < deadline {
             kill_procs(d);
-        }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        // Deepest first: a cgroup goes once its processes are gone, and rmdir says EBUSY for a
-        // moment after the last one left (what is still there is reported by
-        // [`remaining_cgroups`]).
-        for d in dirs.iter().rev() {
-            while std::fs::remove_dir(d).is_err() && d.exists() && Instant::now() < deadline {
-                kill_procs(d);
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
@@ -501,5 +510,45 @@ mod tests {
         assert!(is_run_id(&"ab".repeat(32)));
         assert!(!is_run_id("default"));
         assert!(!is_run_id("k8s.io"));
+    }
+
+    /// The processes of a run that failed can be frozen (a paused task): teardown's removal
+    /// must thaw them before it can kill them, in whichever order it meets the hierarchies
+    /// (`/sys/fs/cgroup` lists `unified`, `systemd`, `pids` and `blkio` before `freezer`).
+    #[test]
+    fn a_frozen_leftover_is_killed_and_its_cgroups_removed_in_every_hierarchy() {
+        assert!(nix::unistd::geteuid().is_root(), "needs root (cgroups)");
+        let ns = test_namespace("frozen");
+        let all = hierarchies();
+        let mut child = std::process::Command::new("sleep")
+            .arg("1000")
+            .spawn()
+            .unwrap();
+        let pid = child.id().to_string();
+        let mut freezer = None;
+        for h in &all {
+            let c = h.join(&ns).join("c1");
+            std::fs::create_dir_all(&c).unwrap();
+            if std::fs::write(c.join("cgroup.procs"), &pid).is_err() {
+                // A v2 hierarchy whose root holds controllers of a v1 one elsewhere.
+                continue;
+            }
+            if c.join("freezer.state").exists() {
+                freezer = Some(c.join("freezer.state"));
+            }
+        }
+        let freezer = freezer.expect("a v1 freezer (this host's layout)");
+        std::fs::write(&freezer, "FROZEN").unwrap();
+        remove_cgroups(&ns);
+        let left = remaining_cgroups(&ns);
+        let died = matches!(child.try_wait(), Ok(Some(_)));
+        if !died {
+            let _ = std::fs::write(&freezer, "THAWED");
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+        remove_cgroups(&ns);
+        assert!(died, "the frozen process survived the removal");
+        assert_eq!(left, Vec::<String>::new());
     }
 }
