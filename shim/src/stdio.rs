@@ -28,6 +28,20 @@ use tokio::sync::oneshot;
 /// Bytes one copy moves at a time.
 const COPY_BUFFER: usize = 32 * 1024;
 
+/// A copy's buffer, allocated when the first bytes come: a process that never writes (or
+/// reads) costs its shim no buffer.
+#[derive(Default)]
+struct LazyBuffer(Vec<u8>);
+
+impl LazyBuffer {
+    fn get(&mut self) -> &mut [u8] {
+        if self.0.is_empty() {
+            self.0 = vec![0u8; COPY_BUFFER];
+        }
+        &mut self.0
+    }
+}
+
 /// Where containerd wants the streams (empty: not wanted).
 #[derive(Debug, Clone, Default)]
 pub struct StdioPaths {
@@ -235,7 +249,7 @@ fn copy_in(fifo: &str, to: OwnedFd, control: &IoControl, terminal: bool) -> io::
     spawn_thread(move || {
         let mut from = from;
         let mut to = File::from(to);
-        let mut buf = vec![0u8; COPY_BUFFER];
+        let mut buf = LazyBuffer::default();
         let mut closing = false;
         loop {
             if !closing {
@@ -245,7 +259,7 @@ fn copy_in(fifo: &str, to: OwnedFd, control: &IoControl, terminal: bool) -> io::
                     StdinEvent::CloseIo => closing = true,
                 }
             }
-            let n = match from.read(&mut buf) {
+            let n = match from.read(buf.get()) {
                 Ok(0) => break,
                 Ok(n) => n,
                 // Empty: after CloseIO, everything there was is copied.
@@ -259,7 +273,7 @@ fn copy_in(fifo: &str, to: OwnedFd, control: &IoControl, terminal: bool) -> io::
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             };
-            if to.write_all(&buf[..n]).is_err() {
+            if to.write_all(&buf.get()[..n]).is_err() {
                 break;
             }
         }
@@ -345,12 +359,13 @@ fn copy_out(from: OwnedFd, to: File, path: String, stopped: Arc<OwnedFd>) -> one
 
 /// Copy `from` to the non-blocking `to` until `from` ends (`Ok`) or `stop` closes.
 fn copy_until_stopped(mut from: File, mut to: File, stop: BorrowedFd<'_>) -> io::Result<()> {
-    let mut buf = vec![0u8; COPY_BUFFER];
+    let mut buf = LazyBuffer::default();
     loop {
         if !wait_for(from.as_fd(), libc::POLLIN, stop) {
             return Ok(());
         }
-        let n = match from.read(&mut buf) {
+        let buf = buf.get();
+        let n = match from.read(buf) {
             Ok(0) => return Ok(()),
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
