@@ -1,22 +1,46 @@
 //! The container's stdio: pipes (or the pty master) copied to and from the FIFOs containerd
-//! hands over. Copies run on plain threads with blocking I/O (the kernel splices pipe to FIFO);
-//! an output is done when its pipe reaches EOF, so no output is lost at exit.
+//! hands over, on plain threads; an output is done when its pipe reaches EOF, so no output is
+//! lost at exit.
 //!
-//! The stdin FIFO is opened `O_RDONLY|O_NONBLOCK` (as containerd's fifo package does), which
+//! Stdin: the FIFO is opened `O_RDONLY|O_NONBLOCK` (as containerd's fifo package does), which
 //! never waits for a writer: a client that already closed its end (stdin from /dev/null) must
 //! not leave a thread blocked in `open` forever. Its copy then waits in `poll` for data, for the
-//! writer to leave, or for [`IoControl::stop_stdin`] (the process exited, or CloseIO).
+//! writer to leave (EOF), for CloseIO, or for [`IoControl::stop_stdin`] (the process exited).
+//! CloseIO first copies what is still in the FIFO, as runc's shim does: ctr sends it as soon as
+//! its own stdin ends, when its last bytes may not have left the FIFO yet.
+//!
+//! Outputs: the FIFO is opened at once, read-write and non-blocking (a FIFO opened for writing
+//! alone waits for a reader, which a client may never bring), so an unread FIFO costs no
+//! thread; the copy waits in `poll` while the FIFO is full, and ends at the pipe's EOF, or when
+//! [`Io::wait_outputs`] gives up on it after the process exited.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cryo_sandbox::Stdio;
 use log::{debug, warn};
 use tokio::sync::oneshot;
+
+/// Bytes one copy moves at a time.
+const COPY_BUFFER: usize = 32 * 1024;
+
+/// A copy's buffer, allocated when the first bytes come: a process that never writes (or
+/// reads) costs its shim no buffer.
+#[derive(Default)]
+struct LazyBuffer(Vec<u8>);
+
+impl LazyBuffer {
+    fn get(&mut self) -> &mut [u8] {
+        if self.0.is_empty() {
+            self.0 = vec![0u8; COPY_BUFFER];
+        }
+        &mut self.0
+    }
+}
 
 /// Where containerd wants the streams (empty: not wanted).
 #[derive(Debug, Clone, Default)]
@@ -31,14 +55,19 @@ pub struct StdioPaths {
 #[derive(Default)]
 pub struct Io {
     outputs: Vec<oneshot::Receiver<()>>,
+    /// Dropping it ends the output copies wherever they wait (the write end of a pipe their
+    /// `poll` watches).
+    outputs_stop: Option<OwnedFd>,
+    /// The read end the output copies watch.
+    outputs_stopped: Option<Arc<OwnedFd>>,
     control: IoControl,
 }
 
 /// What requests act on while the copies run: stdin (CloseIO) and the pty (ResizePty).
 #[derive(Clone, Default)]
 pub struct IoControl {
-    /// Where stdin's copy writes; taking it closes the process's stdin.
-    stdin: Arc<Mutex<Option<File>>>,
+    /// Dropping it asks stdin's copy to copy what is left in the FIFO and end (CloseIO).
+    stdin_close: Arc<Mutex<Option<OwnedFd>>>,
     /// The pty master (a duplicate), when the process has a terminal.
     console: Arc<Mutex<Option<OwnedFd>>>,
     /// Dropping it ends stdin's copy (the write end of a pipe its `poll` watches).
@@ -46,16 +75,13 @@ pub struct IoControl {
 }
 
 impl IoControl {
-    /// Close the process's stdin: a pipe sees EOF; a terminal gets an end-of-file character.
+    /// CloseIO: stdin's copy copies what is still in the FIFO, then closes the process's
+    /// stdin: a pipe sees EOF; a terminal gets an end-of-file character.
     pub fn close_stdin(&self) {
-        let writer = lock(&self.stdin).take();
-        if let (Some(mut w), Some(_)) = (writer, lock(&self.console).as_ref()) {
-            let _ = w.write_all(&[4]);
-        }
-        self.stop_stdin();
+        lock(&self.stdin_close).take();
     }
 
-    /// End stdin's copy, wherever it waits (its FIFO and thread are released).
+    /// End stdin's copy at once, wherever it waits (its FIFO and thread are released).
     pub fn stop_stdin(&self) {
         lock(&self.stdin_stop).take();
     }
@@ -87,6 +113,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Make the pipes for a process: the engine gets the container's ends, the shim copies ours.
 /// With a terminal the engine makes the pty; call [`Io::attach_console`] after create.
+/// A stream whose path cannot be opened is an error naming the stream and the path.
 pub fn prepare(paths: &StdioPaths) -> io::Result<(Stdio, Io)> {
     if paths.terminal {
         return Ok((Stdio::Terminal, Io::default()));
@@ -96,11 +123,11 @@ pub fn prepare(paths: &StdioPaths) -> io::Result<(Stdio, Io)> {
         None
     } else {
         let (r, w) = pipe()?;
-        copy_in(&paths.stdin, w, &io.control)?;
+        copy_in(&paths.stdin, w, &io.control, false)?;
         Some(r)
     };
-    let stdout = output(&paths.stdout, &mut io)?;
-    let stderr = output(&paths.stderr, &mut io)?;
+    let stdout = io.output("stdout", &paths.stdout)?;
+    let stderr = io.output("stderr", &paths.stderr)?;
     Ok((
         Stdio::Fds {
             stdin,
@@ -111,24 +138,41 @@ pub fn prepare(paths: &StdioPaths) -> io::Result<(Stdio, Io)> {
     ))
 }
 
-fn output(path: &str, io: &mut Io) -> io::Result<Option<OwnedFd>> {
-    if path.is_empty() {
-        return Ok(None);
-    }
-    let (r, w) = pipe()?;
-    io.outputs.push(copy_out(r, path.to_string()));
-    Ok(Some(w))
-}
-
 impl Io {
+    /// A pipe whose read end is copied to `path` (none if `path` is empty); the process gets
+    /// the write end.
+    fn output(&mut self, stream: &str, path: &str) -> io::Result<Option<OwnedFd>> {
+        if path.is_empty() {
+            return Ok(None);
+        }
+        let to = open_output(stream, path)?;
+        let (r, w) = pipe()?;
+        self.copy_out(r, to, path)?;
+        Ok(Some(w))
+    }
+
+    /// Copy `from` to `to` until `from` ends or the outputs are stopped.
+    fn copy_out(&mut self, from: OwnedFd, to: File, path: &str) -> io::Result<()> {
+        if self.outputs_stopped.is_none() {
+            let (stopped, stop) = pipe()?;
+            self.outputs_stop = Some(stop);
+            self.outputs_stopped = Some(Arc::new(stopped));
+        }
+        let stopped = self.outputs_stopped.clone().expect("made above");
+        self.outputs
+            .push(copy_out(from, to, path.to_string(), stopped));
+        Ok(())
+    }
+
     /// Copy a terminal's master to stdout and stdin into it.
     pub fn attach_console(&mut self, master: OwnedFd, paths: &StdioPaths) -> io::Result<()> {
         *lock(&self.control.console) = Some(master.try_clone()?);
         if !paths.stdin.is_empty() {
-            copy_in(&paths.stdin, master.try_clone()?, &self.control)?;
+            copy_in(&paths.stdin, master.try_clone()?, &self.control, true)?;
         }
         if !paths.stdout.is_empty() {
-            self.outputs.push(copy_out(master, paths.stdout.clone()));
+            let to = open_output("stdout", &paths.stdout)?;
+            self.copy_out(master, to, &paths.stdout)?;
         }
         Ok(())
     }
@@ -139,12 +183,14 @@ impl Io {
     }
 
     /// Wait until every output reached EOF, at most `limit` (a process that left a child
-    /// holding its stdout must not block the exit forever).
+    /// holding its stdout, or an output FIFO nobody reads, must not block the exit forever);
+    /// then the copies still running are ended.
     pub async fn wait_outputs(&mut self, limit: Duration) {
         let all = futures_join(std::mem::take(&mut self.outputs));
         if tokio::time::timeout(limit, all).await.is_err() {
             warn!("stdio copy still busy {limit:?} after exit; reporting the exit anyway");
         }
+        self.outputs_stop.take();
     }
 }
 
@@ -158,47 +204,127 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)
 }
 
-/// FIFO → container: ends (closing the container's stdin) when the FIFO's writer leaves,
-/// CloseIO takes the container's end away, or [`IoControl::stop_stdin`] is called.
-fn copy_in(fifo: &str, to: OwnedFd, control: &IoControl) -> io::Result<()> {
+/// Open an output's destination without waiting for anyone: a FIFO read-write and
+/// non-blocking (holding its read side, as runc's shim does, so writes never fail for want of
+/// a reader and a late reader still finds what was written), a regular file for appending.
+/// Anything else is refused by stream and path.
+fn open_output(stream: &str, path: &str) -> io::Result<File> {
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("{stream} {path}: {e}"));
+    let file = OpenOptions::new()
+        .read(true)
+        .append(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)
+        .map_err(named)?;
+    let kind = file.metadata().map_err(named)?.file_type();
+    if !(kind.is_fifo() || kind.is_file()) {
+        return Err(named(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a FIFO or a regular file",
+        )));
+    }
+    Ok(file)
+}
+
+/// FIFO → container: ends (closing the container's stdin) when the FIFO's writer leaves, at
+/// CloseIO once the FIFO is empty (a terminal then gets an end-of-file character), or when
+/// [`IoControl::stop_stdin`] is called.
+fn copy_in(fifo: &str, to: OwnedFd, control: &IoControl, terminal: bool) -> io::Result<()> {
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("stdin {fifo}: {e}"));
     let from = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
         .open(fifo)
-        .map_err(|e| io::Error::new(e.kind(), format!("stdin {fifo}: {e}")))?;
+        .map_err(named)?;
+    if !from.metadata().map_err(named)?.file_type().is_fifo() {
+        return Err(named(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a FIFO",
+        )));
+    }
     let (stop, stop_tx) = pipe()?;
-    *lock(&control.stdin) = Some(File::from(to));
+    let (close, close_tx) = pipe()?;
     *lock(&control.stdin_stop) = Some(stop_tx);
-    let target = control.stdin.clone();
+    *lock(&control.stdin_close) = Some(close_tx);
     spawn_thread(move || {
         let mut from = from;
-        let mut buf = vec![0u8; 32 * 1024];
-        while wait_readable(&from, &stop) {
-            let n = match from.read(&mut buf) {
+        let mut to = File::from(to);
+        let mut buf = LazyBuffer::default();
+        let mut closing = false;
+        loop {
+            if !closing {
+                match wait_stdin(from.as_fd(), stop.as_fd(), close.as_fd()) {
+                    StdinEvent::Readable => {}
+                    StdinEvent::Stop => break,
+                    StdinEvent::CloseIo => closing = true,
+                }
+            }
+            let n = match from.read(buf.get()) {
                 Ok(0) => break,
                 Ok(n) => n,
+                // Empty: after CloseIO, everything there was is copied.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && closing => {
+                    if terminal {
+                        let _ = to.write_all(&[4]);
+                    }
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => break,
             };
-            let mut guard = lock(&target);
-            let Some(to) = guard.as_mut() else { break };
-            if to.write_all(&buf[..n]).is_err() {
+            if to.write_all(&buf.get()[..n]).is_err() {
                 break;
             }
         }
-        lock(&target).take();
     });
     Ok(())
 }
 
-/// Wait until `fifo` has data or its writer left (true), or `stop` was closed (false).
-fn wait_readable(fifo: &File, stop: &OwnedFd) -> bool {
+/// What stdin's copy woke up for.
+enum StdinEvent {
+    /// Data, or the writer left.
+    Readable,
+    /// [`IoControl::stop_stdin`].
+    Stop,
+    /// [`IoControl::close_stdin`].
+    CloseIo,
+}
+
+/// Wait until `fifo` has data or its writer left, or `stop` or `close` was closed (stop first).
+fn wait_stdin(fifo: BorrowedFd<'_>, stop: BorrowedFd<'_>, close: BorrowedFd<'_>) -> StdinEvent {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let fired = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+    loop {
+        let mut fds = [
+            PollFd::new(fifo, PollFlags::POLLIN),
+            PollFd::new(stop, PollFlags::POLLIN),
+            PollFd::new(close, PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return StdinEvent::Stop,
+        }
+        if fired(&fds[1]) {
+            return StdinEvent::Stop;
+        }
+        if fired(&fds[2]) {
+            return StdinEvent::CloseIo;
+        }
+        if fired(&fds[0]) {
+            return StdinEvent::Readable;
+        }
+    }
+}
+
+/// Wait until `fd` is ready for `events` (or hung up: true), or `stop` was closed (false).
+fn wait_for(fd: BorrowedFd<'_>, events: libc::c_short, stop: BorrowedFd<'_>) -> bool {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     loop {
         let mut fds = [
-            PollFd::new(fifo.as_fd(), PollFlags::POLLIN),
-            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+            PollFd::new(fd, PollFlags::from_bits_truncate(events)),
+            PollFd::new(stop, PollFlags::POLLIN),
         ];
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) => {}
@@ -214,24 +340,16 @@ fn wait_readable(fifo: &File, stop: &OwnedFd) -> bool {
     }
 }
 
-/// Container → FIFO: done when the container side is closed by every process.
-fn copy_out(from: OwnedFd, fifo: String) -> oneshot::Receiver<()> {
+/// Container → FIFO (or file): done when the container side is closed by every process, or
+/// when `stopped` reads EOF.
+fn copy_out(from: OwnedFd, to: File, path: String, stopped: Arc<OwnedFd>) -> oneshot::Receiver<()> {
     let (tx, rx) = oneshot::channel();
     spawn_thread(move || {
-        let mut from = File::from(from);
-        match OpenOptions::new().write(true).open(&fifo) {
-            Ok(mut to) => {
-                if let Err(e) = io::copy(&mut from, &mut to) {
-                    if is_an_end(&e) {
-                        debug!("copy to {fifo} ended: {e}");
-                    } else {
-                        warn!("copy to {fifo}: {e}");
-                    }
-                }
-            }
-            Err(e) => {
-                warn!("open {fifo}: {e}; draining the output");
-                let _ = io::copy(&mut from, &mut io::sink());
+        if let Err(e) = copy_until_stopped(File::from(from), to, stopped.as_fd()) {
+            if is_an_end(&e) {
+                debug!("copy to {path} ended: {e}");
+            } else {
+                warn!("copy to {path}: {e}");
             }
         }
         let _ = tx.send(());
@@ -239,9 +357,39 @@ fn copy_out(from: OwnedFd, fifo: String) -> oneshot::Receiver<()> {
     rx
 }
 
+/// Copy `from` to the non-blocking `to` until `from` ends (`Ok`) or `stop` closes.
+fn copy_until_stopped(mut from: File, mut to: File, stop: BorrowedFd<'_>) -> io::Result<()> {
+    let mut buf = LazyBuffer::default();
+    loop {
+        if !wait_for(from.as_fd(), libc::POLLIN, stop) {
+            return Ok(());
+        }
+        let buf = buf.get();
+        let n = match from.read(buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let mut data = &buf[..n];
+        while !data.is_empty() {
+            match to.write(data) {
+                Ok(w) => data = &data[w..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // The FIFO is full: wait for its reader (or for the stop).
+                    if !wait_for(to.as_fd(), libc::POLLOUT, stop) {
+                        return Ok(());
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 /// An output copy's error that is a normal end, not a fault: EIO, the pty's last slave closed
-/// (the end of a terminal); EPIPE, the FIFO's reader left (a finished or detached client; the
-/// process's further writes fail as with runc's shim).
+/// (the end of a terminal); EPIPE, nothing reads the destination any more.
 fn is_an_end(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::EPIPE))
 }
@@ -275,13 +423,13 @@ mod tests {
     }
 
     #[test]
-    fn stdin_of_a_fifo_whose_writer_is_gone_never_blocks_and_stops() {
+    fn stdin_of_a_fifo_whose_writer_never_came_never_blocks_and_stops() {
         let dir = tempfile::tempdir().unwrap();
         let fifo = fifo_in(&dir);
         let control = IoControl::default();
         let (r, w) = pipe().unwrap();
         // No writer ever comes: the open returns at once, the copy waits.
-        copy_in(fifo.to_str().unwrap(), w, &control).unwrap();
+        copy_in(fifo.to_str().unwrap(), w, &control, false).unwrap();
         control.stop_stdin();
         // The copy ends and closes the process's stdin: its reader sees EOF.
         let mut buf = Vec::new();
@@ -295,12 +443,100 @@ mod tests {
         let fifo = fifo_in(&dir);
         let control = IoControl::default();
         let (r, w) = pipe().unwrap();
-        copy_in(fifo.to_str().unwrap(), w, &control).unwrap();
+        copy_in(fifo.to_str().unwrap(), w, &control, false).unwrap();
         let mut writer = OpenOptions::new().write(true).open(&fifo).unwrap();
         writer.write_all(b"hello\n").unwrap();
         drop(writer);
         let mut buf = Vec::new();
         File::from(r).read_to_end(&mut buf).unwrap();
         assert_eq!(buf, b"hello\n");
+    }
+
+    /// What ctr does: its stdin ends, it sends CloseIO, and only then closes its end of the
+    /// FIFO, whose buffer may still be full.
+    #[test]
+    fn close_io_drops_nothing_still_in_the_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = fifo_in(&dir);
+        let control = IoControl::default();
+        let (r, w) = pipe().unwrap();
+        copy_in(fifo.to_str().unwrap(), w, &control, false).unwrap();
+        let data: Vec<u8> = (0..1 << 20).map(|i| (i % 253) as u8).collect();
+        let reader = std::thread::spawn(move || {
+            // A process slow to start reading.
+            std::thread::sleep(Duration::from_millis(100));
+            let mut got = Vec::new();
+            File::from(r).read_to_end(&mut got).unwrap();
+            got
+        });
+        let mut writer = OpenOptions::new().write(true).open(&fifo).unwrap();
+        writer.write_all(&data).unwrap();
+        // Everything is written (up to a FIFO's worth still in it); the writer is still there.
+        control.close_stdin();
+        std::thread::sleep(Duration::from_millis(200));
+        drop(writer);
+        let got = reader.join().unwrap();
+        assert_eq!(got.len(), data.len());
+        assert!(got == data);
+    }
+
+    #[test]
+    fn an_output_fifo_nobody_reads_is_opened_at_once_and_its_copy_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdout");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let mut io = Io::default();
+        // Opened here, in the caller, without a reader: a blocking open would never return.
+        let w = io
+            .output("stdout", fifo.to_str().unwrap())
+            .unwrap()
+            .unwrap();
+        File::from(w).write_all(b"nobody reads this\n").unwrap();
+        // The copy ends at the pipe's EOF (the FIFO held the bytes).
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let done = rt.block_on(async {
+            let outputs = std::mem::take(&mut io.outputs);
+            tokio::time::timeout(Duration::from_secs(5), futures_join(outputs))
+                .await
+                .is_ok()
+        });
+        assert!(done, "the copy to an unread FIFO did not end");
+    }
+
+    #[test]
+    fn a_full_unread_output_fifo_is_let_go_at_the_drain_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("stdout");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let mut io = Io::default();
+        let w = io
+            .output("stdout", fifo.to_str().unwrap())
+            .unwrap()
+            .unwrap();
+        // More than the FIFO holds, from a process that then exits.
+        let mut w = File::from(w);
+        let writer = std::thread::spawn(move || {
+            let _ = w.write_all(&vec![b'x'; 256 * 1024]);
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(io.wait_outputs(Duration::from_millis(200)));
+        // The copy let go of the pipe: the blocked writer gets EPIPE and ends.
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn outputs_that_are_neither_fifo_nor_file_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = open_output("stdout", dir.path().to_str().unwrap()).unwrap_err();
+        assert!(e.to_string().starts_with("stdout "), "{e}");
+        let e = open_output("stderr", "/dev/null/x").unwrap_err();
+        assert!(e.to_string().contains("stderr /dev/null/x"), "{e}");
     }
 }

@@ -53,6 +53,13 @@ pub struct Containerd {
     pub release: Release,
     bins: Binaries,
     child: Option<Child>,
+    /// The shim sockets there were before this containerd started.
+    shim_sockets: crate::leftovers::ShimSockets,
+    /// The cgroups there were before this containerd started.
+    cgroups: crate::leftovers::CgroupSnapshot,
+    /// Every word this run's ctr calls carried (ids among them): which shim sockets are this
+    /// run's is told by their ids ([`crate::leftovers::ShimSockets::stale`]).
+    ctr_words: std::sync::Mutex<std::collections::BTreeSet<String>>,
 }
 
 /// A shim's ttrpc address and the Task API version containerd speaks to it: containerd 2.x
@@ -183,8 +190,14 @@ impl Containerd {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)?
             .subsec_nanos();
-        let namespace = format!("cryo-test-{}-{nanos}", std::process::id());
+        let namespace = format!(
+            "{}{}-{nanos}",
+            crate::leftovers::TEST_NAMESPACE_PREFIX,
+            std::process::id()
+        );
         let log = std::fs::File::create(dir.join("containerd.log"))?;
+        let shim_sockets = crate::leftovers::ShimSockets::snapshot();
+        let cgroups = crate::leftovers::CgroupSnapshot::take();
         // The shim under test first, then the release's own runc shim, then the system's.
         let mut path = vec![dir.join("bin")];
         path.extend(bins.bin_dir.clone());
@@ -238,6 +251,9 @@ impl Containerd {
             release,
             bins,
             child: Some(child),
+            shim_sockets,
+            cgroups,
+            ctr_words: Default::default(),
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -304,6 +320,14 @@ impl Containerd {
         if let Some(at) = at {
             args.splice(at..at, ["--fifo-dir", fifo_dir.as_str()]);
         }
+        self.ctr_words
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(
+                args.iter()
+                    .flat_map(|a| crate::leftovers::words(a))
+                    .map(str::to_string),
+            );
         let mut c = Command::new(&self.bins.ctr);
         c.arg("-a")
             .arg(self.address())
@@ -411,6 +435,9 @@ impl Containerd {
                 left.push(format!("control socket left: {}", e.path().display()));
             }
         }
+        let log = self.log();
+        let ids = self.run_words(&log);
+        left.extend(self.stale_shim_sockets(namespaces, &ids));
         // What is reported goes, so that a failed run does not burden the machine.
         crate::leftovers::kill_processes_mentioning(&[
             &self.dir.display().to_string(),
@@ -421,7 +448,18 @@ impl Containerd {
             let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
         }
         crate::leftovers::remove_cgroups(&self.namespace);
-        let log = self.log();
+        left.extend(crate::leftovers::remaining_cgroups(&self.namespace));
+        // Cgroups made for this run's containers outside its namespace's directory.
+        let run_ids = ids
+            .iter()
+            .map(String::as_str)
+            .filter(|w| crate::leftovers::is_run_id(w));
+        let mut strays = self.cgroups.strays(run_ids);
+        strays.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for d in strays {
+            left.push(format!("cgroup {} left behind", d.display()));
+            let _ = std::fs::remove_dir(&d);
+        }
         if let Some(kept) = crate::logcheck::kept_log_path(self.release.name()) {
             let _ = std::fs::create_dir_all(kept.parent().unwrap_or(Path::new(".")));
             let _ = std::fs::write(&kept, &log);
@@ -461,6 +499,46 @@ impl Containerd {
             );
         }
         Ok(())
+    }
+}
+
+impl Containerd {
+    /// Every word this run's ctr calls carried and its containerd logged: the run's ids are
+    /// among them.
+    fn run_words(&self, log: &str) -> std::collections::BTreeSet<String> {
+        let mut words = self
+            .ctr_words
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        words.extend(crate::leftovers::words(log).map(str::to_string));
+        words
+    }
+
+    /// The shim sockets this run left in [`crate::leftovers::SHIM_SOCKET_DIR`] with no
+    /// listener, described (each is removed).
+    fn stale_shim_sockets(
+        &self,
+        namespaces: &[&str],
+        ids: &std::collections::BTreeSet<String>,
+    ) -> Vec<String> {
+        let all: Vec<&str> = std::iter::once(self.namespace.as_str())
+            .chain(namespaces.iter().copied())
+            .collect();
+        let mut left = Vec::new();
+        for s in self
+            .shim_sockets
+            .stale(&self.address(), &all, ids.iter().map(String::as_str))
+        {
+            left.push(format!(
+                "shim socket {} of {}/{} left with no listener",
+                s.path.display(),
+                s.namespace,
+                s.id
+            ));
+            let _ = std::fs::remove_file(&s.path);
+        }
+        left
     }
 }
 

@@ -46,6 +46,8 @@ mod launch_hardening;
 mod shim_hardening;
 #[path = "ctr/socket.rs"]
 mod socket;
+#[path = "ctr/stdio.rs"]
+mod stdio;
 
 /// A topic module's cases and the cases of it runc's shim is not held to.
 type Topic = (
@@ -63,6 +65,7 @@ fn all_cases() -> Vec<(&'static str, Case, Option<&'static str>)> {
         (checkpoint::CASES, checkpoint::RUNC_FALLS_SHORT),
         (socket::CASES, socket::RUNC_FALLS_SHORT),
         (fscheckpoint::CASES, fscheckpoint::RUNC_FALLS_SHORT),
+        (stdio::CASES, stdio::RUNC_FALLS_SHORT),
     ];
     let mut all = Vec::new();
     for (cases, excused) in topics {
@@ -842,15 +845,9 @@ fn killed_shim_is_cleaned_up(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
         .collect();
     let shim = find_shim(&s.cd.namespace, id).context("no shim process found")?;
     // A SIGKILLed shim cannot remove its socket, and neither runc's shim nor containerd do it
-    // afterwards: the test removes it so the run leaves nothing behind.
-    let bundle =
-        s.cd.dir
-            .join("state/io.containerd.runtime.v2.task")
-            .join(&s.cd.namespace)
-            .join(id);
-    let socket = std::fs::read_to_string(bundle.join("address"))
-        .ok()
-        .and_then(|a| a.trim().strip_prefix("unix://").map(PathBuf::from));
+    // afterwards: the test removes it so the run leaves nothing behind. containerd 2.x keeps
+    // the address in bootstrap.json (runc's 2.x shim writes no `address` file).
+    let socket = s.cd.shim_address(id)?.path().ok();
     let _socket = RemoveOnDrop(socket.clone());
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(shim),

@@ -160,7 +160,7 @@ fn failed_start_leaves_nothing(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
 }
 
 /// The shim's open descriptors and threads.
-fn shim_footprint(shim: i32) -> Result<(usize, usize)> {
+pub(super) fn shim_footprint(shim: i32) -> Result<(usize, usize)> {
     let count = |what: &str| -> Result<usize> {
         Ok(std::fs::read_dir(format!("/proc/{shim}/{what}"))
             .with_context(|| format!("/proc/{shim}/{what}"))?
@@ -250,7 +250,7 @@ fn status_code(e: &anyhow::Error) -> Option<ttrpc::Code> {
 }
 
 /// An exec request for `args` with `output` as its stdout and stderr FIFO (empty: none).
-fn exec_request(
+pub(super) fn exec_request(
     id: &str,
     exec_id: &str,
     args: &[&str],
