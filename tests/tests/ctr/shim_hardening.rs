@@ -170,7 +170,7 @@ pub(super) fn shim_footprint(shim: i32) -> Result<(usize, usize)> {
 }
 
 /// Run `exec` 300 times in a running container (after a warm-up) and check the shim's
-/// descriptors and threads grow by at most 2 from where they were (runc's Go threads: 8).
+/// descriptors and threads grow by at most 2 from where they were (runc's Go shim: 8).
 fn execs_leak_nothing(
     s: &Suite,
     rt: Runtime,
@@ -190,8 +190,10 @@ fn execs_leak_nothing(
     }
     // runc's shim is Go: its runtime keeps the OS threads it once needed for blocking calls
     // (seen: 11 -> 14 under load), which is no leak; a leak grows with every exec (the finding:
-    // +32 threads over 300 execs). cryo's shim is held to ±2.
-    let thread_slack = if rt == Runtime::Runc { 8 } else { 2 };
+    // +32 threads over 300 execs). Its descriptors move the same way with the connections
+    // containerd 2.2.7 holds to it (seen: 33 -> 36). A leak grows by one or more per exec, +300
+    // here: runc's shim gets 8 of slack for both; cryo's shim is held to 2.
+    let slack = if rt == Runtime::Runc { 8 } else { 2 };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         settle();
@@ -199,7 +201,7 @@ fn execs_leak_nothing(
         // A leak is growth: fewer descriptors than after the warm-up (one of its copies
         // finished closing) is none (seen for runc's shim: 37 -> 34).
         let within = |before: usize, after: usize, slack: usize| after <= before + slack;
-        if within(fds, fds_after, 2) && within(threads, threads_after, thread_slack) {
+        if within(fds, fds_after, slack) && within(threads, threads_after, slack) {
             return Ok(());
         }
         ensure!(
