@@ -253,7 +253,6 @@ impl InitProcess {
         let subject = ExitSubject {
             container_id: id.to_string(),
             id: id.to_string(),
-            pid,
         };
         let lifecycle = Lifecycle::follow(exit_rx, io, events.clone(), subject, on_reaped, on_exit);
         let init = Arc::new(InitProcess {

@@ -1,10 +1,12 @@
 //! Restore of a container from a checkpoint directory, in two steps as containerd drives it:
 //! [`Container::prepare_restore`] (Create) builds the container from the new spec — rootfs
-//! mounted, cgroup created, the image's manifest and externals checked against the spec — and
-//! starts no process; [`Container::start`] then runs CRIU's restore into it: CRIU in the
-//! container's cgroup, the rootfs as its root, external mounts and joined namespaces mapped,
-//! the image's stdio pipes reconnected to the new ones, and the restored PID 1 made a sibling
-//! of CRIU, i.e. the embedder's child. A failed restore kills whatever it started.
+//! mounted, cgroup created, the image's manifest and externals checked against the spec, the
+//! private overlay volumes' files extracted (checksums verified) into the new upper
+//! directories — and starts no process; [`Container::start`] then runs CRIU's restore into it:
+//! CRIU in the container's cgroup, the rootfs as its root, external mounts (overlay volumes
+//! mounted from the new spec for CRIU to bind) and joined namespaces mapped, the image's stdio
+//! pipes reconnected to the new ones, and the restored PID 1 made a sibling of CRIU, i.e. the
+//! embedder's child. A failed restore kills whatever it started.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -19,9 +21,9 @@ use super::create::{apply_pids, Host};
 use super::validate::validate;
 use super::{start_time, Container};
 use crate::config::{ContainerConfig, Stdio};
-use crate::criu::externals;
 use crate::criu::manifest::{External, Manifest};
 use crate::criu::swrk::{Opts, ReqType, Session, FIRST_EXTRA_FD};
+use crate::criu::{externals, volumes};
 use crate::error::{Error, Result};
 use crate::mount;
 use crate::state::Status;
@@ -81,9 +83,14 @@ impl Container {
         } = Host::prepare(&id, &spec, &rootfs, &rootfs_mounts)?;
         // Everything external to the images must be there now, not only at Start.
         externals::for_restore(&manifest.externals, &spec, &bundle, cgroup.path())?;
+        // The volumes' files go into the new upper directories before any process exists.
+        let filled = volumes::restore(&manifest.volumes, &options.image_dir, &spec)?;
 
         let state = Host::record(id, bundle, rootfs, rootfs_mounts, 0, &cgroup, &spec);
-        state.save()?;
+        if let Err(e) = state.save() {
+            filled.undo();
+            return Err(e);
+        }
         undo.disarm();
         log::info!(
             "prepared container {} for a restore of {} (checkpoint of {}, CRIU {})",
@@ -128,10 +135,18 @@ impl Container {
             &self.state.bundle,
             self.cgroup.path(),
         )?;
-        // Bind mounts need their mount points in the new rootfs.
+        // Overlay volumes are mounted from the new spec for CRIU to bind (unmounted here when
+        // `staged` goes; the container keeps its copies).
+        let mut staged = volumes::Staged::default();
+        let mut mounts = ext.mounts.clone();
+        for destination in &ext.overlays {
+            let at = staged.mount(&self.spec, destination, &work_dir)?;
+            mounts.push((destination.clone(), at.display().to_string()));
+        }
+        // Bind mounts and overlay volumes need their mount points in the new rootfs.
         for e in &manifest.externals {
-            if let External::Bind { destination } = e {
-                if let Some((_, source)) = ext.mounts.iter().find(|(d, _)| d == destination) {
+            if let External::Bind { destination } | External::Overlay { destination } = e {
+                if let Some((_, source)) = mounts.iter().find(|(d, _)| d == destination) {
                     mount_point(
                         &self.state.rootfs,
                         Path::new(destination),
@@ -159,7 +174,7 @@ impl Container {
         req.set_tcp_established(manifest.options.tcp_established);
         req.set_ext_unix_sk(manifest.options.ext_unix_sk);
         req.set_file_locks(manifest.options.file_locks);
-        for (key, val) in &ext.mounts {
+        for (key, val) in &mounts {
             req.ext_mnt.push(externals::ext_mnt(key, val));
         }
         // The image's stdio pipes become the new ones, which CRIU holds as its own 0, 1, 2.
@@ -192,7 +207,7 @@ impl Container {
         }
         let restored = session.call(ReqType::RESTORE, Some(req));
         drop(session);
-        drop((images, work));
+        drop((images, work, staged));
         let pid = match restored {
             Ok(resp) if resp.restore.pid() > 0 => resp.restore.pid(),
             Ok(_) => {
