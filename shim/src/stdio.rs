@@ -133,6 +133,18 @@ impl Io {
         Ok(())
     }
 
+    /// A terminal whose master arrives only later (a restore's, at Start): its output is
+    /// waited for from now on, as if attached; dropped unattached, it counts as done.
+    pub fn console_later(&mut self, paths: &StdioPaths) -> PendingConsole {
+        let (done, rx) = oneshot::channel();
+        self.outputs.push(rx);
+        PendingConsole {
+            paths: paths.clone(),
+            control: self.control.clone(),
+            done,
+        }
+    }
+
     /// The handle for CloseIO and ResizePty.
     pub fn control(&self) -> IoControl {
         self.control.clone()
@@ -145,6 +157,27 @@ impl Io {
         if tokio::time::timeout(limit, all).await.is_err() {
             warn!("stdio copy still busy {limit:?} after exit; reporting the exit anyway");
         }
+    }
+}
+
+/// See [`Io::console_later`].
+pub struct PendingConsole {
+    paths: StdioPaths,
+    control: IoControl,
+    done: oneshot::Sender<()>,
+}
+
+impl PendingConsole {
+    /// The master is here: copy it to stdout and stdin into it, as [`Io::attach_console`].
+    pub fn attach(self, master: OwnedFd) -> io::Result<()> {
+        *lock(&self.control.console) = Some(master.try_clone()?);
+        if !self.paths.stdin.is_empty() {
+            copy_in(&self.paths.stdin, master.try_clone()?, &self.control)?;
+        }
+        if !self.paths.stdout.is_empty() {
+            copy_out_then(master, self.paths.stdout.clone(), self.done);
+        }
+        Ok(())
     }
 }
 
@@ -217,6 +250,12 @@ fn wait_readable(fifo: &File, stop: &OwnedFd) -> bool {
 /// Container → FIFO: done when the container side is closed by every process.
 fn copy_out(from: OwnedFd, fifo: String) -> oneshot::Receiver<()> {
     let (tx, rx) = oneshot::channel();
+    copy_out_then(from, fifo, tx);
+    rx
+}
+
+/// [`copy_out`], signalling `tx` when done.
+fn copy_out_then(from: OwnedFd, fifo: String, tx: oneshot::Sender<()>) {
     spawn_thread(move || {
         let mut from = File::from(from);
         match OpenOptions::new().write(true).open(&fifo) {
@@ -236,7 +275,6 @@ fn copy_out(from: OwnedFd, fifo: String) -> oneshot::Receiver<()> {
         }
         let _ = tx.send(());
     });
-    rx
 }
 
 /// An output copy's error that is a normal end, not a fault: EIO, the pty's last slave closed

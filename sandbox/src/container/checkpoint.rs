@@ -95,6 +95,8 @@ impl Container {
         req.set_ext_unix_sk(options.ext_unix_sk);
         req.set_file_locks(options.file_locks);
         req.set_shell_job(options.shell_job);
+        // A terminal's master is the embedder's, outside the dumped tree (as runc dumps it).
+        req.set_orphan_pts_master(true);
         externals::fill_dump(&externals, pid, &mut req)?;
         let log = work_dir.join(DUMP_LOG);
         // The volumes' files are saved with the container frozen, and it stays frozen for the
@@ -143,6 +145,12 @@ impl Container {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             volumes,
+            terminal: self
+                .spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.terminal())
+                .unwrap_or(false),
         };
         manifest.save(&opts.image_dir)?;
         log::info!(

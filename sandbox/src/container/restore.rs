@@ -68,11 +68,25 @@ impl Container {
         } = config;
         validate(&spec, matches!(stdio, Stdio::Terminal))?;
         let manifest = Manifest::load(&options.image_dir)?;
-        if manifest.options.shell_job || matches!(stdio, Stdio::Terminal) {
-            return Err(Error::InvalidSpec(
-                "process.terminal: restoring a container with a terminal is not supported yet"
+        if manifest.options.shell_job {
+            return Err(Error::Checkpoint {
+                path: Manifest::path(&options.image_dir),
+                reason: "dumped as a shell job (CheckpointOptions.terminal: a terminal outside \
+                         the container), which cannot be restored into a new container"
                     .into(),
-            ));
+            });
+        }
+        let terminal = matches!(stdio, Stdio::Terminal);
+        if manifest.terminal != terminal {
+            let (image, asked) = if manifest.terminal {
+                ("with", "without")
+            } else {
+                ("without", "with")
+            };
+            return Err(Error::InvalidSpec(format!(
+                "process.terminal: the checkpoint's process ran {image} a terminal; it cannot \
+                 be restored {asked} one"
+            )));
         }
         // The same host side as Container::create (CRIU, too, counts against the pids limit
         // while it restores: the limit is applied once it is done).
@@ -174,6 +188,13 @@ impl Container {
         req.set_tcp_established(manifest.options.tcp_established);
         req.set_ext_unix_sk(manifest.options.ext_unix_sk);
         req.set_file_locks(manifest.options.file_locks);
+        // A terminal comes back as a new pty pair in the container's devpts; CRIU hands its
+        // master over (notify `orphan-pts-master`) for the embedder, as a created one.
+        // (CRIU restores an unpaired pty slave only as a shell job's, and sends the master only
+        // to an RPC client that takes notifications.)
+        req.set_orphan_pts_master(manifest.terminal);
+        req.set_shell_job(manifest.terminal);
+        req.set_notify_scripts(manifest.terminal);
         for (key, val) in &mounts {
             req.ext_mnt.push(externals::ext_mnt(key, val));
         }
@@ -206,6 +227,7 @@ impl Container {
             return Err(e);
         }
         let restored = session.call(ReqType::RESTORE, Some(req));
+        let console = session.take_pts_master();
         drop(session);
         drop((images, work, staged));
         let pid = match restored {
@@ -226,10 +248,21 @@ impl Container {
                 return Err(with_log(e, &log));
             }
         };
+        if manifest.terminal && console.is_none() {
+            self.cgroup.signal_all(Signal::SIGKILL);
+            return Err(with_log(
+                Error::Criu {
+                    op: "restore".into(),
+                    reason: "CRIU sent no master for the restored terminal".into(),
+                },
+                &log,
+            ));
+        }
         if let Err(e) = apply_pids(&mut self.cgroup, pids) {
             self.cgroup.signal_all(Signal::SIGKILL);
             return Err(e);
         }
+        self.console = console;
         self.state.pid = pid;
         self.state.pid_start_time = start_time(pid).unwrap_or(0);
         self.state.status = Status::Running;

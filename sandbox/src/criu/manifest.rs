@@ -6,9 +6,10 @@
 //!
 //! Format rules: a reader refuses another major. A minor adds only what a reader of an older
 //! minor either may ignore, or fails on by name rather than restore half of. 1.1 added
-//! `volumes` and the external kind `overlay`: a 1.0 reader refuses a checkpoint with an overlay
-//! volume ("unknown variant `overlay`") instead of restoring it without its files; 1.0
-//! checkpoints read as having no volumes.
+//! `volumes` and the external kind `overlay` (a 1.0 reader refuses a checkpoint with an overlay
+//! volume, "unknown variant `overlay`", instead of restoring it without its files), and
+//! `terminal` (a 1.0 reader refuses every terminal restore); 1.0 checkpoints read as having no
+//! volumes and no terminal.
 
 use std::path::{Path, PathBuf};
 
@@ -89,6 +90,10 @@ pub struct Manifest {
     /// The overlay volumes whose upper directories the checkpoint carries (format 1.1).
     #[serde(default)]
     pub volumes: Vec<Volume>,
+    /// PID 1 had a terminal (`process.terminal`): its pty is restored anew, its master handed
+    /// to the embedder (format 1.1).
+    #[serde(default)]
+    pub terminal: bool,
 }
 
 impl Manifest {
@@ -210,6 +215,7 @@ mod tests {
             ],
             created_unix: 1,
             volumes: Vec::new(),
+            terminal: false,
         }
     }
 

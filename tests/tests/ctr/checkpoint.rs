@@ -10,7 +10,9 @@ use anyhow::{bail, ensure, Context, Result};
 use harness::image::BUSYBOX_IMAGE;
 use harness::Runtime;
 
-use super::{assert_gone, cleanup_container, run_detached, wait_status, Case, Suite};
+use super::{
+    assert_gone, cleanup_container, ctr_line, in_terminal, run_detached, wait_status, Case, Suite,
+};
 use harness::containerd::StartOptions;
 use harness::Containerd;
 
@@ -81,6 +83,10 @@ pub const CASES: &[(&str, Case)] = &[
     (
         "restored_task_exit_carries_its_pid",
         restored_task_exit_carries_its_pid,
+    ),
+    (
+        "terminal_container_round_trips",
+        terminal_container_round_trips,
     ),
     (
         "private_overlay_volume_comes_back",
@@ -1298,4 +1304,87 @@ fn a_corrupt_volume_section_fails_restore_cleanly(s: &Suite, rt: Runtime, id: &s
         upper.display()
     );
     nothing_left_after_failed_restore(s, &restored)
+}
+
+/// A container with a terminal (`ctr run -t`): its process writes ticks to the tty and the
+/// count into a file. Checkpointed, removed, restored: the restored process has a terminal
+/// again (its stdio is a pty of the container), its count goes on, and what it writes to the
+/// tty reaches the client (containerd 2.x's `ctr container restore` stays attached to the
+/// terminal, and is stopped after a few seconds; containerd 1.6's asks for no terminal, which
+/// both runtimes refuse, naming the cause, and leave nothing).
+fn terminal_container_round_trips(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let restored = format!("{id}-restored");
+    let _cleanup = Cleanup(s, restored.clone());
+    let ctr = ctr_line(s);
+    let fifo = s.cd.fifo_dir().display().to_string();
+    let script =
+        "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; echo tick-$i; sleep 0.2; done";
+    let out = in_terminal(&format!(
+        "{ctr} run --fifo-dir {fifo} -d -t --runtime {} {BUSYBOX_IMAGE} {id} sh -c '{script}'",
+        rt.id()
+    ))?;
+    ensure!(out.code == 0, "run -d -t: {out:?}");
+    wait_status(s, id, "RUNNING")?;
+    exec_until(s, id, "cat /tmp/count", |o| {
+        o.parse::<u64>().is_ok_and(|n| n >= 3)
+    })?;
+    let image = unique_ref(id);
+    s.cd.ctr(&["container", "checkpoint", "--task", "--rw", id, &image])?
+        .ok()
+        .context("checkpoint of a container with a terminal")?;
+    let before = counter(s, id)?;
+    kill_and_remove_task(s, id)?;
+    s.cd.ctr(&["container", "delete", id])?.ok()?;
+
+    let out = in_terminal(&format!(
+        "timeout 6 {ctr} container restore --live --rw {restored} {image}"
+    ))?;
+    eprintln!("{}: restore of a terminal container: {out:?}", rt.name());
+    if !s.cd.release.is_v2() {
+        ensure!(
+            out.code != 0 && out.code != 124,
+            "ctr 1.6 restored a terminal container without a terminal: {out:?}"
+        );
+        ensure!(
+            rt == Runtime::Runc || out.stdout.contains("terminal"),
+            "the refusal does not name the terminal: {out:?}"
+        );
+        return nothing_left_after_failed_restore(s, &restored);
+    }
+    // Stopped by `timeout` while attached (124), or detached (0).
+    ensure!(
+        out.code == 124 || out.code == 0,
+        "restore of a container with a terminal: {out:?}"
+    );
+    let ticks: Vec<u64> = out
+        .stdout
+        .split_whitespace()
+        .filter_map(|w| {
+            w.trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+                .strip_prefix("tick-")
+                .and_then(|n| n.parse().ok())
+        })
+        .collect();
+    ensure!(
+        ticks.iter().any(|&n| n > before + 1),
+        "no tick after {before} reached the client through the restored terminal: {out:?}"
+    );
+    wait_status(s, &restored, "RUNNING")?;
+    let fds = exec(
+        s,
+        &restored,
+        "for f in 0 1 2; do readlink /proc/1/fd/$f; done",
+    )?;
+    ensure!(
+        fds.lines().all(|l| l.starts_with("/dev/pts/")),
+        "the restored PID 1's stdio is not a terminal: {fds:?}"
+    );
+    let after = counter(s, &restored)?;
+    ensure!(
+        after > before,
+        "the counter restarted: {after} after the restore, {before} at the checkpoint"
+    );
+    kill_and_remove_task(s, &restored)?;
+    s.cd.ctr(&["container", "delete", &restored])?.ok()?;
+    assert_gone(s, &restored)
 }
