@@ -69,7 +69,6 @@ impl ExecProcess {
         let subject = ExitSubject {
             container_id: container_id.to_string(),
             id: req.exec_id.clone(),
-            pid,
         };
         let lifecycle = Lifecycle::follow(exit_rx, io, events.clone(), subject, async {}, async {});
         events.send(

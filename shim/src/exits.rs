@@ -17,9 +17,11 @@ use tokio::sync::oneshot;
 /// How many unclaimed exits are kept (helpers and strays); older ones are dropped.
 const UNCLAIMED_MAX: usize = 1024;
 
-/// A process's end: its status as containerd expects it (128+signal when signalled) and when.
+/// A process's end: whose (its pid), its status as containerd expects it (128+signal when
+/// signalled) and when.
 #[derive(Debug, Clone)]
 pub struct Exit {
+    pub pid: i32,
     pub status: u32,
     pub at: Timestamp,
 }
@@ -83,6 +85,7 @@ impl Exits {
     /// Note `pid`'s exit (the reaper's report).
     pub(crate) fn record(&self, pid: i32, code: i32) {
         let exit = Exit {
+            pid,
             status: code as u32,
             at: containerd_shim::util::timestamp().unwrap_or_default(),
         };

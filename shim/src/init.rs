@@ -121,6 +121,8 @@ pub struct InitProcess {
     restore: Mutex<Option<crate::exits::PendingExit>>,
     /// The restored PID 1 (0 until a restore's Start ran; `base.pid` is 0 then).
     restored_pid: AtomicI32,
+    /// For a restore with a terminal: where Start connects the restored pty's master.
+    restore_console: Mutex<Option<stdio::PendingConsole>>,
 }
 
 impl InitProcess {
@@ -202,7 +204,10 @@ impl InitProcess {
         events: &EventTx,
     ) -> Result<Arc<InitProcess>> {
         let pid = container.pid();
-        // A restore's PID 1 exists only after Start: its exit is connected then.
+        // A restore's PID 1 exists only after Start: its exit is connected then, and its
+        // terminal (the restored pty's master) too.
+        let restore_console =
+            (container.is_restore() && stdio.terminal).then(|| io.console_later(&stdio));
         let (exit_rx, restore) = if container.is_restore() {
             crate::exits::PendingExit::pending(exits)
         } else {
@@ -253,7 +258,6 @@ impl InitProcess {
         let subject = ExitSubject {
             container_id: id.to_string(),
             id: id.to_string(),
-            pid,
         };
         let lifecycle = Lifecycle::follow(exit_rx, io, events.clone(), subject, on_reaped, on_exit);
         let init = Arc::new(InitProcess {
@@ -267,6 +271,7 @@ impl InitProcess {
             engine,
             restore: Mutex::new(restore),
             restored_pid: AtomicI32::new(0),
+            restore_console: Mutex::new(restore_console),
         });
         init.watch_oom(oom).await;
         Ok(init)
@@ -288,8 +293,10 @@ impl InitProcess {
     /// Tear the container down for Delete: refused while it runs; PID 1 of a container never
     /// started is killed first. Returns PID 1's exit.
     pub async fn destroy(&self) -> Result<crate::exits::Exit> {
-        // A restore never started has no PID 1: its exit is known to be none.
+        // A restore never started has no PID 1: its exit is known to be none, its terminal
+        // never comes.
         drop(lock(&self.restore).take());
+        drop(lock(&self.restore_console).take());
         let exit = self.exit_for_delete().await?;
         self.engine.destroy().await?;
         Ok(exit)
@@ -333,9 +340,22 @@ impl Process for InitProcess {
         let mark = restore.as_ref().map(|r| r.mark());
         self.engine.call(|c| c.start()).await?;
         if let (Some(restore), Some(mark)) = (restore, mark) {
-            let pid = self.engine.call(|c| Ok(c.pid())).await?;
+            let (pid, master) = self
+                .engine
+                .call(|c| Ok((c.pid(), c.take_console())))
+                .await?;
             self.restored_pid.store(pid, Ordering::Relaxed);
             restore.connect(pid, mark);
+            let pending = lock(&self.restore_console).take();
+            if let (Some(pending), Some(master)) = (pending, master) {
+                // The restored process runs: a failure here fails Start, which kills it.
+                pending.attach(master).map_err(|e| {
+                    Error::Internal(format!(
+                        "container {}: restored terminal: {e}",
+                        self.base.container_id
+                    ))
+                })?;
+            }
         }
         Ok(())
     }

@@ -19,12 +19,12 @@ use crate::stdio::{Io, IoControl};
 /// How long an exit waits for its stdio copies to drain.
 const IO_DRAIN_LIMIT: Duration = Duration::from_secs(5);
 
-/// Who a process is, for its TaskExit event.
+/// Who a process is, for its TaskExit event (whose pid is the exit's own: a restored PID 1
+/// has none before Start).
 pub struct ExitSubject {
     pub container_id: String,
     /// The exec id, or the container id for the init process (as runc's shim sends it).
     pub id: String,
-    pub pid: i32,
 }
 
 /// A process's exit, start lock and stdio handle.
@@ -67,7 +67,7 @@ impl Lifecycle {
                 Box::new(TaskExit {
                     container_id: subject.container_id,
                     id: subject.id,
-                    pid: subject.pid as u32,
+                    pid: exit.pid as u32,
                     exit_status: exit.status,
                     exited_at: MessageField::some(exit.at),
                     ..Default::default()
@@ -96,6 +96,7 @@ impl Lifecycle {
             if rx.changed().await.is_err() {
                 // The exit path is gone without an exit: report what State would say.
                 return Exit {
+                    pid: 0,
                     status: 255,
                     at: containerd_shim::util::timestamp().unwrap_or_default(),
                 };

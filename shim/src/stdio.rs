@@ -177,6 +177,18 @@ impl Io {
         Ok(())
     }
 
+    /// A terminal whose master arrives only later (a restore's, at Start): its output is
+    /// waited for from now on, as if attached; dropped unattached, it counts as done.
+    pub fn console_later(&mut self, paths: &StdioPaths) -> PendingConsole {
+        let (done, rx) = oneshot::channel();
+        self.outputs.push(rx);
+        PendingConsole {
+            paths: paths.clone(),
+            control: self.control.clone(),
+            done,
+        }
+    }
+
     /// The handle for CloseIO and ResizePty.
     pub fn control(&self) -> IoControl {
         self.control.clone()
@@ -191,6 +203,27 @@ impl Io {
             warn!("stdio copy still busy {limit:?} after exit; reporting the exit anyway");
         }
         self.outputs_stop.take();
+    }
+}
+
+/// See [`Io::console_later`].
+pub struct PendingConsole {
+    paths: StdioPaths,
+    control: IoControl,
+    done: oneshot::Sender<()>,
+}
+
+impl PendingConsole {
+    /// The master is here: copy it to stdout and stdin into it, as [`Io::attach_console`].
+    pub fn attach(self, master: OwnedFd) -> io::Result<()> {
+        *lock(&self.control.console) = Some(master.try_clone()?);
+        if !self.paths.stdin.is_empty() {
+            copy_in(&self.paths.stdin, master.try_clone()?, &self.control)?;
+        }
+        if !self.paths.stdout.is_empty() {
+            copy_out_then(master, self.paths.stdout.clone(), self.done);
+        }
+        Ok(())
     }
 }
 
@@ -344,6 +377,12 @@ fn wait_for(fd: BorrowedFd<'_>, events: libc::c_short, stop: BorrowedFd<'_>) -> 
 /// when `stopped` reads EOF.
 fn copy_out(from: OwnedFd, to: File, path: String, stopped: Arc<OwnedFd>) -> oneshot::Receiver<()> {
     let (tx, rx) = oneshot::channel();
+    copy_out_then(from, fifo, tx);
+    rx
+}
+
+/// [`copy_out`], signalling `tx` when done.
+fn copy_out_then(from: OwnedFd, fifo: String, tx: oneshot::Sender<()>) {
     spawn_thread(move || {
         if let Err(e) = copy_until_stopped(File::from(from), to, stopped.as_fd()) {
             if is_an_end(&e) {
@@ -354,7 +393,6 @@ fn copy_out(from: OwnedFd, to: File, path: String, stopped: Arc<OwnedFd>) -> one
         }
         let _ = tx.send(());
     });
-    rx
 }
 
 /// Copy `from` to the non-blocking `to` until `from` ends (`Ok`) or `stop` closes.

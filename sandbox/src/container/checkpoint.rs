@@ -1,6 +1,8 @@
-//! Checkpoint of a running or paused container with CRIU into a directory: CRIU's images plus
-//! the manifest (`cryo-checkpoint.json`). The container keeps running (or stays paused) unless
-//! asked to exit; CRIU's log stays in the work directory and a failure quotes it.
+//! Checkpoint of a running or paused container with CRIU into a directory: CRIU's images, the
+//! files of its private overlay volumes (saved while the container is frozen, so that they
+//! match the processes' state; see [`crate::criu::volumes`]) and the manifest
+//! (`cryo-checkpoint.json`). The container keeps running (or stays paused) unless asked to
+//! exit; CRIU's log stays in the work directory and a failure quotes it.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -11,7 +13,7 @@ use super::Container;
 use crate::criu::manifest::{spec_digest, DumpOptions, Format, Manifest};
 use crate::criu::manifest::{FORMAT_MAJOR, FORMAT_MINOR};
 use crate::criu::swrk::{Opts, ReqType, Session};
-use crate::criu::{self, externals};
+use crate::criu::{self, externals, volumes};
 use crate::error::{Error, Result};
 use crate::state::Status;
 
@@ -93,21 +95,37 @@ impl Container {
         req.set_ext_unix_sk(options.ext_unix_sk);
         req.set_file_locks(options.file_locks);
         req.set_shell_job(options.shell_job);
+        // A terminal's master is the embedder's, outside the dumped tree (as runc dumps it).
+        req.set_orphan_pts_master(true);
         externals::fill_dump(&externals, pid, &mut req)?;
         let log = work_dir.join(DUMP_LOG);
-        let mut session = Session::spawn(&opts.criu, [None, None, None], Vec::new())?;
-        let dumped = session.call(ReqType::DUMP, Some(req));
-        drop(session);
+        // The volumes' files are saved with the container frozen, and it stays frozen for the
+        // dump: what they hold is what its processes saw.
+        let overlays = volumes::overlays(&self.spec);
+        if !overlays.is_empty() && !paused {
+            self.cgroup.freeze()?;
+        }
+        let saved = volumes::save(&overlays, &opts.image_dir);
+        let dumped = match &saved {
+            Ok(_) => Session::spawn(&opts.criu, [None, None, None], Vec::new())
+                .and_then(|mut session| session.call(ReqType::DUMP, Some(req))),
+            Err(_) => Ok(Default::default()),
+        };
         drop((images, work));
-        // CRIU froze the cgroup for the dump; what it was before is what it is after.
-        if !opts.exit {
+        // CRIU froze the cgroup for the dump; what it was before is what it is after (unless
+        // the dump worked and was asked to end the container).
+        if !opts.exit || saved.is_err() || dumped.is_err() {
             let _ = if paused {
                 self.cgroup.freeze()
             } else {
                 self.cgroup.thaw()
             };
         }
-        dumped.map_err(|e| with_log(e, &log))?;
+        let volumes = saved?;
+        if let Err(e) = dumped {
+            volumes::remove(&opts.image_dir);
+            return Err(with_log(e, &log));
+        }
 
         let manifest = Manifest {
             format: Format {
@@ -126,6 +144,13 @@ impl Container {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            volumes,
+            terminal: self
+                .spec
+                .process()
+                .as_ref()
+                .and_then(|p| p.terminal())
+                .unwrap_or(false),
         };
         manifest.save(&opts.image_dir)?;
         log::info!(

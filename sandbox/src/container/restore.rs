@@ -1,10 +1,12 @@
 //! Restore of a container from a checkpoint directory, in two steps as containerd drives it:
 //! [`Container::prepare_restore`] (Create) builds the container from the new spec — rootfs
-//! mounted, cgroup created, the image's manifest and externals checked against the spec — and
-//! starts no process; [`Container::start`] then runs CRIU's restore into it: CRIU in the
-//! container's cgroup, the rootfs as its root, external mounts and joined namespaces mapped,
-//! the image's stdio pipes reconnected to the new ones, and the restored PID 1 made a sibling
-//! of CRIU, i.e. the embedder's child. A failed restore kills whatever it started.
+//! mounted, cgroup created, the image's manifest and externals checked against the spec, the
+//! private overlay volumes' files extracted (checksums verified) into the new upper
+//! directories — and starts no process; [`Container::start`] then runs CRIU's restore into it:
+//! CRIU in the container's cgroup, the rootfs as its root, external mounts (overlay volumes
+//! mounted from the new spec for CRIU to bind) and joined namespaces mapped, the image's stdio
+//! pipes reconnected to the new ones, and the restored PID 1 made a sibling of CRIU, i.e. the
+//! embedder's child. A failed restore kills whatever it started.
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -19,9 +21,9 @@ use super::create::{apply_pids, Host};
 use super::validate::validate;
 use super::{start_time, Container};
 use crate::config::{ContainerConfig, Stdio};
-use crate::criu::externals;
 use crate::criu::manifest::{External, Manifest};
 use crate::criu::swrk::{Opts, ReqType, Session, FIRST_EXTRA_FD};
+use crate::criu::{externals, volumes};
 use crate::error::{Error, Result};
 use crate::mount;
 use crate::state::Status;
@@ -66,11 +68,25 @@ impl Container {
         } = config;
         validate(&spec, matches!(stdio, Stdio::Terminal))?;
         let manifest = Manifest::load(&options.image_dir)?;
-        if manifest.options.shell_job || matches!(stdio, Stdio::Terminal) {
-            return Err(Error::InvalidSpec(
-                "process.terminal: restoring a container with a terminal is not supported yet"
+        if manifest.options.shell_job {
+            return Err(Error::Checkpoint {
+                path: Manifest::path(&options.image_dir),
+                reason: "dumped as a shell job (CheckpointOptions.terminal: a terminal outside \
+                         the container), which cannot be restored into a new container"
                     .into(),
-            ));
+            });
+        }
+        let terminal = matches!(stdio, Stdio::Terminal);
+        if manifest.terminal != terminal {
+            let (image, asked) = if manifest.terminal {
+                ("with", "without")
+            } else {
+                ("without", "with")
+            };
+            return Err(Error::InvalidSpec(format!(
+                "process.terminal: the checkpoint's process ran {image} a terminal; it cannot \
+                 be restored {asked} one"
+            )));
         }
         // The same host side as Container::create (CRIU, too, counts against the pids limit
         // while it restores: the limit is applied once it is done).
@@ -81,9 +97,14 @@ impl Container {
         } = Host::prepare(&id, &spec, &rootfs, &rootfs_mounts)?;
         // Everything external to the images must be there now, not only at Start.
         externals::for_restore(&manifest.externals, &spec, &bundle, cgroup.path())?;
+        // The volumes' files go into the new upper directories before any process exists.
+        let filled = volumes::restore(&manifest.volumes, &options.image_dir, &spec)?;
 
         let state = Host::record(id, bundle, rootfs, rootfs_mounts, 0, &cgroup, &spec);
-        state.save()?;
+        if let Err(e) = state.save() {
+            filled.undo();
+            return Err(e);
+        }
         undo.disarm();
         log::info!(
             "prepared container {} for a restore of {} (checkpoint of {}, CRIU {})",
@@ -128,10 +149,18 @@ impl Container {
             &self.state.bundle,
             self.cgroup.path(),
         )?;
-        // Bind mounts need their mount points in the new rootfs.
+        // Overlay volumes are mounted from the new spec for CRIU to bind (unmounted here when
+        // `staged` goes; the container keeps its copies).
+        let mut staged = volumes::Staged::default();
+        let mut mounts = ext.mounts.clone();
+        for destination in &ext.overlays {
+            let at = staged.mount(&self.spec, destination, &work_dir)?;
+            mounts.push((destination.clone(), at.display().to_string()));
+        }
+        // Bind mounts and overlay volumes need their mount points in the new rootfs.
         for e in &manifest.externals {
-            if let External::Bind { destination } = e {
-                if let Some((_, source)) = ext.mounts.iter().find(|(d, _)| d == destination) {
+            if let External::Bind { destination } | External::Overlay { destination } = e {
+                if let Some((_, source)) = mounts.iter().find(|(d, _)| d == destination) {
                     mount_point(
                         &self.state.rootfs,
                         Path::new(destination),
@@ -159,7 +188,14 @@ impl Container {
         req.set_tcp_established(manifest.options.tcp_established);
         req.set_ext_unix_sk(manifest.options.ext_unix_sk);
         req.set_file_locks(manifest.options.file_locks);
-        for (key, val) in &ext.mounts {
+        // A terminal comes back as a new pty pair in the container's devpts; CRIU hands its
+        // master over (notify `orphan-pts-master`) for the embedder, as a created one.
+        // (CRIU restores an unpaired pty slave only as a shell job's, and sends the master only
+        // to an RPC client that takes notifications.)
+        req.set_orphan_pts_master(manifest.terminal);
+        req.set_shell_job(manifest.terminal);
+        req.set_notify_scripts(manifest.terminal);
+        for (key, val) in &mounts {
             req.ext_mnt.push(externals::ext_mnt(key, val));
         }
         // The image's stdio pipes become the new ones, which CRIU holds as its own 0, 1, 2.
@@ -191,8 +227,9 @@ impl Container {
             return Err(e);
         }
         let restored = session.call(ReqType::RESTORE, Some(req));
+        let console = session.take_pts_master();
         drop(session);
-        drop((images, work));
+        drop((images, work, staged));
         let pid = match restored {
             Ok(resp) if resp.restore.pid() > 0 => resp.restore.pid(),
             Ok(_) => {
@@ -211,10 +248,21 @@ impl Container {
                 return Err(with_log(e, &log));
             }
         };
+        if manifest.terminal && console.is_none() {
+            self.cgroup.signal_all(Signal::SIGKILL);
+            return Err(with_log(
+                Error::Criu {
+                    op: "restore".into(),
+                    reason: "CRIU sent no master for the restored terminal".into(),
+                },
+                &log,
+            ));
+        }
         if let Err(e) = apply_pids(&mut self.cgroup, pids) {
             self.cgroup.signal_all(Signal::SIGKILL);
             return Err(e);
         }
+        self.console = console;
         self.state.pid = pid;
         self.state.pid_start_time = start_time(pid).unwrap_or(0);
         self.state.status = Status::Running;

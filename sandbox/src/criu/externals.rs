@@ -1,7 +1,8 @@
 //! What of a container lies outside CRIU's images and must be named to CRIU on both sides, as
 //! runc does: the spec's bind mounts and the container's cgroup views (bind mounts of host
 //! cgroup directories) as external mounts, and joined network/pid namespaces (a pod's) as
-//! external namespaces. At a dump they are listed in the manifest; at a restore each is mapped
+//! external namespaces. Private overlay volumes are external mounts too (their files travel in
+//! the checkpoint's volume sections, [`super::volumes`]). At a dump they are listed in the manifest; at a restore each is mapped
 //! onto what the new spec and the new cgroup provide, or the restore is refused naming it.
 
 use std::fs::File;
@@ -24,6 +25,13 @@ pub fn for_dump(spec: &Spec, pid: i32) -> Result<Vec<External>> {
         .into_iter()
         .map(|(destination, _)| External::Bind { destination })
         .collect();
+    out.extend(
+        super::volumes::overlays(spec)
+            .into_iter()
+            .map(|o| External::Overlay {
+                destination: o.destination,
+            }),
+    );
     let path = format!("/proc/{pid}/mountinfo");
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(format!("read {path}"), e))?;
     for m in parse_mountinfo(&text) {
@@ -70,7 +78,9 @@ pub fn for_dump(spec: &Spec, pid: i32) -> Result<Vec<External>> {
 pub fn fill_dump(externals: &[External], pid: i32, opts: &mut Opts) -> Result<()> {
     for e in externals {
         match e {
-            External::Bind { destination } | External::Cgroup { destination, .. } => {
+            External::Bind { destination }
+            | External::Cgroup { destination, .. }
+            | External::Overlay { destination } => {
                 opts.ext_mnt.push(ext_mnt(destination, destination));
             }
             External::Namespace { namespace, key } => {
@@ -89,11 +99,13 @@ pub fn fill_dump(externals: &[External], pid: i32, opts: &mut Opts) -> Result<()
     Ok(())
 }
 
-/// What a restore hands CRIU for the externals: mount mappings and the joined namespaces'
-/// files (to pass as inherited descriptors under their keys).
+/// What a restore hands CRIU for the externals: mount mappings, the joined namespaces' files
+/// (to pass as inherited descriptors under their keys), and the destinations of the overlay
+/// volumes (each mounted from the new spec at Start, [`super::volumes::Staged`]).
 pub struct RestoreExternals {
     pub mounts: Vec<(String, String)>,
     pub namespaces: Vec<(String, File)>,
+    pub overlays: Vec<String>,
 }
 
 /// Map each external of the image onto the new container: bind mounts onto the new spec's
@@ -112,6 +124,7 @@ pub fn for_restore(
     let mut out = RestoreExternals {
         mounts: Vec::new(),
         namespaces: Vec::new(),
+        overlays: Vec::new(),
     };
     for e in externals {
         match e {
@@ -141,6 +154,18 @@ pub fn for_restore(
                 let dir = cgroup_dir(&host, hierarchy, cgroup_path, &own, Path::is_dir)?;
                 out.mounts
                     .push((destination.clone(), dir.display().to_string()));
+            }
+            External::Overlay { destination } => {
+                if !super::volumes::overlays(spec)
+                    .iter()
+                    .any(|o| o.destination == *destination)
+                {
+                    return Err(Error::InvalidSpec(format!(
+                        "the checkpoint has an overlay volume at {destination} that the spec's \
+                         mounts do not provide (no overlay with an upperdir there)"
+                    )));
+                }
+                out.overlays.push(destination.clone());
             }
             External::Namespace { namespace, key } => {
                 let path = joined_namespaces(spec)

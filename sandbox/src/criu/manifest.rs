@@ -1,14 +1,22 @@
 //! `cryo-checkpoint.json`: what cryo writes next to CRIU's images in a checkpoint directory
 //! (format version, cryo and CRIU versions, container id, the spec's digest, the stdio and
-//! resources that were external to the images, the dump's options), and the checks a restore
-//! makes before it touches anything: present, readable, a format major this cryo reads, CRIU's
-//! images there.
+//! resources that were external to the images, the dump's options, the overlay volumes whose
+//! files it carries), and the checks a restore makes before it touches anything: present,
+//! readable, a format major this cryo reads, CRIU's images there.
+//!
+//! Format rules: a reader refuses another major. A minor adds only what a reader of an older
+//! minor either may ignore, or fails on by name rather than restore half of. 1.1 added
+//! `volumes` and the external kind `overlay` (a 1.0 reader refuses a checkpoint with an overlay
+//! volume, "unknown variant `overlay`", instead of restoring it without its files), and
+//! `terminal` (a 1.0 reader refuses every terminal restore); 1.0 checkpoints read as having no
+//! volumes and no terminal.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::volumes::Volume;
 use crate::error::{Error, Result};
 
 /// File name of the manifest inside the checkpoint directory (kept flat: containerd 2.x's CRI
@@ -16,7 +24,7 @@ use crate::error::{Error, Result};
 pub const MANIFEST_FILE: &str = "cryo-checkpoint.json";
 /// Format version written; a restore refuses a newer major.
 pub const FORMAT_MAJOR: u32 = 1;
-pub const FORMAT_MINOR: u32 = 0;
+pub const FORMAT_MINOR: u32 = 1;
 /// The image every CRIU dump writes first.
 const CRIU_INVENTORY: &str = "inventory.img";
 
@@ -55,6 +63,10 @@ pub enum External {
     /// A namespace the container joined rather than created (`network`, `pid`), by the key it
     /// has in CRIU's images.
     Namespace { namespace: String, key: String },
+    /// A private overlay volume (an overlay mount of the spec with an upper directory), by
+    /// destination: its files are in the checkpoint's volume sections (see
+    /// [`super::volumes`]), and the restore mounts the new spec's overlay there.
+    Overlay { destination: String },
 }
 
 /// The manifest itself.
@@ -75,6 +87,13 @@ pub struct Manifest {
     pub externals: Vec<External>,
     /// When the dump finished, seconds since the epoch.
     pub created_unix: u64,
+    /// The overlay volumes whose upper directories the checkpoint carries (format 1.1).
+    #[serde(default)]
+    pub volumes: Vec<Volume>,
+    /// PID 1 had a terminal (`process.terminal`): its pty is restored anew, its master handed
+    /// to the embedder (format 1.1).
+    #[serde(default)]
+    pub terminal: bool,
 }
 
 impl Manifest {
@@ -126,6 +145,23 @@ impl Manifest {
             ));
         }
         let manifest: Manifest = serde_json::from_value(value).map_err(|e| invalid(&path, e))?;
+        for e in &manifest.externals {
+            if let External::Overlay { destination } = e {
+                if !manifest
+                    .volumes
+                    .iter()
+                    .any(|v| v.destination == *destination)
+                {
+                    return Err(invalid(
+                        &path,
+                        format!(
+                            "the overlay volume at {destination} is external to CRIU's images \
+                             but no volume section carries its files"
+                        ),
+                    ));
+                }
+            }
+        }
         if !dir.join(CRIU_INVENTORY).is_file() {
             return Err(invalid(
                 dir,
@@ -178,6 +214,8 @@ mod tests {
                 },
             ],
             created_unix: 1,
+            volumes: Vec::new(),
+            terminal: false,
         }
     }
 
@@ -189,6 +227,30 @@ mod tests {
         assert!(err.contains("inventory.img"), "{err}");
         std::fs::write(dir.path().join(CRIU_INVENTORY), b"x").unwrap();
         assert_eq!(Manifest::load(dir.path()).unwrap(), sample());
+    }
+
+    #[test]
+    fn a_format_1_0_manifest_reads_as_having_no_volumes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CRIU_INVENTORY), b"x").unwrap();
+        let mut value = serde_json::to_value(sample()).unwrap();
+        value["format"]["minor"] = 0.into();
+        value.as_object_mut().unwrap().remove("volumes");
+        std::fs::write(Manifest::path(dir.path()), value.to_string()).unwrap();
+        assert!(Manifest::load(dir.path()).unwrap().volumes.is_empty());
+    }
+
+    #[test]
+    fn an_overlay_external_without_its_volume_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CRIU_INVENTORY), b"x").unwrap();
+        let mut m = sample();
+        m.externals.push(External::Overlay {
+            destination: "/ws".into(),
+        });
+        m.save(dir.path()).unwrap();
+        let err = Manifest::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("/ws"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! CRIU as the engine drives it: finding the binary ([`locate`]), one `criu swrk` RPC session
 //! ([`swrk`]), quoting its log on failure ([`log`]), the checkpoint directory's manifest
-//! ([`manifest`]) and what of a container is external to CRIU's images ([`externals`]).
+//! ([`manifest`]), what of a container is external to CRIU's images ([`externals`]) and the
+//! private overlay volumes' files carried beside the images ([`volumes`]).
 //!
 //! Why RPC (`criu swrk`) rather than the CLI: the answer to each request says whether it
 //! worked (and, for a restore, the restored init's pid) on a socket, so nothing depends on
@@ -18,6 +19,7 @@ pub mod externals;
 pub mod log;
 pub mod manifest;
 pub mod swrk;
+pub mod volumes;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};

@@ -1,8 +1,99 @@
-//! CRI cases: pod volumes carried by CRI checkpoint/restore.
+//! CRI cases: pod volumes carried by CRI checkpoint/restore (CheckpointContainer, then restore
+//! through CreateContainer in a new pod, containerd 2.x).
 
-use super::Case;
+use anyhow::{ensure, Context, Result};
+use harness::cri;
 
-pub(super) const CASES: &[(&str, Case)] = &[];
+use super::{
+    count, eventually, mount_at, restore_config, run_pod_with_uid, start, uid, Case, Suite, COUNTER,
+};
+
+pub(super) const CASES: &[(&str, Case)] = &[(
+    "restore_brings_back_a_private_overlay_volume",
+    restore_brings_back_a_private_overlay_volume,
+)];
 
 /// Cases of this module that need containerd 2.x's CRI (ignored on 1.6 with the suite's reason).
-pub(super) const NEEDS_V2: &[&str] = &[];
+pub(super) const NEEDS_V2: &[&str] = &["restore_brings_back_a_private_overlay_volume"];
+
+/// A container with a private overlay emptyDir (`type=bind`, `share=container`: its files are
+/// in an upper directory on disk only it sees) checkpointed through CRI; the pod removed and
+/// its emptyDir deleted, as kubelet does; restored through CreateContainer in a new pod with the
+/// same volume hint and a new, empty emptyDir: the files are back (in the new pod's volume),
+/// the volume is an overlay again, and the process continues.
+fn restore_brings_back_a_private_overlay_volume(s: &Suite, case: &str) -> Result<()> {
+    const HINTS: [(&str, &str); 2] = [
+        ("dev.cryo.spec.mount.cpriv.type", "bind"),
+        ("dev.cryo.spec.mount.cpriv.share", "container"),
+    ];
+    let uid1 = uid(case);
+    let dir = cri::empty_dir(&s.kubelet, &uid1, "cpriv")?;
+    let pod = run_pod_with_uid(s, case, &uid1, &HINTS)?;
+    let script = format!(
+        "echo in-the-volume > /v/cpriv/file; chmod 600 /v/cpriv/file; mkdir -p /v/cpriv/d/e; \
+         echo deep > /v/cpriv/d/e/f; ln -s d/e/f /v/cpriv/link; {COUNTER}"
+    );
+    let app = start(s, &pod, "counter", &script, &[("/v/cpriv", &dir)])?;
+    eventually("the counter counts", || Ok(count(s, &app)? >= 3))?;
+    let upper = dir.join(".cryo-filestore/container-counter/upper");
+    ensure!(
+        upper.join("file").is_file() && !dir.join("file").exists(),
+        "the volume is not a private overlay: its file is not in {}",
+        upper.display()
+    );
+    let before = count(s, &app)?;
+    let archive = s.kubelet.join("checkpoints").join(format!("{case}.tar"));
+    std::fs::create_dir_all(archive.parent().context("no parent")?)?;
+    s.cri.checkpoint_container(&app, &archive, 60)?;
+    s.cri.remove_pod_fully(&pod.id)?;
+    // kubelet deletes a removed pod's emptyDirs.
+    std::fs::remove_dir_all(&dir)?;
+
+    let uid2 = format!("{uid1}-restored");
+    let dir2 = cri::empty_dir(&s.kubelet, &uid2, "cpriv")?;
+    let new = run_pod_with_uid(s, &format!("{case}-restored"), &uid2, &HINTS)?;
+    let mut config = restore_config("counter", &archive);
+    config.mounts = vec![k8s_cri::v1::Mount {
+        container_path: "/v/cpriv".into(),
+        host_path: dir2.display().to_string(),
+        ..Default::default()
+    }];
+    let id = s.cri.create_container(&new.id, config, &new.config)?;
+    s.cri.start_container(&id)?;
+    let restored = count(s, &id)?;
+    ensure!(restored >= before, "restored count {restored} < {before}");
+    let got = s.cri.sh(
+        &id,
+        "cat /v/cpriv/file; stat -c %a /v/cpriv/file; readlink /v/cpriv/link; cat /v/cpriv/link",
+    )?;
+    ensure!(
+        got == "in-the-volume\n600\nd/e/f\ndeep\n",
+        "the overlay volume after the restore: {got:?}"
+    );
+    let (fstype, _) = mount_at(s.cri.container_pid(&id)?, "/v/cpriv")?;
+    ensure!(
+        fstype == "overlay",
+        "/v/cpriv after restore is {fstype}, not overlay"
+    );
+    // The new pod's volume holds them (under the filestore key of the restored container's
+    // name, which containerd 2.2.7 annotates as "containerd" for a restored container).
+    let stores = dir2.join(".cryo-filestore");
+    let holders: Vec<_> = std::fs::read_dir(&stores)
+        .with_context(|| format!("{}", stores.display()))?
+        .flatten()
+        .filter(|e| e.path().join("upper/d/e/f").is_file())
+        .map(|e| e.file_name())
+        .collect();
+    ensure!(
+        holders.len() == 1,
+        "the restored files are not in one filestore of the new pod's volume {}: {holders:?}",
+        stores.display()
+    );
+    eventually("the restored counter counts on", || {
+        Ok(count(s, &id)? > restored)
+    })?;
+    s.cri.stop_container(&id, 2)?;
+    s.cri.remove_container(&id)?;
+    std::fs::remove_file(&archive)?;
+    Ok(())
+}

@@ -10,7 +10,9 @@ use anyhow::{bail, ensure, Context, Result};
 use harness::image::BUSYBOX_IMAGE;
 use harness::Runtime;
 
-use super::{assert_gone, cleanup_container, run_detached, wait_status, Case, Suite};
+use super::{
+    assert_gone, cleanup_container, ctr_line, in_terminal, run_detached, wait_status, Case, Suite,
+};
 use harness::containerd::StartOptions;
 use harness::Containerd;
 
@@ -23,6 +25,15 @@ pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[
     (
         "prepared_restore_is_killed_and_deleted_cleanly",
         "a second task created on a running container's shim: runc's shim serves one container",
+    ),
+    (
+        "private_overlay_volume_comes_back",
+        "cryo's volume annotations (dev.cryo.spec.mount.*): runc's shim binds the host directory, \
+         whose content a new node does not have",
+    ),
+    (
+        "a_corrupt_volume_section_fails_restore_cleanly",
+        "cryo's own volume sections in the checkpoint: runc's checkpoints have none",
     ),
 ];
 
@@ -68,6 +79,22 @@ pub const CASES: &[(&str, Case)] = &[
     (
         "null_io_container_round_trips",
         null_io_container_round_trips,
+    ),
+    (
+        "restored_task_exit_carries_its_pid",
+        restored_task_exit_carries_its_pid,
+    ),
+    (
+        "terminal_container_round_trips",
+        terminal_container_round_trips,
+    ),
+    (
+        "private_overlay_volume_comes_back",
+        private_overlay_volume_comes_back,
+    ),
+    (
+        "a_corrupt_volume_section_fails_restore_cleanly",
+        a_corrupt_volume_section_fails_restore_cleanly,
     ),
 ];
 
@@ -518,7 +545,7 @@ fn restore_of_a_newer_format_is_refused(s: &Suite, rt: Runtime, id: &str) -> Res
     let bad = doctored(s, &image, |dir| {
         let path = dir.join("cryo-checkpoint.json");
         let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
-        manifest["format"]["major"] = 99.into();
+        manifest["format"] = serde_json::json!({"major": 99, "minor": 0});
         std::fs::write(&path, serde_json::to_vec(&manifest)?)?;
         Ok(())
     })?;
@@ -1006,6 +1033,356 @@ fn null_io_container_round_trips(s: &Suite, rt: Runtime, id: &str) -> Result<()>
     ensure!(
         fds.lines().all(|l| l == "/dev/null"),
         "the restored PID 1's stdio: {fds:?}"
+    );
+    kill_and_remove_task(s, &restored)?;
+    s.cd.ctr(&["container", "delete", &restored])?.ok()?;
+    assert_gone(s, &restored)
+}
+
+/// The pid of task `id` as `ctr task ls` shows it.
+fn task_pid(s: &Suite, id: &str) -> Result<u32> {
+    let ls = s.cd.ctr(&["task", "ls"])?.ok()?.stdout;
+    ls.lines()
+        .find(|l| l.split_whitespace().next() == Some(id))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .with_context(|| format!("no pid for {id} in:\n{ls}"))
+}
+
+/// `ctr events` of the suite's namespace, subscribed (a probe container's events came
+/// through); each line that mentions `needle` is sent on the channel. Killed when dropped.
+struct Events {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Events {
+    fn subscribe(s: &Suite, needle: &str) -> Result<Events> {
+        use std::io::BufRead;
+        let mut child = Command::new(s.cd.ctr_path())
+            .arg("-a")
+            .arg(s.cd.address())
+            .args(["-n", &s.cd.namespace, "events"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().context("ctr events: no stdout")?;
+        let (tx, lines) = std::sync::mpsc::channel();
+        let probe = format!("{needle}-probe");
+        let (needle, probe_needle) = (format!("\"{needle}\""), format!("\"{probe}\""));
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(|l| l.ok())
+            {
+                if line.contains(&probe_needle) {
+                    let _ = tx.send(String::new());
+                } else if line.contains(&needle) {
+                    let _ = tx.send(line);
+                }
+            }
+        });
+        let events = Events { child, lines };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let _ = s.cd.ctr(&["container", "create", BUSYBOX_IMAGE, &probe]);
+            let _ = s.cd.ctr(&["container", "delete", &probe]);
+            if events
+                .lines
+                .recv_timeout(Duration::from_millis(500))
+                .is_ok()
+            {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "ctr events showed nothing of a probe container"
+            );
+        }
+        while events.lines.try_recv().is_ok() {}
+        Ok(events)
+    }
+
+    /// The first line on `topic` within 20 s.
+    fn wait_for(&self, topic: &str) -> Result<String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut seen = Vec::new();
+        while Instant::now() < deadline {
+            if let Ok(line) = self.lines.recv_timeout(Duration::from_millis(100)) {
+                if line.split_whitespace().any(|w| w == topic) {
+                    return Ok(line);
+                }
+                seen.push(line);
+            }
+        }
+        bail!("no {topic} event; seen: {seen:?}")
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The TaskExit of a restored PID 1 names its pid (the one `ctr task ls` shows), as for any
+/// task, not 0.
+fn restored_task_exit_carries_its_pid(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let restored = format!("{id}-restored");
+    let _cleanup = Cleanup(s, restored.clone());
+    let image = checkpoint_of_sleeper(s, rt, id)?;
+    s.cd.ctr(&["container", "restore", "--live", "--rw", &restored, &image])?
+        .ok()
+        .context("restore")?;
+    wait_status(s, &restored, "RUNNING")?;
+    let pid = task_pid(s, &restored)?;
+    ensure!(pid > 0, "the restored task has pid {pid}");
+    let events = Events::subscribe(s, &restored)?;
+    s.cd.ctr(&["task", "kill", "-s", "SIGKILL", &restored])?
+        .ok()?;
+    let exit = events.wait_for("/tasks/exit")?;
+    eprintln!("{}: {exit}", rt.name());
+    ensure!(
+        exit.contains(&format!("\"pid\":{pid},")),
+        "the restored task's exit event does not carry its pid {pid}: {exit}"
+    );
+    wait_status(s, &restored, "STOPPED")?;
+    s.cd.ctr(&["task", "rm", &restored])?.ok()?;
+    s.cd.ctr(&["container", "delete", &restored])?.ok()?;
+    assert_gone(s, &restored)
+}
+
+/// A kubelet-style emptyDir (`<dir>/pods/<uid>/volumes/kubernetes.io~empty-dir/ws`) under
+/// `base`, and the `ctr run` arguments mounting it at `/ws` as a private overlay volume
+/// (`dev.cryo.spec.mount.ws.type=bind`, share=container by default).
+fn overlay_volume_args(base: &Path) -> Result<(std::path::PathBuf, Vec<String>)> {
+    let dir = base.join("pods/uid-1/volumes/kubernetes.io~empty-dir/ws");
+    std::fs::create_dir_all(&dir)?;
+    let args = vec![
+        "--annotation".to_string(),
+        "dev.cryo.spec.mount.ws.type=bind".to_string(),
+        "--annotation".to_string(),
+        "dev.cryo.spec.mount.ws.share=container".to_string(),
+        "--mount".to_string(),
+        format!("type=bind,src={},dst=/ws,options=rbind:rw", dir.display()),
+    ];
+    Ok((dir, args))
+}
+
+/// What the overlay volume cases write: a file with its own mode, a directory, a symlink, 8 MiB
+/// of random bytes, a sparse file with data at its end, and a log PID 1 keeps open and writes
+/// to when `/ws/go` appears.
+const VOLUME_WORKLOAD: &str = "echo hello > /ws/file; chmod 640 /ws/file; \
+    mkdir -p /ws/dir/sub; echo deep > /ws/dir/sub/f; ln -s dir/sub/f /ws/link; \
+    head -c 8388608 /dev/urandom > /ws/random; md5sum /ws/random > /ws/random.md5; \
+    dd if=/dev/zero of=/ws/sparse bs=1 count=0 seek=104857600 2>/dev/null; \
+    echo tail >> /ws/sparse; \
+    exec 4>>/ws/log; echo before >&4; echo ready > /ws/ready; \
+    while true; do if [ -e /ws/go ]; then rm /ws/go; echo after-restore >&4; fi; sleep 0.1; done";
+
+/// Checkpoint the container running [`VOLUME_WORKLOAD`] on a private overlay volume, remove
+/// it and empty the volume's directory (a new node has nothing of it): the checkpoint image.
+fn checkpoint_volume_workload(s: &Suite, rt: Runtime, id: &str, base: &Path) -> Result<String> {
+    let (dir, args) = overlay_volume_args(base)?;
+    let mut run = vec!["run", "-d", "--runtime", rt.id()];
+    run.extend(args.iter().map(String::as_str));
+    run.extend([BUSYBOX_IMAGE, id, "sh", "-c", VOLUME_WORKLOAD]);
+    s.cd.ctr(&run)?.ok()?;
+    wait_status(s, id, "RUNNING")?;
+    exec_until(s, id, "cat /ws/ready 2>/dev/null", |o| o == "ready")?;
+    let image = unique_ref(id);
+    s.cd.ctr(&["container", "checkpoint", "--task", "--rw", id, &image])?
+        .ok()
+        .context("checkpoint")?;
+    kill_and_remove_task(s, id)?;
+    s.cd.ctr(&["container", "delete", id])?.ok()?;
+    std::fs::remove_dir_all(&dir)?;
+    std::fs::create_dir_all(&dir)?;
+    Ok(image)
+}
+
+/// A container with a private overlay volume (`share=container`: its files are in an upper
+/// directory only it sees) checkpointed, removed, its volume directory emptied as on a new
+/// node, and restored: the files are back with their content, modes, symlink and holes, and
+/// the process still writes through the descriptor it held on the volume.
+fn private_overlay_volume_comes_back(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let restored = format!("{id}-restored");
+    let _cleanup = Cleanup(s, restored.clone());
+    let base = tempfile::tempdir_in(&s.cd.dir)?;
+    let image = checkpoint_volume_workload(s, rt, id, base.path())?;
+    s.cd.ctr(&["container", "restore", "--live", "--rw", &restored, &image])?
+        .ok()
+        .context("restore")?;
+    wait_status(s, &restored, "RUNNING")?;
+    let got = exec(
+        s,
+        &restored,
+        "cat /ws/file; stat -c %a /ws/file; cat /ws/dir/sub/f; readlink /ws/link; cat /ws/link; \
+         md5sum /ws/random | cmp - /ws/random.md5 && echo random-ok; \
+         stat -c %s /ws/sparse; tail -c 5 /ws/sparse; du -k /ws/sparse | cut -f1",
+    )?;
+    let lines: Vec<&str> = got.lines().collect();
+    ensure!(
+        lines.len() == 9,
+        "the volume after the restore (expected 9 lines):\n{got}"
+    );
+    ensure!(
+        lines[..7]
+            == [
+                "hello",
+                "640",
+                "deep",
+                "dir/sub/f",
+                "deep",
+                "random-ok",
+                "104857605"
+            ],
+        "the volume after the restore:\n{got}"
+    );
+    ensure!(lines[7] == "tail", "the sparse file's end: {got}");
+    let kib: u64 = lines[8].parse().context("du")?;
+    ensure!(
+        kib < 1024,
+        "the sparse file takes {kib} KiB after the restore: its hole was filled"
+    );
+    exec(s, &restored, "touch /ws/go")?;
+    exec_until(s, &restored, "cat /ws/log", |o| {
+        o == "before\nafter-restore"
+    })
+    .context("the restored process's descriptor on the volume")?;
+    kill_and_remove_task(s, &restored)?;
+    s.cd.ctr(&["container", "delete", &restored])?.ok()?;
+    assert_gone(s, &restored)
+}
+
+/// A checkpoint whose volume section was tampered with (bytes of the data file changed): the
+/// restore fails naming the section, no process of it runs, nothing of the section is left in
+/// the new volume, and removing it leaves nothing.
+fn a_corrupt_volume_section_fails_restore_cleanly(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let restored = format!("{id}-restored");
+    let _cleanup = Cleanup(s, restored.clone());
+    let base = tempfile::tempdir_in(&s.cd.dir)?;
+    let image = checkpoint_volume_workload(s, rt, id, base.path())?;
+    let bad = doctored(s, &image, |dir| {
+        let data = std::fs::read_dir(dir)?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "multitar"))
+            .context("no volume data (*.multitar) in the checkpoint")?;
+        let mut bytes = std::fs::read(&data)?;
+        // Inside the first file's content (after its tar header).
+        ensure!(bytes.len() > 8192, "volume data of {} bytes", bytes.len());
+        for b in &mut bytes[4096..4200] {
+            *b ^= 0x5a;
+        }
+        std::fs::write(&data, bytes)?;
+        Ok(())
+    })?;
+    let out =
+        s.cd.ctr(&["container", "restore", "--live", "--rw", &restored, &bad])?;
+    eprintln!(
+        "{}: restore of a corrupt volume section: {out:?}",
+        rt.name()
+    );
+    ensure!(out.code != 0, "the corrupt volume was restored: {out:?}");
+    ensure!(
+        out.stderr.contains("/ws") && out.stderr.contains("section"),
+        "the error does not name the volume's section: {:?}",
+        out.stderr
+    );
+    let volume = base
+        .path()
+        .join("pods/uid-1/volumes/kubernetes.io~empty-dir/ws/.cryo-filestore");
+    let upper = volume.join(format!("container-{restored}/upper"));
+    let left: Vec<_> = std::fs::read_dir(&upper)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    ensure!(
+        left.is_empty(),
+        "the failed restore left files in {}: {left:?}",
+        upper.display()
+    );
+    nothing_left_after_failed_restore(s, &restored)
+}
+
+/// A container with a terminal (`ctr run -t`): its process writes ticks to the tty and the
+/// count into a file. Checkpointed, removed, restored: the restored process has a terminal
+/// again (its stdio is a pty of the container), its count goes on, and what it writes to the
+/// tty reaches the client (containerd 2.x's `ctr container restore` stays attached to the
+/// terminal, and is stopped after a few seconds; containerd 1.6's asks for no terminal, which
+/// both runtimes refuse, naming the cause, and leave nothing).
+fn terminal_container_round_trips(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let restored = format!("{id}-restored");
+    let _cleanup = Cleanup(s, restored.clone());
+    let ctr = ctr_line(s);
+    let fifo = s.cd.fifo_dir().display().to_string();
+    let script =
+        "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; echo tick-$i; sleep 0.2; done";
+    let out = in_terminal(&format!(
+        "{ctr} run --fifo-dir {fifo} -d -t --runtime {} {BUSYBOX_IMAGE} {id} sh -c '{script}'",
+        rt.id()
+    ))?;
+    ensure!(out.code == 0, "run -d -t: {out:?}");
+    wait_status(s, id, "RUNNING")?;
+    exec_until(s, id, "cat /tmp/count", |o| {
+        o.parse::<u64>().is_ok_and(|n| n >= 3)
+    })?;
+    let image = unique_ref(id);
+    s.cd.ctr(&["container", "checkpoint", "--task", "--rw", id, &image])?
+        .ok()
+        .context("checkpoint of a container with a terminal")?;
+    let before = counter(s, id)?;
+    kill_and_remove_task(s, id)?;
+    s.cd.ctr(&["container", "delete", id])?.ok()?;
+
+    let out = in_terminal(&format!(
+        "timeout 6 {ctr} container restore --live --rw {restored} {image}"
+    ))?;
+    eprintln!("{}: restore of a terminal container: {out:?}", rt.name());
+    if !s.cd.release.is_v2() {
+        ensure!(
+            out.code != 0 && out.code != 124,
+            "ctr 1.6 restored a terminal container without a terminal: {out:?}"
+        );
+        ensure!(
+            rt == Runtime::Runc || out.stdout.contains("terminal"),
+            "the refusal does not name the terminal: {out:?}"
+        );
+        return nothing_left_after_failed_restore(s, &restored);
+    }
+    // Stopped by `timeout` while attached (124), or detached (0).
+    ensure!(
+        out.code == 124 || out.code == 0,
+        "restore of a container with a terminal: {out:?}"
+    );
+    let ticks: Vec<u64> = out
+        .stdout
+        .split_whitespace()
+        .filter_map(|w| {
+            w.trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+                .strip_prefix("tick-")
+                .and_then(|n| n.parse().ok())
+        })
+        .collect();
+    ensure!(
+        ticks.iter().any(|&n| n > before + 1),
+        "no tick after {before} reached the client through the restored terminal: {out:?}"
+    );
+    wait_status(s, &restored, "RUNNING")?;
+    let fds = exec(
+        s,
+        &restored,
+        "for f in 0 1 2; do readlink /proc/1/fd/$f; done",
+    )?;
+    ensure!(
+        fds.lines().all(|l| l.starts_with("/dev/pts/")),
+        "the restored PID 1's stdio is not a terminal: {fds:?}"
+    );
+    let after = counter(s, &restored)?;
+    ensure!(
+        after > before,
+        "the counter restarted: {after} after the restore, {before} at the checkpoint"
     );
     kill_and_remove_task(s, &restored)?;
     s.cd.ctr(&["container", "delete", &restored])?.ok()?;
