@@ -206,22 +206,29 @@ impl InitProcess {
         let pid = container.pid();
         // A restore's PID 1 exists only after Start: its exit is connected then, and its
         // terminal (the restored pty's master) too.
-        let restore_console =
-            (container.is_restore() && stdio.terminal).then(|| io.console_later(&stdio));
+        let restore_console = (container.is_restore() && stdio.terminal)
+            .then(|| io.console_later(&stdio))
+            .transpose();
         let (exit_rx, restore) = if container.is_restore() {
             crate::exits::PendingExit::pending(exits)
         } else {
             (exits.watch(pid, mark), None)
         };
-        if let Some(master) = container.take_console() {
-            if let Err(e) = io.attach_console(master, &stdio) {
+        let attached = match (restore_console, container.take_console()) {
+            (Err(e), _) => Err(e),
+            (Ok(pending), Some(master)) => io.attach_console(master, &stdio).map(|()| pending),
+            (Ok(pending), None) => Ok(pending),
+        };
+        let restore_console = match attached {
+            Ok(pending) => pending,
+            Err(e) => {
                 let destroyed = tokio::task::spawn_blocking(move || container.destroy()).await;
                 if let Ok(Err(d)) = destroyed {
                     warn!("container {id}: undo create: {d}");
                 }
                 return Err(Error::Internal(format!("container {id}: console: {e}")));
             }
-        }
+        };
         let engine = EngineHandle::new(id, container);
         let oom = OomReporter {
             container_id: id.to_string(),

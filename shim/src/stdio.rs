@@ -153,15 +153,20 @@ impl Io {
 
     /// Copy `from` to `to` until `from` ends or the outputs are stopped.
     fn copy_out(&mut self, from: OwnedFd, to: File, path: &str) -> io::Result<()> {
+        let stopped = self.outputs_stopped()?;
+        self.outputs
+            .push(copy_out(from, to, path.to_string(), stopped));
+        Ok(())
+    }
+
+    /// The read end the output copies watch: it reads EOF when [`Io::wait_outputs`] gives up.
+    fn outputs_stopped(&mut self) -> io::Result<Arc<OwnedFd>> {
         if self.outputs_stopped.is_none() {
             let (stopped, stop) = pipe()?;
             self.outputs_stop = Some(stop);
             self.outputs_stopped = Some(Arc::new(stopped));
         }
-        let stopped = self.outputs_stopped.clone().expect("made above");
-        self.outputs
-            .push(copy_out(from, to, path.to_string(), stopped));
-        Ok(())
+        Ok(self.outputs_stopped.clone().expect("made above"))
     }
 
     /// Copy a terminal's master to stdout and stdin into it.
@@ -179,14 +184,16 @@ impl Io {
 
     /// A terminal whose master arrives only later (a restore's, at Start): its output is
     /// waited for from now on, as if attached; dropped unattached, it counts as done.
-    pub fn console_later(&mut self, paths: &StdioPaths) -> PendingConsole {
+    pub fn console_later(&mut self, paths: &StdioPaths) -> io::Result<PendingConsole> {
+        let stopped = self.outputs_stopped()?;
         let (done, rx) = oneshot::channel();
         self.outputs.push(rx);
-        PendingConsole {
+        Ok(PendingConsole {
             paths: paths.clone(),
             control: self.control.clone(),
+            stopped,
             done,
-        }
+        })
     }
 
     /// The handle for CloseIO and ResizePty.
@@ -210,6 +217,7 @@ impl Io {
 pub struct PendingConsole {
     paths: StdioPaths,
     control: IoControl,
+    stopped: Arc<OwnedFd>,
     done: oneshot::Sender<()>,
 }
 
@@ -218,10 +226,17 @@ impl PendingConsole {
     pub fn attach(self, master: OwnedFd) -> io::Result<()> {
         *lock(&self.control.console) = Some(master.try_clone()?);
         if !self.paths.stdin.is_empty() {
-            copy_in(&self.paths.stdin, master.try_clone()?, &self.control)?;
+            copy_in(&self.paths.stdin, master.try_clone()?, &self.control, true)?;
         }
         if !self.paths.stdout.is_empty() {
-            copy_out_then(master, self.paths.stdout.clone(), self.done);
+            let to = open_output("stdout", &self.paths.stdout)?;
+            copy_out_then(
+                master,
+                to,
+                self.paths.stdout.clone(),
+                self.stopped,
+                self.done,
+            );
         }
         Ok(())
     }
@@ -377,12 +392,18 @@ fn wait_for(fd: BorrowedFd<'_>, events: libc::c_short, stop: BorrowedFd<'_>) -> 
 /// when `stopped` reads EOF.
 fn copy_out(from: OwnedFd, to: File, path: String, stopped: Arc<OwnedFd>) -> oneshot::Receiver<()> {
     let (tx, rx) = oneshot::channel();
-    copy_out_then(from, fifo, tx);
+    copy_out_then(from, to, path, stopped, tx);
     rx
 }
 
 /// [`copy_out`], signalling `tx` when done.
-fn copy_out_then(from: OwnedFd, fifo: String, tx: oneshot::Sender<()>) {
+fn copy_out_then(
+    from: OwnedFd,
+    to: File,
+    path: String,
+    stopped: Arc<OwnedFd>,
+    tx: oneshot::Sender<()>,
+) {
     spawn_thread(move || {
         if let Err(e) = copy_until_stopped(File::from(from), to, stopped.as_fd()) {
             if is_an_end(&e) {
