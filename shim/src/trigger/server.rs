@@ -193,6 +193,14 @@ mod tests {
         let mnt = tmp.path().join("mnt");
         std::fs::create_dir(&mnt).unwrap();
         let channel = Channel::mount(&mnt, "cryo-trigger-test").unwrap();
+        // Unmounted however the test ends.
+        struct Unmount(std::path::PathBuf);
+        impl Drop for Unmount {
+            fn drop(&mut self) {
+                super::super::unmount_all(&self.0);
+            }
+        }
+        let unmount = Unmount(mnt.clone());
         let fs = TriggerFs::new(Box::new(|id, _pid| id == "app"));
         fs.add("app", true);
         fs.add("side", false);
@@ -219,44 +227,42 @@ mod tests {
                 .unwrap()
         };
         let out = sh("exec 3<>app/fscheckpoint; echo 1 >&3; cat <&3; echo 1 >&3; cat <&3");
-        let result = (|| {
-            assert_eq!(
-                String::from_utf8_lossy(&out.stdout),
-                "resume\nresume\n",
-                "{out:?}"
-            );
-            assert_eq!(*rounds.lock().unwrap(), vec![1, 2]);
-            let out = sh("echo 1 > side/fscheckpoint");
-            assert!(!out.status.success());
-            assert!(
-                String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
-                "{out:?}"
-            );
-            let out = sh("touch new; ls; stat -c %a app/fscheckpoint side/fscheckpoint");
-            assert_eq!(
-                String::from_utf8_lossy(&out.stdout),
-                "app\nside\n666\n444\n",
-                "{out:?}"
-            );
-            // A reader waiting for a round that never comes dies of SIGKILL at once.
-            let mut cat = std::process::Command::new("cat")
-                .arg(mnt.join("side/fscheckpoint"))
-                .spawn()
-                .unwrap();
-            std::thread::sleep(std::time::Duration::from_millis(300));
-            cat.kill().unwrap();
-            let t = std::time::Instant::now();
-            cat.wait().unwrap();
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "resume\nresume\n",
+            "{out:?}"
+        );
+        assert_eq!(*rounds.lock().unwrap(), vec![1, 2]);
+        let out = sh("echo 1 > side/fscheckpoint");
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("Permission denied"),
+            "{out:?}"
+        );
+        let out = sh("touch new; ls; stat -c %a app/fscheckpoint side/fscheckpoint");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "app\nside\n666\n444\n",
+            "{out:?}"
+        );
+        // A reader waiting for a round that never comes dies of SIGKILL at once.
+        let mut cat = std::process::Command::new("cat")
+            .arg(mnt.join("side/fscheckpoint"))
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        cat.kill().unwrap();
+        let t = std::time::Instant::now();
+        while cat.try_wait().unwrap().is_none() {
             assert!(
                 t.elapsed() < std::time::Duration::from_secs(3),
-                "{:?}",
-                t.elapsed()
+                "a killed reader still waits for the trigger"
             );
-        })();
-        super::super::unmount_all(&mnt);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        drop(unmount);
         server.stop();
         drop(served);
-        result
     }
 
     #[test]
