@@ -211,6 +211,12 @@ impl TriggerFs {
             op::READ => {
                 let fh = req.u64_at(0).unwrap_or(0);
                 let size = req.u32_at(16).unwrap_or(0) as usize;
+                let read_flags = req.u32_at(20).unwrap_or(0);
+                if read_flags & fuse::READ_LOCKOWNER == 0 {
+                    // A page-cache read (splice, sendfile): refused, so that the caller falls
+                    // back to read(2), which comes direct (busybox's cat does so).
+                    return Outcome::reply(unique, Reply::Err(libc::EIO));
+                }
                 s.read(unique, fh, size, req.pid)
             }
             op::WRITE => {
@@ -370,7 +376,11 @@ impl State {
             },
             Node::Dir(_) => return Err(libc::ENOENT),
         };
-        Ok(fuse::attr(ino, mode, time))
+        // A file of size 0 would make splice and sendfile (which read through the page cache,
+        // direct I/O or not) end at once: with a page of size they ask, are refused, and the
+        // caller falls back to read(2).
+        let size = if mode & libc::S_IFREG != 0 { 4096 } else { 0 };
+        Ok(fuse::attr(ino, mode, size, time))
     }
 
     fn lookup(&self, parent: u64, name: &[u8], time: u64) -> Result<Vec<u8>, i32> {
@@ -512,10 +522,12 @@ mod tests {
         }
     }
 
+    /// A READ's or WRITE's arguments (a direct read: with its lock owner, as the kernel sends).
     fn io_body(fh: u64, size: u32, data: &[u8]) -> Vec<u8> {
         let mut b = vec![0u8; 40];
         b[0..8].copy_from_slice(&fh.to_ne_bytes());
         b[16..20].copy_from_slice(&size.to_ne_bytes());
+        b[20..24].copy_from_slice(&fuse::READ_LOCKOWNER.to_ne_bytes());
         b.extend_from_slice(data);
         b
     }
@@ -577,6 +589,11 @@ mod tests {
         );
         let eof = run(&fs, op::READ, 6, 3, 100, &io_body(w, 4096, b""));
         assert_eq!(eof.replies[0].1, Reply::Ok(Vec::new()));
+        // A page-cache read (no lock owner: splice, sendfile) is refused.
+        let mut body = io_body(w, 4096, b"");
+        body[20..24].copy_from_slice(&0u32.to_ne_bytes());
+        let paged = run(&fs, op::READ, 6, 3, 100, &body);
+        assert_eq!(paged.replies[0].1, Reply::Err(libc::EIO));
         // After its end of file, a handle waits for the next round; a failed one says error.
         let eof = run(&fs, op::READ, 7, 5, 200, &io_body(r, 4096, b""));
         assert_eq!(eof.replies[0].1, Reply::Ok(Vec::new()));

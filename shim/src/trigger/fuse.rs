@@ -49,6 +49,9 @@ pub const ROOT: u64 = 1;
 pub const FOPEN_DIRECT_IO: u32 = 1 << 0;
 /// No seeking: reads and writes ignore the offset.
 pub const FOPEN_NONSEEKABLE: u32 = 1 << 2;
+/// A READ's flag: the read carries its lock owner, which only direct reads (read(2) on a
+/// direct-I/O file) do; page-cache reads (readahead, splice) do not.
+pub const READ_LOCKOWNER: u32 = 1 << 1;
 /// O_TRUNC comes with OPEN instead of as a separate SETATTR.
 const FUSE_ATOMIC_O_TRUNC: u32 = 1 << 3;
 /// The largest write the kernel sends us.
@@ -211,11 +214,12 @@ impl Channel {
     }
 }
 
-/// Attributes of a node: a directory or a regular file of size 0 (reads are direct).
-pub fn attr(ino: u64, mode: u32, time: u64) -> [u8; 88] {
+/// Attributes of a node.
+pub fn attr(ino: u64, mode: u32, size: u64, time: u64) -> [u8; 88] {
     let mut a = [0u8; 88];
     a[0..8].copy_from_slice(&ino.to_ne_bytes());
-    // size 0, blocks 0; atime, mtime, ctime:
+    a[8..16].copy_from_slice(&size.to_ne_bytes());
+    // blocks 0; atime, mtime, ctime:
     for off in [24, 32, 40] {
         a[off..off + 8].copy_from_slice(&time.to_ne_bytes());
     }
@@ -334,7 +338,7 @@ mod tests {
 
     #[test]
     fn replies_have_the_kernels_sizes() {
-        let a = attr(3, libc::S_IFREG | 0o444, 0);
+        let a = attr(3, libc::S_IFREG | 0o444, 4096, 0);
         assert_eq!(entry_out(3, &a).len(), 128);
         assert_eq!(attr_out(&a).len(), 104);
         assert_eq!(open_out(1, 0).len(), 16);
