@@ -75,12 +75,21 @@ fn cryo(s: &Suite, args: &[&str]) -> Result<harness::Output> {
     harness::cmd::run(&mut cmd, None, Duration::from_secs(60))
 }
 
-/// The trigger's FUSE mount in the host's mount table, if any.
+/// Whether the pod's trigger filesystem is in the host's mount table: a `fuse.cryo` mount in
+/// the pod's sandbox bundle (also when containerd renamed the bundle `.<id>` to remove it).
 fn trigger_mounted(s: &Suite, pod: &Pod) -> Result<bool> {
-    let mountpoint = sandbox_bundle(s, pod).join("cryo-trigger");
+    let bundle = sandbox_bundle(s, pod);
+    let parent = bundle
+        .parent()
+        .context("no bundle parent")?
+        .display()
+        .to_string();
     Ok(std::fs::read_to_string("/proc/self/mountinfo")?
         .lines()
-        .any(|l| l.split(' ').nth(4) == mountpoint.to_str()))
+        .any(|l| {
+            let point = l.split(' ').nth(4).unwrap_or_default();
+            l.contains(" - fuse.cryo ") && point.starts_with(&parent) && point.contains(&pod.id)
+        }))
 }
 
 /// The shell sequence of gVisor's docs, twice on one descriptor, in the enabled container:
@@ -135,6 +144,35 @@ fn trigger_checkpoints_twice_and_links_latest(s: &Suite, case: &str) -> Result<(
             code != 0
                 && (err.contains("Read-only file system") || err.contains("Permission denied")),
             "the sidecar wrote the trigger with {script:?}: exit {code}, {err:?}"
+        );
+    }
+    // Nor through the agent's own (writable) view: the pod shares one pid namespace, so the
+    // sidecar reaches the agent's root as /proc/<pid>/root; the shim refuses a write open by
+    // a process outside the enabled container's mount namespace.
+    let agent_pid = s.cri.container_pid(&agent)?;
+    let status = std::fs::read_to_string(format!("/proc/{agent_pid}/status"))?;
+    let in_pod = status
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .and_then(|l| l.split_whitespace().last())
+        .context("no NSpid")?
+        .to_string();
+    let other_view = format!("/proc/{in_pod}/root{TRIGGER}");
+    let (code, _, err) = s
+        .cri
+        .exec_sync(&sidecar, &["sh", "-c", &format!("test -e {other_view}")])?;
+    ensure!(
+        code == 0,
+        "the sidecar does not see the agent's trigger at {other_view}: {err}"
+    );
+    for script in [
+        format!("echo 1 > {other_view}"),
+        format!("exec 3<>{other_view}; echo 1 >&3"),
+    ] {
+        let (code, _, err) = s.cri.exec_sync(&sidecar, &["sh", "-c", &script])?;
+        ensure!(
+            code != 0 && err.contains("Permission denied"),
+            "the sidecar wrote the agent's trigger with {script:?}: exit {code}, {err:?}"
         );
     }
     ensure!(!dest.exists(), "a write from the sidecar made a checkpoint");
