@@ -20,10 +20,10 @@ use super::fuse::{self, op, Request};
 
 /// The trigger file in each container's directory.
 pub const FILE_NAME: &str = "fscheckpoint";
-/// Open handles at most (all containers together); more opens get EMFILE.
-const MAX_HANDLES: usize = 4096;
-/// Parked reads at most; more get EBUSY.
-const MAX_PARKED: usize = 4096;
+/// Open handles at most per container (one cannot starve the others); more get EMFILE.
+const MAX_HANDLES: usize = 1024;
+/// Parked reads at most per container; more get EBUSY.
+const MAX_PARKED: usize = 1024;
 /// Results of past rounds kept for readers that lag behind.
 const HISTORY: usize = 64;
 
@@ -291,7 +291,7 @@ impl TriggerFs {
                 return Err(libc::EACCES);
             }
         }
-        if s.handles.len() >= MAX_HANDLES {
+        if s.handles.values().filter(|h| h.slot == k).count() >= MAX_HANDLES {
             return Err(libc::EMFILE);
         }
         s.next_fh += 1;
@@ -458,7 +458,14 @@ impl State {
             return Outcome::reply(unique, Reply::Ok(Vec::new()));
         }
         if h.waiting_for > completed {
-            if self.parked.len() >= MAX_PARKED {
+            let slot = h.slot;
+            let handles = &self.handles;
+            let parked_here = self
+                .parked
+                .iter()
+                .filter(|p| handles.get(&p.fh).is_some_and(|o| o.slot == slot))
+                .count();
+            if parked_here >= MAX_PARKED {
                 return Outcome::reply(unique, Reply::Err(libc::EBUSY));
             }
             self.parked.push(Parked {
@@ -605,6 +612,19 @@ mod tests {
         assert_eq!(
             fs.complete(2, false),
             vec![(7, Reply::Ok(b"error\n".to_vec()))]
+        );
+    }
+
+    #[test]
+    fn one_container_cannot_use_up_the_handles_of_another() {
+        let fs = pod();
+        for _ in 0..MAX_HANDLES {
+            open(&fs, 5, libc::O_RDONLY, 200).unwrap();
+        }
+        assert_eq!(open(&fs, 5, libc::O_RDONLY, 200), Err(libc::EMFILE));
+        assert!(
+            open(&fs, 3, libc::O_RDWR, 100).is_ok(),
+            "the other container"
         );
     }
 

@@ -1,0 +1,111 @@
+//! ctr cases: the in-container filesystem checkpoint trigger `/run/cryo/fscheckpoint` in a pod
+//! of one (a plain `ctr run` container annotated `dev.cryo.fscheckpoint.*`). runc's shim has
+//! no such thing: every case is cryo's only.
+
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use harness::Runtime;
+
+use super::{assert_gone, run, Case, Suite};
+
+const NO_TRIGGER: &str = "runc's shim has no fscheckpoint trigger (/run/cryo/fscheckpoint)";
+
+/// Cases runc's shim is not held to, and why.
+pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[
+    ("trigger_in_a_pod_of_one", NO_TRIGGER),
+    ("trigger_not_enabled_is_read_only", NO_TRIGGER),
+];
+
+pub const CASES: &[(&str, Case)] = &[
+    ("trigger_in_a_pod_of_one", trigger_in_a_pod_of_one),
+    (
+        "trigger_not_enabled_is_read_only",
+        trigger_not_enabled_is_read_only,
+    ),
+];
+
+const TRIGGER: &str = "/run/cryo/fscheckpoint";
+
+/// The shell sequence twice in the container itself (ctr puts a tmpfs at /run: the trigger
+/// is mounted over it): `resume` twice, checkpoints 1 and 2, `latest` on 2; nothing mounted
+/// once the container is gone.
+fn trigger_in_a_pod_of_one(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("cryo-trigger-")
+        .tempdir_in("/tmp")?;
+    let dest = tmp.path().join("ck");
+    let path = format!("dev.cryo.fscheckpoint.path={}", dest.display());
+    let out = run(
+        s,
+        rt,
+        id,
+        &[
+            "--annotation",
+            &path,
+            "--annotation",
+            "dev.gvisor.internal.fscheckpoint.resume=true",
+            "--annotation",
+            "dev.cryo.fscheckpoint.enable=true",
+        ],
+        &[
+            "sh",
+            "-c",
+            &format!(
+                "echo x > /x.txt; exec 3<>{TRIGGER}; echo 1 >&3; cat <&3; echo 1 >&3; cat <&3"
+            ),
+        ],
+    )?
+    .ok()?;
+    ensure!(
+        out.stdout == "resume\nresume\n",
+        "stdout {:?}, stderr {:?}",
+        out.stdout,
+        out.stderr
+    );
+    ensure!(std::fs::read_link(dest.join("latest"))? == Path::new("2"));
+    for n in ["1", "2"] {
+        ensure!(
+            dest.join(n).join("fscheckpoint.json").is_file(),
+            "no checkpoint {n}"
+        );
+    }
+    assert_gone(s, id)?;
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    ensure!(
+        !mounts
+            .lines()
+            .any(|l| l.contains(" - fuse.cryo ") && l.contains(id)),
+        "the trigger of {id} is still mounted"
+    );
+    Ok(())
+}
+
+/// Without `.enable=true` the file is there, 0444, and no write reaches it (read-only bind);
+/// no checkpoint is made.
+fn trigger_not_enabled_is_read_only(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("cryo-trigger-")
+        .tempdir_in("/tmp")?;
+    let dest = tmp.path().join("ck");
+    let path = format!("dev.cryo.fscheckpoint.path={}", dest.display());
+    let out = run(
+        s,
+        rt,
+        id,
+        &["--annotation", &path],
+        &[
+            "sh",
+            "-c",
+            &format!("stat -c %a {TRIGGER}; echo 1 > {TRIGGER} || echo refused"),
+        ],
+    )?;
+    ensure!(
+        out.stdout == "444\nrefused\n" && out.stderr.contains("Read-only file system"),
+        "stdout {:?}, stderr {:?}",
+        out.stdout,
+        out.stderr
+    );
+    ensure!(!dest.exists(), "a checkpoint was made");
+    assert_gone(s, id).context("after the run")
+}
