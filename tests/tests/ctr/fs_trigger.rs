@@ -15,6 +15,7 @@ const NO_TRIGGER: &str = "runc's shim has no fscheckpoint trigger (/run/cryo/fsc
 pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[
     ("trigger_in_a_pod_of_one", NO_TRIGGER),
     ("trigger_not_enabled_is_read_only", NO_TRIGGER),
+    ("trigger_round_that_fails_reads_error", NO_TRIGGER),
 ];
 
 pub const CASES: &[(&str, Case)] = &[
@@ -22,6 +23,10 @@ pub const CASES: &[(&str, Case)] = &[
     (
         "trigger_not_enabled_is_read_only",
         trigger_not_enabled_is_read_only,
+    ),
+    (
+        "trigger_round_that_fails_reads_error",
+        trigger_round_that_fails_reads_error,
     ),
 ];
 
@@ -108,4 +113,45 @@ fn trigger_not_enabled_is_read_only(s: &Suite, rt: Runtime, id: &str) -> Result<
     );
     ensure!(!dest.exists(), "a checkpoint was made");
     assert_gone(s, id).context("after the run")
+}
+
+/// A round that cannot be saved (`.container-path` names a mount the container does not have)
+/// reads `error`; no numbered directory and no `latest` are left, and the container runs on
+/// (a failed save stops nothing) and can try again.
+fn trigger_round_that_fails_reads_error(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("cryo-trigger-")
+        .tempdir_in("/tmp")?;
+    let dest = tmp.path().join("ck");
+    let path = format!("dev.cryo.fscheckpoint.path={}", dest.display());
+    let out = run(
+        s,
+        rt,
+        id,
+        &[
+            "--annotation",
+            &path,
+            "--annotation",
+            "dev.cryo.fscheckpoint.container-path=/data",
+            "--annotation",
+            "dev.cryo.fscheckpoint.enable=true",
+        ],
+        &[
+            "sh",
+            "-c",
+            &format!("exec 3<>{TRIGGER}; echo 1 >&3; cat <&3; echo 1 >&3; cat <&3; echo alive"),
+        ],
+    )?
+    .ok()?;
+    ensure!(
+        out.stdout == "error\nerror\nalive\n",
+        "stdout {:?}, stderr {:?}",
+        out.stdout,
+        out.stderr
+    );
+    let left: Vec<_> = std::fs::read_dir(&dest)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    ensure!(left.is_empty(), "left in the destination: {left:?}");
+    assert_gone(s, id)
 }
