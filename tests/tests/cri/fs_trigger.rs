@@ -10,7 +10,10 @@ use std::time::Duration;
 use anyhow::{bail, ensure, Context, Result};
 use harness::cri;
 
-use super::{create, eventually, run_pod, run_pod_with_uid, sandbox_bundle, uid, Case, Pod, Suite};
+use super::{
+    create, eventually, run_pod, run_pod_with_uid, sandbox_bundle, uid, Annotations, Case, Pod,
+    Suite,
+};
 
 pub(super) const CASES: &[(&str, Case)] = &[
     (
@@ -341,7 +344,7 @@ fn hostile_trigger_annotations_are_refused(s: &Suite, case: &str) -> Result<()> 
     let (_tmp, dest) = destination()?;
     let d = dest.to_str().unwrap_or_default();
     let p = "dev.cryo.fscheckpoint.path";
-    let pod_level: &[(&str, &[(&str, &str)], &str)] = &[
+    let pod_level: &[(&str, Annotations, &str)] = &[
         (
             "relative",
             &[(p, "ck")],
@@ -397,7 +400,7 @@ fn hostile_trigger_annotations_are_refused(s: &Suite, case: &str) -> Result<()> 
     }
     // Container level: enable=true in a pod without the trigger; a bad enable value; a
     // container trying to move the pod's destination.
-    let container_level: &[(&str, &[(&str, &str)], &[(&str, &str)], &str)] = &[
+    let container_level: &[(&str, Annotations, Annotations, &str)] = &[
         (
             "enable-without-path",
             &[],
