@@ -56,6 +56,8 @@ impl Outcome {
 
 /// Whether process `pid` is in container `id`'s mount namespace.
 pub type SameContainer = Box<dyn Fn(&str, u32) -> bool + Send + Sync>;
+/// Whether thread `pid` is one of the shim's own.
+pub type IsShim = Box<dyn Fn(u32) -> bool + Send + Sync>;
 
 struct Slot {
     /// The container id (its directory's name).
@@ -129,16 +131,18 @@ pub struct TriggerFs {
     /// The nodes' times (the mount's).
     time: u64,
     same_container: SameContainer,
+    is_shim: IsShim,
 }
 
 impl TriggerFs {
-    pub fn new(same_container: SameContainer) -> TriggerFs {
+    pub fn new(same_container: SameContainer, is_shim: IsShim) -> TriggerFs {
         TriggerFs {
             state: Mutex::default(),
             time: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
             same_container,
+            is_shim,
         }
     }
 
@@ -206,6 +210,12 @@ impl TriggerFs {
             op::READDIR => {
                 let offset = req.u64_at(8).unwrap_or(0);
                 let size = req.u32_at(16).unwrap_or(0) as usize;
+                if (self.is_shim)(req.pid) {
+                    // A checkpoint walking a volume that holds a container's /run/cryo (ctr's
+                    // /run tmpfs, all-volumes) saves it as an empty directory: it must never
+                    // read a trigger file (it would wait for its own end).
+                    return answer(Ok(Vec::new()));
+                }
                 answer(s.readdir(req.nodeid, offset, size))
             }
             op::READ => {
@@ -284,6 +294,9 @@ impl TriggerFs {
             Some(Node::Dir(k)) if s.has(k) => return Err(libc::EISDIR),
             _ => return Err(libc::ENOENT),
         };
+        if (self.is_shim)(pid) {
+            return Err(libc::EACCES);
+        }
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
         if write {
             let slot = s.slot(k).ok_or(libc::ENOENT)?;
@@ -541,7 +554,10 @@ mod tests {
 
     /// Two containers: `app` (enabled, pid 100 inside it) and `side` (not enabled).
     fn pod() -> TriggerFs {
-        let fs = TriggerFs::new(Box::new(|id, pid| id == "app" && pid == 100));
+        let fs = TriggerFs::new(
+            Box::new(|id, pid| id == "app" && pid == 100),
+            Box::new(|pid| pid == 1),
+        );
         fs.add("app", true);
         fs.add("side", false);
         fs
@@ -626,6 +642,20 @@ mod tests {
             open(&fs, 3, libc::O_RDWR, 100).is_ok(),
             "the other container"
         );
+    }
+
+    #[test]
+    fn the_shim_itself_sees_an_empty_tree_and_opens_nothing() {
+        let fs = pod();
+        let mut body = vec![0u8; 24];
+        body[16..20].copy_from_slice(&4096u32.to_ne_bytes());
+        let listed = |pid| match &run(&fs, op::READDIR, 2, fuse::ROOT, pid, &body).replies[0].1 {
+            Reply::Ok(v) => v.len(),
+            Reply::Err(e) => panic!("readdir: {e}"),
+        };
+        assert!(listed(100) > 0);
+        assert_eq!(listed(1), 0, "the shim's own walk");
+        assert_eq!(open(&fs, 5, libc::O_RDONLY, 1), Err(libc::EACCES));
     }
 
     #[test]

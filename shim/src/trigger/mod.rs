@@ -220,7 +220,8 @@ fn set_up(
             .and_then(|pod| pod.get(container).ok())
             .is_some_and(|c| same_mount_namespace(c.init.pid(), pid))
     });
-    let served = Served::new(channel, TriggerFs::new(same_container));
+    let is_shim: fs::IsShim = Box::new(|tid| Path::new(&format!("/proc/self/task/{tid}")).exists());
+    let served = Served::new(channel, TriggerFs::new(same_container, is_shim));
     let start = {
         let (weak, served, settings) = (Arc::downgrade(pod), served.clone(), settings.clone());
         let pod_id = pod_id.to_string();

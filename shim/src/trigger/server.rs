@@ -201,7 +201,7 @@ mod tests {
             }
         }
         let unmount = Unmount(mnt.clone());
-        let fs = TriggerFs::new(Box::new(|id, _pid| id == "app"));
+        let fs = TriggerFs::new(Box::new(|id, _pid| id == "app"), Box::new(|_| false));
         fs.add("app", true);
         fs.add("side", false);
         let served = Served::new(channel, fs);

@@ -16,6 +16,7 @@ pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[
     ("trigger_in_a_pod_of_one", NO_TRIGGER),
     ("trigger_not_enabled_is_read_only", NO_TRIGGER),
     ("trigger_round_that_fails_reads_error", NO_TRIGGER),
+    ("trigger_with_all_volumes_saves_run", NO_TRIGGER),
 ];
 
 pub const CASES: &[(&str, Case)] = &[
@@ -27,6 +28,10 @@ pub const CASES: &[(&str, Case)] = &[
     (
         "trigger_round_that_fails_reads_error",
         trigger_round_that_fails_reads_error,
+    ),
+    (
+        "trigger_with_all_volumes_saves_run",
+        trigger_with_all_volumes_saves_run,
     ),
 ];
 
@@ -153,5 +158,46 @@ fn trigger_round_that_fails_reads_error(s: &Suite, rt: Runtime, id: &str) -> Res
         .map(|d| d.flatten().map(|e| e.file_name()).collect())
         .unwrap_or_default();
     ensure!(left.is_empty(), "left in the destination: {left:?}");
+    assert_gone(s, id)
+}
+
+/// `.container-path=all-volumes` in a ctr container saves its `/run` tmpfs, which holds the
+/// trigger's own mount point: the save walks over it (the shim sees the trigger tree empty)
+/// instead of reading the trigger file and waiting for its own end.
+fn trigger_with_all_volumes_saves_run(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("cryo-trigger-")
+        .tempdir_in("/tmp")?;
+    let dest = tmp.path().join("ck");
+    let path = format!("dev.cryo.fscheckpoint.path={}", dest.display());
+    let out = run(
+        s,
+        rt,
+        id,
+        &[
+            "--annotation",
+            &path,
+            "--annotation",
+            "dev.cryo.fscheckpoint.container-path=/,all-volumes",
+            "--annotation",
+            "dev.cryo.fscheckpoint.resume=true",
+            "--annotation",
+            "dev.cryo.fscheckpoint.enable=true",
+        ],
+        &[
+            "sh",
+            "-c",
+            &format!("echo r > /run/r.txt; exec 3<>{TRIGGER}; echo 1 >&3; cat <&3"),
+        ],
+    )?
+    .ok()?;
+    ensure!(
+        out.stdout == "resume\n",
+        "stdout {:?}, stderr {:?}",
+        out.stdout,
+        out.stderr
+    );
+    let manifest = std::fs::read_to_string(dest.join("1/fscheckpoint.json"))?;
+    ensure!(manifest.contains("\"/run\""), "no /run section: {manifest}");
     assert_gone(s, id)
 }
