@@ -115,6 +115,32 @@ pub fn parse(annotations: &HashMap<String, String>) -> Result<Settings, String> 
     })
 }
 
+/// How a container's pod settings differ from the pod's: one phrase per setting, naming the
+/// annotation and both values.
+pub fn differences(container: &PodSettings, pod: &PodSettings) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut differ = |setting: &str, mine: String, pods: String| {
+        if mine != pods {
+            out.push(format!(
+                "annotation {FSCHECKPOINT_PREFIX}{setting}={mine:?} differs from the pod's {pods:?}"
+            ));
+        }
+    };
+    differ(
+        PATH,
+        container.path.display().to_string(),
+        pod.path.display().to_string(),
+    );
+    differ(RESUME, container.resume.to_string(), pod.resume.to_string());
+    differ(DIRECT, container.direct.to_string(), pod.direct.to_string());
+    differ(
+        CONTAINER_PATH,
+        container.paths.join(","),
+        pod.paths.join(","),
+    );
+    out
+}
+
 /// A destination is an absolute, clean host path (no empty, `.` or `..` components, no
 /// trailing slash), not `/`, and not in a kernel tree.
 fn check_destination(path: &str) -> Result<(), &'static str> {
@@ -173,6 +199,29 @@ mod tests {
         assert_eq!(pod.paths, vec!["/", "all-volumes"]);
         let s = parse_of(&[("dev.gvisor.internal.fscheckpoint.path", "/ck")]).unwrap();
         assert_eq!(s.pod.unwrap().paths, vec!["/"]);
+    }
+
+    #[test]
+    fn differences_name_the_annotation_and_both_values() {
+        let pod = parse_of(&[("dev.cryo.fscheckpoint.path", "/ck")])
+            .unwrap()
+            .pod
+            .unwrap();
+        let mine = parse_of(&[
+            ("dev.cryo.fscheckpoint.path", "/other"),
+            ("dev.cryo.fscheckpoint.resume", "true"),
+        ])
+        .unwrap()
+        .pod
+        .unwrap();
+        assert_eq!(
+            differences(&mine, &pod),
+            vec![
+                "annotation dev.cryo.fscheckpoint.path=\"/other\" differs from the pod's \"/ck\"",
+                "annotation dev.cryo.fscheckpoint.resume=\"true\" differs from the pod's \"false\"",
+            ]
+        );
+        assert!(differences(&pod, &pod).is_empty());
     }
 
     #[test]

@@ -118,6 +118,13 @@ fn prepare_blocking(
         == Some(annotations::CONTAINER_TYPE_SANDBOX);
     let trigger = &pod.trigger;
     let mut active = trigger.lock();
+    if (active.is_some() || settings.pod.is_some())
+        && (id.is_empty() || id.contains('/') || id == "." || id == "..")
+    {
+        return Err(Error::InvalidArgument(format!(
+            "container id {id:?}: not usable as a trigger directory name"
+        )));
+    }
     match (active.as_ref(), &settings.pod) {
         (None, None) => return Ok(spec),
         (None, Some(wanted)) => {
@@ -133,10 +140,8 @@ fn prepare_blocking(
         }
         (Some(a), Some(wanted)) if *wanted != a.settings => {
             return Err(Error::InvalidArgument(format!(
-                "container {id}: its {}* annotations ({wanted:?}) differ from pod {pod_id}'s \
-                 ({:?}): they are pod settings",
-                annotations::FSCHECKPOINT_PREFIX,
-                a.settings
+                "container {id}: {}; these are pod settings, the pod sandbox's stand",
+                config::differences(wanted, &a.settings).join(", ")
             )));
         }
         (Some(_), _) => {}
@@ -148,11 +153,6 @@ fn prepare_blocking(
     let Some(a) = active.as_ref() else {
         return Ok(spec);
     };
-    if id.is_empty() || id.contains('/') || id == "." || id == ".." {
-        return Err(Error::InvalidArgument(format!(
-            "container id {id:?}: not usable as a trigger directory name"
-        )));
-    }
     a.served.fs.add(id, settings.enable);
     let mut mounts = spec.mounts().clone().unwrap_or_default();
     mounts.push(trigger_mount(&a.mountpoint.join(id), settings.enable));

@@ -417,7 +417,7 @@ fn hostile_trigger_annotations_are_refused(s: &Suite, case: &str) -> Result<()> 
             "other-path",
             &[(p, d)],
             &[(p, "/tmp/elsewhere")],
-            "differ from pod",
+            "annotation dev.cryo.fscheckpoint.path=\"/tmp/elsewhere\" differs from the pod's",
         ),
     ];
     for (what, pod_annotations, annotations, expected) in container_level {
