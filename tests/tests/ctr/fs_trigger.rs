@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{ensure, Context, Result};
 use harness::Runtime;
 
-use super::{assert_gone, run, Case, Suite};
+use super::{assert_gone, run, run_detached, Case, Suite};
 
 const NO_TRIGGER: &str = "runc's shim has no fscheckpoint trigger (/run/cryo/fscheckpoint)";
 
@@ -17,6 +17,7 @@ pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[
     ("trigger_not_enabled_is_read_only", NO_TRIGGER),
     ("trigger_round_that_fails_reads_error", NO_TRIGGER),
     ("trigger_with_all_volumes_saves_run", NO_TRIGGER),
+    ("trigger_container_checkpoints_with_criu", NO_TRIGGER),
 ];
 
 pub const CASES: &[(&str, Case)] = &[
@@ -32,6 +33,10 @@ pub const CASES: &[(&str, Case)] = &[
     (
         "trigger_with_all_volumes_saves_run",
         trigger_with_all_volumes_saves_run,
+    ),
+    (
+        "trigger_container_checkpoints_with_criu",
+        trigger_container_checkpoints_with_criu,
     ),
 ];
 
@@ -200,4 +205,31 @@ fn trigger_with_all_volumes_saves_run(s: &Suite, rt: Runtime, id: &str) -> Resul
     let manifest = std::fs::read_to_string(dest.join("1/fscheckpoint.json"))?;
     ensure!(manifest.contains("\"/run\""), "no /run section: {manifest}");
     assert_gone(s, id)
+}
+
+/// A container with the trigger (a bind of the FUSE directory at /run/cryo) can still be
+/// checkpointed with CRIU (`ctr task checkpoint`): the bind is one of the spec's, an external.
+fn trigger_container_checkpoints_with_criu(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("cryo-trigger-")
+        .tempdir_in("/tmp")?;
+    let path = format!(
+        "dev.cryo.fscheckpoint.path={}",
+        tmp.path().join("ck").display()
+    );
+    run_detached(
+        s,
+        rt,
+        id,
+        &[
+            "--annotation",
+            &path,
+            "--annotation",
+            "dev.cryo.fscheckpoint.enable=true",
+        ],
+    )?;
+    s.cd.ctr(&["task", "checkpoint", id])?
+        .ok()
+        .context("ctr task checkpoint of a container with the trigger")?;
+    Ok(())
 }
