@@ -18,6 +18,7 @@ pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[
     ("trigger_round_that_fails_reads_error", NO_TRIGGER),
     ("trigger_with_all_volumes_saves_run", NO_TRIGGER),
     ("trigger_container_checkpoints_with_criu", NO_TRIGGER),
+    ("a_failed_create_leaves_no_trigger", NO_TRIGGER),
 ];
 
 pub const CASES: &[(&str, Case)] = &[
@@ -37,6 +38,10 @@ pub const CASES: &[(&str, Case)] = &[
     (
         "trigger_container_checkpoints_with_criu",
         trigger_container_checkpoints_with_criu,
+    ),
+    (
+        "a_failed_create_leaves_no_trigger",
+        a_failed_create_leaves_no_trigger,
     ),
 ];
 
@@ -232,4 +237,31 @@ fn trigger_container_checkpoints_with_criu(s: &Suite, rt: Runtime, id: &str) -> 
         .ok()
         .context("ctr task checkpoint of a container with the trigger")?;
     Ok(())
+}
+
+/// A container whose create fails after its trigger was set up (the engine refuses its
+/// oomScoreAdj) leaves no FUSE mount and no mount point behind.
+fn a_failed_create_leaves_no_trigger(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("cryo-trigger-")
+        .tempdir_in("/tmp")?;
+    let dest = tmp.path().join("ck").display().to_string();
+    let spec = super::spec_file(s, id, |spec| {
+        spec["annotations"] = serde_json::json!({"dev.cryo.fscheckpoint.path": dest});
+        spec["process"]["oomScoreAdj"] = 5000.into();
+        spec["process"]["args"] = serde_json::json!(["true"]);
+    })?;
+    let out = super::run_spec(s, rt, id, &spec)?;
+    ensure!(
+        out.code != 0 && out.stderr.contains("oomScoreAdj"),
+        "the create did not fail on oomScoreAdj: {out:?}"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let left: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.contains(" - fuse.cryo ") && l.contains(id))
+        .collect();
+    ensure!(left.is_empty(), "trigger mounts left: {left:?}");
+    super::cleanup_container(&s.cd, id);
+    assert_gone(s, id)
 }
