@@ -20,6 +20,12 @@ pub const MOUNT_PREFIX: &str = "dev.cryo.spec.mount.";
 /// gVisor's spelling of the same hints, accepted as aliases.
 pub const GVISOR_MOUNT_PREFIX: &str = "dev.gvisor.spec.mount.";
 
+/// The in-container filesystem checkpoint trigger: `dev.cryo.fscheckpoint.<setting>` (see
+/// `crate::trigger::config` for the settings and their values).
+pub const FSCHECKPOINT_PREFIX: &str = "dev.cryo.fscheckpoint.";
+/// gVisor's spelling of the same settings, accepted as aliases.
+pub const GVISOR_FSCHECKPOINT_PREFIX: &str = "dev.gvisor.internal.fscheckpoint.";
+
 /// One annotation of `spec`, if set and not empty.
 pub fn get<'a>(spec: &'a Spec, key: &str) -> Option<&'a str> {
     spec.annotations()

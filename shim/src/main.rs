@@ -29,6 +29,7 @@ mod socket;
 mod spec;
 mod stdio;
 mod task;
+mod trigger;
 mod volumes;
 
 /// Engine calls (create, start, exec, delete) run on at most this many blocking threads.

@@ -1,16 +1,22 @@
 //! The pod one shim serves (one pod, or one container when not run by CRI): its containers by
-//! id and its volumes.
+//! id, its volumes, its fscheckpoint trigger, and the lock that makes its filesystem
+//! checkpoints one at a time.
 
 use std::sync::Arc;
 
 use crate::container::Container;
 use crate::error::Result;
 use crate::registry::{Registry, Reservation};
+use crate::trigger::Trigger;
 use crate::volumes::PodVolumes;
 
 pub struct Pod {
     containers: Registry<Container>,
     pub volumes: PodVolumes,
+    pub trigger: Trigger,
+    /// Held by each filesystem checkpoint of the pod (`cryo fscheckpoint` or the trigger): a
+    /// second one would find the pod frozen by the first and could thaw it under it.
+    checkpoints: tokio::sync::Mutex<()>,
 }
 
 impl Default for Pod {
@@ -18,6 +24,8 @@ impl Default for Pod {
         Pod {
             containers: Registry::new("container"),
             volumes: PodVolumes::default(),
+            trigger: Trigger::default(),
+            checkpoints: tokio::sync::Mutex::default(),
         }
     }
 }
@@ -33,10 +41,16 @@ impl Pod {
     }
 
     /// Forget a deleted container; when it is the pod's sandbox (pause) container, the pod's
-    /// volumes are unmounted.
+    /// volumes and trigger are unmounted.
     pub async fn remove(&self, id: &str) {
         self.containers.remove(id);
+        self.trigger.container_removed(id).await;
         self.volumes.container_removed(id).await;
+    }
+
+    /// The lock every filesystem checkpoint of the pod holds while it runs.
+    pub fn checkpoint_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.checkpoints
     }
 
     /// Every container built so far.

@@ -261,13 +261,13 @@ fn check_destination(out: &Path) -> Result<()> {
 
 /// What one `--path` asks for.
 #[derive(Debug, PartialEq)]
-enum Wanted {
+pub(crate) enum Wanted {
     Rootfs,
     AllVolumes,
     Mount(String),
 }
 
-fn parse_paths(paths: &[String]) -> Result<Vec<Wanted>> {
+pub(crate) fn parse_paths(paths: &[String]) -> Result<Vec<Wanted>> {
     if paths.is_empty() {
         return Ok(vec![Wanted::Rootfs]);
     }

@@ -68,6 +68,7 @@ impl Shim for Service {
         let found = tokio::task::spawn_blocking(move || {
             // Pod overlays a dead shim left mounted in a sandbox bundle go first.
             crate::volumes::cleanup_bundle(&bundle);
+            crate::trigger::cleanup_bundle(&bundle);
             cryo_sandbox::container::cleanup(&bundle)
         })
         .await

@@ -69,16 +69,29 @@ impl TaskService {
         let spec = crate::spec::load(&bundle)?;
         // Pod volumes (dev.cryo.spec.mount.* annotations): mounts rewritten, pod overlays mounted.
         let spec = self.pod.volumes.prepare(&bundle, &req.id, spec).await?;
-        let restore = crate::checkpoint::restore_options(req)?;
-        let init = InitProcess::create(
-            req,
-            spec,
-            restore,
-            self.engine.clone(),
-            &self.exits,
-            &self.events,
-        )
-        .await?;
+        // The fscheckpoint trigger (dev.cryo.fscheckpoint.* annotations): /run/cryo added.
+        let spec = crate::trigger::prepare(&self.pod, &bundle, &req.id, spec).await?;
+        let created = async {
+            let restore = crate::checkpoint::restore_options(req)?;
+            InitProcess::create(
+                req,
+                spec,
+                restore,
+                self.engine.clone(),
+                &self.exits,
+                &self.events,
+            )
+            .await
+        }
+        .await;
+        let init = match created {
+            Ok(init) => init,
+            Err(e) => {
+                // Nothing of the trigger stays for a container that was not created.
+                self.pod.trigger.container_removed(&req.id).await;
+                return Err(e);
+            }
+        };
         let pid = init.pid() as u32;
         reservation.fill(Arc::new(Container::new(&req.id, &req.bundle, init)));
         crate::release_memory();

@@ -63,14 +63,11 @@ pub fn serve(id: &str, pod: Arc<Pod>) -> std::io::Result<Control> {
         }
     };
     let mut conns = Box::pin(socket::allowed_connections(listener)?);
-    // One checkpoint of the pod at a time: a second one would find the pod frozen by the first
-    // and could thaw it under it.
-    let one_at_a_time = Arc::new(tokio::sync::Mutex::new(()));
     tokio::spawn(async move {
         while let Some(conn) = conns.next().await {
             match conn {
                 Ok(conn) => {
-                    tokio::spawn(handle(conn, pod.clone(), one_at_a_time.clone()));
+                    tokio::spawn(handle(conn, pod.clone()));
                 }
                 Err(e) => {
                     warn!("control socket accept: {e}");
@@ -84,11 +81,7 @@ pub fn serve(id: &str, pod: Arc<Pod>) -> std::io::Result<Control> {
 }
 
 /// Answer one connection.
-async fn handle(
-    conn: tokio::net::UnixStream,
-    pod: Arc<Pod>,
-    one_at_a_time: Arc<tokio::sync::Mutex<()>>,
-) {
+async fn handle(conn: tokio::net::UnixStream, pod: Arc<Pod>) {
     let (read, mut write) = conn.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read.take(MAX_REQUEST));
@@ -100,7 +93,7 @@ async fn handle(
         Ok(Ok(0)) => return,
         Ok(Ok(_)) => match Request::parse(&line) {
             Err(e) => Response::error(e),
-            Ok(req) => answer(req, &pod, &one_at_a_time).await,
+            Ok(req) => answer(req, &pod).await,
         },
     };
     let mut text = serde_json::to_string(&response).unwrap_or_default();
@@ -110,14 +103,15 @@ async fn handle(
     }
 }
 
-async fn answer(req: Request, pod: &Pod, one_at_a_time: &tokio::sync::Mutex<()>) -> Response {
+async fn answer(req: Request, pod: &Pod) -> Response {
     match req {
         Request::Ps => Response {
             containers: crate::pod_checkpoint::list(pod),
             ..Response::ok()
         },
         Request::Fscheckpoint(args) => {
-            let _only = one_at_a_time.lock().await;
+            // One checkpoint of the pod at a time (the trigger's included).
+            let _only = pod.checkpoint_lock().lock().await;
             match crate::pod_checkpoint::save(pod, args).await {
                 Ok(sections) => Response {
                     sections,
