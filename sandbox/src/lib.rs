@@ -25,6 +25,7 @@ pub mod exec;
 mod fs_context;
 pub mod fscheckpoint;
 pub mod init;
+pub mod layer_cache;
 mod launch;
 mod lsm;
 pub mod mount;
