@@ -5,12 +5,15 @@ use std::sync::Arc;
 
 use crate::container::Container;
 use crate::error::Result;
+use crate::fs_restore::PodRestore;
 use crate::registry::{Registry, Reservation};
 use crate::volumes::PodVolumes;
 
 pub struct Pod {
     containers: Registry<Container>,
     pub volumes: PodVolumes,
+    /// The filesystem checkpoint the pod was created from, if any.
+    pub fs_restore: Arc<PodRestore>,
 }
 
 impl Default for Pod {
@@ -18,6 +21,7 @@ impl Default for Pod {
         Pod {
             containers: Registry::new("container"),
             volumes: PodVolumes::default(),
+            fs_restore: Arc::default(),
         }
     }
 }
@@ -37,6 +41,7 @@ impl Pod {
     pub async fn remove(&self, id: &str) {
         self.containers.remove(id);
         self.volumes.container_removed(id).await;
+        self.fs_restore.container_removed(id);
     }
 
     /// Every container built so far.

@@ -196,6 +196,8 @@ impl Containerd {
             .env("PATH", std::env::join_paths(path)?)
             // The shims it starts put their control sockets here (`cryo --root`).
             .env("CRYO_ROOT", dir.join("cryo"))
+            // Their layer cache of restored filesystem checkpoints (`CRYO_LAYER_ROOT`).
+            .env("CRYO_LAYER_ROOT", dir.join("layers"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -247,6 +249,11 @@ impl Containerd {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Where this containerd's cryo shims keep restored checkpoint layers (`CRYO_LAYER_ROOT`).
+    pub fn layer_root(&self) -> PathBuf {
+        self.dir.join("layers")
     }
 
     /// Where this containerd's cryo shims serve their control sockets (`CRYO_ROOT`).
