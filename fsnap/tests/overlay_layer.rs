@@ -59,7 +59,10 @@ fn an_overlay_layer_keeps_whiteouts_and_opaque_dirs_and_drops_other_overlay_attr
         xattr(&layer.join("opaque"), "trusted.overlay.opaque").as_deref(),
         Some(&b"y"[..])
     );
-    assert_eq!(xattr(&layer.join("moved"), "trusted.overlay.redirect"), None);
+    assert_eq!(
+        xattr(&layer.join("moved"), "trusted.overlay.redirect"),
+        None
+    );
     assert_eq!(xattr(&layer.join("f"), "trusted.overlay.metacopy"), None);
     assert_eq!(
         xattr(&layer.join("f"), "user.kept").as_deref(),

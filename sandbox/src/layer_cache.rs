@@ -74,13 +74,16 @@ impl LayerCache {
     /// the same pass). A corrupt or hostile section fails naming the section and the cause,
     /// and leaves no layer. Blocking.
     pub fn layer(&self, checkpoint: &Path, manifest: &Manifest, index: usize) -> Result<Layer> {
-        let section = manifest.sections.get(index).ok_or_else(|| Error::Checkpoint {
-            path: checkpoint.to_path_buf(),
-            reason: format!(
-                "has {} sections; there is no section {index}",
-                manifest.sections.len()
-            ),
-        })?;
+        let section = manifest
+            .sections
+            .get(index)
+            .ok_or_else(|| Error::Checkpoint {
+                path: checkpoint.to_path_buf(),
+                reason: format!(
+                    "has {} sections; there is no section {index}",
+                    manifest.sections.len()
+                ),
+            })?;
         let hex = checksum_hex(&section.checksum)
             .map_err(|reason| Error::Checkpoint {
                 path: checkpoint.to_path_buf(),
@@ -327,7 +330,12 @@ mod tests {
         });
         assert_eq!(layers.iter().filter(|l| l.extracted).count(), 1);
         assert!(layers.iter().all(|l| l.path == layers[0].path));
-        assert_eq!(entries(cache.root()).len(), 2, "{:?}", entries(cache.root()));
+        assert_eq!(
+            entries(cache.root()).len(),
+            2,
+            "{:?}",
+            entries(cache.root())
+        );
     }
 
     #[test]

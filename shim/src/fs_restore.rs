@@ -273,15 +273,22 @@ impl ContainerRestore {
     /// Section `index` as a layer in the cache (extracted now if not there). Blocking.
     fn layer(&self, index: usize) -> Result<PathBuf> {
         let c = &self.checkpoint;
-        let layer = self
-            .cache
-            .layer(&c.dir, &c.manifest, index)
-            .map_err(|e| {
-                Error::FailedPrecondition(format!(
-                    "container {}: {FS_RESTORE_IMAGE_PATH}={:?}: restore section {index} ({}): {e}",
-                    self.id, c.value, c.manifest.sections[index].resource
-                ))
-            })?;
+        let layer = self.cache.layer(&c.dir, &c.manifest, index).map_err(|e| {
+            // The cache's error names the checkpoint and, for a bad section, the section.
+            let named = format!(
+                "section {index} ({}): ",
+                c.manifest.sections[index].resource
+            );
+            let cause = e.to_string();
+            let cause = match cause.split_once(&named) {
+                Some((_, rest)) => rest.to_string(),
+                None => cause,
+            };
+            Error::FailedPrecondition(format!(
+                "container {}: {FS_RESTORE_IMAGE_PATH}={:?}: restore {named}{cause}",
+                self.id, c.value
+            ))
+        })?;
         let text = layer.path.to_string_lossy();
         if text.contains([':', ',', '\\']) {
             return Err(Error::FailedPrecondition(format!(
@@ -371,7 +378,11 @@ impl ContainerRestore {
                     self.id
                 ))
             })?;
-        *lower = format!("lowerdir={}:{}", layer.display(), &lower["lowerdir=".len()..]);
+        *lower = format!(
+            "lowerdir={}:{}",
+            layer.display(),
+            &lower["lowerdir=".len()..]
+        );
         Ok(Some(req))
     }
 }

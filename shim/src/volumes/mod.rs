@@ -149,8 +149,7 @@ impl PodVolumes {
                     self.record_mounted(&sandbox_bundle, &d.volume, Some(&mountpoint));
                     // Mounting is idempotent: a container racing this one mounts it once.
                     let lower = layers.get(&d.volume).map(PathBuf::as_path);
-                    if let Err(e) =
-                        volume::mount_overlay_on(&d.source, POD_KEY, &mountpoint, lower)
+                    if let Err(e) = volume::mount_overlay_on(&d.source, POD_KEY, &mountpoint, lower)
                     {
                         self.record_mounted(&sandbox_bundle, &d.volume, None);
                         return Err(e.into());
