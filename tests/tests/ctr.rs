@@ -38,6 +38,8 @@ const RUNC_FALLS_SHORT: &[(&str, &str)] = &[(
 mod checkpoint;
 #[path = "ctr/engine_hardening.rs"]
 mod engine_hardening;
+#[path = "ctr/fs_restore.rs"]
+mod fs_restore;
 #[path = "ctr/fscheckpoint.rs"]
 mod fscheckpoint;
 #[path = "ctr/launch_hardening.rs"]
@@ -63,6 +65,7 @@ fn all_cases() -> Vec<(&'static str, Case, Option<&'static str>)> {
         (checkpoint::CASES, checkpoint::RUNC_FALLS_SHORT),
         (socket::CASES, socket::RUNC_FALLS_SHORT),
         (fscheckpoint::CASES, fscheckpoint::RUNC_FALLS_SHORT),
+        (fs_restore::CASES, fs_restore::RUNC_FALLS_SHORT),
     ];
     let mut all = Vec::new();
     for (cases, excused) in topics {
