@@ -27,6 +27,7 @@ pub mod fscheckpoint;
 pub mod init;
 mod launch;
 pub mod layer_cache;
+pub mod layer_copy;
 mod lsm;
 pub mod mount;
 mod sealed_exe;
