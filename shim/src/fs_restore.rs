@@ -14,8 +14,10 @@
 //! container's own upper directory stays its own, so its writes never reach the cache. A
 //! volume (a share=pod or share=container overlay) mounted at a section's path gets the
 //! section's layer as its overlay's lower directory (a share=pod volume's section may have been
-//! recorded under any container of the saved pod, so it matches by path alone). Sections
-//! matching no container are logged when the pod ends, and skipped.
+//! recorded under any container of the saved pod, so it matches by path alone). A private
+//! tmpfs volume has no lower layer: it gets a copy of the section's layer once the container's
+//! mounts exist, before its workload starts (`cryo_sandbox::layer_copy`). Sections matching no
+//! container are logged when the pod ends, and skipped.
 //!
 //! A corrupt or hostile section fails the container's creation naming the section and the
 //! cause, before anything of the container is mounted; the cache keeps no partial layer.
@@ -229,6 +231,7 @@ impl PodRestore {
             label,
             checkpoint,
             cache: LayerCache::from_env(),
+            tmpfs: Mutex::default(),
         }))
     }
 
@@ -267,6 +270,12 @@ pub struct ContainerRestore {
     label: String,
     checkpoint: Arc<Checkpoint>,
     cache: LayerCache,
+    /// Tmpfs volumes to fill once mounted: (mount path, layer).
+    tmpfs: Mutex<Vec<(PathBuf, PathBuf)>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl ContainerRestore {
@@ -325,17 +334,46 @@ impl ContainerRestore {
         }
     }
 
-    /// A tmpfs volume at `dest` with a matching section: not restored (logged).
-    pub fn tmpfs_skipped(&self, dest: &Path) {
-        if let Some(i) = self
-            .checkpoint
-            .volume_section(&self.label, &dest.to_string_lossy(), false)
-        {
+    /// The layer for the tmpfs volume at `dest`, if a section matches, noted for
+    /// [`ContainerRestore::fill_tmpfs`] (a tmpfs has no lower layer: it gets a copy). Blocking.
+    pub fn tmpfs_layer(&self, dest: &Path) -> Result<()> {
+        if let Some(layer) = self.volume_layer(dest, false)? {
+            lock(&self.tmpfs).push((dest.to_path_buf(), layer));
+        }
+        Ok(())
+    }
+
+    /// Whether a tmpfs volume waits for its copy.
+    pub fn has_tmpfs(&self) -> bool {
+        !lock(&self.tmpfs).is_empty()
+    }
+
+    /// Copy each noted layer into its tmpfs volume of the created container whose PID 1 is
+    /// `pid` (its mounts made, its workload not started). Blocking.
+    pub fn fill_tmpfs(&self, pid: i32) -> Result<()> {
+        if pid <= 0 {
+            return Err(Error::FailedPrecondition(format!(
+                "container {}: {FS_RESTORE_IMAGE_PATH}: a tmpfs volume cannot be filled in a CRIU restore",
+                self.id
+            )));
+        }
+        for (dest, layer) in lock(&self.tmpfs).iter() {
+            let bytes = cryo_sandbox::layer_copy::copy_into_container(layer, pid, dest)
+                .map_err(|e| {
+                    Error::FailedPrecondition(format!(
+                        "container {}: {FS_RESTORE_IMAGE_PATH}: tmpfs volume {}: {e}",
+                        self.id,
+                        dest.display()
+                    ))
+                })?;
             info!(
-                "container {}: section {i} ({}) is for a tmpfs volume: not restored (only overlay volumes take a layer)",
-                self.id, self.checkpoint.manifest.sections[i].resource
+                "container {}: tmpfs volume {} filled from layer {} ({bytes} bytes)",
+                self.id,
+                dest.display(),
+                layer.display()
             );
         }
+        Ok(())
     }
 
     /// `req` with the container's rootfs section (if any) as the top lower layer of its

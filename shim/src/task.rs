@@ -83,13 +83,18 @@ impl TaskService {
         let spec = self
             .pod
             .volumes
-            .prepare(&bundle, &req.id, spec, fs_restore)
+            .prepare(&bundle, &req.id, spec, fs_restore.clone())
             .await?;
         let restore = crate::checkpoint::restore_options(req)?;
+        // Restored tmpfs volumes are filled once the container's mounts exist.
+        let prepared = fs_restore
+            .filter(|r| r.has_tmpfs())
+            .map(|r| Box::new(move |pid| r.fill_tmpfs(pid)) as crate::init::Prepared);
         let init = InitProcess::create(
             req,
             spec,
             restore,
+            prepared,
             self.engine.clone(),
             &self.exits,
             &self.events,

@@ -223,8 +223,8 @@ impl PodVolumes {
 
 /// The layers of a restored checkpoint for the container's overlay volumes, by volume name,
 /// all materialised before anything is mounted: a share=pod volume's when this container is
-/// the first to mount it, a share=container volume's always. A tmpfs volume's section is
-/// logged and skipped.
+/// the first to mount it, a share=container volume's always. A tmpfs volume's is noted for the
+/// copy into it once it is mounted (`ContainerRestore::fill_tmpfs`).
 fn restored_layers(
     restore: &ContainerRestore,
     plan: &[(Decision, bool)],
@@ -243,7 +243,7 @@ fn restored_layers(
             Shape::PodOverlay if *new => restore.volume_layer(&dest, true)?,
             Shape::ContainerOverlay => restore.volume_layer(&dest, false)?,
             Shape::Tmpfs => {
-                restore.tmpfs_skipped(&dest);
+                restore.tmpfs_layer(&dest)?;
                 None
             }
             _ => None,

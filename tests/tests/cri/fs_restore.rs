@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{ensure, Context, Result};
 use harness::cri;
 
-use super::{create, eventually, run_pod_with_uid, start, uid, Case, Pod, Suite};
+use super::{create, eventually, mount_at, run_pod_with_uid, start, uid, Case, Pod, Suite};
 
 pub(super) const CASES: &[(&str, Case)] = &[
     (
@@ -22,6 +22,10 @@ pub(super) const CASES: &[(&str, Case)] = &[
     (
         "fs_restore_annotation_is_checked_at_run_pod",
         fs_restore_annotation_is_checked_at_run_pod,
+    ),
+    (
+        "fs_restore_fills_a_private_tmpfs_volume",
+        fs_restore_fills_a_private_tmpfs_volume,
     ),
 ];
 
@@ -372,5 +376,62 @@ fn fs_restore_annotation_is_checked_at_run_pod(s: &Suite, case: &str) -> Result<
         );
     }
     ensure!(s.cri.list_pods()? == before, "a pod is left");
+    Ok(())
+}
+
+/// A private tmpfs volume (`type=tmpfs`, share=container) saved with `--path /scratch` comes
+/// back in a new pod as a tmpfs holding a copy of the section (a tmpfs takes no layer): files,
+/// a subdirectory, a hard link, a mode.
+fn fs_restore_fills_a_private_tmpfs_volume(s: &Suite, case: &str) -> Result<()> {
+    let tmpfs_pod = |case: &str, extra: &[(&str, &str)]| -> Result<(Pod, PathBuf)> {
+        let uid = uid(case);
+        let dir = cri::empty_dir(&s.kubelet, &uid, "scratch")?;
+        let source = dir.display().to_string();
+        let mut annotations = vec![
+            ("dev.cryo.spec.mount.scratch.type", "tmpfs"),
+            ("dev.cryo.spec.mount.scratch.source", source.as_str()),
+        ];
+        annotations.extend_from_slice(extra);
+        Ok((run_pod_with_uid(s, case, &uid, &annotations)?, dir))
+    };
+    let (pod, dir) = tmpfs_pod(case, &[])?;
+    let app = start(
+        s,
+        &pod,
+        "app",
+        "mkdir /scratch/sub && echo one > /scratch/f && echo two > /scratch/sub/g && ln /scratch/f /scratch/h && chmod 0640 /scratch/f && exec sleep 100000",
+        &[("/scratch", &dir)],
+    )?;
+    eventually("app wrote", || {
+        Ok(s.cri.exec_sync(&app, &["cat", "/scratch/h"])?.0 == 0)
+    })?;
+    let tmp = tempfile::Builder::new()
+        .prefix("cryo-fsrestore-")
+        .tempdir_in("/tmp")?;
+    let ck = tmp.path().join("ck").display().to_string();
+    cryo(
+        s,
+        &[
+            "fscheckpoint",
+            "--image-path",
+            &ck,
+            "--path",
+            "/scratch",
+            "--leave-running",
+            &pod.id,
+        ],
+    )?
+    .ok()?;
+    s.cri.remove_pod_fully(&pod.id)?;
+
+    let (new, new_dir) = tmpfs_pod(&format!("{case}-new"), &[(ANNOTATION, &ck)])?;
+    let app = start(s, &new, "app", "exec sleep 100000", &[("/scratch", &new_dir)])?;
+    let seen = s.cri.sh(
+        &app,
+        "cat /scratch/f /scratch/sub/g; stat -c '%a %h' /scratch/f",
+    )?;
+    ensure!(seen == "one\ntwo\n640 2\n", "the restored tmpfs holds {seen:?}");
+    let (fstype, _) = mount_at(s.cri.container_pid(&app)?, "/scratch")?;
+    ensure!(fstype == "tmpfs", "/scratch is a {fstype}, not a tmpfs");
     Ok(())
 }
