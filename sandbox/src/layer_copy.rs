@@ -44,12 +44,9 @@ pub fn copy_into_container(layer: &Path, pid: i32, dest: &Path) -> Result<u64> {
     if fs.filesystem_type() != nix::sys::statfs::TMPFS_MAGIC {
         return Err(fail("is not a tmpfs".into()));
     }
-    let mut entries = nix::dir::Dir::from_fd(
-        target
-            .try_clone()
-            .map_err(|e| fail(format!("dup: {e}")))?,
-    )
-    .map_err(|e| fail(format!("read: {e}")))?;
+    let mut entries =
+        nix::dir::Dir::from_fd(target.try_clone().map_err(|e| fail(format!("dup: {e}")))?)
+            .map_err(|e| fail(format!("read: {e}")))?;
     let busy = entries
         .iter()
         .filter_map(|e| e.ok())
@@ -77,7 +74,8 @@ struct Copy {
 impl Copy {
     /// Copy the entries of directory `src` into the directory `dst`.
     fn dir(&mut self, src: &Path, dst: BorrowedFd) -> Res<()> {
-        let dst_owned = std::sync::Arc::new(dst.try_clone_to_owned().map_err(|e| format!("dup: {e}"))?);
+        let dst_owned =
+            std::sync::Arc::new(dst.try_clone_to_owned().map_err(|e| format!("dup: {e}"))?);
         let mut names: Vec<_> = std::fs::read_dir(src)
             .map_err(|e| format!("read {}: {e}", src.display()))?
             .map(|e| e.map(|e| e.file_name()))
@@ -200,8 +198,12 @@ fn times(md: &std::fs::Metadata) -> TimeSpec {
 /// Owner, mode, xattrs and mtime of `from` onto the open file or directory `fd`.
 fn meta_fd(from: &Path, fd: BorrowedFd) -> Res<()> {
     let md = std::fs::symlink_metadata(from).map_err(|e| e.to_string())?;
-    fchown(fd, Some(Uid::from_raw(md.uid())), Some(Gid::from_raw(md.gid())))
-        .map_err(|e| format!("chown: {e}"))?;
+    fchown(
+        fd,
+        Some(Uid::from_raw(md.uid())),
+        Some(Gid::from_raw(md.gid())),
+    )
+    .map_err(|e| format!("chown: {e}"))?;
     fchmod(fd, Mode::from_bits_truncate(md.mode() & 0o7777)).map_err(|e| format!("chmod: {e}"))?;
     for (k, v) in xattrs_of(from)? {
         fsnap::xattr::set_fd(fd, &k, &v).map_err(|e| format!("xattr {k}: {e}"))?;
@@ -244,7 +246,9 @@ fn meta_at(from: &Path, parent: BorrowedFd, name: &str, chmod: bool) -> Res<()> 
 }
 
 fn beneath() -> ResolveFlag {
-    ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_NO_MAGICLINKS
+    ResolveFlag::RESOLVE_BENEATH
+        | ResolveFlag::RESOLVE_NO_SYMLINKS
+        | ResolveFlag::RESOLVE_NO_MAGICLINKS
 }
 
 fn dir_how() -> OpenHow {
@@ -324,10 +328,16 @@ mod tests {
             assert!(!got.join("gone").exists());
             let s = std::fs::metadata(got.join("sparse")).unwrap();
             assert_eq!(s.len(), (8 << 20) + 1);
-            assert!(s.blocks() < 64, "the hole was filled: {} blocks", s.blocks());
+            assert!(
+                s.blocks() < 64,
+                "the hole was filled: {} blocks",
+                s.blocks()
+            );
             assert!(got.join("d/e").is_dir());
             // Again: not empty any more.
-            let e = copy_into_container(&layer, pid, &mnt).unwrap_err().to_string();
+            let e = copy_into_container(&layer, pid, &mnt)
+                .unwrap_err()
+                .to_string();
             assert!(e.contains("not empty"), "{e}");
             // Not a tmpfs.
             let e = copy_into_container(&layer, pid, &plain)

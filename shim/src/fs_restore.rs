@@ -358,8 +358,8 @@ impl ContainerRestore {
             )));
         }
         for (dest, layer) in lock(&self.tmpfs).iter() {
-            let bytes = cryo_sandbox::layer_copy::copy_into_container(layer, pid, dest)
-                .map_err(|e| {
+            let bytes =
+                cryo_sandbox::layer_copy::copy_into_container(layer, pid, dest).map_err(|e| {
                     Error::FailedPrecondition(format!(
                         "container {}: {FS_RESTORE_IMAGE_PATH}: tmpfs volume {}: {e}",
                         self.id,

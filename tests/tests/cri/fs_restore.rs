@@ -24,8 +24,8 @@ pub(super) const CASES: &[(&str, Case)] = &[
         fs_restore_annotation_is_checked_at_run_pod,
     ),
     (
-        "fs_restore_fills_a_private_tmpfs_volume",
-        fs_restore_fills_a_private_tmpfs_volume,
+        "fs_restore_fills_private_volumes",
+        fs_restore_fills_private_volumes,
     ),
 ];
 
@@ -379,36 +379,46 @@ fn fs_restore_annotation_is_checked_at_run_pod(s: &Suite, case: &str) -> Result<
     Ok(())
 }
 
-/// A private tmpfs volume (`type=tmpfs`, share=container) saved with `--path /scratch` comes
-/// back in a new pod as a tmpfs holding a copy of the section (a tmpfs takes no layer): files,
-/// a subdirectory, a hard link, a mode.
-fn fs_restore_fills_a_private_tmpfs_volume(s: &Suite, case: &str) -> Result<()> {
-    let tmpfs_pod = |case: &str, extra: &[(&str, &str)]| -> Result<(Pod, PathBuf)> {
+/// Private volumes: a tmpfs (`type=tmpfs`, share=container) and a disk overlay (`type=bind`,
+/// share=container), saved with `--path /scratch --path /work`, come back in a new pod: the
+/// tmpfs as a tmpfs holding a copy of its section (a tmpfs takes no layer: files, a
+/// subdirectory, a hard link, a mode), the overlay with its section's layer as its lower
+/// directory (writes go to the new pod's own filestore, not the cache).
+fn fs_restore_fills_private_volumes(s: &Suite, case: &str) -> Result<()> {
+    let private_pod = |case: &str, extra: &[(&str, &str)]| -> Result<(Pod, PathBuf, PathBuf)> {
         let uid = uid(case);
-        let dir = cri::empty_dir(&s.kubelet, &uid, "scratch")?;
-        let source = dir.display().to_string();
+        let scratch = cri::empty_dir(&s.kubelet, &uid, "scratch")?;
+        let work = cri::empty_dir(&s.kubelet, &uid, "work")?;
+        let (scratch_s, work_s) = (scratch.display().to_string(), work.display().to_string());
         let mut annotations = vec![
             ("dev.cryo.spec.mount.scratch.type", "tmpfs"),
-            ("dev.cryo.spec.mount.scratch.source", source.as_str()),
+            ("dev.cryo.spec.mount.scratch.source", scratch_s.as_str()),
+            ("dev.cryo.spec.mount.work.type", "bind"),
+            ("dev.cryo.spec.mount.work.source", work_s.as_str()),
         ];
         annotations.extend_from_slice(extra);
-        Ok((run_pod_with_uid(s, case, &uid, &annotations)?, dir))
+        Ok((
+            run_pod_with_uid(s, case, &uid, &annotations)?,
+            scratch,
+            work,
+        ))
     };
-    let (pod, dir) = tmpfs_pod(case, &[])?;
+    let (pod, scratch, work) = private_pod(case, &[])?;
     let app = start(
         s,
         &pod,
         "app",
-        "mkdir /scratch/sub && echo one > /scratch/f && echo two > /scratch/sub/g && ln /scratch/f /scratch/h && chmod 0640 /scratch/f && exec sleep 100000",
-        &[("/scratch", &dir)],
+        "mkdir /scratch/sub && echo one > /scratch/f && echo two > /scratch/sub/g && ln /scratch/f /scratch/h && chmod 0640 /scratch/f && echo disk > /work/w && exec sleep 100000",
+        &[("/scratch", &scratch), ("/work", &work)],
     )?;
     eventually("app wrote", || {
-        Ok(s.cri.exec_sync(&app, &["cat", "/scratch/h"])?.0 == 0)
+        Ok(s.cri.exec_sync(&app, &["cat", "/scratch/h", "/work/w"])?.0 == 0)
     })?;
     let tmp = tempfile::Builder::new()
         .prefix("cryo-fsrestore-")
         .tempdir_in("/tmp")?;
-    let ck = tmp.path().join("ck").display().to_string();
+    let ck_path = tmp.path().join("ck");
+    let ck = ck_path.display().to_string();
     cryo(
         s,
         &[
@@ -417,6 +427,8 @@ fn fs_restore_fills_a_private_tmpfs_volume(s: &Suite, case: &str) -> Result<()> 
             &ck,
             "--path",
             "/scratch",
+            "--path",
+            "/work",
             "--leave-running",
             &pod.id,
         ],
@@ -424,14 +436,35 @@ fn fs_restore_fills_a_private_tmpfs_volume(s: &Suite, case: &str) -> Result<()> 
     .ok()?;
     s.cri.remove_pod_fully(&pod.id)?;
 
-    let (new, new_dir) = tmpfs_pod(&format!("{case}-new"), &[(ANNOTATION, &ck)])?;
-    let app = start(s, &new, "app", "exec sleep 100000", &[("/scratch", &new_dir)])?;
+    let (new, scratch, work) = private_pod(&format!("{case}-new"), &[(ANNOTATION, &ck)])?;
+    let app = start(
+        s,
+        &new,
+        "app",
+        "exec sleep 100000",
+        &[("/scratch", &scratch), ("/work", &work)],
+    )?;
     let seen = s.cri.sh(
         &app,
-        "cat /scratch/f /scratch/sub/g; stat -c '%a %h' /scratch/f",
+        "cat /scratch/f /scratch/sub/g /work/w; stat -c '%a %h' /scratch/f; echo new > /work/w",
     )?;
-    ensure!(seen == "one\ntwo\n640 2\n", "the restored tmpfs holds {seen:?}");
-    let (fstype, _) = mount_at(s.cri.container_pid(&app)?, "/scratch")?;
+    ensure!(
+        seen == "one\ntwo\ndisk\n640 2\n",
+        "the restored volumes hold {seen:?}"
+    );
+    let pid = s.cri.container_pid(&app)?;
+    let (fstype, _) = mount_at(pid, "/scratch")?;
     ensure!(fstype == "tmpfs", "/scratch is a {fstype}, not a tmpfs");
+    let (fstype, _) = mount_at(pid, "/work")?;
+    ensure!(fstype == "overlay", "/work is a {fstype}, not an overlay");
+    let layer = layer_of(s, &ck_path, Some("app"), "/work")?;
+    ensure!(
+        std::fs::read_to_string(layer.join("w"))? == "disk\n",
+        "the write reached the cached layer"
+    );
+    ensure!(
+        std::fs::read_to_string(work.join(".cryo-filestore/container-app/upper/w"))? == "new\n",
+        "the write is not in the new pod's own filestore"
+    );
     Ok(())
 }

@@ -75,7 +75,10 @@ fn fs_restore_brings_back_a_containers_rootfs_changes(
         ])?
         .ok()?
         .stdout;
-    ensure!(seen == "hello\ndeep\n", "the restored container sees {seen:?}");
+    ensure!(
+        seen == "hello\ndeep\n",
+        "the restored container sees {seen:?}"
+    );
     let layers: Vec<_> = std::fs::read_dir(s.cd.layer_root())?
         .filter_map(|e| e.ok())
         .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
