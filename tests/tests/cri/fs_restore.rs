@@ -20,6 +20,10 @@ pub(super) const CASES: &[(&str, Case)] = &[
         fs_restore_of_a_corrupt_checkpoint_fails_creation,
     ),
     (
+        "fs_restore_of_a_device_node_is_refused",
+        fs_restore_of_a_device_node_is_refused,
+    ),
+    (
         "fs_restore_annotation_is_checked_at_run_pod",
         fs_restore_annotation_is_checked_at_run_pod,
     ),
@@ -341,6 +345,63 @@ fn fs_restore_of_a_corrupt_checkpoint_fails_creation(s: &Suite, case: &str) -> R
             .context("status")?
             .state
             == 1
+    );
+    Ok(())
+}
+
+/// A container that planted a device node in its rootfs (`mknod`, which the default
+/// capabilities allow) is checkpointed; restoring it into a new pod fails StartContainer
+/// naming the section, the entry and the refusal: a device node never enters the shared
+/// layer cache.
+fn fs_restore_of_a_device_node_is_refused(s: &Suite, case: &str) -> Result<()> {
+    let (pod, _) = seed_pod(s, case, &[])?;
+    let app = start(
+        s,
+        &pod,
+        "app",
+        "mknod /mem-here c 1 1 && exec sleep 100000",
+        &[],
+    )?;
+    eventually("app made the node", || {
+        Ok(s.cri.exec_sync(&app, &["test", "-c", "/mem-here"])?.0 == 0)
+    })?;
+    let tmp = tempfile::Builder::new()
+        .prefix("cryo-fsrestore-")
+        .tempdir_in("/tmp")?;
+    let ck_path = tmp.path().join("ck");
+    let ck = ck_path.display().to_string();
+    cryo(
+        s,
+        &[
+            "fscheckpoint",
+            "--image-path",
+            &ck,
+            "--leave-running",
+            &pod.id,
+        ],
+    )?
+    .ok()?;
+    s.cri.remove_pod_fully(&pod.id)?;
+    let layer = layer_of(s, &ck_path, Some("app"), "/")?;
+    let (new, _) = seed_pod(s, &format!("{case}-new"), &[(ANNOTATION, &ck)])?;
+    let id = create(s, &new, "app", "exec sleep 100000", &[])?;
+    let e = s
+        .cri
+        .start_container(&id)
+        .err()
+        .context("StartContainer of a section with a device node succeeded")?;
+    let e = format!("{e:#}");
+    for want in [
+        ANNOTATION,
+        "rootfs-upper app:/",
+        "mem-here",
+        "device node 1:1 refused",
+    ] {
+        ensure!(e.contains(want), "the error does not name {want:?}: {e}");
+    }
+    ensure!(
+        !layer.exists(),
+        "a layer with the device node is in the cache"
     );
     Ok(())
 }
