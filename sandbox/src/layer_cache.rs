@@ -26,7 +26,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use fsnap::manifest::checksum_hex;
-pub use fsnap::Manifest;
+pub use fsnap::{Manifest, Section};
 
 use crate::error::{Error, Result};
 

@@ -450,6 +450,53 @@ mod tests {
         assert!(e.contains("neither a checkpoint"), "{e}");
     }
 
+    fn checkpoint_of(sections: &[(&str, &str, ResourceKind)]) -> Checkpoint {
+        use cryo_sandbox::fscheckpoint::ResourceId;
+        let sections = sections
+            .iter()
+            .map(|(c, p, kind)| cryo_sandbox::layer_cache::Section {
+                resource: ResourceId {
+                    container: c.to_string(),
+                    path: p.to_string(),
+                    kind: *kind,
+                },
+                tar_start: 0,
+                tar_end: 0,
+                checksum: format!("blake3:{}", "0".repeat(64)),
+                files: 0,
+                logical_bytes: 0,
+                stored_bytes: 0,
+            })
+            .collect();
+        Checkpoint {
+            value: "/ck".into(),
+            dir: "/ck".into(),
+            manifest: Manifest::new(sections, 0),
+        }
+    }
+
+    #[test]
+    fn sections_match_by_label_and_path_and_pod_volumes_by_path() {
+        use ResourceKind::*;
+        let c = checkpoint_of(&[
+            ("agent", "/", RootfsUpper),
+            ("sidecar", "/", RootfsUpper),
+            ("sidecar", "/ws", PodVolume),
+            ("agent", "/scratch", Tmpfs),
+        ]);
+        assert_eq!(c.rootfs_section("agent"), Some(0));
+        assert_eq!(c.rootfs_section("sidecar"), Some(1));
+        assert_eq!(c.rootfs_section("other"), None);
+        // A share=pod volume saved under the sidecar serves the agent too (by path) ...
+        assert_eq!(c.volume_section("agent", "/ws", true), Some(2));
+        // ... but a private one only its own container.
+        assert_eq!(c.volume_section("agent", "/ws", false), None);
+        assert_eq!(c.volume_section("agent", "/scratch", false), Some(3));
+        assert_eq!(c.volume_section("sidecar", "/scratch", false), None);
+        // A rootfs section is never a volume's.
+        assert_eq!(c.volume_section("agent", "/", true), None);
+    }
+
     #[test]
     fn latest_must_name_an_entry_of_the_directory() {
         let t = tempfile::tempdir().unwrap();
