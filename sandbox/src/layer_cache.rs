@@ -131,7 +131,7 @@ impl LayerCache {
             });
         }
         // Durable before it is trusted: the layer's files, then its name.
-        let done = syncfs(&partial)
+        let done = crate::fscheckpoint::syncfs(&partial)
             .and_then(|()| {
                 std::fs::rename(&partial, &path)
                     .map_err(|e| Error::io(format!("rename the layer into {}", path.display()), e))
@@ -218,18 +218,6 @@ fn is_layer(path: &Path) -> Result<bool> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(Error::io(format!("layer {}", path.display()), e)),
     }
-}
-
-fn syncfs(dir: &Path) -> Result<()> {
-    let f = File::open(dir).map_err(|e| Error::io(format!("open {}", dir.display()), e))?;
-    // SAFETY: syncfs on a descriptor we own.
-    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
-        return Err(Error::sys(
-            format!("syncfs {}", dir.display()),
-            nix::Error::last(),
-        ));
-    }
-    Ok(())
 }
 
 fn fsync_dir(dir: &Path) -> Result<()> {

@@ -60,6 +60,26 @@ fn seed_pod(s: &Suite, case: &str, extra: &[(&str, &str)]) -> Result<(Pod, PathB
     Ok((pod, dir))
 }
 
+/// `cryo fscheckpoint --leave-running` of `pod` with `paths` (`--path` each) into a fresh
+/// temp dir, then the pod removed: the temp dir (kept alive by the caller) and the checkpoint.
+fn save_and_remove(s: &Suite, pod: &Pod, paths: &[&str]) -> Result<(tempfile::TempDir, PathBuf)> {
+    let tmp = tempfile::Builder::new()
+        .prefix("cryo-fsrestore-")
+        .tempdir_in("/tmp")?;
+    let ck = tmp.path().join("ck");
+    let ck_text = ck.display().to_string();
+    let mut args = vec!["fscheckpoint", "--image-path", &ck_text];
+    for p in paths {
+        args.extend(["--path", p]);
+    }
+    args.extend(["--leave-running", &pod.id]);
+    cryo(s, &args)?
+        .ok()
+        .with_context(|| format!("cryo fscheckpoint of pod {}", pod.id))?;
+    s.cri.remove_pod_fully(&pod.id)?;
+    Ok((tmp, ck))
+}
+
 /// Every layer in the run's cache: name -> (inode, mtime).
 fn layers(s: &Suite) -> Result<BTreeMap<String, (u64, i64)>> {
     let mut out = BTreeMap::new();
@@ -132,28 +152,8 @@ fn fs_restore_of_the_seed_pod_into_new_pods(s: &Suite, case: &str) -> Result<()>
             .0
             == 0)
     })?;
-    let tmp = tempfile::Builder::new()
-        .prefix("cryo-fsrestore-")
-        .tempdir_in("/tmp")?;
-    let ck = tmp.path().join("ck");
+    let (tmp, ck) = save_and_remove(s, &pod, &["/", "all-volumes"])?;
     let ck_text = ck.display().to_string();
-    cryo(
-        s,
-        &[
-            "fscheckpoint",
-            "--image-path",
-            &ck_text,
-            "--path",
-            "/",
-            "--path",
-            "all-volumes",
-            "--leave-running",
-            &pod.id,
-        ],
-    )?
-    .ok()
-    .context("cryo fscheckpoint of the seed pod")?;
-    s.cri.remove_pod_fully(&pod.id)?;
     ensure!(layers(s)?.is_empty(), "layers before any restore");
 
     // The first new pod.
@@ -267,23 +267,8 @@ fn fs_restore_of_a_corrupt_checkpoint_fails_creation(s: &Suite, case: &str) -> R
     eventually("app wrote", || {
         Ok(s.cri.exec_sync(&app, &["cat", "/marker.txt"])?.0 == 0)
     })?;
-    let tmp = tempfile::Builder::new()
-        .prefix("cryo-fsrestore-")
-        .tempdir_in("/tmp")?;
-    let ck = tmp.path().join("ck");
+    let (_tmp, ck) = save_and_remove(s, &pod, &[])?;
     let ck_text = ck.display().to_string();
-    cryo(
-        s,
-        &[
-            "fscheckpoint",
-            "--image-path",
-            &ck_text,
-            "--leave-running",
-            &pod.id,
-        ],
-    )?
-    .ok()?;
-    s.cri.remove_pod_fully(&pod.id)?;
     let data = ck.join("data.multitar");
     let mut bytes = std::fs::read(&data)?;
     let at = bytes
@@ -365,23 +350,8 @@ fn fs_restore_of_a_device_node_is_refused(s: &Suite, case: &str) -> Result<()> {
     eventually("app made the node", || {
         Ok(s.cri.exec_sync(&app, &["test", "-c", "/mem-here"])?.0 == 0)
     })?;
-    let tmp = tempfile::Builder::new()
-        .prefix("cryo-fsrestore-")
-        .tempdir_in("/tmp")?;
-    let ck_path = tmp.path().join("ck");
+    let (_tmp, ck_path) = save_and_remove(s, &pod, &[])?;
     let ck = ck_path.display().to_string();
-    cryo(
-        s,
-        &[
-            "fscheckpoint",
-            "--image-path",
-            &ck,
-            "--leave-running",
-            &pod.id,
-        ],
-    )?
-    .ok()?;
-    s.cri.remove_pod_fully(&pod.id)?;
     let layer = layer_of(s, &ck_path, Some("app"), "/")?;
     let (new, _) = seed_pod(s, &format!("{case}-new"), &[(ANNOTATION, &ck)])?;
     let id = create(s, &new, "app", "exec sleep 100000", &[])?;
@@ -475,27 +445,8 @@ fn fs_restore_fills_private_volumes(s: &Suite, case: &str) -> Result<()> {
     eventually("app wrote", || {
         Ok(s.cri.exec_sync(&app, &["cat", "/scratch/h", "/work/w"])?.0 == 0)
     })?;
-    let tmp = tempfile::Builder::new()
-        .prefix("cryo-fsrestore-")
-        .tempdir_in("/tmp")?;
-    let ck_path = tmp.path().join("ck");
+    let (_tmp, ck_path) = save_and_remove(s, &pod, &["/scratch", "/work"])?;
     let ck = ck_path.display().to_string();
-    cryo(
-        s,
-        &[
-            "fscheckpoint",
-            "--image-path",
-            &ck,
-            "--path",
-            "/scratch",
-            "--path",
-            "/work",
-            "--leave-running",
-            &pod.id,
-        ],
-    )?
-    .ok()?;
-    s.cri.remove_pod_fully(&pod.id)?;
 
     let (new, scratch, work) = private_pod(&format!("{case}-new"), &[(ANNOTATION, &ck)])?;
     let app = start(
