@@ -2,11 +2,10 @@
 //! checkpoint with the `dev.cryo.fs-restore.image-path` annotation (`ctr run --annotation`).
 //! runc's shim knows no such annotation: every case is cryo's only.
 
-use std::time::Duration;
-
 use anyhow::{ensure, Context, Result};
 use harness::Runtime;
 
+use super::fscheckpoint::{cryo, writer};
 use super::{run_detached, wait_status, Case, Suite};
 
 const NO_RESTORE: &str =
@@ -32,29 +31,17 @@ fn fs_restore_brings_back_a_containers_rootfs_changes(
     rt: Runtime,
     id: &str,
 ) -> Result<()> {
-    run_detached(s, rt, id, &[])?;
-    s.cd.ctr(&[
-        "task",
-        "exec",
-        "--exec-id",
-        "write",
-        id,
-        "sh",
-        "-c",
-        "echo hello > /new.txt && mkdir /d && echo deep > /d/f && rm /bin/ls",
-    ])?
-    .ok()
-    .context("write into the rootfs")?;
+    writer(s, rt, id)?;
     let tmp = tempfile::Builder::new()
         .prefix("cryo-fsrestore-")
         .tempdir_in("/tmp")?;
     let ck = tmp.path().join("ck").display().to_string();
-    let mut cmd = std::process::Command::new(harness::built_shim()?.with_file_name("cryo"));
-    cmd.args(["fscheckpoint", "--image-path", &ck, "--leave-running", id])
-        .env("CRYO_ROOT", s.cd.cryo_root());
-    harness::cmd::run(&mut cmd, None, Duration::from_secs(60))?
-        .ok()
-        .context("cryo fscheckpoint")?;
+    cryo(
+        s,
+        &["fscheckpoint", "--image-path", &ck, "--leave-running", id],
+    )?
+    .ok()
+    .context("cryo fscheckpoint")?;
     s.cd.ctr(&["task", "kill", "-s", "SIGKILL", id])?.ok()?;
     wait_status(s, id, "STOPPED")?;
     s.cd.ctr(&["task", "rm", id])?.ok()?;
