@@ -168,6 +168,42 @@ fn resolve(dir: &Path) -> std::result::Result<PathBuf, String> {
     Ok(checkpoint)
 }
 
+/// For `cryo fscheckpoint`: refuse to save `what` (a rootfs or share=pod volume) through its
+/// overlay's upper directory `upper` when the overlay's top lower directory is a layer of the
+/// cache — a restored container's state lies beneath its upper, and a save of the upper alone
+/// would silently keep only the changes made since the restore. (Saving the layer and the
+/// upper merged, whiteouts included, is not built yet.) Reads the shim's own mount table.
+pub fn refuse_resave(what: &str, upper: &Path) -> Result<()> {
+    let cache = LayerCache::from_env();
+    let mounts = cryo_sandbox::mount::mountinfo_self()
+        .map_err(|e| Error::Internal(format!("read the shim's own mounts: {e}")))?;
+    let upper = upper.to_string_lossy();
+    for m in mounts.iter().filter(|m| m.fstype == "overlay") {
+        let options: Vec<&str> = m.super_options.split(',').collect();
+        if !options
+            .iter()
+            .any(|o| o.strip_prefix("upperdir=") == Some(upper.as_ref()))
+        {
+            continue;
+        }
+        let top = options
+            .iter()
+            .find_map(|o| {
+                o.strip_prefix("lowerdir=")
+                    .or_else(|| o.strip_prefix("lowerdir+="))
+            })
+            .and_then(|l| l.split(':').next());
+        if let Some(top) = top.filter(|t| Path::new(t).starts_with(cache.root())) {
+            return Err(Error::FailedPrecondition(format!(
+                "{what}: restored from a filesystem checkpoint (layer {top}): saving it again \
+                 would keep only the changes since the restore, not the restored state beneath \
+                 them; not supported yet"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// The checkpoint of one pod and which of its sections the pod's containers used.
 #[derive(Default)]
 pub struct PodRestore {

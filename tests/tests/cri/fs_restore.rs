@@ -210,6 +210,33 @@ fn fs_restore_of_the_seed_pod_into_new_pods(s: &Suite, case: &str) -> Result<()>
         "the volume write is not in the new pod's own filestore"
     );
 
+    // Saving the restored pod again is refused (the upper alone would lose the restored
+    // state beneath it), and the pod keeps running.
+    let again = tmp.path().join("again");
+    let out = cryo(
+        s,
+        &[
+            "fscheckpoint",
+            "--image-path",
+            &again.display().to_string(),
+            "--leave-running",
+            &one.id,
+        ],
+    )?;
+    ensure!(
+        out.code != 0 && out.stderr.contains("restored from a filesystem checkpoint"),
+        "a save of the restored pod was not refused: {out:?}"
+    );
+    ensure!(!again.exists(), "the refused save left {}", again.display());
+    ensure!(
+        s.cri
+            .container_status(&agent1)?
+            .status
+            .context("status")?
+            .state
+            == 1
+    );
+
     // The second new pod, through a destination's `latest` link: nothing extracted again.
     let dest = tmp.path().join("dest");
     std::fs::create_dir(&dest)?;
