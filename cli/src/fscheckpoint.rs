@@ -119,7 +119,10 @@ pub fn run(cmd: Fscheckpoint) -> Result<()> {
         } => {
             let manifest = Manifest::load(&image_path)?;
             let targets = targets(&manifest, target, target_root, section)?;
-            let opts = RestoreOptions { allow_devices };
+            let opts = RestoreOptions {
+                allow_devices,
+                ..Default::default()
+            };
             with_progress("restoring", progress, |p| {
                 fsnap::restore(&image_path, &targets, &opts, p)
             })?;

@@ -34,6 +34,28 @@ use crate::xattr;
 pub struct RestoreOptions {
     /// Allow character and block device nodes other than whiteouts (0/0).
     pub allow_devices: bool,
+    /// The tree becomes a read-only overlayfs lower layer: whiteouts (0/0 character devices)
+    /// and opaque directories (`trusted.overlay.opaque=y`) are kept, as overlayfs reads them in
+    /// a lower layer; every other `trusted.overlay.*` attribute (redirect, metacopy, origin,
+    /// ...) is dropped, so a checkpoint cannot steer overlayfs's lookups in the layers below.
+    pub overlay_layer: bool,
+}
+
+/// The overlayfs attribute an overlay layer keeps (with the value `y`).
+const OPAQUE: &str = "trusted.overlay.opaque";
+
+/// `e` with the `trusted.overlay.*` attributes an overlay layer does not keep removed (see
+/// [`RestoreOptions::overlay_layer`]); `None` when there are none to remove.
+fn overlay_layer_entry(e: &Entry) -> Option<Entry> {
+    let keep = |(k, v): &(String, Vec<u8>)| {
+        !k.starts_with("trusted.overlay.") || (k == OPAQUE && v.as_slice() == b"y")
+    };
+    if e.xattrs.iter().all(keep) {
+        return None;
+    }
+    let mut kept = e.clone();
+    kept.xattrs.retain(keep);
+    Some(kept)
 }
 
 /// Extract section `index` of `data` into the empty directory `dir`.
@@ -58,6 +80,8 @@ pub(crate) fn extract(
         }
         let mut parent_cache: Option<(String, Arc<OwnedFd>)> = None;
         let result = read_section(data, index, &manifest.sections[index], |e, r| {
+            let filtered = opts.overlay_layer.then(|| overlay_layer_entry(e)).flatten();
+            let e = filtered.as_ref().unwrap_or(e);
             let fail = |reason: String| Error::Entry {
                 section: index,
                 entry: e.path.clone(),

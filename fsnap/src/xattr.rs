@@ -91,7 +91,7 @@ fn xattr_call(mut f: impl FnMut(*mut u8, usize) -> isize) -> std::io::Result<Vec
 }
 
 /// Set `k` = `v` on an open file or directory.
-pub(crate) fn set_fd(fd: BorrowedFd, k: &str, v: &[u8]) -> std::io::Result<()> {
+pub fn set_fd(fd: BorrowedFd, k: &str, v: &[u8]) -> std::io::Result<()> {
     // SAFETY: a valid descriptor; name and value as `set_with` gives them.
     set_with(k, v, |key, value, len| unsafe {
         libc::fsetxattr(fd.as_raw_fd(), key, value, len, 0)
@@ -101,12 +101,7 @@ pub(crate) fn set_fd(fd: BorrowedFd, k: &str, v: &[u8]) -> std::io::Result<()> {
 /// Set `k` = `v` on `name` in the directory `parent` itself (a symlink or device node, which
 /// cannot be opened for fsetxattr), never following a symlink: the path goes through the
 /// parent's descriptor, so nothing outside it is resolved.
-pub(crate) fn set_beneath(
-    parent: BorrowedFd,
-    name: &str,
-    k: &str,
-    v: &[u8],
-) -> std::io::Result<()> {
+pub fn set_beneath(parent: BorrowedFd, name: &str, k: &str, v: &[u8]) -> std::io::Result<()> {
     let path = CString::new(format!("/proc/self/fd/{}/{name}", parent.as_raw_fd()))
         .map_err(std::io::Error::other)?;
     // SAFETY: a NUL-terminated path; name and value as `set_with` gives them.

@@ -76,6 +76,7 @@ fn several_sections_save_and_restore_in_parallel() {
         &[(0, ra.clone()), (1, rb.clone())],
         &fsnap::RestoreOptions {
             allow_devices: true,
+            ..Default::default()
         },
         &fsnap::Progress::default(),
     )

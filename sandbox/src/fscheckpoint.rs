@@ -31,7 +31,8 @@ pub fn save(sources: &[Source], out: &Path, direct: bool) -> Result<()> {
     })
 }
 
-fn syncfs(dir: &Path) -> Result<()> {
+/// Flush the filesystem holding `dir`.
+pub(crate) fn syncfs(dir: &Path) -> Result<()> {
     let f =
         std::fs::File::open(dir).map_err(|e| Error::io(format!("open {}", dir.display()), e))?;
     // SAFETY: syncfs on a descriptor we own.

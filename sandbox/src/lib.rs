@@ -26,6 +26,8 @@ mod fs_context;
 pub mod fscheckpoint;
 pub mod init;
 mod launch;
+pub mod layer_cache;
+pub mod layer_copy;
 mod lsm;
 pub mod mount;
 mod sealed_exe;

@@ -77,7 +77,21 @@ pub fn filestore(dir: &Path, key: &str) -> Result<Filestore> {
 /// Mount the overlay of `dir`'s filestore `key` at `mountpoint` (created if missing). Already
 /// mounted there: nothing to do. On failure nothing is left mounted.
 pub fn mount_overlay(dir: &Path, key: &str, mountpoint: &Path) -> Result<Filestore> {
-    let store = filestore(dir, key)?;
+    mount_overlay_on(dir, key, mountpoint, None)
+}
+
+/// [`mount_overlay`] with `lower` (a read-only layer, e.g. a restored checkpoint's from
+/// `crate::layer_cache`) in place of the filestore's empty lower directory when given.
+pub fn mount_overlay_on(
+    dir: &Path,
+    key: &str,
+    mountpoint: &Path,
+    lower: Option<&Path>,
+) -> Result<Filestore> {
+    let mut store = filestore(dir, key)?;
+    if let Some(lower) = lower {
+        store.lower = lower.to_path_buf();
+    }
     mount_store(&store, mountpoint)?;
     Ok(store)
 }

@@ -14,6 +14,10 @@ pub const SANDBOX_UID: &str = "io.kubernetes.cri.sandbox-uid";
 /// An app container's name within its pod.
 pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
 
+/// Pod annotation: restore the filesystem checkpoint in this directory (or the one its
+/// `latest` link names) into the new pod (see `crate::fs_restore`).
+pub const FS_RESTORE_IMAGE_PATH: &str = "dev.cryo.fs-restore.image-path";
+
 /// Pod volume hints: `dev.cryo.spec.mount.<volume>.{source,type,share,options}`
 /// (see `crate::volumes::rules` for what they mean).
 pub const MOUNT_PREFIX: &str = "dev.cryo.spec.mount.";

@@ -27,6 +27,9 @@ use crate::lifecycle::{ExitSubject, Lifecycle};
 use crate::process::{Process, ProcessBase};
 use crate::stdio::{self, Io, StdioPaths};
 
+/// Work on a created container before it is reported (given PID 1's pid). Blocking.
+pub type Prepared = Box<dyn FnOnce(i32) -> Result<()> + Send>;
+
 /// The engine's container, shared by the init process and the container's exec processes.
 ///
 /// Its lock is a tokio mutex, taken asynchronously and held only by an engine call running on
@@ -126,12 +129,15 @@ pub struct InitProcess {
 }
 
 impl InitProcess {
-    /// Create the container (PID 1 waiting for Start) and send TaskCreate. On error nothing
+    /// Create the container (PID 1 waiting for Start) and send TaskCreate. `prepared`, if
+    /// given, runs with PID 1's pid once the container's mounts exist and before TaskCreate
+    /// (e.g. filling a restored tmpfs volume); its failure fails the create. On error nothing
     /// of the container is left (mounts, cgroup, processes, state record).
     pub async fn create(
         req: &api::CreateTaskRequest,
         spec: Spec,
         restore: Option<RestoreOptions>,
+        prepared: Option<Prepared>,
         engine: Arc<dyn Engine>,
         exits: &Arc<Exits>,
         events: &EventTx,
@@ -164,9 +170,20 @@ impl InitProcess {
             stdio: engine_stdio,
         };
         let mark = exits.mark();
-        let container = tokio::task::spawn_blocking(move || match restore {
-            Some(restore) => engine.prepare_restore(config, restore),
-            None => engine.create(config),
+        let container = tokio::task::spawn_blocking(move || -> Result<_> {
+            let container = match restore {
+                Some(restore) => engine.prepare_restore(config, restore),
+                None => engine.create(config),
+            }?;
+            if let Some(prepared) = prepared {
+                if let Err(e) = prepared(container.pid()) {
+                    if let Err(d) = container.destroy() {
+                        warn!("undo create: {d}");
+                    }
+                    return Err(e);
+                }
+            }
+            Ok(container)
         })
         .await??;
         let init = InitProcess::adopt(&req.id, container, stdio, io, exits, mark, events).await?;

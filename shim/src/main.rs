@@ -14,6 +14,7 @@ mod error;
 mod events;
 mod exec;
 mod exits;
+mod fs_restore;
 mod info;
 mod init;
 mod lifecycle;

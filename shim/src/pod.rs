@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::container::Container;
 use crate::error::Result;
+use crate::fs_restore::PodRestore;
 use crate::registry::{Registry, Reservation};
 use crate::trigger::Trigger;
 use crate::volumes::PodVolumes;
@@ -17,6 +18,8 @@ pub struct Pod {
     /// Held by each filesystem checkpoint of the pod (`cryo fscheckpoint` or the trigger): a
     /// second one would find the pod frozen by the first and could thaw it under it.
     checkpoints: tokio::sync::Mutex<()>,
+    /// The filesystem checkpoint the pod was created from, if any.
+    pub fs_restore: Arc<PodRestore>,
 }
 
 impl Default for Pod {
@@ -26,6 +29,7 @@ impl Default for Pod {
             volumes: PodVolumes::default(),
             trigger: Trigger::default(),
             checkpoints: tokio::sync::Mutex::default(),
+            fs_restore: Arc::default(),
         }
     }
 }
@@ -46,6 +50,7 @@ impl Pod {
         self.containers.remove(id);
         self.trigger.container_removed(id).await;
         self.volumes.container_removed(id).await;
+        self.fs_restore.container_removed(id);
     }
 
     /// The lock every filesystem checkpoint of the pod holds while it runs.

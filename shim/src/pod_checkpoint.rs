@@ -448,6 +448,10 @@ fn sources(members: &[Member], wanted: &[Wanted], pod_id: &str) -> Result<Vec<So
                         );
                         continue;
                     };
+                    crate::fs_restore::refuse_resave(
+                        &format!("container {} rootfs", m.label()),
+                        &upper,
+                    )?;
                     if m.sandbox && is_empty_dir(&upper) {
                         continue;
                     }
@@ -469,6 +473,7 @@ fn sources(members: &[Member], wanted: &[Wanted], pod_id: &str) -> Result<Vec<So
                             && !under_system_tree(&e.point)
                             && (e.fstype == "tmpfs" || e.fstype == "overlay")
                     }) {
+                        refuse_resave_volume(m, e)?;
                         let (kind, dir) = volume_source(m, e);
                         any |= add(m.label(), &e.point, kind, dir)?;
                     }
@@ -491,6 +496,7 @@ fn sources(members: &[Member], wanted: &[Wanted], pod_id: &str) -> Result<Vec<So
                             e.fstype, m.container.id
                         )));
                     }
+                    refuse_resave_volume(m, e)?;
                     let (kind, dir) = volume_source(m, e);
                     if !add(m.label(), path, kind, dir)? {
                         return Err(Error::InvalidArgument(format!(
@@ -509,6 +515,18 @@ fn sources(members: &[Member], wanted: &[Wanted], pod_id: &str) -> Result<Vec<So
         }
     }
     Ok(sources)
+}
+
+/// A share=pod volume restored from a checkpoint cannot be saved again (see
+/// [`crate::fs_restore::refuse_resave`]).
+fn refuse_resave_volume(m: &Member, e: &MountEntry) -> Result<()> {
+    match &e.upperdir {
+        Some(upper) => crate::fs_restore::refuse_resave(
+            &format!("container {} volume {}", m.label(), e.point),
+            upper,
+        ),
+        None => Ok(()),
+    }
 }
 
 /// Where a volume's data is read from: an overlay's upper directory, else the mount through

@@ -67,16 +67,37 @@ impl TaskService {
         let reservation = self.pod.reserve(&req.id)?;
         let bundle = PathBuf::from(&req.bundle);
         let spec = crate::spec::load(&bundle)?;
+        // A filesystem checkpoint to start from (dev.cryo.fs-restore.image-path): the rootfs
+        // section's layer goes on top of the image's before anything is mounted.
+        let fs_restore = self.pod.fs_restore.for_container(&req.id, &spec).await?;
+        let fs_restore = fs_restore.map(Arc::new);
+        let restored_req = match fs_restore.clone() {
+            Some(r) => {
+                let req = req.clone();
+                tokio::task::spawn_blocking(move || r.rootfs(&req)).await??
+            }
+            None => None,
+        };
+        let req = restored_req.as_ref().unwrap_or(req);
         // Pod volumes (dev.cryo.spec.mount.* annotations): mounts rewritten, pod overlays mounted.
-        let spec = self.pod.volumes.prepare(&bundle, &req.id, spec).await?;
+        let spec = self
+            .pod
+            .volumes
+            .prepare(&bundle, &req.id, spec, fs_restore.clone())
+            .await?;
         // The fscheckpoint trigger (dev.cryo.fscheckpoint.* annotations): /run/cryo added.
         let spec = crate::trigger::prepare(&self.pod, &bundle, &req.id, spec).await?;
         let created = async {
             let restore = crate::checkpoint::restore_options(req)?;
+            // Restored tmpfs volumes are filled once the container's mounts exist.
+            let prepared = fs_restore
+                .filter(|r| r.has_tmpfs())
+                .map(|r| Box::new(move |pid| r.fill_tmpfs(pid)) as crate::init::Prepared);
             InitProcess::create(
                 req,
                 spec,
                 restore,
+                prepared,
                 self.engine.clone(),
                 &self.exits,
                 &self.events,

@@ -213,6 +213,8 @@ impl Containerd {
             .env("PATH", std::env::join_paths(path)?)
             // The shims it starts put their control sockets here (`cryo --root`).
             .env("CRYO_ROOT", dir.join("cryo"))
+            // Their layer cache of restored filesystem checkpoints (`CRYO_LAYER_ROOT`).
+            .env("CRYO_LAYER_ROOT", dir.join("layers"))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);
@@ -285,6 +287,11 @@ impl Containerd {
     /// remove it and they have no CRIU.
     pub fn criu_switch(&self) -> PathBuf {
         criu_switch_in(&self.dir)
+    }
+
+    /// Where this containerd's cryo shims keep restored checkpoint layers (`CRYO_LAYER_ROOT`).
+    pub fn layer_root(&self) -> PathBuf {
+        self.dir.join("layers")
     }
 
     /// Where this containerd's cryo shims serve their control sockets (`CRYO_ROOT`).

@@ -38,6 +38,8 @@ const RUNC_FALLS_SHORT: &[(&str, &str)] = &[(
 mod checkpoint;
 #[path = "ctr/engine_hardening.rs"]
 mod engine_hardening;
+#[path = "ctr/fs_restore.rs"]
+mod fs_restore;
 #[path = "ctr/fs_trigger.rs"]
 mod fs_trigger;
 #[path = "ctr/fscheckpoint.rs"]
@@ -69,6 +71,7 @@ fn all_cases() -> Vec<(&'static str, Case, Option<&'static str>)> {
         (fscheckpoint::CASES, fscheckpoint::RUNC_FALLS_SHORT),
         (stdio::CASES, stdio::RUNC_FALLS_SHORT),
         (fs_trigger::CASES, fs_trigger::RUNC_FALLS_SHORT),
+        (fs_restore::CASES, fs_restore::RUNC_FALLS_SHORT),
     ];
     let mut all = Vec::new();
     for (cases, excused) in topics {

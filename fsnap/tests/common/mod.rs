@@ -278,6 +278,7 @@ pub fn restore_with_devices(snap: &Path, target: &Path) -> fsnap::Result<fsnap::
         &[(0, target.to_path_buf())],
         &RestoreOptions {
             allow_devices: true,
+            ..Default::default()
         },
         &Progress::default(),
     )

@@ -32,6 +32,7 @@ use oci_spec::runtime::Spec;
 
 use crate::annotations;
 use crate::error::{Error, Result};
+use crate::fs_restore::ContainerRestore;
 use rules::{Decision, Medium, Placement, Shape};
 
 /// The record of the pod overlays mounted, in the sandbox bundle.
@@ -61,16 +62,33 @@ pub struct PodVolumes {
 impl PodVolumes {
     /// Rewrite `spec`'s mounts for the pod's annotated volumes, mounting the pod overlays they
     /// need. Bad annotations fail with a message naming the key, before anything is mounted.
-    pub async fn prepare(&self, bundle: &Path, id: &str, spec: Spec) -> Result<Spec> {
+    /// With `restore`, overlay volumes matching a section of the pod's filesystem checkpoint
+    /// get its layer as their lower directory (`crate::fs_restore`).
+    pub async fn prepare(
+        &self,
+        bundle: &Path,
+        id: &str,
+        spec: Spec,
+        restore: Option<Arc<ContainerRestore>>,
+    ) -> Result<Spec> {
         let (this, bundle, id) = (self.clone(), bundle.to_path_buf(), id.to_string());
-        tokio::task::spawn_blocking(move || this.prepare_blocking(&bundle, &id, spec)).await?
+        tokio::task::spawn_blocking(move || {
+            this.prepare_blocking(&bundle, &id, spec, restore.as_deref())
+        })
+        .await?
     }
 
     fn lock(&self) -> MutexGuard<'_, Known> {
         self.known.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn prepare_blocking(&self, bundle: &Path, id: &str, mut spec: Spec) -> Result<Spec> {
+    fn prepare_blocking(
+        &self,
+        bundle: &Path,
+        id: &str,
+        mut spec: Spec,
+        restore: Option<&ContainerRestore>,
+    ) -> Result<Spec> {
         let sandbox_id = annotations::grouping(Some(&spec), id);
         let is_sandbox = annotations::get(&spec, annotations::CONTAINER_TYPE)
             == Some(annotations::CONTAINER_TYPE_SANDBOX);
@@ -108,6 +126,10 @@ impl PodVolumes {
         let name = annotations::get(&spec, annotations::CONTAINER_NAME)
             .filter(|n| !n.contains('/') && !n.contains("..") && !n.is_empty())
             .unwrap_or(id);
+        let layers = match restore {
+            Some(r) => restored_layers(r, &plan, &mounts)?,
+            None => HashMap::new(),
+        };
         let mut placed = Vec::new();
         for (d, new) in plan {
             if new {
@@ -126,7 +148,9 @@ impl PodVolumes {
                     let mountpoint = sandbox_bundle.join(VOLUMES_DIR).join(&d.volume);
                     self.record_mounted(&sandbox_bundle, &d.volume, Some(&mountpoint));
                     // Mounting is idempotent: a container racing this one mounts it once.
-                    if let Err(e) = volume::mount_overlay(&d.source, POD_KEY, &mountpoint) {
+                    let lower = layers.get(&d.volume).map(PathBuf::as_path);
+                    if let Err(e) = volume::mount_overlay_on(&d.source, POD_KEY, &mountpoint, lower)
+                    {
                         self.record_mounted(&sandbox_bundle, &d.volume, None);
                         return Err(e.into());
                     }
@@ -135,7 +159,7 @@ impl PodVolumes {
                 Shape::ContainerOverlay => {
                     let store = volume::filestore(&d.source, &format!("container-{name}"))?;
                     Placement::Overlay {
-                        lower: store.lower,
+                        lower: layers.get(&d.volume).cloned().unwrap_or(store.lower),
                         upper: store.upper,
                         work: store.work,
                     }
@@ -195,6 +219,40 @@ impl PodVolumes {
             cleanup_bundle(&bundle);
         }
     }
+}
+
+/// The layers of a restored checkpoint for the container's overlay volumes, by volume name,
+/// all materialised before anything is mounted: a share=pod volume's when this container is
+/// the first to mount it, a share=container volume's always. A tmpfs volume's is noted for the
+/// copy into it once it is mounted (`ContainerRestore::fill_tmpfs`).
+fn restored_layers(
+    restore: &ContainerRestore,
+    plan: &[(Decision, bool)],
+    mounts: &[oci_spec::runtime::Mount],
+) -> Result<HashMap<String, PathBuf>> {
+    let mut layers = HashMap::new();
+    for (d, new) in plan {
+        let Some(dest) = mounts
+            .iter()
+            .find(|m| rules::bind_source(m).as_deref() == Some(d.source.as_path()))
+            .map(|m| m.destination().clone())
+        else {
+            continue;
+        };
+        let layer = match d.shape {
+            Shape::PodOverlay if *new => restore.volume_layer(&dest, true)?,
+            Shape::ContainerOverlay => restore.volume_layer(&dest, false)?,
+            Shape::Tmpfs => {
+                restore.tmpfs_layer(&dest)?;
+                None
+            }
+            _ => None,
+        };
+        if let Some(l) = layer {
+            layers.insert(d.volume.clone(), l);
+        }
+    }
+    Ok(layers)
 }
 
 /// The emptyDir medium: `Memory` when kubelet mounted a tmpfs there.

@@ -1,8 +1,509 @@
 //! CRI cases: restore of filesystem checkpoints into new pods (`dev.cryo.fs-restore.image-path`).
 
-use super::Case;
+use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-pub(super) const CASES: &[(&str, Case)] = &[];
+use anyhow::{ensure, Context, Result};
+use harness::cri;
+
+use super::{create, eventually, mount_at, run_pod_with_uid, start, uid, Case, Pod, Suite};
+
+pub(super) const CASES: &[(&str, Case)] = &[
+    (
+        "fs_restore_of_the_seed_pod_into_new_pods",
+        fs_restore_of_the_seed_pod_into_new_pods,
+    ),
+    (
+        "fs_restore_of_a_corrupt_checkpoint_fails_creation",
+        fs_restore_of_a_corrupt_checkpoint_fails_creation,
+    ),
+    (
+        "fs_restore_of_a_device_node_is_refused",
+        fs_restore_of_a_device_node_is_refused,
+    ),
+    (
+        "fs_restore_annotation_is_checked_at_run_pod",
+        fs_restore_annotation_is_checked_at_run_pod,
+    ),
+    (
+        "fs_restore_fills_private_volumes",
+        fs_restore_fills_private_volumes,
+    ),
+];
 
 /// Cases of this module that need containerd 2.x's CRI (ignored on 1.6 with the suite's reason).
 pub(super) const NEEDS_V2: &[&str] = &[];
+
+const ANNOTATION: &str = "dev.cryo.fs-restore.image-path";
+
+/// Run the `cryo` CLI against this run's shims.
+fn cryo(s: &Suite, args: &[&str]) -> Result<harness::Output> {
+    let mut cmd = std::process::Command::new(harness::built_shim()?.with_file_name("cryo"));
+    cmd.args(args).env("CRYO_ROOT", s.cd.cryo_root());
+    harness::cmd::run(&mut cmd, None, Duration::from_secs(120))
+}
+
+/// A pod with the seed's share=pod volume `ws` (a fresh emptyDir), and `extra` annotations.
+fn seed_pod(s: &Suite, case: &str, extra: &[(&str, &str)]) -> Result<(Pod, PathBuf)> {
+    let uid = uid(case);
+    let dir = cri::empty_dir(&s.kubelet, &uid, "ws")?;
+    let source = dir.display().to_string();
+    let mut annotations = vec![
+        ("dev.gvisor.spec.mount.ws.type", "tmpfs"),
+        ("dev.gvisor.spec.mount.ws.share", "pod"),
+        ("dev.gvisor.spec.mount.ws.source", source.as_str()),
+    ];
+    annotations.extend_from_slice(extra);
+    let pod = run_pod_with_uid(s, case, &uid, &annotations)?;
+    Ok((pod, dir))
+}
+
+/// `cryo fscheckpoint --leave-running` of `pod` with `paths` (`--path` each) into a fresh
+/// temp dir, then the pod removed: the temp dir (kept alive by the caller) and the checkpoint.
+fn save_and_remove(s: &Suite, pod: &Pod, paths: &[&str]) -> Result<(tempfile::TempDir, PathBuf)> {
+    let tmp = tempfile::Builder::new()
+        .prefix("cryo-fsrestore-")
+        .tempdir_in("/tmp")?;
+    let ck = tmp.path().join("ck");
+    let ck_text = ck.display().to_string();
+    let mut args = vec!["fscheckpoint", "--image-path", &ck_text];
+    for p in paths {
+        args.extend(["--path", p]);
+    }
+    args.extend(["--leave-running", &pod.id]);
+    cryo(s, &args)?
+        .ok()
+        .with_context(|| format!("cryo fscheckpoint of pod {}", pod.id))?;
+    s.cri.remove_pod_fully(&pod.id)?;
+    Ok((tmp, ck))
+}
+
+/// Every layer in the run's cache: name -> (inode, mtime).
+fn layers(s: &Suite) -> Result<BTreeMap<String, (u64, i64)>> {
+    let mut out = BTreeMap::new();
+    let root = s.cd.layer_root();
+    if !root.exists() {
+        return Ok(out);
+    }
+    for e in std::fs::read_dir(&root)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let md = std::fs::symlink_metadata(e.path())?;
+        out.insert(name, (md.ino(), md.mtime()));
+    }
+    Ok(out)
+}
+
+/// The cache's layer of the section of `ck` for (`container`, `path`).
+fn layer_of(s: &Suite, ck: &Path, container: Option<&str>, path: &str) -> Result<PathBuf> {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ck.join("fscheckpoint.json"))?)?;
+    let section = m["sections"]
+        .as_array()
+        .context("no sections")?
+        .iter()
+        .find(|x| {
+            x["resource"]["path"] == path
+                && container.is_none_or(|c| x["resource"]["container"] == c)
+        })
+        .with_context(|| format!("no section {container:?} {path}"))?;
+    let hex = section["checksum"]
+        .as_str()
+        .and_then(|c| c.strip_prefix("blake3:"))
+        .context("no checksum")?;
+    Ok(s.cd.layer_root().join(hex))
+}
+
+/// The seed's pod (agent + sidecar sharing a share=pod emptyDir) writes into both rootfs and
+/// the volume (the sidecar deletes an image file, the agent replaces an image directory);
+/// `cryo fscheckpoint --leave-running --path / --path all-volumes`; a NEW pod with the restore
+/// annotation (and a fresh emptyDir) sees every file, each container its own rootfs, the
+/// deletion and the replaced directory stay so, the sidecar sees the agent's volume data; the
+/// new pod's writes leave the cache as it was; a second new pod, restored through a `latest`
+/// link, reuses the cached layers (same inodes, nothing extracted) and sees none of the first
+/// new pod's writes.
+fn fs_restore_of_the_seed_pod_into_new_pods(s: &Suite, case: &str) -> Result<()> {
+    let (pod, dir) = seed_pod(s, case, &[])?;
+    let _agent = start(
+        s,
+        &pod,
+        "agent",
+        "echo agent-root > /agent-root.txt && rm -r /home && mkdir /home && echo new > /home/new && echo agent-vol > /workspace/agent.txt && exec sleep 100000",
+        &[("/workspace", &dir)],
+    )?;
+    let sidecar = start(
+        s,
+        &pod,
+        "sidecar",
+        "echo side-root > /side-root.txt && rm /bin/ls && echo side-vol > /workspace/side.txt && exec sleep 100000",
+        &[("/workspace", &dir)],
+    )?;
+    eventually("both containers wrote", || {
+        Ok(s.cri
+            .exec_sync(
+                &sidecar,
+                &["cat", "/workspace/agent.txt", "/workspace/side.txt"],
+            )?
+            .0
+            == 0)
+    })?;
+    let (tmp, ck) = save_and_remove(s, &pod, &["/", "all-volumes"])?;
+    let ck_text = ck.display().to_string();
+    ensure!(layers(s)?.is_empty(), "layers before any restore");
+
+    // The first new pod.
+    let (one, one_dir) = seed_pod(s, &format!("{case}-1"), &[(ANNOTATION, &ck_text)])?;
+    let sleep = "exec sleep 100000";
+    let agent1 = start(s, &one, "agent", sleep, &[("/workspace", &one_dir)])?;
+    let side1 = start(s, &one, "sidecar", sleep, &[("/workspace", &one_dir)])?;
+    let check_restored = |agent: &str, sidecar: &str| -> Result<()> {
+        let a = s.cri.sh(
+            agent,
+            "cat /agent-root.txt /workspace/agent.txt /workspace/side.txt /home/new; ls /home; test -e /side-root.txt && echo LEAK; true",
+        )?;
+        ensure!(
+            a == "agent-root\nagent-vol\nside-vol\nnew\nnew\n",
+            "the agent sees {a:?}"
+        );
+        let b = s.cri.sh(
+            sidecar,
+            "cat /side-root.txt /workspace/agent.txt; test -e /bin/ls && echo ls-is-back; test -e /agent-root.txt && echo LEAK; ls -d /home/app; true",
+        )?;
+        ensure!(
+            b == "side-root\nagent-vol\n/home/app\n",
+            "the sidecar sees {b:?}"
+        );
+        Ok(())
+    };
+    check_restored(&agent1, &side1)?;
+    let cached = layers(s)?;
+    ensure!(
+        cached.len() == 3,
+        "want 3 layers (two rootfs, one volume), the cache holds {cached:?}"
+    );
+    // Writes of the new pod stay in the pod: the cache does not change.
+    s.cri.sh(
+        &agent1,
+        "echo changed > /agent-root.txt && echo more > /new.txt && rm /home/new && echo changed > /workspace/agent.txt",
+    )?;
+    let agent_layer = layer_of(s, &ck, Some("agent"), "/")?;
+    let volume_layer = layer_of(s, &ck, None, "/workspace")?;
+    ensure!(std::fs::read_to_string(agent_layer.join("agent-root.txt"))? == "agent-root\n");
+    ensure!(
+        !agent_layer.join("new.txt").exists(),
+        "a write reached the cache"
+    );
+    ensure!(
+        agent_layer.join("home/new").is_file(),
+        "a delete reached the cache"
+    );
+    ensure!(std::fs::read_to_string(volume_layer.join("agent.txt"))? == "agent-vol\n");
+    ensure!(
+        one_dir
+            .join(".cryo-filestore/pod/upper/agent.txt")
+            .is_file(),
+        "the volume write is not in the new pod's own filestore"
+    );
+
+    // Saving the restored pod again is refused (the upper alone would lose the restored
+    // state beneath it), and the pod keeps running.
+    let again = tmp.path().join("again");
+    let out = cryo(
+        s,
+        &[
+            "fscheckpoint",
+            "--image-path",
+            &again.display().to_string(),
+            "--leave-running",
+            &one.id,
+        ],
+    )?;
+    ensure!(
+        out.code != 0 && out.stderr.contains("restored from a filesystem checkpoint"),
+        "a save of the restored pod was not refused: {out:?}"
+    );
+    ensure!(!again.exists(), "the refused save left {}", again.display());
+    ensure!(
+        s.cri
+            .container_status(&agent1)?
+            .status
+            .context("status")?
+            .state
+            == 1
+    );
+
+    // The second new pod, through a destination's `latest` link: nothing extracted again.
+    let dest = tmp.path().join("dest");
+    std::fs::create_dir(&dest)?;
+    std::fs::rename(&ck, dest.join("0001"))?;
+    std::os::unix::fs::symlink("0001", dest.join("latest"))?;
+    let dest_text = dest.display().to_string();
+    let (two, two_dir) = seed_pod(s, &format!("{case}-2"), &[(ANNOTATION, &dest_text)])?;
+    let agent2 = start(s, &two, "agent", sleep, &[("/workspace", &two_dir)])?;
+    let side2 = start(s, &two, "sidecar", sleep, &[("/workspace", &two_dir)])?;
+    check_restored(&agent2, &side2)?;
+    let new_txt = s.cri.exec_sync(&agent2, &["test", "-e", "/new.txt"])?.0;
+    ensure!(
+        new_txt != 0,
+        "the second pod sees the first new pod's write"
+    );
+    ensure!(
+        layers(s)? == cached,
+        "the cache changed (re-extracted?): {cached:?} -> {:?}",
+        layers(s)?
+    );
+    let log = std::fs::read_to_string(s.cd.dir.join("containerd.log"))?;
+    let count = |what: &str, id: &str| {
+        log.lines()
+            .filter(|l| l.contains(&format!("container {id}: section")) && l.contains(what))
+            .count()
+    };
+    for (id, name) in [(&agent1, "agent 1"), (&side1, "sidecar 1")] {
+        ensure!(
+            count("extracted into", id) >= 1,
+            "{name}: no extraction logged"
+        );
+    }
+    for (id, name) in [(&agent2, "agent 2"), (&side2, "sidecar 2")] {
+        ensure!(
+            count("extracted into", id) == 0 && count("reused from the cache", id) >= 1,
+            "{name}: the second restore extracted again, or did not log the reuse"
+        );
+    }
+    Ok(())
+}
+
+/// A checkpoint whose rootfs section's data was changed: CreateContainer fails naming the
+/// annotation, the section and the checksum mismatch; no container, mount or layer is left
+/// (only the section's lock file), and the pod still takes a container without a section.
+fn fs_restore_of_a_corrupt_checkpoint_fails_creation(s: &Suite, case: &str) -> Result<()> {
+    let marker = format!("corrupt-me-{}", uid(case));
+    let (pod, _) = seed_pod(s, case, &[])?;
+    let app = start(
+        s,
+        &pod,
+        "app",
+        &format!("echo {marker} > /marker.txt && exec sleep 100000"),
+        &[],
+    )?;
+    eventually("app wrote", || {
+        Ok(s.cri.exec_sync(&app, &["cat", "/marker.txt"])?.0 == 0)
+    })?;
+    let (_tmp, ck) = save_and_remove(s, &pod, &[])?;
+    let ck_text = ck.display().to_string();
+    let data = ck.join("data.multitar");
+    let mut bytes = std::fs::read(&data)?;
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker.as_bytes())
+        .context("the marker is not in the data file")?;
+    bytes[at] ^= 0x20;
+    std::fs::write(&data, &bytes)?;
+    let layer = layer_of(s, &ck, Some("app"), "/")?;
+
+    let (new, _) = seed_pod(s, &format!("{case}-new"), &[(ANNOTATION, &ck_text)])?;
+    // CRI creates the task (and so calls the shim) at StartContainer.
+    let id = create(s, &new, "app", "exec sleep 100000", &[])?;
+    let e = s
+        .cri
+        .start_container(&id)
+        .err()
+        .context("StartContainer of a corrupt section succeeded")?;
+    let e = format!("{e:#}");
+    for want in [ANNOTATION, "rootfs-upper app:/", "checksum mismatch"] {
+        ensure!(e.contains(want), "the error does not name {want:?}: {e}");
+    }
+    let st = s.cri.container_status(&id)?.status.context("no status")?;
+    ensure!(st.state != 1, "the container runs: {st:?}");
+    let bundle =
+        s.cd.dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(harness::cri::K8S_NAMESPACE)
+            .join(&id);
+    ensure!(
+        !bundle.exists(),
+        "the task's bundle is left: {}",
+        bundle.display()
+    );
+    ensure!(
+        !layer.exists(),
+        "a layer of the corrupt section is in the cache"
+    );
+    let root = s.cd.layer_root();
+    let left: Vec<String> = std::fs::read_dir(&root)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()?;
+    ensure!(
+        left.iter()
+            .all(|n| n.ends_with(".lock") || !n.starts_with('.')),
+        "an unfinished extraction is left in the cache: {left:?}"
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    ensure!(
+        !mounts.contains(&root.display().to_string()),
+        "a layer is mounted"
+    );
+    // A container the checkpoint has no section for is created as usual.
+    let other = start(s, &new, "other", "exec sleep 100000", &[])?;
+    ensure!(
+        s.cri
+            .container_status(&other)?
+            .status
+            .context("status")?
+            .state
+            == 1
+    );
+    Ok(())
+}
+
+/// A container that planted a device node in its rootfs (`mknod`, which the default
+/// capabilities allow) is checkpointed; restoring it into a new pod fails StartContainer
+/// naming the section, the entry and the refusal: a device node never enters the shared
+/// layer cache.
+fn fs_restore_of_a_device_node_is_refused(s: &Suite, case: &str) -> Result<()> {
+    let (pod, _) = seed_pod(s, case, &[])?;
+    let app = start(
+        s,
+        &pod,
+        "app",
+        "mknod /mem-here c 1 1 && exec sleep 100000",
+        &[],
+    )?;
+    eventually("app made the node", || {
+        Ok(s.cri.exec_sync(&app, &["test", "-c", "/mem-here"])?.0 == 0)
+    })?;
+    let (_tmp, ck_path) = save_and_remove(s, &pod, &[])?;
+    let ck = ck_path.display().to_string();
+    let layer = layer_of(s, &ck_path, Some("app"), "/")?;
+    let (new, _) = seed_pod(s, &format!("{case}-new"), &[(ANNOTATION, &ck)])?;
+    let id = create(s, &new, "app", "exec sleep 100000", &[])?;
+    let e = s
+        .cri
+        .start_container(&id)
+        .err()
+        .context("StartContainer of a section with a device node succeeded")?;
+    let e = format!("{e:#}");
+    for want in [
+        ANNOTATION,
+        "rootfs-upper app:/",
+        "mem-here",
+        "device node 1:1 refused",
+    ] {
+        ensure!(e.contains(want), "the error does not name {want:?}: {e}");
+    }
+    ensure!(
+        !layer.exists(),
+        "a layer with the device node is in the cache"
+    );
+    Ok(())
+}
+
+/// Hostile or unusable values of the annotation fail RunPodSandbox naming the annotation and
+/// the value; nothing of the pod is left.
+fn fs_restore_annotation_is_checked_at_run_pod(s: &Suite, case: &str) -> Result<()> {
+    let tmp = tempfile::Builder::new()
+        .prefix("cryo-fsrestore-")
+        .tempdir_in("/tmp")?;
+    let empty = tmp.path().display().to_string();
+    let outside = tmp.path().join("dest");
+    std::fs::create_dir(&outside)?;
+    std::os::unix::fs::symlink("/etc", outside.join("latest"))?;
+    let outside = outside.display().to_string();
+    let before = s.cri.list_pods()?;
+    for (value, why) in [
+        ("relative/ck", "not an absolute path"),
+        ("/tmp/../etc", "'.' or '..'"),
+        (empty.as_str(), "neither a checkpoint"),
+        (
+            outside.as_str(),
+            "must name an entry of the directory itself",
+        ),
+    ] {
+        let e = seed_pod(s, case, &[(ANNOTATION, value)])
+            .err()
+            .with_context(|| format!("RunPodSandbox with {value:?} succeeded"))?;
+        let e = format!("{e:#}");
+        ensure!(
+            e.contains(ANNOTATION) && e.contains(value) && e.contains(why),
+            "{value:?}: the error does not say {why:?}: {e}"
+        );
+    }
+    ensure!(s.cri.list_pods()? == before, "a pod is left");
+    Ok(())
+}
+
+/// Private volumes: a tmpfs (`type=tmpfs`, share=container) and a disk overlay (`type=bind`,
+/// share=container), saved with `--path /scratch --path /work`, come back in a new pod: the
+/// tmpfs as a tmpfs holding a copy of its section (a tmpfs takes no layer: files, a
+/// subdirectory, a hard link, a mode), the overlay with its section's layer as its lower
+/// directory (writes go to the new pod's own filestore, not the cache).
+fn fs_restore_fills_private_volumes(s: &Suite, case: &str) -> Result<()> {
+    let private_pod = |case: &str, extra: &[(&str, &str)]| -> Result<(Pod, PathBuf, PathBuf)> {
+        let uid = uid(case);
+        let scratch = cri::empty_dir(&s.kubelet, &uid, "scratch")?;
+        let work = cri::empty_dir(&s.kubelet, &uid, "work")?;
+        let (scratch_s, work_s) = (scratch.display().to_string(), work.display().to_string());
+        let mut annotations = vec![
+            ("dev.cryo.spec.mount.scratch.type", "tmpfs"),
+            ("dev.cryo.spec.mount.scratch.source", scratch_s.as_str()),
+            ("dev.cryo.spec.mount.work.type", "bind"),
+            ("dev.cryo.spec.mount.work.source", work_s.as_str()),
+        ];
+        annotations.extend_from_slice(extra);
+        Ok((
+            run_pod_with_uid(s, case, &uid, &annotations)?,
+            scratch,
+            work,
+        ))
+    };
+    let (pod, scratch, work) = private_pod(case, &[])?;
+    let app = start(
+        s,
+        &pod,
+        "app",
+        "mkdir /scratch/sub && echo one > /scratch/f && echo two > /scratch/sub/g && ln /scratch/f /scratch/h && chmod 0640 /scratch/f && echo disk > /work/w && exec sleep 100000",
+        &[("/scratch", &scratch), ("/work", &work)],
+    )?;
+    eventually("app wrote", || {
+        Ok(s.cri.exec_sync(&app, &["cat", "/scratch/h", "/work/w"])?.0 == 0)
+    })?;
+    let (_tmp, ck_path) = save_and_remove(s, &pod, &["/scratch", "/work"])?;
+    let ck = ck_path.display().to_string();
+
+    let (new, scratch, work) = private_pod(&format!("{case}-new"), &[(ANNOTATION, &ck)])?;
+    let app = start(
+        s,
+        &new,
+        "app",
+        "exec sleep 100000",
+        &[("/scratch", &scratch), ("/work", &work)],
+    )?;
+    let seen = s.cri.sh(
+        &app,
+        "cat /scratch/f /scratch/sub/g /work/w; stat -c '%a %h' /scratch/f; echo new > /work/w",
+    )?;
+    ensure!(
+        seen == "one\ntwo\ndisk\n640 2\n",
+        "the restored volumes hold {seen:?}"
+    );
+    let pid = s.cri.container_pid(&app)?;
+    let (fstype, _) = mount_at(pid, "/scratch")?;
+    ensure!(fstype == "tmpfs", "/scratch is a {fstype}, not a tmpfs");
+    let (fstype, _) = mount_at(pid, "/work")?;
+    ensure!(fstype == "overlay", "/work is a {fstype}, not an overlay");
+    let layer = layer_of(s, &ck_path, Some("app"), "/work")?;
+    ensure!(
+        std::fs::read_to_string(layer.join("w"))? == "disk\n",
+        "the write reached the cached layer"
+    );
+    ensure!(
+        std::fs::read_to_string(work.join(".cryo-filestore/container-app/upper/w"))? == "new\n",
+        "the write is not in the new pod's own filestore"
+    );
+    Ok(())
+}

@@ -68,7 +68,7 @@ pub const CASES: &[(&str, Case)] = &[
 const CLI_LIMIT: Duration = Duration::from_secs(60);
 
 /// `cryo ARGS...` with the suite's containerd's root.
-fn cryo(s: &Suite, args: &[&str]) -> Result<Output> {
+pub(super) fn cryo(s: &Suite, args: &[&str]) -> Result<Output> {
     let bin = harness::built_shim()?.with_file_name("cryo");
     ensure!(
         bin.is_file(),
@@ -82,7 +82,7 @@ fn cryo(s: &Suite, args: &[&str]) -> Result<Output> {
 
 /// A running busybox container that wrote `/new.txt` and `/d/f` and deleted the image's
 /// `/bin/ls` (→ a whiteout in its upper layer).
-fn writer(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+pub(super) fn writer(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     run_detached(s, rt, id, &[])?;
     s.cd.ctr(&[
         "task",

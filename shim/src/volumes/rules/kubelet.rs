@@ -51,7 +51,7 @@ pub(super) fn is_pod_volume(path: &Path, pod_uid: Option<&str>) -> bool {
 }
 
 /// The source of a bind mount, normalised (no trailing `/`).
-pub(super) fn bind_source(m: &Mount) -> Option<PathBuf> {
+pub(crate) fn bind_source(m: &Mount) -> Option<PathBuf> {
     let is_bind = m.typ().as_deref() == Some("bind")
         || m.options()
             .as_deref()

@@ -47,6 +47,7 @@ mod rewrite;
 mod test_support;
 
 pub use decision::{plan, validate_pod, Decision, Medium, Shape};
+pub(crate) use kubelet::bind_source;
 pub use rewrite::{rewrite, Placement};
 // The rest of the former `rules.rs`'s public names, kept at `rules::` for callers that name
 // them (none in the shim today).

@@ -1,0 +1,83 @@
+//! ctr cases: a plain container (a pod of one, labelled by its id) restored from a filesystem
+//! checkpoint with the `dev.cryo.fs-restore.image-path` annotation (`ctr run --annotation`).
+//! runc's shim knows no such annotation: every case is cryo's only.
+
+use anyhow::{ensure, Context, Result};
+use harness::Runtime;
+
+use super::fscheckpoint::{cryo, writer};
+use super::{run_detached, wait_status, Case, Suite};
+
+const NO_RESTORE: &str =
+    "runc's shim has no filesystem checkpoints (cryo fscheckpoint, dev.cryo.fs-restore.image-path)";
+
+/// Cases runc's shim is not held to, and why.
+pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[(
+    "fs_restore_brings_back_a_containers_rootfs_changes",
+    NO_RESTORE,
+)];
+
+pub const CASES: &[(&str, Case)] = &[(
+    "fs_restore_brings_back_a_containers_rootfs_changes",
+    fs_restore_brings_back_a_containers_rootfs_changes,
+)];
+
+/// A container writes into its rootfs (a file, a directory, deletes an image file), is
+/// checkpointed with `cryo fscheckpoint --leave-running`, removed, and run again under the
+/// same id with the restore annotation: it starts with every change, the deletion included,
+/// from a layer of the run's cache; its new writes stay out of the layer.
+fn fs_restore_brings_back_a_containers_rootfs_changes(
+    s: &Suite,
+    rt: Runtime,
+    id: &str,
+) -> Result<()> {
+    writer(s, rt, id)?;
+    let tmp = tempfile::Builder::new()
+        .prefix("cryo-fsrestore-")
+        .tempdir_in("/tmp")?;
+    let ck = tmp.path().join("ck").display().to_string();
+    cryo(
+        s,
+        &["fscheckpoint", "--image-path", &ck, "--leave-running", id],
+    )?
+    .ok()
+    .context("cryo fscheckpoint")?;
+    s.cd.ctr(&["task", "kill", "-s", "SIGKILL", id])?.ok()?;
+    wait_status(s, id, "STOPPED")?;
+    s.cd.ctr(&["task", "rm", id])?.ok()?;
+    s.cd.ctr(&["container", "rm", id])?.ok()?;
+
+    let annotation = format!("dev.cryo.fs-restore.image-path={ck}");
+    run_detached(s, rt, id, &["--annotation", &annotation])?;
+    let seen =
+        s.cd.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "read",
+            id,
+            "sh",
+            "-c",
+            "cat /new.txt /d/f; test -e /bin/ls && echo ls-is-back; echo again > /new.txt; true",
+        ])?
+        .ok()?
+        .stdout;
+    ensure!(
+        seen == "hello\ndeep\n",
+        "the restored container sees {seen:?}"
+    );
+    let layers: Vec<_> = std::fs::read_dir(s.cd.layer_root())?
+        .filter_map(|e| e.ok())
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.path())
+        .collect();
+    let layer = layers
+        .iter()
+        .find(|l| l.join("d/f").is_file())
+        .with_context(|| format!("no layer holds d/f: {layers:?}"))?;
+    ensure!(
+        std::fs::read_to_string(layer.join("new.txt"))? == "hello\n",
+        "the container's write reached the cached layer"
+    );
+    Ok(())
+}
