@@ -33,6 +33,7 @@ use log::info;
 use oci_spec::runtime::Spec;
 
 use crate::annotations::{self, FS_RESTORE_IMAGE_PATH};
+use crate::checkpoint_root::CheckpointRoot;
 use crate::error::{Error, Result};
 
 /// The link a destination of repeated saves keeps to its newest checkpoint.
@@ -52,14 +53,16 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Parse, resolve and load the annotation's `value`; a refusal names the annotation and
     /// the value. Blocking (reads the manifest).
-    pub fn open(value: &str) -> Result<Checkpoint> {
+    pub fn open(value: &str, root: &CheckpointRoot) -> Result<Checkpoint> {
         let refuse = |why: String| {
             Error::InvalidArgument(format!(
                 "annotation {FS_RESTORE_IMAGE_PATH}={value:?}: {why}"
             ))
         };
         let dir = parse(value).map_err(&refuse)?;
+        root.check(&dir).map_err(&refuse)?;
         let dir = resolve(&dir).map_err(&refuse)?;
+        root.check(&dir).map_err(&refuse)?;
         let manifest = Manifest::load(&dir).map_err(|e| refuse(e.to_string()))?;
         Ok(Checkpoint {
             value: value.to_string(),
@@ -244,7 +247,12 @@ impl PodRestore {
             Some(c) if c.value == value => c,
             _ => {
                 let v = value.clone();
-                let c = Arc::new(tokio::task::spawn_blocking(move || Checkpoint::open(&v)).await??);
+                let c = Arc::new(
+                    tokio::task::spawn_blocking(move || {
+                        Checkpoint::open(&v, &CheckpointRoot::from_env())
+                    })
+                    .await??,
+                );
                 let mut known = self.lock();
                 if known.checkpoint.is_none() {
                     info!(
@@ -474,16 +482,25 @@ mod tests {
             "/a\0b",
             &format!("/{}", "x".repeat(4096)),
         ] {
-            let e = Checkpoint::open(bad).err().expect(bad).to_string();
+            let root = CheckpointRoot::at(Path::new("/"));
+            let e = Checkpoint::open(bad, &root).err().expect(bad).to_string();
             assert!(e.contains(FS_RESTORE_IMAGE_PATH), "{e}");
             assert!(e.contains(&format!("{bad:?}")), "{e}");
         }
         let t = tempfile::tempdir().unwrap();
-        let e = Checkpoint::open(&t.path().display().to_string())
+        let value = t.path().display().to_string();
+        let e = Checkpoint::open(&value, &CheckpointRoot::at(Path::new("/")))
             .err()
             .unwrap()
             .to_string();
         assert!(e.contains("neither a checkpoint"), "{e}");
+        // Outside the node's checkpoint root: refused before anything is read.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let e = Checkpoint::open(&value, &CheckpointRoot::at(elsewhere.path()))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("not beneath the node's checkpoint root"), "{e}");
     }
 
     fn checkpoint_of(sections: &[(&str, &str, ResourceKind)]) -> Checkpoint {

@@ -7,6 +7,7 @@
 mod annotations;
 mod bootstrap;
 mod checkpoint;
+mod checkpoint_root;
 mod container;
 mod control;
 mod engine;

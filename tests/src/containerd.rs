@@ -17,6 +17,9 @@ pub const CTR_LIMIT: Duration = Duration::from_secs(30);
 
 /// How long removing one namespace's tasks, containers and images may take at teardown.
 pub const TEARDOWN_BUDGET: Duration = Duration::from_secs(60);
+/// The checkpoint root the shims are given (`CRYO_CHECKPOINT_ROOT`): pods may name trigger
+/// destinations and restore sources only beneath it.
+pub const CHECKPOINT_ROOT: &str = "/tmp";
 
 /// The runtimes the suite compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,6 +218,9 @@ impl Containerd {
             .env("CRYO_ROOT", dir.join("cryo"))
             // Their layer cache of restored filesystem checkpoints (`CRYO_LAYER_ROOT`).
             .env("CRYO_LAYER_ROOT", dir.join("layers"))
+            // Pods may name checkpoints (trigger destinations, restore sources) beneath /tmp,
+            // where the cases make theirs (`CRYO_CHECKPOINT_ROOT`).
+            .env("CRYO_CHECKPOINT_ROOT", CHECKPOINT_ROOT)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -27,6 +27,7 @@ use log::{info, warn};
 use oci_spec::runtime::{Mount, Spec};
 
 use crate::annotations;
+use crate::checkpoint_root::CheckpointRoot;
 use crate::control::protocol::FscheckpointArgs;
 use crate::error::{Error, Result};
 use crate::pod::Pod;
@@ -136,6 +137,15 @@ fn prepare_blocking(
                     wanted.path.display().to_string()
                 )));
             }
+            CheckpointRoot::from_env()
+                .check(&wanted.path)
+                .map_err(|why| {
+                    Error::InvalidArgument(format!(
+                        "container {id}: annotation {}path={:?}: {why}",
+                        annotations::FSCHECKPOINT_PREFIX,
+                        wanted.path.display().to_string()
+                    ))
+                })?;
             *active = Some(set_up(pod, bundle, id, &pod_id, wanted.clone(), runtime)?);
         }
         (Some(a), Some(wanted)) if *wanted != a.settings => {
@@ -300,11 +310,18 @@ async fn run_round(
 async fn checkpoint(pod: &Pod, settings: &PodSettings, pod_id: &str) -> Result<PathBuf> {
     let _one_at_a_time = pod.checkpoint_lock().lock().await;
     let dest = settings.path.clone();
-    let dir = tokio::task::spawn_blocking(move || destination::claim_next(&dest))
-        .await?
-        .map_err(|e| {
-            Error::FailedPrecondition(format!("destination {}: {e}", settings.path.display()))
-        })?;
+    // Checked again at each save: a link planted beneath the root since the pod started must
+    // not lead the save out of it.
+    let dir = tokio::task::spawn_blocking(move || {
+        CheckpointRoot::from_env()
+            .check(&dest)
+            .map_err(std::io::Error::other)?;
+        destination::claim_next(&dest)
+    })
+    .await?
+    .map_err(|e| {
+        Error::FailedPrecondition(format!("destination {}: {e}", settings.path.display()))
+    })?;
     let args = FscheckpointArgs {
         id: pod_id.to_string(),
         image_path: dir.display().to_string(),

@@ -24,6 +24,10 @@ pub(super) const CASES: &[(&str, Case)] = &[
         fs_restore_of_a_device_node_is_refused,
     ),
     (
+        "fs_restore_only_beneath_the_checkpoint_root",
+        fs_restore_only_beneath_the_checkpoint_root,
+    ),
+    (
         "fs_restore_annotation_is_checked_at_run_pod",
         fs_restore_annotation_is_checked_at_run_pod,
     ),
@@ -423,6 +427,55 @@ fn fs_restore_annotation_is_checked_at_run_pod(s: &Suite, case: &str) -> Result<
             outside.as_str(),
             "must name an entry of the directory itself",
         ),
+    ] {
+        let e = seed_pod(s, case, &[(ANNOTATION, value)])
+            .err()
+            .with_context(|| format!("RunPodSandbox with {value:?} succeeded"))?;
+        let e = format!("{e:#}");
+        ensure!(
+            e.contains(ANNOTATION) && e.contains(value) && e.contains(why),
+            "{value:?}: the error does not say {why:?}: {e}"
+        );
+    }
+    ensure!(s.cri.list_pods()? == before, "a pod is left");
+    Ok(())
+}
+
+/// A pod may name only checkpoints beneath the node's checkpoint root (`CRYO_CHECKPOINT_ROOT`,
+/// `/tmp` in this suite): a valid checkpoint elsewhere on the host (another tenant's, say) is
+/// refused at RunPodSandbox naming the root, and so is a link beneath the root leading out of
+/// it. Before the root existed both pods ran.
+fn fs_restore_only_beneath_the_checkpoint_root(s: &Suite, case: &str) -> Result<()> {
+    let elsewhere = tempfile::Builder::new()
+        .prefix("cryo-fsrestore-")
+        .tempdir_in("/var/tmp")?;
+    let data = elsewhere.path().join("data");
+    std::fs::create_dir(&data)?;
+    std::fs::write(data.join("secret"), "another tenant's")?;
+    let ck = elsewhere.path().join("ck");
+    let (data_s, ck_s) = (data.display().to_string(), ck.display().to_string());
+    cryo(
+        s,
+        &[
+            "fscheckpoint",
+            "save",
+            "--path",
+            &data_s,
+            "--image-path",
+            &ck_s,
+        ],
+    )?
+    .ok()?;
+    let inside = tempfile::Builder::new()
+        .prefix("cryo-fsrestore-")
+        .tempdir_in(harness::containerd::CHECKPOINT_ROOT)?;
+    let link = inside.path().join("ck");
+    std::os::unix::fs::symlink(&ck, &link)?;
+    let link_s = link.display().to_string();
+    let before = s.cri.list_pods()?;
+    for (value, why) in [
+        (ck_s.as_str(), "not beneath the node's checkpoint root /tmp"),
+        (link_s.as_str(), "resolves to"),
     ] {
         let e = seed_pod(s, case, &[(ANNOTATION, value)])
             .err()

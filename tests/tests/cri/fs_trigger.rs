@@ -357,6 +357,12 @@ fn hostile_trigger_annotations_are_refused(s: &Suite, case: &str) -> Result<()> 
         ),
         ("proc", &[(p, "/proc/1/root/tmp")], "inside /proc"),
         (
+            "outside-the-root",
+            &[(p, "/var/lib/cryo-trigger-elsewhere")],
+            "annotation dev.cryo.fscheckpoint.path=\"/var/lib/cryo-trigger-elsewhere\": not \
+             beneath the node's checkpoint root /tmp (CRYO_CHECKPOINT_ROOT)",
+        ),
+        (
             "resume",
             &[(p, d), ("dev.gvisor.internal.fscheckpoint.resume", "yes")],
             "annotation dev.gvisor.internal.fscheckpoint.resume=\"yes\": not true or false",
@@ -440,6 +446,10 @@ fn hostile_trigger_annotations_are_refused(s: &Suite, case: &str) -> Result<()> 
     ensure!(
         !std::path::Path::new("/tmp/elsewhere").exists(),
         "a refused container created a destination"
+    );
+    ensure!(
+        !std::path::Path::new("/var/lib/cryo-trigger-elsewhere").exists(),
+        "a refused pod created a destination outside the checkpoint root"
     );
     Ok(())
 }
