@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::events::EventTx;
 use crate::exits::{Exits, Mark};
 use crate::lifecycle::{ExitSubject, Lifecycle};
+use crate::log_binary::LoggerFor;
 use crate::process::{Process, ProcessBase};
 use crate::stdio::{self, Io, StdioPaths};
 
@@ -131,6 +132,7 @@ impl InitProcess {
         spec: Spec,
         restore: Option<RestoreOptions>,
         engine: Arc<dyn Engine>,
+        namespace: &str,
         exits: &Arc<Exits>,
         events: &EventTx,
     ) -> Result<Arc<InitProcess>> {
@@ -151,8 +153,12 @@ impl InitProcess {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let (engine_stdio, io) =
-            stdio::prepare(&stdio).map_err(|e| Error::Internal(format!("stdio: {e}")))?;
+        let owner = LoggerFor {
+            container_id: &req.id,
+            namespace,
+            exits,
+        };
+        let (engine_stdio, io) = stdio::prepare(&stdio, owner).await?;
         let config = ContainerConfig {
             id: req.id.clone(),
             bundle,

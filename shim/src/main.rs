@@ -17,6 +17,8 @@ mod exits;
 mod info;
 mod init;
 mod lifecycle;
+mod log_binary;
+mod log_uri;
 mod logging;
 mod metrics;
 mod pod;

@@ -42,6 +42,8 @@ mod engine_hardening;
 mod fscheckpoint;
 #[path = "ctr/launch_hardening.rs"]
 mod launch_hardening;
+#[path = "ctr/log_uri.rs"]
+mod log_uri;
 #[path = "ctr/shim_hardening.rs"]
 mod shim_hardening;
 #[path = "ctr/socket.rs"]
@@ -66,6 +68,7 @@ fn all_cases() -> Vec<(&'static str, Case, Option<&'static str>)> {
         (socket::CASES, socket::RUNC_FALLS_SHORT),
         (fscheckpoint::CASES, fscheckpoint::RUNC_FALLS_SHORT),
         (stdio::CASES, stdio::RUNC_FALLS_SHORT),
+        (log_uri::CASES, log_uri::RUNC_FALLS_SHORT),
     ];
     let mut all = Vec::new();
     for (cases, excused) in topics {
