@@ -180,6 +180,7 @@ fn failed_create_leaves_no_logger(s: &Suite, rt: Runtime, id: &str) -> Result<()
         &format!(
             "/bin/cat <&3 > {d}/stdout 5>&- &\n\
              exec 5>&-\n\
+             : > {d}/started\n\
              while :; do /bin/sleep 1; done\n"
         ),
     )?;
@@ -189,6 +190,9 @@ fn failed_create_leaves_no_logger(s: &Suite, rt: Runtime, id: &str) -> Result<()
         out.code != 0,
         "ctr run of a missing command succeeded: {out:?}"
     );
+    // The case is about a logger that ran.
+    eventually(|| dir.path().join("started").exists())
+        .with_context(|| format!("the logger never started: {:?}", out.stderr))?;
     no_logger_left(id)?;
     super::assert_gone(s, id)
 }
