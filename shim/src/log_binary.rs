@@ -1,14 +1,18 @@
 //! A `binary://` logger as runc's shim runs it: the shim's child, with the process's stdout
 //! and stderr pipes as its fds 3 and 4 and a ready pipe as fd 5 (it writes a byte or closes it
-//! when ready), /dev/null as 0-2, and an environment of `CONTAINER_ID`, `CONTAINER_NAMESPACE`
-//! and the URI's `env.` keys alone.
+//! when ready), /dev/null as 0-2, the shim's working directory (the bundle), and an environment
+//! of `CONTAINER_ID`, `CONTAINER_NAMESPACE` and the URI's `env.` keys alone. An exec'd
+//! process's logger is told the container's id (runc's shim passes the exec id there).
 //!
-//! Create waits for it to be ready ([`READY_LIMIT`]); a logger that cannot be executed, is not
-//! ready in time, or is gone once ready (nothing reads fd 3 or 4 any more) fails Create by its
-//! URI, and is killed. It runs in its own process group, so what it starts goes with it: Delete
-//! sends it SIGTERM, waits for its exit ([`STOP_LIMIT`], as runc's 12 s), lets what it started
-//! drain for a moment, then SIGKILLs what is left of the group. Its exit comes from the shim's reaper through [`Exits`], matched by
-//! pid, so it never passes for a process of the task.
+//! Create waits for it to be ready ([`READY_LIMIT`]; runc's shim waits without a limit); a
+//! logger that cannot be executed, is not ready in time, or is gone once ready (nothing reads
+//! fd 3 or 4 any more) fails Create by its URI, and is killed. It runs in its own process
+//! group, so what it starts goes with it: Delete sends it SIGTERM, waits for its exit
+//! ([`STOP_LIMIT`], as runc's 12 s), lets what it started drain for a moment, then SIGKILLs
+//! what is left of the group; a failed Create SIGKILLs the group at once. Its exit comes from
+//! the shim's reaper through [`Exits`], matched by pid, so it never passes for a process of
+//! the task. It is forked by hand, not with `std::process::Command`, whose failed exec waits
+//! for the child itself and panics when the shim's reaper took it first.
 
 use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -175,12 +179,6 @@ fn launch(cmd: &LoggerCommand, owner: &LoggerFor<'_>) -> Result<Launched> {
 }
 
 impl Logger {
-    /// The logger's pid (its process group's id).
-    #[cfg(test)]
-    pub fn pid(&self) -> i32 {
-        self.pid
-    }
-
     /// Stop the logger as runc's shim does at Delete: SIGTERM, its exit awaited for
     /// [`STOP_LIMIT`] (then SIGKILL); what it started may finish draining its pipes for
     /// [`GROUP_DRAIN`], then whatever is left of its group is SIGKILLed.

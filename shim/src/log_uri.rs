@@ -30,8 +30,11 @@ pub struct LoggerCommand {
     pub path: PathBuf,
     pub args: Vec<String>,
     /// From `env.K=V` query keys (never `CONTAINER_ID` or `CONTAINER_NAMESPACE`).
-    pub env: Vec<(String, String)>,
+    pub env: Environment,
 }
+
+/// Variables as (name, value).
+type Environment = Vec<(String, String)>;
 
 /// A log URI that is refused: the URI and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -617,6 +617,73 @@ mod tests {
     }
 
     #[test]
+    fn a_file_log_uri_takes_both_outputs_and_makes_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a/b/out.log");
+        let uri = format!("file://{}", log.display());
+        let paths = StdioPaths {
+            stdout: uri.clone(),
+            stderr: uri,
+            ..Default::default()
+        };
+        let exits = crate::exits::Exits::default();
+        let owner = LoggerFor {
+            container_id: "c",
+            namespace: "n",
+            exits: &exits,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (stdio, mut io) = rt.block_on(prepare(&paths, owner)).unwrap();
+        let Stdio::Fds {
+            stdout: Some(out),
+            stderr: Some(err),
+            ..
+        } = stdio
+        else {
+            panic!("no output pipes");
+        };
+        File::from(out).write_all(b"to-stdout\n").unwrap();
+        File::from(err).write_all(b"to-stderr\n").unwrap();
+        rt.block_on(io.wait_outputs(Duration::from_secs(5)));
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains("to-stdout\n") && text.contains("to-stderr\n"),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn a_bad_log_uri_is_an_invalid_argument_naming_it() {
+        let exits = crate::exits::Exits::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for uri in ["syslog:///dev/log", "file://host/x", "binary:///../x"] {
+            let paths = StdioPaths {
+                stdout: uri.into(),
+                stderr: uri.into(),
+                ..Default::default()
+            };
+            let owner = LoggerFor {
+                container_id: "c",
+                namespace: "n",
+                exits: &exits,
+            };
+            match rt.block_on(prepare(&paths, owner)) {
+                Err(e @ Error::InvalidArgument(_)) => {
+                    assert!(e.to_string().contains(uri), "{e}")
+                }
+                Err(e) => panic!("{uri}: {e:?}"),
+                Ok(_) => panic!("{uri} accepted"),
+            }
+        }
+    }
+
+    #[test]
     fn outputs_that_are_neither_fifo_nor_file_are_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let e = open_output("stdout", dir.path().to_str().unwrap()).unwrap_err();
