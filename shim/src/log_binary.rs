@@ -99,12 +99,21 @@ pub async fn start(cmd: &LoggerCommand, owner: LoggerFor<'_>) -> Result<Started>
         }
     }
     // Ready, but is anyone still reading? A logger that exited (or closed its pipes) left
-    // them without a reader: the process's output would go nowhere.
+    // them without a reader: the process's output would go nowhere. Its fd 5 may be released
+    // before its fds 3 and 4 (an exit releases them in no set order): an exiting logger is
+    // first waited for (its exit is reported once all its descriptors are released).
+    let mut exited = None;
+    if is_exiting(pid) {
+        exited = logger.exit_within(GONE_STATUS_WAIT).await;
+    }
     if let Some(fd) = [(&out_w, STDOUT_FD), (&err_w, STDERR_FD)]
         .into_iter()
         .find_map(|(w, fd)| (!has_reader(w.as_fd())).then_some(fd))
     {
-        let status = logger.exit_within(GONE_STATUS_WAIT).await;
+        let status = match exited {
+            Some(exit) => Some(exit),
+            None => logger.exit_within(GONE_STATUS_WAIT).await,
+        };
         let why = match status {
             Some(exit) => format!("exited with status {} at start", exit.status),
             None => format!("closed its fd {fd} at start"),
@@ -377,6 +386,23 @@ fn wait_ready(exec_r: &OwnedFd, ready_r: &OwnedFd) -> std::result::Result<(), St
     }
 }
 
+/// Whether `pid` is exiting or gone: its state is a zombie's or dead, or its flags have
+/// `PF_EXITING`, which the kernel sets before it releases the process's descriptors.
+fn is_exiting(pid: i32) -> bool {
+    const PF_EXITING: u64 = 0x4;
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // After "pid (comm)": state ppid pgrp session tty_nr tpgid flags ...
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return true;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let state = fields.first().copied().unwrap_or("X");
+    let flags: u64 = fields.get(6).and_then(|f| f.parse().ok()).unwrap_or(0);
+    matches!(state, "Z" | "X" | "x") || flags & PF_EXITING != 0
+}
+
 /// Whether a pipe's read end is still open somewhere (a pipe's write end polls POLLERR once
 /// every reader is gone).
 fn has_reader(w: BorrowedFd<'_>) -> bool {
@@ -404,6 +430,22 @@ fn high(fd: &OwnedFd) -> nix::Result<OwnedFd> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_live_process_is_not_exiting_and_a_zombie_or_a_free_pid_is() {
+        assert!(!is_exiting(std::process::id() as i32));
+        let child = std::process::Command::new("/bin/true").spawn().unwrap();
+        let pid = child.id() as i32;
+        // Not waited for yet: a zombie once it exited.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !is_exiting(pid) {
+            assert!(std::time::Instant::now() < deadline, "never seen exiting");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut child = child;
+        child.wait().unwrap();
+        assert!(is_exiting(pid));
+    }
 
     #[test]
     fn a_pipe_without_a_reader_is_seen_from_its_write_end() {
