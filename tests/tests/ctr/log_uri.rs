@@ -14,6 +14,12 @@ use super::{Case, Suite};
 /// Cases runc's shim is not held to, and why.
 pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[
     (
+        "logger_never_ready_fails_create_in_time",
+        "runc's shim waits for the logger's ready signal without a limit: Create hangs until the \
+         client gives up (`ctr --timeout 20s`: `context deadline exceeded`), and its shim stays \
+         (seen on containerd 1.6)",
+    ),
+    (
         "failed_create_leaves_no_logger",
         "runc's shim leaves the logger running when the OCI runtime's create fails (it outlives \
          the shim; seen on containerd 1.6)",
@@ -45,6 +51,10 @@ pub const CASES: &[(&str, Case)] = &[
         failed_create_leaves_no_logger,
     ),
     ("exec_log_uris", exec_log_uris),
+    (
+        "logger_never_ready_fails_create_in_time",
+        logger_never_ready_fails_create_in_time,
+    ),
 ];
 
 /// How long a logger's output or its end may take to show after the task is gone.
@@ -225,6 +235,50 @@ fn bad_log_uris_are_refused(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// A logger that never says it is ready fails Create within the shim's limit (10 s), naming
+/// it; nothing of it is left.
+fn logger_never_ready_fails_create_in_time(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let dir = temp_dir(s)?;
+    // fd 5 stays open in the sleep.
+    let logger = write_script(dir.path(), "mute.sh", "exec /bin/sleep 1000\n")?;
+    let uri = format!("binary://{}", logger.display());
+    let started = Instant::now();
+    // ctr gives up before the harness's limit for one command.
+    let out = s.cd.ctr(&[
+        "--timeout",
+        "20s",
+        "run",
+        "--rm",
+        "--runtime",
+        rt.id(),
+        "--log-uri",
+        &uri,
+        harness::image::BUSYBOX_IMAGE,
+        id,
+        "echo",
+        "never",
+    ]);
+    let took = started.elapsed();
+    // Whatever happened, nothing of the logger may stay (runc's shim leaves it waiting).
+    let left = no_logger_left(id);
+    let out = out?;
+    ensure!(
+        out.code != 0,
+        "ctr run with a mute logger succeeded: {out:?}"
+    );
+    ensure!(
+        out.stderr.contains(&logger.display().to_string()) && out.stderr.contains("ready"),
+        "the error does not name the logger and its readiness (after {took:?}): {:?}",
+        out.stderr
+    );
+    ensure!(
+        took < Duration::from_secs(15),
+        "Create took {took:?} to fail"
+    );
+    left?;
+    super::assert_gone(s, id)
+}
+
 /// `ctr task exec --log-uri` with a file and with a logger: each gets the exec'd process's
 /// outputs, and the logger is gone once the exec is deleted.
 fn exec_log_uris(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
@@ -262,11 +316,12 @@ fn exec_log_uris(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
         &format!(
             "/bin/cat <&3 > {d}/stdout 5>&- &\n\
              /bin/cat <&4 > {d}/stderr 5>&- &\n\
-             exec 5>&-\n\
+             printf r >&5\n\
              wait\n\
              while :; do /bin/sleep 1; done\n"
         ),
     )?;
+    // This one says it is ready with a byte, and keeps fd 5 open.
     exec("binary", &format!("binary://{}", logger.display()))?;
     let read = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap_or_default();
     eventually(|| read("stdout") == "to-stdout\n" && read("stderr") == "to-stderr\n")
