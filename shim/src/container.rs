@@ -43,11 +43,13 @@ impl Container {
     pub async fn exec(
         &self,
         req: &api::ExecProcessRequest,
+        namespace: &str,
         exits: &Exits,
         events: &EventTx,
     ) -> Result<()> {
         let reservation = self.execs.reserve(&req.exec_id)?;
-        let exec = ExecProcess::create(&self.id, req, self.init.engine(), exits, events).await?;
+        let exec = ExecProcess::create(&self.id, req, self.init.engine(), namespace, exits, events)
+            .await?;
         reservation.fill(Arc::new(exec));
         Ok(())
     }

@@ -17,6 +17,7 @@ use crate::events::EventTx;
 use crate::exits::Exits;
 use crate::init::EngineHandle;
 use crate::lifecycle::{ExitSubject, Lifecycle};
+use crate::log_binary::LoggerFor;
 use crate::process::{Process, ProcessBase};
 use crate::stdio::{self, StdioPaths};
 
@@ -34,6 +35,7 @@ impl ExecProcess {
         container_id: &str,
         req: &api::ExecProcessRequest,
         container: &EngineHandle,
+        namespace: &str,
         exits: &Exits,
         events: &EventTx,
     ) -> Result<ExecProcess> {
@@ -44,8 +46,12 @@ impl ExecProcess {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let (engine_stdio, mut io) =
-            stdio::prepare(&stdio).map_err(|e| Error::Internal(format!("stdio: {e}")))?;
+        let owner = LoggerFor {
+            container_id,
+            namespace,
+            exits,
+        };
+        let (engine_stdio, mut io) = stdio::prepare(&stdio, owner).await?;
         let mark = exits.mark();
         let mut proc = container
             .call(move |c| {

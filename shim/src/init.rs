@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::events::EventTx;
 use crate::exits::{Exits, Mark};
 use crate::lifecycle::{ExitSubject, Lifecycle};
+use crate::log_binary::LoggerFor;
 use crate::process::{Process, ProcessBase};
 use crate::stdio::{self, Io, StdioPaths};
 
@@ -139,6 +140,7 @@ impl InitProcess {
         restore: Option<RestoreOptions>,
         prepared: Option<Prepared>,
         engine: Arc<dyn Engine>,
+        namespace: &str,
         exits: &Arc<Exits>,
         events: &EventTx,
     ) -> Result<Arc<InitProcess>> {
@@ -159,8 +161,12 @@ impl InitProcess {
             stderr: req.stderr.clone(),
             terminal: req.terminal,
         };
-        let (engine_stdio, io) =
-            stdio::prepare(&stdio).map_err(|e| Error::Internal(format!("stdio: {e}")))?;
+        let owner = LoggerFor {
+            container_id: &req.id,
+            namespace,
+            exits,
+        };
+        let (engine_stdio, io) = stdio::prepare(&stdio, owner).await?;
         let config = ContainerConfig {
             id: req.id.clone(),
             bundle,

@@ -19,6 +19,8 @@ mod fs_restore;
 mod info;
 mod init;
 mod lifecycle;
+mod log_binary;
+mod log_uri;
 mod logging;
 mod metrics;
 mod pod;

@@ -138,9 +138,12 @@ pub trait Process: Send + Sync {
                 warn!("{}: kill before delete: {e}", self.name());
             }
         }
-        tokio::time::timeout(EXIT_WAIT, self.lifecycle().wait())
+        let exit = tokio::time::timeout(EXIT_WAIT, self.lifecycle().wait())
             .await
-            .map_err(|_| Error::Internal(format!("{} did not exit", self.name())))
+            .map_err(|_| Error::Internal(format!("{} did not exit", self.name())))?;
+        // A log URI's logger goes with the process, as in runc's shim.
+        self.lifecycle().io().stop_logger().await;
+        Ok(exit)
     }
 }
 

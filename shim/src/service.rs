@@ -99,6 +99,7 @@ impl Shim for Service {
             namespace: self.namespace.clone(),
         });
         TaskService::new(Arc::new(SandboxEngine), exits, events, self.exit.clone())
+            .with_namespace(&self.namespace)
     }
 }
 

@@ -17,13 +17,18 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, OpenOptionsExt};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cryo_sandbox::Stdio;
 use log::{debug, warn};
 use tokio::sync::oneshot;
+
+use crate::error::{Error, Result};
+use crate::log_binary::{self, Logger, LoggerFor};
+use crate::log_uri::{self, LogUri};
 
 /// Bytes one copy moves at a time.
 const COPY_BUFFER: usize = 32 * 1024;
@@ -61,6 +66,8 @@ pub struct Io {
     /// The read end the output copies watch.
     outputs_stopped: Option<Arc<OwnedFd>>,
     control: IoControl,
+    /// A `file://` log a terminal's output goes to (until [`Io::attach_console`]).
+    log_file: Option<File>,
 }
 
 /// What requests act on while the copies run: stdin (CloseIO) and the pty (ResizePty).
@@ -72,6 +79,9 @@ pub struct IoControl {
     console: Arc<Mutex<Option<OwnedFd>>>,
     /// Dropping it ends stdin's copy (the write end of a pipe its `poll` watches).
     stdin_stop: Arc<Mutex<Option<OwnedFd>>>,
+    /// A `binary://` log URI's logger: stopped at Delete ([`IoControl::stop_logger`]), killed
+    /// when the last handle goes (a failed Create).
+    logger: Arc<Mutex<Option<Logger>>>,
 }
 
 impl IoControl {
@@ -84,6 +94,14 @@ impl IoControl {
     /// End stdin's copy at once, wherever it waits (its FIFO and thread are released).
     pub fn stop_stdin(&self) {
         lock(&self.stdin_stop).take();
+    }
+
+    /// Stop the process's logger, if it has one (Delete, as runc's shim).
+    pub async fn stop_logger(&self) {
+        let logger = lock(&self.logger).take();
+        if let Some(logger) = logger {
+            logger.stop().await;
+        }
     }
 
     /// Set the terminal's window size. A process without a terminal ignores it, as with the
@@ -113,21 +131,50 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 /// Make the pipes for a process: the engine gets the container's ends, the shim copies ours.
 /// With a terminal the engine makes the pty; call [`Io::attach_console`] after create.
-/// A stream whose path cannot be opened is an error naming the stream and the path.
-pub fn prepare(paths: &StdioPaths) -> io::Result<(Stdio, Io)> {
-    if paths.terminal {
-        return Ok((Stdio::Terminal, Io::default()));
-    }
+/// A stream whose path cannot be opened is an error naming the stream and the path; a log URI
+/// instead of output paths ([`crate::log_uri`]) sends both outputs to its file or its logger
+/// ([`crate::log_binary`], started here for `owner`).
+pub async fn prepare(paths: &StdioPaths, owner: LoggerFor<'_>) -> Result<(Stdio, Io)> {
+    let log = log_uri::from_outputs(&paths.stdout, &paths.stderr)
+        .map_err(|e| Error::InvalidArgument(e.to_string()))?;
     let mut io = Io::default();
+    let (stdout, stderr) = match log {
+        None if paths.terminal => return Ok((Stdio::Terminal, io)),
+        None => (
+            io.output("stdout", &paths.stdout).map_err(internal)?,
+            io.output("stderr", &paths.stderr).map_err(internal)?,
+        ),
+        Some(LogUri::File(path)) => {
+            let file = open_log_file(&paths.stdout, &path).map_err(internal)?;
+            if paths.terminal {
+                io.log_file = Some(file);
+                return Ok((Stdio::Terminal, io));
+            }
+            let copy = file.try_clone().map_err(internal)?;
+            (
+                io.output_to(copy, &paths.stdout).map_err(internal)?,
+                io.output_to(file, &paths.stdout).map_err(internal)?,
+            )
+        }
+        Some(LogUri::Binary(cmd)) => {
+            if paths.terminal {
+                return Err(Error::InvalidArgument(format!(
+                    "log URI {:?}: a binary logger cannot take a terminal's output",
+                    cmd.uri
+                )));
+            }
+            let started = log_binary::start(&cmd, owner).await?;
+            *lock(&io.control.logger) = Some(started.logger);
+            (Some(started.stdout), Some(started.stderr))
+        }
+    };
     let stdin = if paths.stdin.is_empty() {
         None
     } else {
-        let (r, w) = pipe()?;
-        copy_in(&paths.stdin, w, &io.control, false)?;
+        let (r, w) = pipe().map_err(internal)?;
+        copy_in(&paths.stdin, w, &io.control, false).map_err(internal)?;
         Some(r)
     };
-    let stdout = io.output("stdout", &paths.stdout)?;
-    let stderr = io.output("stderr", &paths.stderr)?;
     Ok((
         Stdio::Fds {
             stdin,
@@ -138,6 +185,37 @@ pub fn prepare(paths: &StdioPaths) -> io::Result<(Stdio, Io)> {
     ))
 }
 
+fn internal(e: io::Error) -> Error {
+    Error::Internal(format!("stdio: {e}"))
+}
+
+/// A `file://` log: its directory made as runc's shim does (0755), the file opened for
+/// appending, created 0644 if missing; it must be a regular file.
+fn open_log_file(uri: &str, path: &Path) -> io::Result<File> {
+    let named = |e: io::Error| io::Error::new(e.kind(), format!("log URI {uri:?}: {e}"));
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(dir)
+            .map_err(named)?;
+    }
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+        .open(path)
+        .map_err(named)?;
+    if !file.metadata().map_err(named)?.file_type().is_file() {
+        return Err(named(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a regular file",
+        )));
+    }
+    Ok(file)
+}
+
 impl Io {
     /// A pipe whose read end is copied to `path` (none if `path` is empty); the process gets
     /// the write end.
@@ -145,9 +223,14 @@ impl Io {
         if path.is_empty() {
             return Ok(None);
         }
-        let to = open_output(stream, path)?;
+        self.output_to(open_output(stream, path)?, path)
+    }
+
+    /// A pipe whose read end is copied to `to` (`name` names it in messages); the process gets
+    /// the write end.
+    fn output_to(&mut self, to: File, name: &str) -> io::Result<Option<OwnedFd>> {
         let (r, w) = pipe()?;
-        self.copy_out(r, to, path)?;
+        self.copy_out(r, to, name)?;
         Ok(Some(w))
     }
 
@@ -175,7 +258,9 @@ impl Io {
         if !paths.stdin.is_empty() {
             copy_in(&paths.stdin, master.try_clone()?, &self.control, true)?;
         }
-        if !paths.stdout.is_empty() {
+        if let Some(to) = self.log_file.take() {
+            self.copy_out(master, to, &paths.stdout)?;
+        } else if !paths.stdout.is_empty() {
             let to = open_output("stdout", &paths.stdout)?;
             self.copy_out(master, to, &paths.stdout)?;
         }
@@ -588,6 +673,73 @@ mod tests {
         rt.block_on(io.wait_outputs(Duration::from_millis(200)));
         // The copy let go of the pipe: the blocked writer gets EPIPE and ends.
         writer.join().unwrap();
+    }
+
+    #[test]
+    fn a_file_log_uri_takes_both_outputs_and_makes_its_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("a/b/out.log");
+        let uri = format!("file://{}", log.display());
+        let paths = StdioPaths {
+            stdout: uri.clone(),
+            stderr: uri,
+            ..Default::default()
+        };
+        let exits = crate::exits::Exits::default();
+        let owner = LoggerFor {
+            container_id: "c",
+            namespace: "n",
+            exits: &exits,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (stdio, mut io) = rt.block_on(prepare(&paths, owner)).unwrap();
+        let Stdio::Fds {
+            stdout: Some(out),
+            stderr: Some(err),
+            ..
+        } = stdio
+        else {
+            panic!("no output pipes");
+        };
+        File::from(out).write_all(b"to-stdout\n").unwrap();
+        File::from(err).write_all(b"to-stderr\n").unwrap();
+        rt.block_on(io.wait_outputs(Duration::from_secs(5)));
+        let text = std::fs::read_to_string(&log).unwrap();
+        assert!(
+            text.contains("to-stdout\n") && text.contains("to-stderr\n"),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn a_bad_log_uri_is_an_invalid_argument_naming_it() {
+        let exits = crate::exits::Exits::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for uri in ["syslog:///dev/log", "file://host/x", "binary:///../x"] {
+            let paths = StdioPaths {
+                stdout: uri.into(),
+                stderr: uri.into(),
+                ..Default::default()
+            };
+            let owner = LoggerFor {
+                container_id: "c",
+                namespace: "n",
+                exits: &exits,
+            };
+            match rt.block_on(prepare(&paths, owner)) {
+                Err(e @ Error::InvalidArgument(_)) => {
+                    assert!(e.to_string().contains(uri), "{e}")
+                }
+                Err(e) => panic!("{uri}: {e:?}"),
+                Ok(_) => panic!("{uri} accepted"),
+            }
+        }
     }
 
     #[test]

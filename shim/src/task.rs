@@ -38,6 +38,8 @@ pub struct TaskService {
     events: EventTx,
     /// Tells the shim's main loop to leave (after the last container's Shutdown).
     shutdown: Arc<ExitSignal>,
+    /// The shim's containerd namespace (a log URI's logger is told it).
+    namespace: String,
 }
 
 impl TaskService {
@@ -53,7 +55,14 @@ impl TaskService {
             exits,
             events,
             shutdown,
+            namespace: String::new(),
         }
+    }
+
+    /// The containerd namespace the shim serves.
+    pub fn with_namespace(mut self, namespace: &str) -> Self {
+        self.namespace = namespace.to_string();
+        self
     }
 
     /// The pod, shared with the control socket ([`crate::control`]).
@@ -99,6 +108,7 @@ impl TaskService {
                 restore,
                 prepared,
                 self.engine.clone(),
+                &self.namespace,
                 &self.exits,
                 &self.events,
             )
@@ -245,7 +255,9 @@ impl TaskApi for TaskService {
     ) -> TtrpcResult<api::Empty> {
         info!("exec {} in {}", req.exec_id, req.id);
         let container = self.pod.get(&req.id)?;
-        container.exec(&req, &self.exits, &self.events).await?;
+        container
+            .exec(&req, &self.namespace, &self.exits, &self.events)
+            .await?;
         Ok(api::Empty::default())
     }
 

@@ -321,11 +321,13 @@ impl Containerd {
 
     /// `ctr` in another namespace (e.g. `k8s.io` for CRI).
     /// `ctr run` and `ctr task exec` get `--fifo-dir` under the temp dir, so FIFOs that ctr
-    /// cannot remove (its task vanished with a killed shim) go with the temp dir.
+    /// cannot remove (its task vanished with a killed shim) go with the temp dir; not with
+    /// `--log-uri` (no FIFOs; `ctr task exec` refuses the two together).
     pub fn ctr_in(&self, namespace: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<Output> {
         let fifo_dir = self.fifo_dir().display().to_string();
         let mut args = args.to_vec();
         let at = match args.as_slice() {
+            _ if args.contains(&"--log-uri") => None,
             ["run", ..] => Some(1),
             ["task", "exec", ..] => Some(2),
             _ => None,

@@ -46,6 +46,8 @@ mod fs_trigger;
 mod fscheckpoint;
 #[path = "ctr/launch_hardening.rs"]
 mod launch_hardening;
+#[path = "ctr/log_uri.rs"]
+mod log_uri;
 #[path = "ctr/shim_hardening.rs"]
 mod shim_hardening;
 #[path = "ctr/socket.rs"]
@@ -72,6 +74,7 @@ fn all_cases() -> Vec<(&'static str, Case, Option<&'static str>)> {
         (stdio::CASES, stdio::RUNC_FALLS_SHORT),
         (fs_trigger::CASES, fs_trigger::RUNC_FALLS_SHORT),
         (fs_restore::CASES, fs_restore::RUNC_FALLS_SHORT),
+        (log_uri::CASES, log_uri::RUNC_FALLS_SHORT),
     ];
     let mut all = Vec::new();
     for (cases, excused) in topics {
