@@ -31,6 +31,15 @@ use crate::stdio::{self, Io, StdioPaths};
 /// Work on a created container before it is reported (given PID 1's pid). Blocking.
 pub type Prepared = Box<dyn FnOnce(i32) -> Result<()> + Send>;
 
+/// How a container begins, besides its spec.
+#[derive(Default)]
+pub struct CreateOptions {
+    /// Restore PID 1 from a CRIU checkpoint at Start instead of starting it.
+    pub restore: Option<RestoreOptions>,
+    /// Runs with PID 1's pid once the container's mounts exist, before TaskCreate.
+    pub prepared: Option<Prepared>,
+}
+
 /// The engine's container, shared by the init process and the container's exec processes.
 ///
 /// Its lock is a tokio mutex, taken asynchronously and held only by an engine call running on
@@ -137,13 +146,13 @@ impl InitProcess {
     pub async fn create(
         req: &api::CreateTaskRequest,
         spec: Spec,
-        restore: Option<RestoreOptions>,
-        prepared: Option<Prepared>,
+        options: CreateOptions,
         engine: Arc<dyn Engine>,
         namespace: &str,
         exits: &Arc<Exits>,
         events: &EventTx,
     ) -> Result<Arc<InitProcess>> {
+        let CreateOptions { restore, prepared } = options;
         let bundle = PathBuf::from(&req.bundle);
         let rootfs_mounts: Vec<RootfsMount> = req
             .rootfs

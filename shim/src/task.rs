@@ -24,7 +24,7 @@ use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::events::EventTx;
 use crate::exits::Exits;
-use crate::init::InitProcess;
+use crate::init::{CreateOptions, InitProcess};
 use crate::pod::Pod;
 use crate::process::{self, Process};
 
@@ -105,8 +105,7 @@ impl TaskService {
             InitProcess::create(
                 req,
                 spec,
-                restore,
-                prepared,
+                CreateOptions { restore, prepared },
                 self.engine.clone(),
                 &self.namespace,
                 &self.exits,
