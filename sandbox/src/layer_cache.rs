@@ -25,7 +25,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use fsnap::manifest::checksum_hex;
+pub use fsnap::manifest::checksum_hex;
 pub use fsnap::{Manifest, Section};
 
 use crate::error::{Error, Result};
