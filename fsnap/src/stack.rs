@@ -123,3 +123,123 @@ impl Parent {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{ResourceKind, DATA_FILE};
+    use crate::{save, save_stacked, verify, Progress, SaveOptions, Source};
+
+    fn resource() -> ResourceId {
+        ResourceId {
+            container: "c".into(),
+            path: "/".into(),
+            kind: ResourceKind::RootfsUpper,
+        }
+    }
+
+    fn stacked(ck1: &Path, top: &Path, out: &Path) -> Result<Manifest> {
+        save_stacked(
+            &[
+                Input {
+                    resource: resource(),
+                    layer: 0,
+                    content: Content::Section {
+                        checkpoint: ck1.into(),
+                        index: 0,
+                    },
+                },
+                Input {
+                    resource: resource(),
+                    layer: 1,
+                    content: Content::Dir(top.into()),
+                },
+            ],
+            out,
+            &SaveOptions::default(),
+            &Progress::default(),
+        )
+    }
+
+    #[test]
+    fn a_copied_section_keeps_its_bytes_and_a_changed_one_fails_the_save() {
+        let t = tempfile::tempdir().unwrap();
+        let (bottom, top) = (t.path().join("bottom"), t.path().join("top"));
+        std::fs::create_dir_all(&bottom).unwrap();
+        std::fs::create_dir_all(&top).unwrap();
+        std::fs::write(bottom.join("f1"), b"bottom file").unwrap();
+        std::fs::write(top.join("f2"), b"top").unwrap();
+        let ck1 = t.path().join("ck1");
+        let m1 = save(
+            &[Source {
+                resource: resource(),
+                dir: bottom,
+            }],
+            &ck1,
+            &SaveOptions::default(),
+            &Progress::default(),
+        )
+        .unwrap();
+        assert_eq!(m1.version, "1.0");
+
+        let ck2 = t.path().join("ck2");
+        let m2 = stacked(&ck1, &top, &ck2).unwrap();
+        assert_eq!(m2.version, "2.0");
+        assert_eq!(m2.sections.len(), 2);
+        let (s0, s1) = (&m2.sections[0], &m2.sections[1]);
+        assert_eq!((s0.layer, s1.layer), (0, 1));
+        assert_eq!(s0.checksum, m1.sections[0].checksum);
+        assert_eq!(s0.files, m1.sections[0].files);
+        assert_eq!(s1.tar_start % 4096, 0);
+        verify(&ck2).unwrap();
+        // Its layers are not one directory: a plain restore of both is refused by name.
+        let e = crate::restore(
+            &ck2,
+            &crate::targets_under(&m2, &t.path().join("restored")),
+            &crate::RestoreOptions::default(),
+            &Progress::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("sections 0 and 1 are layers 0 and 1"), "{e}");
+        // A stacked checkpoint copies again as it is (a chain of restores).
+        let ck3 = t.path().join("ck3");
+        let m3 = save_stacked(
+            &[0, 1].map(|index| Input {
+                resource: resource(),
+                layer: index as u32,
+                content: Content::Section {
+                    checkpoint: ck2.clone(),
+                    index,
+                },
+            }),
+            &ck3,
+            &SaveOptions::default(),
+            &Progress::default(),
+        )
+        .unwrap();
+        assert_eq!(m3.sections[1].checksum, s1.checksum);
+
+        // The source checkpoint's data changed: the copy fails naming it and the section,
+        // and leaves nothing.
+        let data = ck1.join(DATA_FILE);
+        let mut bytes = std::fs::read(&data).unwrap();
+        let at = bytes.windows(6).position(|w| w == b"bottom").unwrap();
+        bytes[at] = b'B';
+        std::fs::write(&data, &bytes).unwrap();
+        let out = t.path().join("ck4");
+        let e = stacked(&ck1, &top, &out).unwrap_err().to_string();
+        assert!(
+            e.contains(&ck1.display().to_string())
+                && e.contains("section 0")
+                && e.contains("checksum mismatch"),
+            "{e}"
+        );
+        assert!(!out.exists());
+        let e = stacked(&t.path().join("nothing"), &top, &out)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nothing"), "{e}");
+        assert!(!out.exists());
+    }
+}
