@@ -284,7 +284,8 @@ fn stack_of(ck: &Path, container: &str, path: &str) -> Result<(String, Vec<(u64,
 /// `/f1`, replaces `/d` (an opaque directory over A's layer), and does likewise in the volume;
 /// checkpoint 2 (of a restored pod: A's sections copied verbatim beneath B's uppers, as layers
 /// 0 and 1, version 2.0); pod C, restored from 2, sees B's state: `/f2`, no `/f1`, the image
-/// file still deleted, `/d` replaced, the volume likewise. C saved again: three layers.
+/// file still deleted, `/d` replaced, the volume likewise. C saved again: three layers. A save
+/// of B while checkpoint 1's data is changed fails naming it, leaves nothing, B keeps running.
 fn fs_restore_chain_of_restored_pods(s: &Suite, case: &str) -> Result<()> {
     let (a, a_dir) = seed_pod(s, case, &[])?;
     let agent = start(
@@ -311,6 +312,42 @@ fn fs_restore_chain_of_restored_pods(s: &Suite, case: &str) -> Result<()> {
     eventually("pod B wrote", || {
         Ok(s.cri.exec_sync(&agent, &["cat", "/workspace/b-done"])?.0 == 0)
     })?;
+    // The checkpoint B stands on, changed meanwhile: the save fails naming it and the
+    // section, leaves nothing, and B keeps running.
+    let data1 = ck1.join("data.multitar");
+    let good = std::fs::read(&data1)?;
+    let mut bad = good.clone();
+    let at = bad
+        .windows(4)
+        .position(|w| w == b"one\n")
+        .context("A's /f1 in checkpoint 1")?;
+    bad[at] = b'0';
+    std::fs::write(&data1, &bad)?;
+    let refused = _tmp1.path().join("refused");
+    let out = cryo(
+        s,
+        &[
+            "fscheckpoint",
+            "--image-path",
+            &refused.display().to_string(),
+            "--leave-running",
+            &b.id,
+        ],
+    )?;
+    ensure!(
+        out.code != 0 && out.stderr.contains(&ck1_text) && out.stderr.contains("checksum mismatch"),
+        "a save copying a changed section did not fail naming it: {out:?}"
+    );
+    ensure!(
+        !refused.exists(),
+        "the failed save left {}",
+        refused.display()
+    );
+    ensure!(
+        s.cri.exec_sync(&agent, &["cat", "/f2"])?.0 == 0,
+        "pod B is not running after the failed save"
+    );
+    std::fs::write(&data1, &good)?;
     let (_tmp2, ck2) = save_and_remove(s, &b, &["/", "all-volumes"])?;
     let ck2_text = ck2.display().to_string();
     for (path, what) in [("/", "rootfs"), ("/workspace", "volume")] {
