@@ -12,8 +12,12 @@
 //! materialised once into the node's layer cache (`cryo_sandbox::layer_cache`) and becomes the
 //! TOP lower directory of the container's overlay rootfs, above the image's layers; the
 //! container's own upper directory stays its own, so its writes never reach the cache. A
+//! stacked resource (the checkpoint of a pod that was itself restored: several sections of one
+//! container and path, fsnap's `layer` 0 at the bottom) gives each section its layer, and they
+//! become the top lower directories in order, `top:...:bottom:<image layers>`, so that the
+//! whiteouts and opaque directories of each layer hide what the layers below it hold. A
 //! volume (a share=pod or share=container overlay) mounted at a section's path gets the
-//! section's layer as its overlay's lower directory (a share=pod volume's section may have been
+//! section's layer(s) as its overlay's lower directories (a share=pod volume's section may have been
 //! recorded under any container of the saved pod, so it matches by path alone). A private
 //! tmpfs volume has no lower layer: it gets a copy of the section's layer once the container's
 //! mounts exist, before its workload starts (`cryo_sandbox::layer_copy`). Sections matching no
