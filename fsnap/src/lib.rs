@@ -9,7 +9,8 @@
 //!
 //! A filesystem checkpoint is a directory holding two regular files:
 //!
-//! - `fscheckpoint.json`, the [manifest](manifest::Manifest): `format`
+//! - `fscheckpoint.json`, the [manifest](manifest::Manifest) (version 2.0 adds stacked
+//!   sections, each with its `layer`: see [`manifest`] and [`stack`]): `format`
 //!   (`"cryo-fscheckpoint"`), `version` (`"1.0"`, major.minor), `producer`, `created`
 //!   (RFC 3339), `data_file`, `data_size`, and `sections`, each with its `resource`
 //!   (`container`, `path`, `kind`: `rootfs-upper` | `pod-volume` | `tmpfs`; the naming rules
@@ -53,6 +54,7 @@ pub mod restore;
 pub mod save;
 pub mod section;
 mod section_writer;
+pub mod stack;
 pub mod tar;
 pub mod verify;
 mod walk;
@@ -63,5 +65,6 @@ pub use manifest::{Manifest, Section};
 pub use progress::Progress;
 pub use resource::{ResourceId, ResourceKind};
 pub use restore::{restore, targets_under, RestoreOptions};
-pub use save::{save, SaveOptions, Source};
+pub use save::{save, save_stacked, SaveOptions, Source};
+pub use stack::{Content, Input};
 pub use verify::verify;

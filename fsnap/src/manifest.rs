@@ -3,6 +3,13 @@
 //! `extensions`), and validation against the data file (ranges inside it, in order, not
 //! overlapping; counts sane). Unknown fields are refused: a manifest means exactly what this
 //! build understands or nothing.
+//!
+//! Version 2.0 adds stacked sections: several sections of one resource (`container`, `path`),
+//! each with its `layer` (0 the bottom; see [`crate::resource::check_all`]), the state of a
+//! resource that was itself restored from a checkpoint (the restored layers, then its own
+//! changes). An older reader could not ignore that (it would restore one layer and lose the
+//! rest), so it is a major version: a checkpoint is written as 2.0 only when it holds a layer
+//! above 0, else as 1.0, which every reader of version 1 reads as before.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -18,9 +25,11 @@ pub use crate::resource::{ResourceId, ResourceKind};
 pub const MANIFEST_FILE: &str = "fscheckpoint.json";
 /// File name of the data file (the concatenated tar sections).
 pub const DATA_FILE: &str = "data.multitar";
-/// The format this build writes, and the major version it reads.
-pub const FORMAT_MAJOR: u32 = 1;
+/// The newest major version this build reads (and writes, for stacked sections).
+pub const FORMAT_MAJOR: u32 = 2;
 pub const FORMAT_MINOR: u32 = 0;
+/// The major version written when no section is stacked (readable by every version-1 reader).
+pub const UNSTACKED_MAJOR: u32 = 1;
 /// The format's name, so a stray JSON file is not mistaken for a filesystem checkpoint.
 pub const FORMAT_NAME: &str = "cryo-fscheckpoint";
 /// The largest manifest read (a section takes about 400 bytes: some 40,000 sections).
@@ -42,6 +51,14 @@ pub struct Section {
     pub logical_bytes: u64,
     /// Bytes of file content actually stored (holes are not).
     pub stored_bytes: u64,
+    /// Its place among the sections of the same resource, 0 the bottom (version 2.0; absent
+    /// means 0). A layer's whiteouts and opaque directories hide what the layers below hold.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub layer: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The manifest.
@@ -67,10 +84,16 @@ pub struct Manifest {
 
 impl Manifest {
     /// A manifest of this build's format version.
+    /// Version 2.0 when a section is stacked, else 1.0.
     pub fn new(sections: Vec<Section>, data_size: u64) -> Manifest {
+        let major = if sections.iter().any(|s| s.layer > 0) {
+            FORMAT_MAJOR
+        } else {
+            UNSTACKED_MAJOR
+        };
         Manifest {
             format: FORMAT_NAME.into(),
-            version: format!("{FORMAT_MAJOR}.{FORMAT_MINOR}"),
+            version: format!("{major}.{FORMAT_MINOR}"),
             producer: format!("cryo-fsnap {}", env!("CARGO_PKG_VERSION")),
             created: rfc3339_now(),
             data_file: DATA_FILE.into(),
@@ -138,8 +161,16 @@ impl Manifest {
             return Err(format!("format {:?} is not {FORMAT_NAME:?}", self.format));
         }
         let (major, _) = parse_version(&self.version)?;
-        if major != FORMAT_MAJOR {
+        if !(UNSTACKED_MAJOR..=FORMAT_MAJOR).contains(&major) {
             return Err(format!("unsupported version {}", self.version));
+        }
+        if major < FORMAT_MAJOR {
+            if let Some(i) = self.sections.iter().position(|s| s.layer > 0) {
+                return Err(format!(
+                    "section {i}: layer {} needs version {FORMAT_MAJOR}.0 (the manifest says {})",
+                    self.sections[i].layer, self.version
+                ));
+            }
         }
         if self.data_file.is_empty()
             || self.data_file.contains('/')
@@ -152,7 +183,7 @@ impl Manifest {
                 self.data_file
             ));
         }
-        crate::resource::check_all(self.sections.iter().map(|s| &s.resource))?;
+        crate::resource::check_all(self.sections.iter().map(|s| (&s.resource, s.layer)))?;
         let mut end = 0u64;
         for (i, s) in self.sections.iter().enumerate() {
             if s.tar_start < end {
@@ -291,6 +322,7 @@ mod tests {
                 files: 1,
                 logical_bytes: 10,
                 stored_bytes: 10,
+                layer: 0,
             }],
             2048,
         );
@@ -312,11 +344,11 @@ mod tests {
     #[test]
     fn a_newer_major_is_refused_by_name() {
         let mut v = serde_json::to_value(sample()).unwrap();
-        v["version"] = "2.0".into();
+        v["version"] = "3.0".into();
         v["something_new"] = true.into();
         let e = parse(&v).unwrap_err();
         assert!(matches!(e, Error::NewerFormat { .. }), "{e}");
-        assert!(e.to_string().contains("2.0"), "{e}");
+        assert!(e.to_string().contains("3.0"), "{e}");
     }
 
     #[test]
@@ -325,6 +357,29 @@ mod tests {
         v["version"] = "1.7".into();
         v["extensions"] = serde_json::json!({"future": {"x": 1}});
         assert!(parse(&v).is_ok());
+    }
+
+    #[test]
+    fn stacked_sections_are_version_2_and_refused_in_version_1() {
+        let mut m = sample();
+        assert_eq!(m.version, "1.0");
+        let mut top = m.sections[0].clone();
+        top.layer = 1;
+        top.tar_start = 2048;
+        top.tar_end = 4096;
+        m.sections.push(top);
+        m.data_size = 4096;
+        let stacked = Manifest::new(m.sections.clone(), 4096);
+        assert_eq!(stacked.version, "2.0");
+        let v = serde_json::to_value(&stacked).unwrap();
+        assert_eq!(v["sections"][1]["layer"], 1);
+        assert!(v["sections"][0].get("layer").is_none());
+        assert_eq!(parse(&v).unwrap().sections[1].layer, 1);
+        // A 1.x manifest cannot carry layers (a version-1 reader would lose them).
+        let mut v1 = v.clone();
+        v1["version"] = "1.0".into();
+        let e = parse(&v1).unwrap_err().to_string();
+        assert!(e.contains("section 1: layer 1 needs version 2.0"), "{e}");
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - `path` is the mount path in the container (or the directory saved): `/`, or one optional
 //!   leading `/` then non-empty components that are neither `.` nor `..`, no NUL, at most 4096
 //!   bytes. It always lands beneath the target root, whatever its leading `/`.
-//! - No two sections have the same `container` and `path`.
+//! - The sections of one `container` and `path` are its layers, bottom to top: `layer` 0, 1,
+//!   ... in section order, all of one `kind` (one section, layer 0, when it is not stacked).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -157,18 +158,41 @@ pub fn printable(s: &str) -> String {
         .collect()
 }
 
-/// Check every section's resource, in order, and that no two name the same container and
-/// path; the refusal names the section(s).
-pub fn check_all<'a>(resources: impl IntoIterator<Item = &'a ResourceId>) -> Result<(), String> {
-    let mut seen: HashMap<(&str, &str), usize> = HashMap::new();
-    for (i, r) in resources.into_iter().enumerate() {
+/// Check every section's resource and layer, in order: each resource named by the rules, and
+/// the sections of one container and path its layers 0, 1, ... in order and of one kind; the
+/// refusal names the section(s).
+pub fn check_all<'a>(
+    resources: impl IntoIterator<Item = (&'a ResourceId, u32)>,
+) -> Result<(), String> {
+    // (container, path) -> (the last section, its layer, its kind).
+    let mut seen: HashMap<(&str, &str), (usize, u32, ResourceKind)> = HashMap::new();
+    for (i, (r, layer)) in resources.into_iter().enumerate() {
         r.check().map_err(|e| format!("section {i}: {e}"))?;
-        if let Some(first) = seen.insert((&r.container, &r.path), i) {
+        let want = match seen.get(&(r.container.as_str(), r.path.as_str())) {
+            None => 0,
+            Some((last, last_layer, kind)) => {
+                if *kind != r.kind {
+                    return Err(format!(
+                        "section {i}: resource.kind {} of container {:?} path {:?} is not section {last}'s ({kind})",
+                        r.kind, r.container, r.path
+                    ));
+                }
+                if layer == 0 {
+                    return Err(format!(
+                        "section {i}: resource.path {:?} of container {:?} is also section {last}'s",
+                        r.path, r.container
+                    ));
+                }
+                last_layer + 1
+            }
+        };
+        if layer != want {
             return Err(format!(
-                "section {i}: resource.path {:?} of container {:?} is also section {first}'s",
-                r.path, r.container
+                "section {i}: layer {layer} of container {:?} path {:?}: expected layer {want} (layers go 0, 1, ... bottom to top, in section order)",
+                r.container, r.path
             ));
         }
+        seen.insert((&r.container, &r.path), (i, layer, r.kind));
     }
     Ok(())
 }
@@ -245,10 +269,24 @@ mod tests {
     }
 
     #[test]
-    fn one_resource_per_container_and_path() {
-        let (a, b) = (id("c", "/x"), id("c", "/x"));
-        let e = check_all([&a, &id("c", "/y"), &b]).unwrap_err();
+    fn one_resource_per_container_and_path_unless_stacked_in_order() {
+        let (a, b, y) = (id("c", "/x"), id("c", "/x"), id("c", "/y"));
+        let e = check_all([(&a, 0), (&y, 0), (&b, 0)]).unwrap_err();
         assert!(e.contains("section 2") && e.contains("section 0's"), "{e}");
-        check_all([&a, &id("d", "/x"), &id("", "/x")]).unwrap();
+        check_all([(&a, 0), (&id("d", "/x"), 0), (&id("", "/x"), 0)]).unwrap();
+        // Stacked: layers 0, 1, 2 in section order.
+        check_all([(&a, 0), (&y, 0), (&b, 1), (&a, 2)]).unwrap();
+        for (layers, what) in [
+            ([1, 2], "expected layer 0"),
+            ([0, 2], "expected layer 1"),
+            ([0, 0], "also section 0's"),
+        ] {
+            let e = check_all([(&a, layers[0]), (&b, layers[1])]).unwrap_err();
+            assert!(e.contains(what), "{layers:?}: {e}");
+        }
+        let mut other_kind = id("c", "/x");
+        other_kind.kind = ResourceKind::Tmpfs;
+        let e = check_all([(&a, 0), (&other_kind, 1)]).unwrap_err();
+        assert!(e.contains("resource.kind tmpfs"), "{e}");
     }
 }

@@ -36,6 +36,34 @@ pub fn targets_under(manifest: &Manifest, root: &Path) -> Vec<(usize, PathBuf)> 
         .collect()
 }
 
+/// Two layers of one stacked resource are overlay layers, not one directory: restoring both
+/// (into one target) is refused by name; one section at a time may be restored.
+fn refuse_merging_layers(
+    checkpoint: &Path,
+    manifest: &Manifest,
+    targets: &[(usize, PathBuf)],
+) -> Result<()> {
+    for (n, (i, _)) in targets.iter().enumerate() {
+        let s = &manifest.sections[*i];
+        if let Some((j, _)) = targets[..n].iter().find(|(j, _)| {
+            let o = &manifest.sections[*j];
+            o.resource.container == s.resource.container && o.resource.path == s.resource.path
+        }) {
+            return Err(Error::Target {
+                path: checkpoint.into(),
+                reason: format!(
+                    "sections {j} and {i} are layers {} and {} of one stacked resource ({}): \
+                     they are overlay layers (restore them into a pod with \
+                     dev.cryo.fs-restore.image-path), not one directory; restore one section \
+                     at a time",
+                    manifest.sections[*j].layer, s.layer, s.resource
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Restore section `index` of the checkpoint in `checkpoint` into each target (which must not
 /// exist or be empty; missing parents are created), sections in parallel.
 pub fn restore(
@@ -56,6 +84,7 @@ pub fn restore(
             });
         }
     }
+    refuse_merging_layers(checkpoint, &manifest, targets)?;
     for (_, t) in targets {
         require_absent_or_empty(t, "is not empty; restore into an empty or new directory")?;
     }

@@ -2,7 +2,8 @@
 //! fixes every section's exact size; the sections then stream in parallel straight into their
 //! place in the data file (one thread per section, bounded by the cores), hashing as they go.
 //! Everything is written under a temporary name beside the destination, fsynced, and renamed
-//! into place: a crash never leaves something that looks like a checkpoint.
+//! into place: a crash never leaves something that looks like a checkpoint. [`save_stacked`]
+//! also takes sections of other checkpoints, copied verbatim ([`crate::stack`]).
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -19,6 +20,7 @@ use crate::pool::{helpers, parallel};
 use crate::prefetch::with_prefetch;
 use crate::progress::Progress;
 use crate::section_writer::{SectionWriter, ALIGN};
+use crate::stack::{Content, Input, Parent};
 use crate::tar::{header, padded, sparse, Kind, END_OF_ARCHIVE};
 use crate::walk::{open_planned, open_root, plan, Planned};
 
@@ -42,13 +44,32 @@ pub fn save(
     opts: &SaveOptions,
     progress: &Progress,
 ) -> Result<Manifest> {
-    crate::resource::check_all(sources.iter().map(|s| &s.resource)).map_err(|reason| {
-        Error::Target {
+    let inputs: Vec<Input> = sources
+        .iter()
+        .map(|s| Input {
+            resource: s.resource.clone(),
+            layer: 0,
+            content: Content::Dir(s.dir.clone()),
+        })
+        .collect();
+    save_stacked(&inputs, out, opts, progress)
+}
+
+/// Save `inputs` (directories, and sections of other checkpoints copied verbatim; layers of
+/// one resource in order, bottom first) as a filesystem checkpoint in the new directory `out`.
+pub fn save_stacked(
+    sources: &[Input],
+    out: &Path,
+    opts: &SaveOptions,
+    progress: &Progress,
+) -> Result<Manifest> {
+    crate::resource::check_all(sources.iter().map(|s| (&s.resource, s.layer))).map_err(
+        |reason| Error::Target {
             path: out.into(),
             reason: format!("cannot record the sources: {reason}"),
-        }
-    })?;
-    let dirs: Vec<&Path> = sources.iter().map(|s| s.dir.as_path()).collect();
+        },
+    )?;
+    let dirs: Vec<&Path> = sources.iter().filter_map(Input::dir).collect();
     check_outside(out, &dirs)?;
     check_destination(out)?;
     let tmp = temp_sibling(out, "save")?;
@@ -89,20 +110,34 @@ fn check_destination(out: &Path) -> Result<()> {
     require_absent_or_empty(out, "is not empty")
 }
 
+/// How one section is made: a walked directory's plan, or a section to copy.
+enum Plan {
+    Walk(Vec<Planned>),
+    Copy(Parent),
+}
+
 fn write_checkpoint(
-    sources: &[Source],
+    sources: &[Input],
     dir: &Path,
     opts: &SaveOptions,
     progress: &Progress,
 ) -> Result<Manifest> {
     // Plan every source (metadata only), in parallel.
-    let plans: Vec<Vec<Planned>> = parallel(sources, |_, s| plan(&s.dir))?;
+    let plans: Vec<Plan> = parallel(sources, |_, s| match &s.content {
+        Content::Dir(d) => plan(d).map(Plan::Walk),
+        Content::Section { checkpoint, index } => Parent::open(checkpoint, *index).map(Plan::Copy),
+    })?;
     // Lay the sections out.
     let mut ranges = Vec::new();
     let mut offset = 0u64;
     for p in &plans {
-        let len: u64 = p.iter().map(|e| header::encoded_len(&e.entry)).sum::<u64>()
-            + END_OF_ARCHIVE.len() as u64;
+        let len: u64 = match p {
+            Plan::Walk(p) => {
+                p.iter().map(|e| header::encoded_len(&e.entry)).sum::<u64>()
+                    + END_OF_ARCHIVE.len() as u64
+            }
+            Plan::Copy(parent) => parent.len(),
+        };
         ranges.push((offset, offset + len));
         offset = (offset + len).div_ceil(ALIGN) * ALIGN;
     }
@@ -136,8 +171,22 @@ fn write_checkpoint(
         .enumerate()
         .map(|(i, ((s, p), r))| (i, s, p, *r))
         .collect();
-    let sections: Vec<Section> = parallel(&jobs, |_, (i, s, p, r)| {
-        write_section(&data, *i, s, p, *r, opts.direct, progress)
+    let sections: Vec<Section> = parallel(&jobs, |_, (i, s, p, r)| match (p, &s.content) {
+        (Plan::Walk(p), Content::Dir(d)) => write_section(
+            &data,
+            *i,
+            &s.resource,
+            d,
+            s.layer,
+            p,
+            *r,
+            opts.direct,
+            progress,
+        ),
+        (Plan::Copy(parent), _) => {
+            parent.copy_into(&data, r.0, &s.resource, s.layer, opts.direct, progress)
+        }
+        (Plan::Walk(_), Content::Section { .. }) => unreachable!("a walk plans a directory"),
     })?;
     if opts.direct && file_len != total {
         data.set_len(total)
@@ -154,14 +203,17 @@ fn write_checkpoint(
     Ok(manifest)
 }
 
-/// One section to write: its index, source, planned entries and byte range.
-type SectionJob<'a> = (usize, &'a Source, &'a Vec<Planned>, (u64, u64));
+/// One section to write: its index, input, plan and byte range.
+type SectionJob<'a> = (usize, &'a Input, &'a Plan, (u64, u64));
 
-/// Stream one section into `data` at its range.
+/// Stream one section (the directory `dir`, planned as `entries`) into `data` at its range.
+#[allow(clippy::too_many_arguments)]
 fn write_section(
     data: &File,
     index: usize,
-    source: &Source,
+    resource: &ResourceId,
+    dir: &Path,
+    layer: u32,
     entries: &[Planned],
     (start, end): (u64, u64),
     direct: bool,
@@ -169,7 +221,7 @@ fn write_section(
 ) -> Result<Section> {
     let mut w = SectionWriter::new(data, start, direct, progress);
     let (mut files, mut logical, mut stored) = (0u64, 0u64, 0u64);
-    let root = open_root(&source.dir)?;
+    let root = open_root(dir)?;
     with_prefetch(root.as_fd(), entries, helpers(), |pf| -> Result<()> {
         for (i, p) in entries.iter().enumerate() {
             let e = &p.entry;
@@ -207,7 +259,7 @@ fn write_section(
     let (hash, written) = w.finish()?;
     if start + written != end {
         return Err(Error::Source {
-            path: source.dir.clone(),
+            path: dir.to_path_buf(),
             reason: format!(
                 "changed during the save: planned {} bytes, wrote {written}",
                 end - start
@@ -215,7 +267,8 @@ fn write_section(
         });
     }
     Ok(Section {
-        resource: source.resource.clone(),
+        resource: resource.clone(),
+        layer,
         tar_start: start,
         tar_end: end,
         checksum: checksum_text(&hash),

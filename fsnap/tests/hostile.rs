@@ -45,6 +45,7 @@ impl Area {
                 files,
                 logical_bytes: 0,
                 stored_bytes: 0,
+                layer: 0,
             }],
             tar.len() as u64,
         )

@@ -390,6 +390,7 @@ fn a_section_made_by_gnu_tar_restores() {
             files,
             logical_bytes: 0,
             stored_bytes: 0,
+            layer: 0,
         }],
         bytes.len() as u64,
     );

@@ -1,25 +1,28 @@
 //! Filesystem checkpoints of containers' directories: the filesystems they live on are synced,
 //! then the directories are saved as one checkpoint in fsnap's format (sections named by
-//! container, path and kind). Which directories make a pod's checkpoint, and keeping the pod
-//! frozen meanwhile, is the embedder's; the format is fsnap's.
+//! container, path and kind), with the sections of other checkpoints a restored directory
+//! stands on copied beneath them as its lower layers (fsnap's stacked sections). Which
+//! directories make a pod's checkpoint, and keeping the pod frozen meanwhile, is the
+//! embedder's; the format is fsnap's.
 
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
 pub use fsnap::manifest::MANIFEST_FILE;
-pub use fsnap::{ResourceId, ResourceKind, Source};
+pub use fsnap::{Content, Input, ResourceId, ResourceKind};
 
 use crate::error::{Error, Result};
 
-/// Sync every source's filesystem, then save `sources` as one checkpoint at `out` (written
-/// under a temporary name and renamed into place: a failed save leaves no checkpoint).
-/// `direct`: write with O_DIRECT. Blocking.
-pub fn save(sources: &[Source], out: &Path, direct: bool) -> Result<()> {
-    for s in sources {
-        syncfs(&s.dir)?;
+/// Sync every directory's filesystem, then save `inputs` (directories, and sections of other
+/// checkpoints copied verbatim, layers of one resource bottom first) as one checkpoint at
+/// `out` (written under a temporary name and renamed into place: a failed save leaves no
+/// checkpoint). `direct`: write with O_DIRECT. Blocking.
+pub fn save(inputs: &[Input], out: &Path, direct: bool) -> Result<()> {
+    for dir in inputs.iter().filter_map(Input::dir) {
+        syncfs(dir)?;
     }
-    fsnap::save(
-        sources,
+    fsnap::save_stacked(
+        inputs,
         out,
         &fsnap::SaveOptions { direct },
         &fsnap::Progress::default(),

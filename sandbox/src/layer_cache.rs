@@ -7,7 +7,9 @@
 //! root's):
 //! - `<blake3 hex>/`: a complete layer, the section's tree extracted with whiteouts (0/0
 //!   character devices) and opaque directories (`trusted.overlay.opaque=y`) as overlayfs reads
-//!   them in a lower layer, and no other `trusted.overlay.*` attribute;
+//!   them in a lower layer, and no other `trusted.overlay.*` attribute — every section alike,
+//!   so that a section stacked above others (a restored pod's checkpoint) hides, in the
+//!   overlay's lower stack, what it deleted or replaced in the sections below;
 //! - `.<hex>.lock`: taken (flock) by whoever extracts that section, so concurrent restores of
 //!   one section extract it once;
 //! - `.<hex>.partial-*` (and fsnap's own work directory beside it): an extraction in progress.
@@ -25,7 +27,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
-use fsnap::manifest::checksum_hex;
+pub use fsnap::manifest::checksum_hex;
 pub use fsnap::{Manifest, Section};
 
 use crate::error::{Error, Result};

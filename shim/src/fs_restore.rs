@@ -12,8 +12,12 @@
 //! materialised once into the node's layer cache (`cryo_sandbox::layer_cache`) and becomes the
 //! TOP lower directory of the container's overlay rootfs, above the image's layers; the
 //! container's own upper directory stays its own, so its writes never reach the cache. A
+//! stacked resource (the checkpoint of a pod that was itself restored: several sections of one
+//! container and path, fsnap's `layer` 0 at the bottom) gives each section its layer, and they
+//! become the top lower directories in order, `top:...:bottom:<image layers>`, so that the
+//! whiteouts and opaque directories of each layer hide what the layers below it hold. A
 //! volume (a share=pod or share=container overlay) mounted at a section's path gets the
-//! section's layer as its overlay's lower directory (a share=pod volume's section may have been
+//! section's layer(s) as its overlay's lower directories (a share=pod volume's section may have been
 //! recorded under any container of the saved pod, so it matches by path alone). A private
 //! tmpfs volume has no lower layer: it gets a copy of the section's layer once the container's
 //! mounts exist, before its workload starts (`cryo_sandbox::layer_copy`). Sections matching no
@@ -71,35 +75,52 @@ impl Checkpoint {
         })
     }
 
-    /// The section for `label`'s rootfs.
-    fn rootfs_section(&self, label: &str) -> Option<usize> {
-        self.manifest.sections.iter().position(|s| {
-            s.resource.kind == ResourceKind::RootfsUpper
-                && s.resource.container == label
-                && s.resource.path == "/"
-        })
+    /// The sections of `container`'s resource at `path` of a kind `kind_ok` accepts: its
+    /// layers, bottom first (the manifest's validation keeps a resource's layers in order and
+    /// of one kind).
+    fn stack(
+        &self,
+        container: &str,
+        path: &str,
+        kind_ok: impl Fn(ResourceKind) -> bool,
+    ) -> Vec<usize> {
+        self.manifest
+            .sections
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| {
+                kind_ok(s.resource.kind)
+                    && s.resource.container == container
+                    && s.resource.path == path
+            })
+            .map(|(i, _)| i)
+            .collect()
     }
 
-    /// The section for the volume `label` mounts at `dest`: its own, else (a pod-shared
-    /// volume) the pod-volume section saved at that path under any container.
-    fn volume_section(&self, label: &str, dest: &str, pod_shared: bool) -> Option<usize> {
-        let sections = &self.manifest.sections;
-        sections
+    /// The sections of `label`'s rootfs, bottom first (empty: none).
+    fn rootfs_sections(&self, label: &str) -> Vec<usize> {
+        self.stack(label, "/", |k| k == ResourceKind::RootfsUpper)
+    }
+
+    /// The sections of the volume `label` mounts at `dest`, bottom first: its own, else (a
+    /// pod-shared volume) the pod-volume sections saved at that path under the first container
+    /// that recorded one.
+    fn volume_sections(&self, label: &str, dest: &str, pod_shared: bool) -> Vec<usize> {
+        let own = self.stack(label, dest, |k| k != ResourceKind::RootfsUpper);
+        if !own.is_empty() || !pod_shared {
+            return own;
+        }
+        match self
+            .manifest
+            .sections
             .iter()
-            .position(|s| {
-                s.resource.kind != ResourceKind::RootfsUpper
-                    && s.resource.container == label
-                    && s.resource.path == dest
-            })
-            .or_else(|| {
-                pod_shared
-                    .then(|| {
-                        sections.iter().position(|s| {
-                            s.resource.kind == ResourceKind::PodVolume && s.resource.path == dest
-                        })
-                    })
-                    .flatten()
-            })
+            .find(|s| s.resource.kind == ResourceKind::PodVolume && s.resource.path == dest)
+        {
+            Some(s) => self.stack(&s.resource.container, dest, |k| {
+                k == ResourceKind::PodVolume
+            }),
+            None => Vec::new(),
+        }
     }
 }
 
@@ -171,40 +192,81 @@ fn resolve(dir: &Path) -> std::result::Result<PathBuf, String> {
     Ok(checkpoint)
 }
 
-/// For `cryo fscheckpoint`: refuse to save `what` (a rootfs or share=pod volume) through its
-/// overlay's upper directory `upper` when the overlay's top lower directory is a layer of the
-/// cache — a restored container's state lies beneath its upper, and a save of the upper alone
-/// would silently keep only the changes made since the restore. (Saving the layer and the
-/// upper merged, whiteouts included, is not built yet.) Reads the shim's own mount table.
-pub fn refuse_resave(what: &str, upper: &Path) -> Result<()> {
+/// For `cryo fscheckpoint`: the sections `what` (a rootfs or share=pod volume, saved through
+/// its overlay's upper directory `upper`) stands on, bottom first — the layers of the cache at
+/// the top of its overlay's lower directories, each found among the sections of the checkpoint
+/// the pod was restored from (`restore`), so that the save copies them beneath the upper
+/// (empty when the overlay has no cached layer). What cannot be saved whole is refused by
+/// name: a cached layer that is not a section of the pod's checkpoint, or one below a layer
+/// that is not cached. Reads the shim's own mount table. Blocking.
+pub fn restored_layers(
+    what: &str,
+    upper: &Path,
+    restore: &PodRestore,
+) -> Result<Vec<(PathBuf, usize)>> {
     let cache = LayerCache::from_env();
     let mounts = cryo_sandbox::mount::mountinfo_self()
         .map_err(|e| Error::Internal(format!("read the shim's own mounts: {e}")))?;
     let upper = upper.to_string_lossy();
-    for m in mounts.iter().filter(|m| m.fstype == "overlay") {
-        let options: Vec<&str> = m.super_options.split(',').collect();
-        if !options
-            .iter()
+    let Some(m) = mounts.iter().filter(|m| m.fstype == "overlay").find(|m| {
+        m.super_options
+            .split(',')
             .any(|o| o.strip_prefix("upperdir=") == Some(upper.as_ref()))
-        {
-            continue;
-        }
-        let top = options
-            .iter()
-            .find_map(|o| {
-                o.strip_prefix("lowerdir=")
-                    .or_else(|| o.strip_prefix("lowerdir+="))
-            })
-            .and_then(|l| l.split(':').next());
-        if let Some(top) = top.filter(|t| Path::new(t).starts_with(cache.root())) {
-            return Err(Error::FailedPrecondition(format!(
-                "{what}: restored from a filesystem checkpoint (layer {top}): saving it again \
-                 would keep only the changes since the restore, not the restored state beneath \
-                 them; not supported yet"
-            )));
-        }
+    }) else {
+        return Ok(Vec::new());
+    };
+    // The lower directories, top first (`lowerdir=a:b`, or one `lowerdir+=` per layer).
+    let lowers: Vec<&str> = m
+        .super_options
+        .split(',')
+        .filter_map(|o| {
+            o.strip_prefix("lowerdir=")
+                .or_else(|| o.strip_prefix("lowerdir+="))
+        })
+        .flat_map(|l| l.split(':'))
+        .collect();
+    let cached = |l: &str| Path::new(l).starts_with(cache.root());
+    let top = lowers.iter().take_while(|l| cached(l)).count();
+    if let Some(l) = lowers[top..].iter().find(|l| cached(l)) {
+        return Err(Error::FailedPrecondition(format!(
+            "{what}: its overlay has the cached layer {l} below a layer that is not cached: \
+             cannot be saved as stacked sections"
+        )));
     }
-    Ok(())
+    let known = restore.lock().checkpoint.clone();
+    lowers[..top]
+        .iter()
+        .rev()
+        .map(|l| {
+            let hex = Path::new(l)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let found = known.as_ref().and_then(|c| {
+                c.manifest
+                    .sections
+                    .iter()
+                    .position(|s| {
+                        fsnap_hex(&s.checksum).is_some_and(|h| h.eq_ignore_ascii_case(&hex))
+                    })
+                    .map(|i| (c.dir.clone(), i))
+            });
+            found.ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "{what}: restored from layer {l}, which is not a section of the checkpoint \
+                     this pod was restored from ({}): its restored state cannot be saved",
+                    known
+                        .as_ref()
+                        .map_or("none".to_string(), |c| c.dir.display().to_string())
+                ))
+            })
+        })
+        .collect()
+}
+
+/// The hex digest of a manifest's checksum (validated when the manifest was loaded).
+fn fsnap_hex(checksum: &str) -> Option<&str> {
+    cryo_sandbox::layer_cache::checksum_hex(checksum).ok()
 }
 
 /// The checkpoint of one pod and which of its sections the pod's containers used.
@@ -365,26 +427,53 @@ impl ContainerRestore {
         Ok(layer.path)
     }
 
-    /// The layer for the volume this container mounts at `dest` (a pod-shared one, or its
-    /// own), if a section matches. Blocking.
+    /// Sections `stack` (bottom first) as layers, as an overlay's lower directories: top
+    /// first, `:`-joined. Blocking.
+    fn lowerdir(&self, stack: &[usize]) -> Result<String> {
+        let layers = stack
+            .iter()
+            .rev()
+            .map(|i| self.layer(*i).map(|l| l.display().to_string()))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(layers.join(":"))
+    }
+
+    /// The lower directories (the section's layers, top first, `:`-joined) for the volume this
+    /// container mounts at `dest` (a pod-shared one, or its own), if sections match. Blocking.
     pub fn volume_layer(&self, dest: &Path, pod_shared: bool) -> Result<Option<PathBuf>> {
         let dest = dest.to_string_lossy();
-        match self
+        let stack = self
             .checkpoint
-            .volume_section(&self.label, &dest, pod_shared)
-        {
-            Some(i) => self.layer(i).map(Some),
-            None => Ok(None),
+            .volume_sections(&self.label, &dest, pod_shared);
+        if stack.is_empty() {
+            return Ok(None);
         }
+        self.lowerdir(&stack).map(|l| Some(PathBuf::from(l)))
     }
 
     /// The layer for the tmpfs volume at `dest`, if a section matches, noted for
-    /// [`ContainerRestore::fill_tmpfs`] (a tmpfs has no lower layer: it gets a copy). Blocking.
+    /// [`ContainerRestore::fill_tmpfs`] (a tmpfs has no lower layer: it gets a copy of one
+    /// section; stacked sections are refused by name). Blocking.
     pub fn tmpfs_layer(&self, dest: &Path) -> Result<()> {
-        if let Some(layer) = self.volume_layer(dest, false)? {
-            lock(&self.tmpfs).push((dest.to_path_buf(), layer));
+        let stack = self
+            .checkpoint
+            .volume_sections(&self.label, &dest.to_string_lossy(), false);
+        match stack[..] {
+            [] => Ok(()),
+            [i] => {
+                let layer = self.layer(i)?;
+                lock(&self.tmpfs).push((dest.to_path_buf(), layer));
+                Ok(())
+            }
+            _ => Err(Error::FailedPrecondition(format!(
+                "container {}: {FS_RESTORE_IMAGE_PATH}={:?}: tmpfs volume {}: {} stacked sections \
+                 (sections {stack:?}); a tmpfs volume restores from one section only",
+                self.id,
+                self.checkpoint.value,
+                dest.display(),
+                stack.len()
+            ))),
         }
-        Ok(())
     }
 
     /// Whether a tmpfs volume waits for its copy.
@@ -420,10 +509,11 @@ impl ContainerRestore {
         Ok(())
     }
 
-    /// `req` with the container's rootfs section (if any) as the top lower layer of its
-    /// overlay rootfs. Blocking.
+    /// `req` with the container's rootfs sections (if any) as the top lower layers of its
+    /// overlay rootfs (the top section topmost). Blocking.
     pub fn rootfs(&self, req: &api::CreateTaskRequest) -> Result<Option<api::CreateTaskRequest>> {
-        let Some(index) = self.checkpoint.rootfs_section(&self.label) else {
+        let stack = self.checkpoint.rootfs_sections(&self.label);
+        let Some(&index) = stack.last() else {
             info!(
                 "container {}: no rootfs section for {:?} in {}",
                 self.id,
@@ -448,7 +538,7 @@ impl ContainerRestore {
                 }
             )));
         };
-        let layer = self.layer(index)?;
+        let layer = self.lowerdir(&stack)?;
         let mut req = req.clone();
         let options = &mut req.rootfs[overlay].options;
         let lower = options
@@ -460,11 +550,7 @@ impl ContainerRestore {
                     self.id
                 ))
             })?;
-        *lower = format!(
-            "lowerdir={}:{}",
-            layer.display(),
-            &lower["lowerdir=".len()..]
-        );
+        *lower = format!("lowerdir={layer}:{}", &lower["lowerdir=".len()..]);
         Ok(Some(req))
     }
 }
@@ -519,6 +605,7 @@ mod tests {
                 files: 0,
                 logical_bytes: 0,
                 stored_bytes: 0,
+                layer: 0,
             })
             .collect();
         Checkpoint {
@@ -537,17 +624,32 @@ mod tests {
             ("sidecar", "/ws", PodVolume),
             ("agent", "/scratch", Tmpfs),
         ]);
-        assert_eq!(c.rootfs_section("agent"), Some(0));
-        assert_eq!(c.rootfs_section("sidecar"), Some(1));
-        assert_eq!(c.rootfs_section("other"), None);
+        assert_eq!(c.rootfs_sections("agent"), vec![0]);
+        assert_eq!(c.rootfs_sections("sidecar"), vec![1]);
+        assert!(c.rootfs_sections("other").is_empty());
         // A share=pod volume saved under the sidecar serves the agent too (by path) ...
-        assert_eq!(c.volume_section("agent", "/ws", true), Some(2));
+        assert_eq!(c.volume_sections("agent", "/ws", true), vec![2]);
         // ... but a private one only its own container.
-        assert_eq!(c.volume_section("agent", "/ws", false), None);
-        assert_eq!(c.volume_section("agent", "/scratch", false), Some(3));
-        assert_eq!(c.volume_section("sidecar", "/scratch", false), None);
+        assert!(c.volume_sections("agent", "/ws", false).is_empty());
+        assert_eq!(c.volume_sections("agent", "/scratch", false), vec![3]);
+        assert!(c.volume_sections("sidecar", "/scratch", false).is_empty());
         // A rootfs section is never a volume's.
-        assert_eq!(c.volume_section("agent", "/", true), None);
+        assert!(c.volume_sections("agent", "/", true).is_empty());
+    }
+
+    #[test]
+    fn stacked_sections_match_as_one_stack_bottom_first() {
+        use ResourceKind::*;
+        let c = checkpoint_of(&[
+            ("agent", "/", RootfsUpper),
+            ("sidecar", "/ws", PodVolume),
+            ("agent", "/", RootfsUpper),
+            ("sidecar", "/ws", PodVolume),
+            ("agent", "/", RootfsUpper),
+        ]);
+        assert_eq!(c.rootfs_sections("agent"), vec![0, 2, 4]);
+        assert_eq!(c.volume_sections("agent", "/ws", true), vec![1, 3]);
+        assert_eq!(c.volume_sections("sidecar", "/ws", false), vec![1, 3]);
     }
 
     #[test]

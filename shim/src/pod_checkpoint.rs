@@ -14,7 +14,11 @@
 //!   and `/dev`.
 //!
 //! A directory seen by several containers (a share=pod volume) is saved once, recorded under
-//! the first container naming it. Consistency: every running container of the pod is frozen,
+//! the first container naming it. A rootfs or share=pod volume the pod was restored with stands
+//! on layers of the layer cache (its overlay's top lower directories): it is saved as stacked
+//! sections, the sections those layers were made from copied verbatim from the checkpoint the
+//! pod was restored from (bottom first), then its upper on top
+//! ([`crate::fs_restore::restored_layers`]). Consistency: every running container of the pod is frozen,
 //! the saved filesystems are synced, the checkpoint is written (fsnap: under a temporary name,
 //! renamed into place), then the pod is thawed (`leave_running`) or its containers' PID 1s are
 //! SIGKILLed and thawed (containerd sees the exits). A failure anywhere thaws the pod and leaves
@@ -25,7 +29,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use cryo_sandbox::fscheckpoint::{self, ResourceId, ResourceKind, Source};
+use cryo_sandbox::fscheckpoint::{self, Content, Input, ResourceId, ResourceKind};
 use cryo_sandbox::state::Status as EngineStatus;
 use log::{info, warn};
 
@@ -33,6 +37,7 @@ use crate::annotations;
 use crate::container::Container;
 use crate::control::protocol::{ContainerInfo, FscheckpointArgs, SectionInfo};
 use crate::error::{Error, Result};
+use crate::fs_restore::PodRestore;
 use crate::pod::Pod;
 use crate::process::Process;
 
@@ -172,8 +177,8 @@ pub async fn save(pod: &Pod, args: FscheckpointArgs) -> Result<Vec<SectionInfo>>
     }
     let direct = args.direct;
     let result = async {
-        let sources = sources(&members, &wanted, &pod_id)?;
-        let saved = tokio::task::spawn_blocking(move || -> Result<Vec<Source>> {
+        let sources = sources(&members, &wanted, &pod_id, &pod.fs_restore)?;
+        let saved = tokio::task::spawn_blocking(move || -> Result<Vec<Input>> {
             fscheckpoint::save(&sources, &out, direct)
                 .map_err(|e| Error::FailedPrecondition(format!("save the checkpoint: {e}")))?;
             Ok(sources)
@@ -390,9 +395,15 @@ fn under_system_tree(point: &str) -> bool {
         .any(|t| point == *t || point.starts_with(&format!("{t}/")))
 }
 
-/// The directories to save, one per distinct directory.
-fn sources(members: &[Member], wanted: &[Wanted], pod_id: &str) -> Result<Vec<Source>> {
-    let mut sources: Vec<Source> = Vec::new();
+/// The sections to save: one per distinct directory, each above the sections of the layers it
+/// was restored with (`restore`: the pod's restore).
+fn sources(
+    members: &[Member],
+    wanted: &[Wanted],
+    pod_id: &str,
+    restore: &PodRestore,
+) -> Result<Vec<Input>> {
+    let mut sources: Vec<Input> = Vec::new();
     let mut seen: HashSet<(u64, u64)> = HashSet::new();
     let mut add = |label: &str, path: &str, kind: ResourceKind, dir: PathBuf| -> Result<bool> {
         let meta = std::fs::metadata(&dir).map_err(|e| {
@@ -409,13 +420,28 @@ fn sources(members: &[Member], wanted: &[Wanted], pod_id: &str) -> Result<Vec<So
             // Already saved (a share=pod volume another container mounts).
             return Ok(true);
         }
-        sources.push(Source {
-            resource: ResourceId {
-                container: label.to_string(),
-                path: path.to_string(),
-                kind,
-            },
-            dir,
+        let resource = ResourceId {
+            container: label.to_string(),
+            path: path.to_string(),
+            kind,
+        };
+        let below = crate::fs_restore::restored_layers(
+            &format!("container {label} {path} ({kind})"),
+            &dir,
+            restore,
+        )?;
+        let top = below.len() as u32;
+        for (layer, (checkpoint, index)) in (0u32..).zip(below) {
+            sources.push(Input {
+                resource: resource.clone(),
+                layer,
+                content: Content::Section { checkpoint, index },
+            });
+        }
+        sources.push(Input {
+            resource,
+            layer: top,
+            content: Content::Dir(dir),
         });
         Ok(true)
     };
@@ -448,10 +474,6 @@ fn sources(members: &[Member], wanted: &[Wanted], pod_id: &str) -> Result<Vec<So
                         );
                         continue;
                     };
-                    crate::fs_restore::refuse_resave(
-                        &format!("container {} rootfs", m.label()),
-                        &upper,
-                    )?;
                     if m.sandbox && is_empty_dir(&upper) {
                         continue;
                     }
@@ -473,7 +495,6 @@ fn sources(members: &[Member], wanted: &[Wanted], pod_id: &str) -> Result<Vec<So
                             && !under_system_tree(&e.point)
                             && (e.fstype == "tmpfs" || e.fstype == "overlay")
                     }) {
-                        refuse_resave_volume(m, e)?;
                         let (kind, dir) = volume_source(m, e);
                         any |= add(m.label(), &e.point, kind, dir)?;
                     }
@@ -496,7 +517,6 @@ fn sources(members: &[Member], wanted: &[Wanted], pod_id: &str) -> Result<Vec<So
                             e.fstype, m.container.id
                         )));
                     }
-                    refuse_resave_volume(m, e)?;
                     let (kind, dir) = volume_source(m, e);
                     if !add(m.label(), path, kind, dir)? {
                         return Err(Error::InvalidArgument(format!(
@@ -515,18 +535,6 @@ fn sources(members: &[Member], wanted: &[Wanted], pod_id: &str) -> Result<Vec<So
         }
     }
     Ok(sources)
-}
-
-/// A share=pod volume restored from a checkpoint cannot be saved again (see
-/// [`crate::fs_restore::refuse_resave`]).
-fn refuse_resave_volume(m: &Member, e: &MountEntry) -> Result<()> {
-    match &e.upperdir {
-        Some(upper) => crate::fs_restore::refuse_resave(
-            &format!("container {} volume {}", m.label(), e.point),
-            upper,
-        ),
-        None => Ok(()),
-    }
 }
 
 /// Where a volume's data is read from: an overlay's upper directory, else the mount through

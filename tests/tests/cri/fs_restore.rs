@@ -16,6 +16,10 @@ pub(super) const CASES: &[(&str, Case)] = &[
         fs_restore_of_the_seed_pod_into_new_pods,
     ),
     (
+        "fs_restore_chain_of_restored_pods",
+        fs_restore_chain_of_restored_pods,
+    ),
+    (
         "fs_restore_of_a_corrupt_checkpoint_fails_creation",
         fs_restore_of_a_corrupt_checkpoint_fails_creation,
     ),
@@ -130,7 +134,7 @@ fn layer_of(s: &Suite, ck: &Path, container: Option<&str>, path: &str) -> Result
 /// deletion and the replaced directory stay so, the sidecar sees the agent's volume data; the
 /// new pod's writes leave the cache as it was; a second new pod, restored through a `latest`
 /// link, reuses the cached layers (same inodes, nothing extracted) and sees none of the first
-/// new pod's writes.
+/// new pod's writes. (Saving a restored pod again: `fs_restore_chain_of_restored_pods`.)
 fn fs_restore_of_the_seed_pod_into_new_pods(s: &Suite, case: &str) -> Result<()> {
     let (pod, dir) = seed_pod(s, case, &[])?;
     let _agent = start(
@@ -214,33 +218,6 @@ fn fs_restore_of_the_seed_pod_into_new_pods(s: &Suite, case: &str) -> Result<()>
         "the volume write is not in the new pod's own filestore"
     );
 
-    // Saving the restored pod again is refused (the upper alone would lose the restored
-    // state beneath it), and the pod keeps running.
-    let again = tmp.path().join("again");
-    let out = cryo(
-        s,
-        &[
-            "fscheckpoint",
-            "--image-path",
-            &again.display().to_string(),
-            "--leave-running",
-            &one.id,
-        ],
-    )?;
-    ensure!(
-        out.code != 0 && out.stderr.contains("restored from a filesystem checkpoint"),
-        "a save of the restored pod was not refused: {out:?}"
-    );
-    ensure!(!again.exists(), "the refused save left {}", again.display());
-    ensure!(
-        s.cri
-            .container_status(&agent1)?
-            .status
-            .context("status")?
-            .state
-            == 1
-    );
-
     // The second new pod, through a destination's `latest` link: nothing extracted again.
     let dest = tmp.path().join("dest");
     std::fs::create_dir(&dest)?;
@@ -279,6 +256,143 @@ fn fs_restore_of_the_seed_pod_into_new_pods(s: &Suite, case: &str) -> Result<()>
             "{name}: the second restore extracted again, or did not log the reuse"
         );
     }
+    Ok(())
+}
+
+/// The sections of `ck`'s manifest for (`container`, `path`): (layer, checksum) in order, and
+/// the manifest's version.
+fn stack_of(ck: &Path, container: &str, path: &str) -> Result<(String, Vec<(u64, String)>)> {
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ck.join("fscheckpoint.json"))?)?;
+    let stack = m["sections"]
+        .as_array()
+        .context("no sections")?
+        .iter()
+        .filter(|x| x["resource"]["path"] == path && x["resource"]["container"] == container)
+        .map(|x| {
+            (
+                x["layer"].as_u64().unwrap_or(0),
+                x["checksum"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    Ok((m["version"].as_str().unwrap_or_default().to_string(), stack))
+}
+
+/// Freeze, thaw, freeze: pod A writes `/f1`, deletes an image file and makes `/d/old`, and
+/// writes its share=pod volume; checkpoint 1; pod B, restored from 1, writes `/f2`, deletes
+/// `/f1`, replaces `/d` (an opaque directory over A's layer), and does likewise in the volume;
+/// checkpoint 2 (of a restored pod: A's sections copied verbatim beneath B's uppers, as layers
+/// 0 and 1, version 2.0); pod C, restored from 2, sees B's state: `/f2`, no `/f1`, the image
+/// file still deleted, `/d` replaced, the volume likewise. C saved again: three layers. A save
+/// of B while checkpoint 1's data is changed fails naming it, leaves nothing, B keeps running.
+fn fs_restore_chain_of_restored_pods(s: &Suite, case: &str) -> Result<()> {
+    let (a, a_dir) = seed_pod(s, case, &[])?;
+    let agent = start(
+        s,
+        &a,
+        "agent",
+        "echo one > /f1 && rm /bin/ls && mkdir /d && echo old > /d/old && echo v1 > /workspace/v1 && echo keep > /workspace/keep && mkdir /workspace/vd && echo old > /workspace/vd/old && echo done > /workspace/a-done && exec sleep 100000",
+        &[("/workspace", &a_dir)],
+    )?;
+    eventually("pod A wrote", || {
+        Ok(s.cri.exec_sync(&agent, &["cat", "/workspace/a-done"])?.0 == 0)
+    })?;
+    let (_tmp1, ck1) = save_and_remove(s, &a, &["/", "all-volumes"])?;
+    let ck1_text = ck1.display().to_string();
+
+    let (b, b_dir) = seed_pod(s, &format!("{case}-b"), &[(ANNOTATION, &ck1_text)])?;
+    let agent = start(
+        s,
+        &b,
+        "agent",
+        "test -e /f1 && test -e /workspace/v1 && echo two > /f2 && rm /f1 && rm -r /d && mkdir /d && echo new > /d/new && echo v2 > /workspace/v2 && rm /workspace/v1 && rm -r /workspace/vd && mkdir /workspace/vd && echo new > /workspace/vd/new && echo done > /workspace/b-done && exec sleep 100000",
+        &[("/workspace", &b_dir)],
+    )?;
+    eventually("pod B wrote", || {
+        Ok(s.cri.exec_sync(&agent, &["cat", "/workspace/b-done"])?.0 == 0)
+    })?;
+    // The checkpoint B stands on, changed meanwhile: the save fails naming it and the
+    // section, leaves nothing, and B keeps running.
+    let data1 = ck1.join("data.multitar");
+    let good = std::fs::read(&data1)?;
+    let mut bad = good.clone();
+    let at = bad
+        .windows(4)
+        .position(|w| w == b"one\n")
+        .context("A's /f1 in checkpoint 1")?;
+    bad[at] = b'0';
+    std::fs::write(&data1, &bad)?;
+    let refused = _tmp1.path().join("refused");
+    let out = cryo(
+        s,
+        &[
+            "fscheckpoint",
+            "--image-path",
+            &refused.display().to_string(),
+            "--leave-running",
+            &b.id,
+        ],
+    )?;
+    ensure!(
+        out.code != 0 && out.stderr.contains(&ck1_text) && out.stderr.contains("checksum mismatch"),
+        "a save copying a changed section did not fail naming it: {out:?}"
+    );
+    ensure!(
+        !refused.exists(),
+        "the failed save left {}",
+        refused.display()
+    );
+    ensure!(
+        s.cri.exec_sync(&agent, &["cat", "/f2"])?.0 == 0,
+        "pod B is not running after the failed save"
+    );
+    std::fs::write(&data1, &good)?;
+    let (_tmp2, ck2) = save_and_remove(s, &b, &["/", "all-volumes"])?;
+    let ck2_text = ck2.display().to_string();
+    for (path, what) in [("/", "rootfs"), ("/workspace", "volume")] {
+        let (_, one) = stack_of(&ck1, "agent", path)?;
+        let (version, two) = stack_of(&ck2, "agent", path)?;
+        ensure!(
+            version == "2.0" && two.len() == 2 && two[0] == (0, one[0].1.clone()) && two[1].0 == 1,
+            "checkpoint 2's {what}: want A's section copied as layer 0 under B's as layer 1 \
+             (version 2.0); checkpoint 1 has {one:?}, checkpoint 2 (version {version}) {two:?}"
+        );
+    }
+
+    let (c, c_dir) = seed_pod(s, &format!("{case}-c"), &[(ANNOTATION, &ck2_text)])?;
+    let agent = start(
+        s,
+        &c,
+        "agent",
+        "exec sleep 100000",
+        &[("/workspace", &c_dir)],
+    )?;
+    let seen = s.cri.sh(
+        &agent,
+        "cat /f2 /d/new /workspace/v2 /workspace/keep /workspace/vd/new; \
+         test -e /f1 && echo LEAK-f1; test -e /bin/ls && echo ls-is-back; \
+         test -e /d/old && echo LEAK-d-old; test -e /workspace/v1 && echo LEAK-v1; \
+         test -e /workspace/vd/old && echo LEAK-vd-old; true",
+    )?;
+    ensure!(
+        seen == "two\nnew\nv2\nkeep\nnew\n",
+        "pod C (restored from the checkpoint of a restored pod) sees {seen:?}"
+    );
+
+    // And once more: C's checkpoint stacks three layers (A's, B's, C's).
+    s.cri.sh(&agent, "echo three > /f3")?;
+    let (_tmp3, ck3) = save_and_remove(s, &c, &["/"])?;
+    let (_, two) = stack_of(&ck2, "agent", "/")?;
+    let (version, three) = stack_of(&ck3, "agent", "/")?;
+    ensure!(
+        version == "2.0"
+            && three.iter().map(|l| l.0).collect::<Vec<_>>() == [0, 1, 2]
+            && three[0].1 == two[0].1
+            && three[1].1 == two[1].1,
+        "checkpoint 3: want checkpoint 2's two sections as layers 0 and 1 under C's; \
+         checkpoint 2 has {two:?}, checkpoint 3 {three:?}"
+    );
     Ok(())
 }
 
