@@ -295,6 +295,13 @@ struct Pod {
     config: k8s_cri::v1::PodSandboxConfig,
 }
 
+/// `cryo ARGS` (the CLI built beside the shim) with this run's control-socket root.
+fn cryo(s: &Suite, args: &[&str]) -> Result<harness::Output> {
+    let mut cmd = std::process::Command::new(harness::built_shim()?.with_file_name("cryo"));
+    cmd.args(args).env("CRYO_ROOT", s.cd.cryo_root());
+    harness::cmd::run(&mut cmd, None, Duration::from_secs(120))
+}
+
 fn run_pod(s: &Suite, case: &str, annotations: &[(&str, &str)]) -> Result<Pod> {
     run_pod_with_uid(s, case, &uid(case), annotations)
 }
@@ -1249,12 +1256,7 @@ fn fscheckpoint_of_the_seed_pod_leave_running(s: &Suite, case: &str) -> Result<(
         .prefix("cryo-fsck-")
         .tempdir_in("/tmp")?;
     let ck = tmp.path().join("ck").display().to_string();
-    let cli = harness::built_shim()?.with_file_name("cryo");
-    let cryo = |args: &[&str]| -> Result<harness::Output> {
-        let mut cmd = std::process::Command::new(&cli);
-        cmd.args(args).env("CRYO_ROOT", s.cd.cryo_root());
-        harness::cmd::run(&mut cmd, None, Duration::from_secs(60))
-    };
+    let cryo = |args: &[&str]| cryo(s, args);
     cryo(&[
         "fscheckpoint",
         "--image-path",
@@ -1376,17 +1378,17 @@ fn fscheckpoint_stops_the_pod_by_default(s: &Suite, case: &str) -> Result<()> {
         .prefix("cryo-fsck-")
         .tempdir_in("/tmp")?;
     let ck = tmp.path().join("ck");
-    let mut cmd = std::process::Command::new(harness::built_shim()?.with_file_name("cryo"));
-    cmd.args([
-        "fscheckpoint",
-        "--image-path",
-        &ck.display().to_string(),
-        &two,
-    ])
-    .env("CRYO_ROOT", s.cd.cryo_root());
-    harness::cmd::run(&mut cmd, None, Duration::from_secs(60))?
-        .ok()
-        .context("cryo fscheckpoint of the pod by a container's id")?;
+    cryo(
+        s,
+        &[
+            "fscheckpoint",
+            "--image-path",
+            &ck.display().to_string(),
+            &two,
+        ],
+    )?
+    .ok()
+    .context("cryo fscheckpoint of the pod by a container's id")?;
     ensure!(
         ck.join("fscheckpoint.json").is_file(),
         "no checkpoint written"

@@ -3,12 +3,11 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use harness::cri;
 
-use super::{create, eventually, mount_at, run_pod_with_uid, start, uid, Case, Pod, Suite};
+use super::{create, cryo, eventually, mount_at, run_pod_with_uid, start, uid, Case, Pod, Suite};
 
 pub(super) const CASES: &[(&str, Case)] = &[
     (
@@ -45,13 +44,6 @@ pub(super) const CASES: &[(&str, Case)] = &[
 pub(super) const NEEDS_V2: &[&str] = &[];
 
 const ANNOTATION: &str = "dev.cryo.fs-restore.image-path";
-
-/// Run the `cryo` CLI against this run's shims.
-fn cryo(s: &Suite, args: &[&str]) -> Result<harness::Output> {
-    let mut cmd = std::process::Command::new(harness::built_shim()?.with_file_name("cryo"));
-    cmd.args(args).env("CRYO_ROOT", s.cd.cryo_root());
-    harness::cmd::run(&mut cmd, None, Duration::from_secs(120))
-}
 
 /// A pod with the seed's share=pod volume `ws` (a fresh emptyDir), and `extra` annotations.
 fn seed_pod(s: &Suite, case: &str, extra: &[(&str, &str)]) -> Result<(Pod, PathBuf)> {

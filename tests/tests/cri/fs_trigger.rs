@@ -5,14 +5,13 @@
 //! `<path>/N` (`latest` pointing at the newest); every reader gets `resume` or `error`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use harness::cri;
 
 use super::{
-    create, eventually, run_pod, run_pod_with_uid, sandbox_bundle, uid, Annotations, Case, Pod,
-    Suite,
+    create, cryo, eventually, run_pod, run_pod_with_uid, sandbox_bundle, uid, Annotations, Case,
+    Pod, Suite,
 };
 
 pub(super) const CASES: &[(&str, Case)] = &[
@@ -69,13 +68,6 @@ fn destination() -> Result<(tempfile::TempDir, PathBuf)> {
         .tempdir_in("/tmp")?;
     let dest = tmp.path().join("ck");
     Ok((tmp, dest))
-}
-
-/// `cryo ARGS` with this run's control-socket root.
-fn cryo(s: &Suite, args: &[&str]) -> Result<harness::Output> {
-    let mut cmd = std::process::Command::new(harness::built_shim()?.with_file_name("cryo"));
-    cmd.args(args).env("CRYO_ROOT", s.cd.cryo_root());
-    harness::cmd::run(&mut cmd, None, Duration::from_secs(60))
 }
 
 /// Whether the pod's trigger filesystem is in the host's mount table: a `fuse.cryo` mount in
