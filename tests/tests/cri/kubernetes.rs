@@ -553,7 +553,7 @@ fn restore_of_a_newer_format_fails_cleanly(s: &Suite, case: &str) -> Result<()> 
     super::doctored_archive(&archive, &newer, |dir| {
         let path = dir.join("checkpoint/cryo-checkpoint.json");
         let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
-        manifest["format"]["major"] = 99.into();
+        manifest["format"] = serde_json::json!({"major": 99, "minor": 0});
         std::fs::write(&path, serde_json::to_vec(&manifest)?)?;
         Ok(())
     })?;
