@@ -21,15 +21,16 @@ pub fn print_table(m: &Manifest) {
         human(m.data_size)
     );
     println!(
-        "{:>3}  {:<13} {:<16} {:<30} {:>8} {:>10} {:>10}  checksum",
-        "#", "kind", "container", "path", "files", "logical", "stored"
+        "{:>3}  {:<13} {:<16} {:<30} {:>5} {:>8} {:>10} {:>10}  checksum",
+        "#", "kind", "container", "path", "layer", "files", "logical", "stored"
     );
     for (i, s) in m.sections.iter().enumerate() {
         println!(
-            "{i:>3}  {:<13} {:<16} {:<30} {:>8} {:>10} {:>10}  {}",
+            "{i:>3}  {:<13} {:<16} {:<30} {:>5} {:>8} {:>10} {:>10}  {}",
             s.resource.kind.to_string(),
             printable(&s.resource.container),
             printable(&s.resource.path),
+            s.layer,
             s.files,
             human(s.logical_bytes),
             human(s.stored_bytes),

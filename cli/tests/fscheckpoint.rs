@@ -160,3 +160,40 @@ fn section_goes_with_target_only() {
     );
     assert!(!root.exists());
 }
+
+#[test]
+fn inspect_shows_each_sections_layer() {
+    let t = tmp();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    for d in [&a, &b] {
+        std::fs::create_dir(d).unwrap();
+        std::fs::write(d.join("f"), b"x").unwrap();
+    }
+    let snap = t.path().join("snap");
+    ok(&[
+        "save",
+        "--path",
+        s(&a),
+        "--path",
+        s(&b),
+        "--container",
+        "app",
+        "--image-path",
+        s(&snap),
+    ]);
+    // The second section stacked on the first: a checkpoint of a restored container.
+    edit_manifest(&snap, |m| {
+        m["version"] = "2.0".into();
+        m["sections"][1]["resource"]["path"] = m["sections"][0]["resource"]["path"].clone();
+        m["sections"][1]["layer"] = 1.into();
+    });
+    let out = ok(&["inspect", "--image-path", s(&snap)]);
+    let header = out.lines().nth(1).unwrap();
+    assert!(header.contains("layer"), "{out}");
+    let layers: Vec<&str> = out
+        .lines()
+        .skip(2)
+        .map(|l| l.split_whitespace().nth(4).unwrap())
+        .collect();
+    assert_eq!(layers, ["0", "1"], "{out}");
+}
