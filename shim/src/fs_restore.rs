@@ -39,9 +39,8 @@ use oci_spec::runtime::Spec;
 use crate::annotations::{self, FS_RESTORE_IMAGE_PATH};
 use crate::checkpoint_root::CheckpointRoot;
 use crate::error::{Error, Result};
+use crate::trigger::destination::LATEST;
 
-/// The link a destination of repeated saves keeps to its newest checkpoint.
-const LATEST: &str = "latest";
 /// Longest annotation value taken (the kernel's PATH_MAX).
 const MAX_PATH: usize = 4096;
 

@@ -21,6 +21,16 @@ pub const TEARDOWN_BUDGET: Duration = Duration::from_secs(60);
 /// destinations and restore sources only beneath it.
 pub const CHECKPOINT_ROOT: &str = "/tmp";
 
+/// A temp dir (named `prefix...`) beneath [`CHECKPOINT_ROOT`] and `<it>/ck`, not yet created:
+/// where a case's pod may name its checkpoints. The dir goes when the guard is dropped.
+pub fn checkpoint_destination(prefix: &str) -> Result<(tempfile::TempDir, PathBuf)> {
+    let tmp = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(CHECKPOINT_ROOT)?;
+    let dest = tmp.path().join("ck");
+    Ok((tmp, dest))
+}
+
 /// The runtimes the suite compares.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Runtime {

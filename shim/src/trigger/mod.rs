@@ -14,7 +14,7 @@
 //! deleted, or by the shim's `delete` after a crash ([`cleanup_bundle`]).
 
 pub mod config;
-mod destination;
+pub(crate) mod destination;
 mod fs;
 mod fuse;
 mod server;

@@ -63,11 +63,7 @@ fn start_annotated(
 
 /// A destination directory for the pod's checkpoints (the temp dir goes with the guard).
 fn destination() -> Result<(tempfile::TempDir, PathBuf)> {
-    let tmp = tempfile::Builder::new()
-        .prefix("cryo-trigger-")
-        .tempdir_in("/tmp")?;
-    let dest = tmp.path().join("ck");
-    Ok((tmp, dest))
+    harness::containerd::checkpoint_destination("cryo-trigger-")
 }
 
 /// Whether the pod's trigger filesystem is in the host's mount table: a `fuse.cryo` mount in

@@ -51,10 +51,7 @@ const TRIGGER: &str = "/run/cryo/fscheckpoint";
 /// is mounted over it): `resume` twice, checkpoints 1 and 2, `latest` on 2; nothing mounted
 /// once the container is gone.
 fn trigger_in_a_pod_of_one(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix("cryo-trigger-")
-        .tempdir_in("/tmp")?;
-    let dest = tmp.path().join("ck");
+    let (_tmp, dest) = harness::containerd::checkpoint_destination("cryo-trigger-")?;
     let path = format!("dev.cryo.fscheckpoint.path={}", dest.display());
     let out = run(
         s,
@@ -104,10 +101,7 @@ fn trigger_in_a_pod_of_one(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
 /// Without `.enable=true` the file is there, 0444, and no write reaches it (read-only bind);
 /// no checkpoint is made.
 fn trigger_not_enabled_is_read_only(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix("cryo-trigger-")
-        .tempdir_in("/tmp")?;
-    let dest = tmp.path().join("ck");
+    let (_tmp, dest) = harness::containerd::checkpoint_destination("cryo-trigger-")?;
     let path = format!("dev.cryo.fscheckpoint.path={}", dest.display());
     let out = run(
         s,
@@ -134,10 +128,7 @@ fn trigger_not_enabled_is_read_only(s: &Suite, rt: Runtime, id: &str) -> Result<
 /// reads `error`; no numbered directory and no `latest` are left, and the container runs on
 /// (a failed save stops nothing) and can try again.
 fn trigger_round_that_fails_reads_error(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix("cryo-trigger-")
-        .tempdir_in("/tmp")?;
-    let dest = tmp.path().join("ck");
+    let (_tmp, dest) = harness::containerd::checkpoint_destination("cryo-trigger-")?;
     let path = format!("dev.cryo.fscheckpoint.path={}", dest.display());
     let out = run(
         s,
@@ -175,10 +166,7 @@ fn trigger_round_that_fails_reads_error(s: &Suite, rt: Runtime, id: &str) -> Res
 /// trigger's own mount point: the save walks over it (the shim sees the trigger tree empty)
 /// instead of reading the trigger file and waiting for its own end.
 fn trigger_with_all_volumes_saves_run(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix("cryo-trigger-")
-        .tempdir_in("/tmp")?;
-    let dest = tmp.path().join("ck");
+    let (_tmp, dest) = harness::containerd::checkpoint_destination("cryo-trigger-")?;
     let path = format!("dev.cryo.fscheckpoint.path={}", dest.display());
     let out = run(
         s,
@@ -215,13 +203,8 @@ fn trigger_with_all_volumes_saves_run(s: &Suite, rt: Runtime, id: &str) -> Resul
 /// A container with the trigger (a bind of the FUSE directory at /run/cryo) can still be
 /// checkpointed with CRIU (`ctr task checkpoint`): the bind is one of the spec's, an external.
 fn trigger_container_checkpoints_with_criu(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix("cryo-trigger-")
-        .tempdir_in("/tmp")?;
-    let path = format!(
-        "dev.cryo.fscheckpoint.path={}",
-        tmp.path().join("ck").display()
-    );
+    let (_tmp, dest) = harness::containerd::checkpoint_destination("cryo-trigger-")?;
+    let path = format!("dev.cryo.fscheckpoint.path={}", dest.display());
     run_detached(
         s,
         rt,
@@ -242,10 +225,8 @@ fn trigger_container_checkpoints_with_criu(s: &Suite, rt: Runtime, id: &str) -> 
 /// A container whose create fails after its trigger was set up (the engine refuses its
 /// oomScoreAdj) leaves no FUSE mount and no mount point behind.
 fn a_failed_create_leaves_no_trigger(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
-    let tmp = tempfile::Builder::new()
-        .prefix("cryo-trigger-")
-        .tempdir_in("/tmp")?;
-    let dest = tmp.path().join("ck").display().to_string();
+    let (_tmp, dest) = harness::containerd::checkpoint_destination("cryo-trigger-")?;
+    let dest = dest.display().to_string();
     let spec = super::spec_file(s, id, |spec| {
         spec["annotations"] = serde_json::json!({"dev.cryo.fscheckpoint.path": dest});
         spec["process"]["oomScoreAdj"] = 5000.into();
