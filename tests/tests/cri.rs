@@ -489,19 +489,7 @@ fn pod_lifecycle_through_cri(s: &Suite, case: &str) -> Result<()> {
 /// the sidecar sees the latest writes, the bytes are on disk in the emptyDir's filestore, and
 /// both containers mount the same overlay (not a tmpfs).
 fn share_pod_agent_and_sidecar(s: &Suite, case: &str) -> Result<()> {
-    let uid = uid(case);
-    let dir = cri::empty_dir(&s.kubelet, &uid, "ws")?;
-    let source = dir.display().to_string();
-    let pod = run_pod_with_uid(
-        s,
-        case,
-        &uid,
-        &[
-            ("dev.gvisor.spec.mount.ws.type", "tmpfs"),
-            ("dev.gvisor.spec.mount.ws.share", "pod"),
-            ("dev.gvisor.spec.mount.ws.source", &source),
-        ],
-    )?;
+    let (pod, dir) = seed_pod(s, case, &[])?;
     let agent = start(
         s,
         &pod,
@@ -600,7 +588,7 @@ fn share_pod_agent_and_sidecar(s: &Suite, case: &str) -> Result<()> {
     s.cri.remove_pod_fully(&pod.id)?;
     let host = std::fs::read_to_string("/proc/self/mountinfo")?;
     ensure!(
-        !host.contains(&source),
+        !host.contains(dir.to_str().unwrap_or_default()),
         "a mount inside the emptyDir is left"
     );
     ensure!(
@@ -613,6 +601,21 @@ fn share_pod_agent_and_sidecar(s: &Suite, case: &str) -> Result<()> {
         "the filestore went with the pod"
     );
     Ok(())
+}
+
+/// A pod with the seed's share=pod volume `ws` (a fresh emptyDir), and `extra` annotations.
+fn seed_pod(s: &Suite, case: &str, extra: &[(&str, &str)]) -> Result<(Pod, PathBuf)> {
+    let uid = uid(case);
+    let dir = cri::empty_dir(&s.kubelet, &uid, "ws")?;
+    let source = dir.display().to_string();
+    let mut annotations = vec![
+        ("dev.gvisor.spec.mount.ws.type", "tmpfs"),
+        ("dev.gvisor.spec.mount.ws.share", "pod"),
+        ("dev.gvisor.spec.mount.ws.source", source.as_str()),
+    ];
+    annotations.extend_from_slice(extra);
+    let pod = run_pod_with_uid(s, case, &uid, &annotations)?;
+    Ok((pod, dir))
 }
 
 fn run_pod_with_uid(s: &Suite, case: &str, uid: &str, annotations: &[(&str, &str)]) -> Result<Pod> {
@@ -1216,19 +1219,7 @@ fn stop_in_a_shared_pid_namespace_is_prompt(s: &Suite, case: &str) -> Result<()>
 /// whiteout.
 fn fscheckpoint_of_the_seed_pod_leave_running(s: &Suite, case: &str) -> Result<()> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
-    let uid = uid(case);
-    let dir = cri::empty_dir(&s.kubelet, &uid, "ws")?;
-    let source = dir.display().to_string();
-    let pod = run_pod_with_uid(
-        s,
-        case,
-        &uid,
-        &[
-            ("dev.gvisor.spec.mount.ws.type", "tmpfs"),
-            ("dev.gvisor.spec.mount.ws.share", "pod"),
-            ("dev.gvisor.spec.mount.ws.source", &source),
-        ],
-    )?;
+    let (pod, dir) = seed_pod(s, case, &[])?;
     let agent = start(
         s,
         &pod,

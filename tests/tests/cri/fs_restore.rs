@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Context, Result};
 use harness::cri;
 
-use super::{create, cryo, eventually, mount_at, run_pod_with_uid, start, uid, Case, Pod, Suite};
+use super::{
+    create, cryo, eventually, mount_at, run_pod_with_uid, seed_pod, start, uid, Case, Pod, Suite,
+};
 
 pub(super) const CASES: &[(&str, Case)] = &[
     (
@@ -44,21 +46,6 @@ pub(super) const CASES: &[(&str, Case)] = &[
 pub(super) const NEEDS_V2: &[&str] = &[];
 
 const ANNOTATION: &str = "dev.cryo.fs-restore.image-path";
-
-/// A pod with the seed's share=pod volume `ws` (a fresh emptyDir), and `extra` annotations.
-fn seed_pod(s: &Suite, case: &str, extra: &[(&str, &str)]) -> Result<(Pod, PathBuf)> {
-    let uid = uid(case);
-    let dir = cri::empty_dir(&s.kubelet, &uid, "ws")?;
-    let source = dir.display().to_string();
-    let mut annotations = vec![
-        ("dev.gvisor.spec.mount.ws.type", "tmpfs"),
-        ("dev.gvisor.spec.mount.ws.share", "pod"),
-        ("dev.gvisor.spec.mount.ws.source", source.as_str()),
-    ];
-    annotations.extend_from_slice(extra);
-    let pod = run_pod_with_uid(s, case, &uid, &annotations)?;
-    Ok((pod, dir))
-}
 
 /// `cryo fscheckpoint --leave-running` of `pod` with `paths` (`--path` each) into a fresh
 /// temp dir, then the pod removed: the temp dir (kept alive by the caller) and the checkpoint.
