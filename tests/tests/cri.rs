@@ -364,7 +364,7 @@ fn on_tmpfs(path: &Path) -> Result<bool> {
 
 /// Wait until `f` holds (it is tried every 100 ms for 10 s); the last error otherwise.
 fn eventually(what: &str, mut f: impl FnMut() -> Result<bool>) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let last = f();
         if let Ok(true) = last {

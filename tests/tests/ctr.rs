@@ -614,6 +614,84 @@ fn in_terminal(command: &str) -> Result<Output> {
     harness::cmd::run(&mut c, None, harness::containerd::CTR_LIMIT)
 }
 
+/// Run `command` (a `ctr` that stays attached, so never ends by itself) in a terminal until
+/// what it printed satisfies `done` or `limit` passes, then stop it with SIGTERM as `timeout`
+/// would. The limit only bounds a failure: a slow machine waits longer, it does not fail.
+fn in_terminal_until(command: &str, limit: Duration, done: impl Fn(&str) -> bool) -> Result<Output> {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    let mut c = std::process::Command::new("script");
+    c.args(["-qec", &format!("exec {command}"), "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().context("spawn script")?;
+    let printed = Arc::new(Mutex::new(String::new()));
+    let mut out = child.stdout.take().context("script's stdout")?;
+    let sink = printed.clone();
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            let mut text = sink.lock().unwrap_or_else(|e| e.into_inner());
+            text.push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let text = || printed.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let deadline = Instant::now() + limit;
+    let code = loop {
+        if let Some(status) = child.try_wait()? {
+            break status.code().unwrap_or(128);
+        }
+        if done(&text()) || Instant::now() > deadline {
+            // `script` runs the command in a session of its own: signal that command, as
+            // `timeout` would, and let `script` end with it.
+            for pid in children_of(child.id()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGTERM,
+                );
+            }
+            let stopping = Instant::now() + Duration::from_secs(20);
+            while child.try_wait()?.is_none() && Instant::now() < stopping {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            break 124;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let _ = reader.join();
+    Ok(Output {
+        code,
+        stdout: text(),
+        stderr: String::new(),
+    })
+}
+
+/// The pids whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<i32> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .filter_map(|p| p.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let rest = &stat[stat.rfind(')')? + 2..];
+                    rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+                })
+                == Some(parent)
+        })
+        .collect()
+}
+
 fn ctr_line(s: &Suite) -> String {
     format!("ctr -a {} -n {}", s.cd.address().display(), s.cd.namespace)
 }

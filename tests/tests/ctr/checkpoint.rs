@@ -11,7 +11,7 @@ use harness::image::BUSYBOX_IMAGE;
 use harness::Runtime;
 
 use super::{
-    assert_gone, cleanup_container, ctr_line, in_terminal, run_detached, wait_status, Case, Suite,
+    assert_gone, cleanup_container, ctr_line, in_terminal, in_terminal_until, run_detached, wait_status, Case, Suite,
 };
 use harness::containerd::StartOptions;
 use harness::Containerd;
@@ -1336,9 +1336,15 @@ fn terminal_container_round_trips(s: &Suite, rt: Runtime, id: &str) -> Result<()
     kill_and_remove_task(s, id)?;
     s.cd.ctr(&["container", "delete", id])?.ok()?;
 
-    let out = in_terminal(&format!(
-        "timeout 6 {ctr} container restore --live --rw {restored} {image}"
-    ))?;
+    let restore = format!("{ctr} container restore --live --rw {restored} {image}");
+    let out = if s.cd.release.is_v2() {
+        // Attached until a tick past the checkpoint's count arrives, then stopped.
+        in_terminal_until(&restore, Duration::from_secs(90), |printed| {
+            ticks(printed).iter().any(|&n| n > before + 1)
+        })?
+    } else {
+        in_terminal(&format!("timeout 60 {restore}"))?
+    };
     eprintln!("{}: restore of a terminal container: {out:?}", rt.name());
     if !s.cd.release.is_v2() {
         ensure!(
@@ -1356,17 +1362,8 @@ fn terminal_container_round_trips(s: &Suite, rt: Runtime, id: &str) -> Result<()
         out.code == 124 || out.code == 0,
         "restore of a container with a terminal: {out:?}"
     );
-    let ticks: Vec<u64> = out
-        .stdout
-        .split_whitespace()
-        .filter_map(|w| {
-            w.trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
-                .strip_prefix("tick-")
-                .and_then(|n| n.parse().ok())
-        })
-        .collect();
     ensure!(
-        ticks.iter().any(|&n| n > before + 1),
+        ticks(&out.stdout).iter().any(|&n| n > before + 1),
         "no tick after {before} reached the client through the restored terminal: {out:?}"
     );
     wait_status(s, &restored, "RUNNING")?;
@@ -1387,4 +1384,16 @@ fn terminal_container_round_trips(s: &Suite, rt: Runtime, id: &str) -> Result<()
     kill_and_remove_task(s, &restored)?;
     s.cd.ctr(&["container", "delete", &restored])?.ok()?;
     assert_gone(s, &restored)
+}
+
+/// The numbers of the `tick-N` lines in what a terminal printed.
+fn ticks(printed: &str) -> Vec<u64> {
+    printed
+        .split_whitespace()
+        .filter_map(|w| {
+            w.trim_start_matches(|c: char| !c.is_ascii_alphanumeric())
+                .strip_prefix("tick-")
+                .and_then(|n| n.parse().ok())
+        })
+        .collect()
 }

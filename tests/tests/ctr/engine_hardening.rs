@@ -409,7 +409,7 @@ fn pid1_exit_kills_the_rest_without_pid_namespace(s: &Suite, rt: Runtime, id: &s
         .join(&s.cd.namespace)
         .join(id)
         .join("cgroup.procs");
-    let deadline = Instant::now() + Duration::from_secs(2);
+    let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let left = std::fs::read_to_string(&procs).unwrap_or_default();
         if left.trim().is_empty() {

@@ -406,7 +406,7 @@ fn kill_of_a_gone_process_is_not_found(s: &Suite, rt: Runtime, id: &str) -> Resu
         };
         let pid = client.start(&start)?.pid;
         // sh has exited and been reaped; its `sleep` keeps stdout open for 3 s.
-        let deadline = Instant::now() + Duration::from_secs(2);
+        let deadline = Instant::now() + Duration::from_secs(10);
         while Path::new(&format!("/proc/{pid}")).exists() {
             ensure!(Instant::now() < deadline, "exec {pid} did not exit");
             std::thread::sleep(Duration::from_millis(10));
