@@ -1676,10 +1676,12 @@ fn restore_from_a_checkpoint_image(s: &Suite, case: &str) -> Result<()> {
     .context("import the checkpoint image")?;
     std::fs::remove_file(&oci)?;
     let result = (|| -> Result<()> {
-        ensure!(
-            s.cri.image_present(&name)?,
-            "CRI ImageStatus does not see {name} (kubelet would try to pull it)"
-        );
+        // CRI learns of an image imported through containerd's API from an event, a moment
+        // later (with a backoff when that event's handling is retried).
+        eventually(
+            &format!("CRI ImageStatus sees {name} (else kubelet would try to pull it)"),
+            || s.cri.image_present(&name),
+        )?;
         let new = run_pod(s, &format!("{case}-restored"), &[])?;
         let id = s.cri.create_container(
             &new.id,
