@@ -5,7 +5,7 @@
 //! it is repeatable: round N goes to `<path>/N`, and `<path>/latest` points at the newest
 //! ([`destination`]).
 //!
-//! How: a FUSE filesystem the shim serves itself ([`fuse`], [`server`], rules in [`fs`]) is
+//! How: a FUSE filesystem the shim serves itself ([`cryo_sandbox::fuse`], [`server`], rules in [`fs`]) is
 //! mounted once per pod at `<bundle of the pod's first container>/cryo-trigger`, with one
 //! directory per container; each container's spec gets a bind of its own directory at
 //! `/run/cryo` (read-only unless enabled). The server, not the mount flags, decides who may
@@ -16,7 +16,6 @@
 pub mod config;
 pub(crate) mod destination;
 mod fs;
-mod fuse;
 mod server;
 
 use std::os::unix::fs::MetadataExt;
@@ -217,7 +216,7 @@ fn set_up(
         ))
     };
     std::fs::create_dir(&mountpoint).map_err(|e| fail("create", e))?;
-    let channel = match fuse::Channel::mount(&mountpoint, "cryo-trigger") {
+    let channel = match cryo_sandbox::fuse::Channel::mount(&mountpoint, "cryo-trigger") {
         Ok(c) => c,
         Err(e) => {
             let _ = std::fs::remove_dir(&mountpoint);

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use log::warn;
 
 use super::fs::{Reply, TriggerFs};
-use super::fuse::{self, Channel, Request};
+use cryo_sandbox::fuse::{self, Channel, Request};
 
 /// How often parked readers are checked for a pending kill (ms).
 const SWEEP_MS: i32 = 500;
