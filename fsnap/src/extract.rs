@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::pool::helpers;
 use crate::progress::Progress;
+use crate::rules::{self, check_name_bytes, Res};
 use crate::section::{read_section, SectionReader};
 use crate::tar::{Entry, Kind};
 use crate::xattr;
@@ -39,23 +40,6 @@ pub struct RestoreOptions {
     /// a lower layer; every other `trusted.overlay.*` attribute (redirect, metacopy, origin,
     /// ...) is dropped, so a checkpoint cannot steer overlayfs's lookups in the layers below.
     pub overlay_layer: bool,
-}
-
-/// The overlayfs attribute an overlay layer keeps (with the value `y`).
-const OPAQUE: &str = "trusted.overlay.opaque";
-
-/// `e` with the `trusted.overlay.*` attributes an overlay layer does not keep removed (see
-/// [`RestoreOptions::overlay_layer`]); `None` when there are none to remove.
-fn overlay_layer_entry(e: &Entry) -> Option<Entry> {
-    let keep = |(k, v): &(String, Vec<u8>)| {
-        !k.starts_with("trusted.overlay.") || (k == OPAQUE && v.as_slice() == b"y")
-    };
-    if e.xattrs.iter().all(keep) {
-        return None;
-    }
-    let mut kept = e.clone();
-    kept.xattrs.retain(keep);
-    Some(kept)
 }
 
 /// Extract section `index` of `data` into the empty directory `dir`.
@@ -80,7 +64,7 @@ pub(crate) fn extract(
         }
         let mut parent_cache: Option<(String, Arc<OwnedFd>)> = None;
         let result = read_section(data, index, &manifest.sections[index], |e, r| {
-            let filtered = opts.overlay_layer.then(|| overlay_layer_entry(e)).flatten();
+            let filtered = rules::filtered(e, opts);
             let e = filtered.as_ref().unwrap_or(e);
             let fail = |reason: String| Error::Entry {
                 section: index,
@@ -137,7 +121,8 @@ pub(crate) fn extract(
         pool.check()
     })?;
     // Directory metadata last (creating entries changes mtimes), deepest first.
-    for e in dirs.iter().rev() {
+    let mut done = std::collections::HashSet::new();
+    for e in dirs.iter().rev().filter(|e| done.insert(e.path.as_str())) {
         finish_dir(root.as_fd(), e).map_err(|reason| Error::Entry {
             section: index,
             entry: e.path.clone(),
@@ -146,8 +131,6 @@ pub(crate) fn extract(
     }
     Ok(())
 }
-
-type Res<T> = std::result::Result<T, String>;
 
 /// Files up to this size are read from the stream and written by the writer threads.
 const SMALL_FILE: u64 = 1 << 20;
@@ -232,10 +215,7 @@ fn apply(
     progress: &Progress,
 ) -> Res<()> {
     if e.path == "." {
-        return match e.kind {
-            Kind::Dir => Ok(()),
-            _ => Err("the section's root must be a directory".into()),
-        };
+        return rules::check_root(e);
     }
     check_name_bytes(&e.path)?;
     let (parent, name) = parent_of(root, &e.path)?;
@@ -244,10 +224,11 @@ fn apply(
     match &e.kind {
         Kind::Dir => {
             if let Err(err) = mkdirat(p, name, Mode::from_bits_truncate(0o700)) {
-                let is_dir = openat2(p, name, dir_how()).is_ok();
-                if err != Errno::EEXIST || !is_dir {
+                if err != Errno::EEXIST {
                     return Err(format!("mkdir: {err}"));
                 }
+                let is_dir = openat2(p, name, dir_how()).is_ok();
+                rules::check_replace(is_dir, true)?;
             }
         }
         Kind::File => {
@@ -272,8 +253,15 @@ fn apply(
             remove_existing(p, name)?;
             let (tparent, tname) = parent_of(root, target)?;
             // No AT_SYMLINK_FOLLOW: a symlink target is linked itself, never followed.
-            linkat(tparent.as_fd(), tname.as_str(), p, name, AtFlags::empty())
-                .map_err(|err| format!("hard link to {target:?}: {err}"))?;
+            linkat(tparent.as_fd(), tname.as_str(), p, name, AtFlags::empty()).map_err(|err| {
+                if err == Errno::ENOENT {
+                    rules::link_target_missing(target)
+                } else if openat2(tparent.as_fd(), tname.as_str(), dir_how()).is_ok() {
+                    rules::link_target_dir(target)
+                } else {
+                    format!("hard link to {target:?}: {err}")
+                }
+            })?;
         }
         Kind::Char { .. } | Kind::Block { .. } | Kind::Fifo => {
             let (kind, major, minor) = match e.kind {
@@ -281,24 +269,12 @@ fn apply(
                 Kind::Block { major, minor } => (SFlag::S_IFBLK, major, minor),
                 _ => (SFlag::S_IFIFO, 0, 0),
             };
-            if kind != SFlag::S_IFIFO && !e.is_whiteout() && !opts.allow_devices {
-                return Err(format!(
-                    "device node {major}:{minor} refused (allow device nodes to restore it)"
-                ));
-            }
+            rules::check_device(e, opts)?;
             remove_existing(p, name)?;
             let dev = nix::sys::stat::makedev(major.into(), minor.into());
             mknodat(p, name, kind, mode(e), dev).map_err(|err| format!("mknod: {err}"))?;
             set_meta_at(p, name, e, true)?;
         }
-    }
-    Ok(())
-}
-
-/// Names go to the kernel as C strings: one with a NUL byte is refused, not truncated.
-fn check_name_bytes(s: &str) -> Res<()> {
-    if s.contains('\0') {
-        return Err(format!("{s:?} contains a NUL byte"));
     }
     Ok(())
 }
@@ -393,6 +369,7 @@ fn mtime(e: &Entry) -> TimeSpec {
 fn remove_existing(parent: BorrowedFd, name: &str) -> Res<()> {
     match unlinkat(parent, name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(Errno::EISDIR) => rules::check_replace(true, false),
         Err(err) => Err(format!("replace existing entry: {err}")),
     }
 }
@@ -433,10 +410,8 @@ fn parent_of(root: BorrowedFd, path: &str) -> Res<(OwnedFd, String)> {
 
 fn escape_msg(dir: &str, e: Errno) -> String {
     match e {
-        Errno::EXDEV | Errno::ELOOP => {
-            format!("{dir:?} leads outside the target (through a symlink); refused")
-        }
-        Errno::ENOTDIR => format!("{dir:?} is not a directory"),
+        Errno::EXDEV | Errno::ELOOP => rules::beneath_symlink(dir),
+        Errno::ENOTDIR => rules::beneath_non_dir(dir),
         other => format!("open {dir:?}: {other}"),
     }
 }
@@ -445,8 +420,10 @@ fn beneath() -> ResolveFlag {
     ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS
 }
 
+/// Directories are resolved through directories only: an entry beneath a symlink is refused
+/// (see [`rules::beneath_symlink`]), wherever the symlink points.
 fn dir_how() -> OpenHow {
     OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .resolve(beneath())
+        .resolve(beneath() | ResolveFlag::RESOLVE_NO_SYMLINKS)
 }
