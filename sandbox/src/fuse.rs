@@ -145,9 +145,7 @@ impl<'a> Request<'a> {
     /// BATCH_FORGET's node ids (FORGET's is the header's).
     pub fn batch_forget(&self) -> Vec<u64> {
         let count = self.u32_at(0).unwrap_or(0) as usize;
-        (0..count)
-            .map_while(|i| self.u64_at(8 + 16 * i))
-            .collect()
+        (0..count).map_while(|i| self.u64_at(8 + 16 * i)).collect()
     }
 }
 
@@ -395,25 +393,52 @@ pub fn attr(ino: u64, mode: u32, size: u64, time: u64) -> [u8; 88] {
     .encode()
 }
 
-/// LOOKUP's answer.
+/// How long the kernel may cache names and attributes by default (seconds).
+const VALID: u64 = 1;
+
+/// LOOKUP's answer (cached for a second).
 pub fn entry_out(ino: u64, attr: &[u8; 88]) -> Vec<u8> {
+    entry_out_valid(ino, attr, VALID)
+}
+
+/// LOOKUP's answer, which the kernel may cache for `valid` seconds.
+pub fn entry_out_valid(ino: u64, attr: &[u8; 88], valid: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(128);
     out.extend_from_slice(&ino.to_ne_bytes());
     out.extend_from_slice(&0u64.to_ne_bytes()); // generation
-    out.extend_from_slice(&VALID.to_ne_bytes()); // entry_valid
-    out.extend_from_slice(&VALID.to_ne_bytes()); // attr_valid
+    out.extend_from_slice(&valid.to_ne_bytes()); // entry_valid
+    out.extend_from_slice(&valid.to_ne_bytes()); // attr_valid
     out.extend_from_slice(&[0u8; 8]); // entry_valid_nsec, attr_valid_nsec
     out.extend_from_slice(attr);
     out
 }
 
-/// GETATTR's answer.
+/// GETATTR's answer (cached for a second).
 pub fn attr_out(attr: &[u8; 88]) -> Vec<u8> {
+    attr_out_valid(attr, VALID)
+}
+
+/// GETATTR's answer, which the kernel may cache for `valid` seconds.
+pub fn attr_out_valid(attr: &[u8; 88], valid: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(104);
-    out.extend_from_slice(&VALID.to_ne_bytes());
+    out.extend_from_slice(&valid.to_ne_bytes());
     out.extend_from_slice(&[0u8; 8]); // attr_valid_nsec, dummy
     out.extend_from_slice(attr);
     out
+}
+
+/// GETXATTR's or LISTXATTR's answer for a caller whose buffer holds `asked` bytes: the size
+/// alone for a size probe (`asked` 0), ERANGE when the value does not fit, else the value.
+pub fn xattr_out(asked: u32, value: &[u8]) -> Result<Vec<u8>, i32> {
+    if asked == 0 {
+        let mut out = (value.len() as u32).to_ne_bytes().to_vec();
+        out.extend_from_slice(&[0u8; 4]);
+        return Ok(out);
+    }
+    if value.len() > asked as usize {
+        return Err(libc::ERANGE);
+    }
+    Ok(value.to_vec())
 }
 
 /// OPEN's and OPENDIR's answer.
@@ -477,7 +502,12 @@ pub fn init_out_with(req: &Request, flags: u32) -> Option<Vec<u8>> {
 
 /// One READDIR entry (`off`: where the next read starts), padded to 8 bytes.
 pub fn dirent(ino: u64, off: u64, dir: bool, name: &[u8]) -> Vec<u8> {
-    dirent_typed(ino, off, if dir { libc::DT_DIR } else { libc::DT_REG }, name)
+    dirent_typed(
+        ino,
+        off,
+        if dir { libc::DT_DIR } else { libc::DT_REG },
+        name,
+    )
 }
 
 /// One READDIR entry of type `dtype` (`DT_*`; overlayfs reads DT_CHR to find whiteouts).

@@ -76,7 +76,7 @@ impl Tree for fsnap::index::SectionIndex {
     }
 
     fn read_at(&self, id: u64, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
-        fsnap::index::SectionIndex::read_at(self, id, offset, buf).map_err(std::io::Error::other)
+        fsnap::index::SectionIndex::read_at(self, id, offset, buf)
     }
 
     fn nodes(&self) -> u64 {
@@ -113,7 +113,10 @@ impl LazyLayer {
         // SAFETY: eventfd(2) creates a new descriptor, owned at once.
         let raw = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
         if raw < 0 {
-            return Err(fail(format!("eventfd: {}", std::io::Error::last_os_error())));
+            return Err(fail(format!(
+                "eventfd: {}",
+                std::io::Error::last_os_error()
+            )));
         }
         // SAFETY: `raw` was just created and nothing else owns it.
         let stop = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -201,7 +204,6 @@ impl Drop for LazyLayer {
         self.shut_down();
     }
 }
-
 
 /// Detach whatever is mounted at `mountpoint` (lazily: a dead server's mount cannot be looked
 /// into), however many times it was mounted over.
@@ -447,7 +449,9 @@ fn readdir(
             1 => fuse::dirent_typed(id, 2, libc::DT_DIR, b".."),
             _ => {
                 let (name, child) = &n.children[(i - 2) as usize];
-                let dtype = tree.node(*child).map_or(libc::DT_UNKNOWN, |c| dtype(c.entry));
+                let dtype = tree
+                    .node(*child)
+                    .map_or(libc::DT_UNKNOWN, |c| dtype(c.entry));
                 fuse::dirent_typed(*child, i + 1, dtype, name.as_bytes())
             }
         };
@@ -519,5 +523,282 @@ fn attr(id: u64, n: &NodeRef) -> fuse::Attr {
         gid: e.gid,
         rdev,
         blksize: 4096,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+
+    /// Root and /dev/fuse (CI has both): a FUSE mount and overlayfs need them.
+    fn require_root_and_fuse() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "needs root (FUSE mounts, overlayfs): run as root, as CI does"
+        );
+        assert!(
+            Path::new("/dev/fuse").exists(),
+            "needs /dev/fuse (modprobe fuse)"
+        );
+    }
+
+    fn setxattr(path: &Path, name: &str, value: &[u8]) {
+        let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        let n = std::ffi::CString::new(name).unwrap();
+        // SAFETY: lsetxattr(2) with NUL-terminated strings and a buffer that outlive the call.
+        let r = unsafe {
+            libc::lsetxattr(
+                p.as_ptr(),
+                n.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        assert_eq!(r, 0, "{}", std::io::Error::last_os_error());
+    }
+
+    fn getxattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+        let p = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        let n = std::ffi::CString::new(name).unwrap();
+        let mut buf = [0u8; 64];
+        // SAFETY: lgetxattr(2) into a buffer we own, at most its length.
+        let r =
+            unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+        (r >= 0).then(|| buf[..r as usize].to_vec())
+    }
+
+    fn mounted(at: &Path) -> bool {
+        std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some(at.to_str().unwrap()))
+    }
+
+    /// A checkpoint of an upper layer: a file, a sparse file, a hard link, a symlink, a
+    /// whiteout, an opaque directory, a fifo, owners and modes.
+    fn checkpoint(t: &Path) -> (PathBuf, fsnap::Manifest) {
+        let src = t.join("src");
+        std::fs::create_dir_all(src.join("opaque")).unwrap();
+        std::fs::create_dir_all(src.join("dir/sub")).unwrap();
+        std::fs::write(src.join("f"), b"hello").unwrap();
+        std::fs::write(src.join("opaque/new"), b"new").unwrap();
+        setxattr(&src.join("opaque"), "trusted.overlay.opaque", b"y");
+        setxattr(&src.join("f"), "user.note", b"kept");
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(src.join("dir/big"), &big).unwrap();
+        let sparse = std::fs::File::create(src.join("sparse")).unwrap();
+        sparse.set_len(1 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_at(&sparse, b"tail", (1 << 20) - 4).unwrap();
+        std::fs::hard_link(src.join("f"), src.join("dir/f-link")).unwrap();
+        std::os::unix::fs::symlink("../f", src.join("dir/sym")).unwrap();
+        nix::unistd::mkfifo(
+            &src.join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o640),
+        )
+        .unwrap();
+        nix::sys::stat::mknod(
+            &src.join("gone"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+            0,
+        )
+        .unwrap();
+        std::os::unix::fs::chown(src.join("dir/sub"), Some(1234), Some(5678)).unwrap();
+        std::fs::set_permissions(
+            src.join("dir/sub"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o751),
+        )
+        .unwrap();
+        let ck = t.join("ck");
+        let m = fsnap::save(
+            &[fsnap::Source {
+                resource: fsnap::ResourceId {
+                    container: "c".into(),
+                    path: "/".into(),
+                    kind: fsnap::ResourceKind::RootfsUpper,
+                },
+                dir: src,
+            }],
+            &ck,
+            &fsnap::SaveOptions::default(),
+            &fsnap::Progress::default(),
+        )
+        .unwrap();
+        (ck, m)
+    }
+
+    fn index(ck: &Path, m: &fsnap::Manifest) -> Arc<fsnap::index::SectionIndex> {
+        Arc::new(
+            fsnap::index::SectionIndex::build(
+                ck,
+                m,
+                0,
+                &fsnap::RestoreOptions {
+                    allow_devices: false,
+                    overlay_layer: true,
+                },
+            )
+            .unwrap(),
+        )
+    }
+
+    #[test]
+    fn a_section_served_in_place_reads_as_extracted_and_goes_whole() {
+        require_root_and_fuse();
+        let t = tempfile::tempdir().unwrap();
+        let (ck, m) = checkpoint(t.path());
+        let at = t.path().join("lazy");
+        let layer = LazyLayer::mount(index(&ck, &m), &at, "test").unwrap();
+        assert!(mounted(&at));
+        let line = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(at.to_str().unwrap()))
+            .unwrap()
+            .to_string();
+        assert!(line.contains(" fuse.cryo-layer cryo-layer:test "), "{line}");
+        assert!(line.contains(" ro,nosuid,nodev"), "{line}");
+        assert_eq!(std::fs::read(at.join("f")).unwrap(), b"hello");
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(std::fs::read(at.join("dir/big")).unwrap(), big);
+        let sparse = std::fs::read(at.join("sparse")).unwrap();
+        assert_eq!(sparse.len(), 1 << 20);
+        assert!(sparse[..(1 << 20) - 4].iter().all(|b| *b == 0));
+        assert_eq!(&sparse[(1 << 20) - 4..], b"tail");
+        let f = std::fs::metadata(at.join("f")).unwrap();
+        let link = std::fs::metadata(at.join("dir/f-link")).unwrap();
+        assert_eq!((f.ino(), f.nlink()), (link.ino(), 2));
+        assert_eq!(
+            std::fs::read_link(at.join("dir/sym")).unwrap(),
+            Path::new("../f")
+        );
+        assert!(std::fs::symlink_metadata(at.join("fifo"))
+            .unwrap()
+            .file_type()
+            .is_fifo());
+        let gone = std::fs::symlink_metadata(at.join("gone")).unwrap();
+        assert!(gone.file_type().is_char_device() && gone.rdev() == 0);
+        let sub = std::fs::metadata(at.join("dir/sub")).unwrap();
+        assert_eq!(
+            (sub.uid(), sub.gid(), sub.mode() & 0o7777),
+            (1234, 5678, 0o751)
+        );
+        let src_f = std::fs::metadata(t.path().join("src/f")).unwrap();
+        assert_eq!(
+            (f.mtime(), f.mtime_nsec()),
+            (src_f.mtime(), src_f.mtime_nsec())
+        );
+        assert_eq!(
+            getxattr(&at.join("opaque"), "trusted.overlay.opaque").as_deref(),
+            Some(&b"y"[..])
+        );
+        assert_eq!(
+            getxattr(&at.join("f"), "user.note").as_deref(),
+            Some(&b"kept"[..])
+        );
+        let mut names: Vec<String> = std::fs::read_dir(&at)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["dir", "f", "fifo", "gone", "opaque", "sparse"]);
+        // Read-only, whoever asks.
+        let e = std::fs::write(at.join("f"), b"x").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+        let e = std::fs::create_dir(at.join("new")).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EROFS), "{e}");
+        let st = nix::sys::statfs::statfs(&at).unwrap();
+        assert!(st.blocks() > 0 && st.files() > 0);
+
+        // As an overlay's lower layer above an image layer: whiteouts hide, opaque dirs hide.
+        let base = t.path().join("base");
+        std::fs::create_dir_all(base.join("opaque")).unwrap();
+        std::fs::write(base.join("gone"), b"image").unwrap();
+        std::fs::write(base.join("keep"), b"image").unwrap();
+        std::fs::write(base.join("opaque/old"), b"image").unwrap();
+        let (upper, work, merged) = (
+            t.path().join("upper"),
+            t.path().join("work"),
+            t.path().join("merged"),
+        );
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let opts = format!(
+            "lowerdir={}:{},upperdir={},workdir={}",
+            at.display(),
+            base.display(),
+            upper.display(),
+            work.display()
+        );
+        nix::mount::mount(
+            Some("overlay"),
+            &merged,
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .unwrap();
+        let seen = (|| {
+            let mut names: Vec<String> = std::fs::read_dir(&merged)?
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<std::io::Result<_>>()?;
+            names.sort();
+            let opaque: Vec<String> = std::fs::read_dir(merged.join("opaque"))?
+                .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+                .collect::<std::io::Result<_>>()?;
+            std::fs::write(merged.join("f"), b"changed")?;
+            Ok::<_, std::io::Error>((names, opaque, std::fs::read(merged.join("dir/big"))?))
+        })();
+        nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH).unwrap();
+        let (names, opaque, read_big) = seen.unwrap();
+        assert_eq!(names, ["dir", "f", "fifo", "keep", "opaque", "sparse"]);
+        assert_eq!(opaque, ["new"]);
+        assert_eq!(read_big, big);
+        // The write went to the upper layer, not the section.
+        assert_eq!(std::fs::read(upper.join("f")).unwrap(), b"changed");
+        assert_eq!(std::fs::read(at.join("f")).unwrap(), b"hello");
+
+        layer.unmount();
+        assert!(!mounted(&at));
+        assert!(!at.exists(), "the mount point goes with the layer");
+    }
+
+    #[test]
+    fn a_layer_still_in_use_is_cut_off_when_dropped() {
+        require_root_and_fuse();
+        let t = tempfile::tempdir().unwrap();
+        let (ck, m) = checkpoint(t.path());
+        let at = t.path().join("lazy");
+        let layer = LazyLayer::mount(index(&ck, &m), &at, "busy").unwrap();
+        let open = std::fs::File::open(at.join("f")).unwrap();
+        drop(layer);
+        assert!(!mounted(&at));
+        assert!(!at.exists());
+        let mut buf = [0u8; 4];
+        let e = std::os::unix::fs::FileExt::read_at(&open, &mut buf, 0);
+        // Served from the page cache, or refused: never hangs.
+        assert!(e.is_ok() || e.is_err());
+    }
+
+    #[test]
+    fn a_bad_mount_point_leaves_nothing() {
+        require_root_and_fuse();
+        let t = tempfile::tempdir().unwrap();
+        let (ck, m) = checkpoint(t.path());
+        let tree = index(&ck, &m);
+        let e = LazyLayer::mount(tree.clone(), &t.path().join("no/such/parent"), "x")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("no/such/parent"), "{e}");
+        let e = LazyLayer::mount(tree, &t.path().join("y"), "a,b")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("\"a,b\""), "{e}");
+        assert!(!t.path().join("y").exists());
     }
 }
