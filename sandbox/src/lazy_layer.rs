@@ -84,6 +84,32 @@ impl Tree for fsnap::index::SectionIndex {
     }
 }
 
+/// Section `index` of the checkpoint in `checkpoint` (whose validated manifest is
+/// `manifest`) as a tree to serve as an overlay lower layer: verified in one read-only pass
+/// (every entry by the extraction's rules, whiteouts and opaque directories kept as an overlay
+/// lower layer has them, the checksum checked) that indexes it. A corrupt or hostile section
+/// fails naming the section and the cause. Blocking.
+pub fn index_section(
+    checkpoint: &Path,
+    manifest: &fsnap::Manifest,
+    index: usize,
+) -> Result<Arc<dyn Tree>> {
+    let tree = fsnap::index::SectionIndex::build(
+        checkpoint,
+        manifest,
+        index,
+        &fsnap::RestoreOptions {
+            allow_devices: false,
+            overlay_layer: true,
+        },
+    )
+    .map_err(|e| Error::Checkpoint {
+        path: checkpoint.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(Arc::new(tree))
+}
+
 /// A mounted, served lazy layer.
 pub struct LazyLayer {
     mountpoint: PathBuf,
