@@ -109,11 +109,14 @@ fn layer_of(s: &Suite, ck: &Path, container: Option<&str>, path: &str) -> Result
 /// The seed's pod (agent + sidecar sharing a share=pod emptyDir) writes into both rootfs and
 /// the volume (the sidecar deletes an image file, the agent replaces an image directory);
 /// `cryo fscheckpoint --leave-running --path / --path all-volumes`; a NEW pod with the restore
-/// annotation (and a fresh emptyDir) sees every file, each container its own rootfs, the
-/// deletion and the replaced directory stay so, the sidecar sees the agent's volume data; the
+/// annotation (and a fresh emptyDir) starts on lazy layers (its rootfs' and its volume's top
+/// lower layers are FUSE mounts of cryo's, nothing extracted before it started) and sees every
+/// file, each container its own rootfs, the deletion and the replaced directory stay so, the
+/// sidecar sees the agent's volume data; the cache fills meanwhile (three layers appear); the
 /// new pod's writes leave the cache as it was; a second new pod, restored through a `latest`
-/// link, reuses the cached layers (same inodes, nothing extracted) and sees none of the first
-/// new pod's writes. (Saving a restored pod again: `fs_restore_chain_of_restored_pods`.)
+/// link, reuses the cached layers (same inodes, nothing extracted, nothing lazy) and sees none
+/// of the first new pod's writes; the lazy mounts go with the first pod.
+/// (Saving a restored pod again: `fs_restore_chain_of_restored_pods`.)
 fn fs_restore_of_the_seed_pod_into_new_pods(s: &Suite, case: &str) -> Result<()> {
     let (pod, dir) = seed_pod(s, case, &[])?;
     let _agent = start(
@@ -168,11 +171,34 @@ fn fs_restore_of_the_seed_pod_into_new_pods(s: &Suite, case: &str) -> Result<()>
         Ok(())
     };
     check_restored(&agent1, &side1)?;
-    let cached = layers(s)?;
+    // Served in place: each rootfs' top lower layer, and the volume's, is a lazy layer.
+    for id in [&agent1, &side1] {
+        let pid = s.cri.container_pid(id)?;
+        let top = top_lower(&format!("/proc/{pid}/mountinfo"), "/")?;
+        ensure!(
+            lazy_mount(&top)?.is_some(),
+            "container {id}: the rootfs' top lower layer {top} is not a lazy layer"
+        );
+    }
+    let volume = super::sandbox_bundle(s, &one).join("volumes");
+    let pod_overlay = harness::leftovers::mounts_under(&volume);
+    let pod_overlay = pod_overlay.first().context("no pod overlay mounted")?;
+    let top = top_lower("/proc/self/mountinfo", &pod_overlay.display().to_string())?;
     ensure!(
-        cached.len() == 3,
-        "want 3 layers (two rootfs, one volume), the cache holds {cached:?}"
+        lazy_mount(&top)?.is_some(),
+        "the pod volume's top lower layer {top} is not a lazy layer"
     );
+    // The harness' leftover check sees them (so that a lazy mount left behind fails a run).
+    let lazies: Vec<PathBuf> = harness::leftovers::mounts_under(&s.cd.dir)
+        .into_iter()
+        .filter(|m| lazy_mount(&m.display().to_string()).is_ok_and(|l| l.is_some()))
+        .collect();
+    ensure!(lazies.len() == 3, "lazy mounts the leftover check sees: {lazies:?}");
+    let mut cached = BTreeMap::new();
+    eventually("the cache filled in the background", || {
+        cached = layers(s)?;
+        Ok(cached.len() == 3)
+    })?;
     // Writes of the new pod stay in the pod: the cache does not change.
     s.cri.sh(
         &agent1,
@@ -225,17 +251,57 @@ fn fs_restore_of_the_seed_pod_into_new_pods(s: &Suite, case: &str) -> Result<()>
     };
     for (id, name) in [(&agent1, "agent 1"), (&side1, "sidecar 1")] {
         ensure!(
-            count("extracted into", id) >= 1,
-            "{name}: no extraction logged"
+            count("served lazily", id) >= 1 && count("reused from the cache", id) == 0,
+            "{name}: the first restore was not served lazily"
         );
     }
     for (id, name) in [(&agent2, "agent 2"), (&side2, "sidecar 2")] {
         ensure!(
-            count("extracted into", id) == 0 && count("reused from the cache", id) >= 1,
-            "{name}: the second restore extracted again, or did not log the reuse"
+            count("served lazily", id) == 0 && count("reused from the cache", id) >= 1,
+            "{name}: the second restore did not reuse the cache"
+        );
+    }
+    // The first pod's lazy layers go with it.
+    s.cri.remove_pod_fully(&one.id)?;
+    for l in &lazies {
+        ensure!(
+            lazy_mount(&l.display().to_string())?.is_none() && !l.exists(),
+            "{} is left after its pod",
+            l.display()
         );
     }
     Ok(())
+}
+
+/// The top lower directory of the overlay mounted at `dest` in the mount table `mountinfo`.
+fn top_lower(mountinfo: &str, dest: &str) -> Result<String> {
+    let text = std::fs::read_to_string(mountinfo)?;
+    let line = text
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some(dest))
+        .with_context(|| format!("nothing mounted at {dest} in {mountinfo}"))?;
+    let (_, right) = line.split_once(" - ").context("bad mountinfo line")?;
+    let options = right.split(' ').nth(2).unwrap_or_default();
+    options
+        .split(',')
+        .find_map(|o| {
+            o.strip_prefix("lowerdir=")
+                .or_else(|| o.strip_prefix("lowerdir+="))
+        })
+        .map(|l| l.split(':').next().unwrap_or_default().to_string())
+        .with_context(|| format!("{dest}: no lowerdir in {line}"))
+}
+
+/// The source (`cryo-layer:<checksum hex>`) of the lazy layer (a `fuse.cryo-layer` mount, in
+/// this process' mount table, which is the shims') at `path`, if one is mounted there.
+fn lazy_mount(path: &str) -> Result<Option<String>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(text.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut r = right.split(' ');
+        (left.split(' ').nth(4) == Some(path) && r.next() == Some("fuse.cryo-layer"))
+            .then(|| r.next().unwrap_or_default().to_string())
+    }))
 }
 
 /// The sections of `ck`'s manifest for (`container`, `path`): (layer, checksum) in order, and
@@ -432,9 +498,13 @@ fn fs_restore_of_a_corrupt_checkpoint_fails_creation(s: &Suite, case: &str) -> R
         "a layer of the corrupt section is in the cache"
     );
     let root = s.cd.layer_root();
-    let left: Vec<String> = std::fs::read_dir(&root)?
-        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<std::io::Result<_>>()?;
+    let left: Vec<String> = match std::fs::read_dir(&root) {
+        Ok(d) => d
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<std::io::Result<_>>()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
     ensure!(
         left.iter()
             .all(|n| n.ends_with(".lock") || !n.starts_with('.')),
@@ -442,7 +512,7 @@ fn fs_restore_of_a_corrupt_checkpoint_fails_creation(s: &Suite, case: &str) -> R
     );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
     ensure!(
-        !mounts.contains(&root.display().to_string()),
+        !mounts.contains(&root.display().to_string()) && !mounts.contains(" fuse.cryo-layer "),
         "a layer is mounted"
     );
     // A container the checkpoint has no section for is created as usual.
