@@ -72,6 +72,9 @@ pub(crate) fn extract(
                 reason,
             };
             pool.check()?;
+            if progress.cancelled() {
+                return Err(Error::Cancelled);
+            }
             if e.kind == Kind::File && e.sparse.is_none() && e.size <= SMALL_FILE && e.path != "." {
                 // Small files: read here, create on a writer thread.
                 let mut bytes = Vec::with_capacity(e.size as usize);
@@ -116,7 +119,12 @@ pub(crate) fn extract(
                 pool.drain();
                 pool.check()?;
             }
-            apply(root.as_fd(), e, r, opts, progress).map_err(fail)?;
+            apply(root.as_fd(), e, r, opts, progress).map_err(|reason| {
+                match progress.cancelled() {
+                    true => Error::Cancelled,
+                    false => fail(reason),
+                }
+            })?;
             if e.kind == Kind::Dir {
                 dirs.push(e.clone());
             }
@@ -254,6 +262,9 @@ fn apply(
         Kind::File => {
             let f = create_file(p, name)?;
             r.content(|off, bytes| {
+                if progress.cancelled() {
+                    return Err(std::io::Error::other("cancelled"));
+                }
                 f.write_all_at(bytes, off)?;
                 progress
                     .bytes
