@@ -591,4 +591,193 @@ mod tests {
         );
         assert_eq!(entries(cache.root()), vec![format!(".{hex}.lock")]);
     }
+
+    /// A checkpoint of one directory holding `n` files of `mib` MiB each (random-ish bytes).
+    fn big_checkpoint(t: &Path, n: usize, mib: usize) -> (PathBuf, Manifest) {
+        let src = t.join("big");
+        std::fs::create_dir_all(&src).unwrap();
+        let mut seed = 0x9E3779B97F4A7C15u64;
+        let chunk: Vec<u8> = (0..mib << 20)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        for i in 0..n {
+            std::fs::write(src.join(format!("f{i}")), &chunk).unwrap();
+        }
+        let ck = t.join("bigck");
+        let m = fsnap::save(
+            &[fsnap::Source {
+                resource: fsnap::ResourceId {
+                    container: "c".into(),
+                    path: "/".into(),
+                    kind: fsnap::ResourceKind::RootfsUpper,
+                },
+                dir: src,
+            }],
+            &ck,
+            &fsnap::SaveOptions::default(),
+            &fsnap::Progress::default(),
+        )
+        .unwrap();
+        (ck, m)
+    }
+
+    #[test]
+    fn cached_sees_only_complete_layers() {
+        require_root();
+        let t = tempfile::tempdir().unwrap();
+        let (ck, m) = checkpoint(t.path());
+        let cache = LayerCache::new(t.path().join("layers"));
+        assert_eq!(cache.cached(&m, 0), None, "no cache root yet");
+        let hex = checksum_hex(&m.sections[0].checksum).unwrap().to_string();
+        std::fs::create_dir_all(cache.root().join(format!(".{hex}.partial-1-2"))).unwrap();
+        assert_eq!(cache.cached(&m, 0), None, "a partial directory is no layer");
+        assert_eq!(cache.cached(&m, 7), None, "no such section");
+        // Held by an extraction: cached() neither waits nor extracts.
+        let lock = cache.lock(&hex, true).unwrap().unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(cache.cached(&m, 0), None);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        drop(lock);
+        let layer = cache.layer(&ck, &m, 0).unwrap();
+        assert_eq!(cache.cached(&m, 0), Some(layer.path));
+    }
+
+    #[test]
+    fn a_background_fill_extracts_the_layer_once() {
+        require_root();
+        let t = tempfile::tempdir().unwrap();
+        let (ck, m) = checkpoint(t.path());
+        let cache = LayerCache::new(t.path().join("layers"));
+        let path = match cache.fill_in_background(&ck, &m, 0).wait() {
+            Filled::Extracted(p) => p,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(std::fs::read(path.join("f")).unwrap(), b"hello");
+        assert!(std::fs::symlink_metadata(path.join("gone"))
+            .unwrap()
+            .file_type()
+            .is_char_device());
+        assert_eq!(cache.cached(&m, 0), Some(path.clone()));
+        assert_eq!(
+            cache.fill_in_background(&ck, &m, 0).wait(),
+            Filled::Cached(path.clone())
+        );
+        let layer = cache.layer(&ck, &m, 0).unwrap();
+        assert!(!layer.extracted && layer.path == path);
+        let hex = checksum_hex(&m.sections[0].checksum).unwrap();
+        assert_eq!(
+            entries(cache.root()),
+            vec![format!(".{hex}.lock"), hex.to_string()]
+        );
+    }
+
+    #[test]
+    fn a_fill_does_nothing_while_another_extraction_holds_the_section() {
+        require_root();
+        let t = tempfile::tempdir().unwrap();
+        let (ck, m) = checkpoint(t.path());
+        let cache = LayerCache::new(t.path().join("layers"));
+        cache.make_root().unwrap();
+        let hex = checksum_hex(&m.sections[0].checksum).unwrap().to_string();
+        let lock = cache.lock(&hex, true).unwrap().unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(cache.fill_in_background(&ck, &m, 0).wait(), Filled::Busy);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(entries(cache.root()), vec![format!(".{hex}.lock")]);
+        drop(lock);
+        assert!(matches!(
+            cache.fill_in_background(&ck, &m, 0).wait(),
+            Filled::Extracted(_)
+        ));
+    }
+
+    #[test]
+    fn a_failed_fill_leaves_nothing_and_names_the_section() {
+        require_root();
+        let t = tempfile::tempdir().unwrap();
+        let (ck, m) = checkpoint(t.path());
+        let data = ck.join(fsnap::manifest::DATA_FILE);
+        let mut bytes = std::fs::read(&data).unwrap();
+        let at = bytes.windows(5).position(|w| w == b"hello").unwrap();
+        bytes[at] = b'j';
+        std::fs::write(&data, &bytes).unwrap();
+        let cache = LayerCache::new(t.path().join("layers"));
+        match cache.fill_in_background(&ck, &m, 0).wait() {
+            Filled::Failed(why) => assert!(
+                why.contains("section 0") && why.contains("checksum mismatch"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let hex = checksum_hex(&m.sections[0].checksum).unwrap();
+        assert_eq!(entries(cache.root()), vec![format!(".{hex}.lock")]);
+        assert_eq!(cache.cached(&m, 0), None);
+    }
+
+    /// Cancel (or drop) a fill once it has written something: it stops and leaves only the
+    /// lock file.
+    fn cancel_mid_fill(by_drop: bool) {
+        require_root();
+        let t = tempfile::tempdir_in("/var/tmp").unwrap();
+        let (ck, m) = big_checkpoint(t.path(), 4, 64);
+        let cache = LayerCache::new(t.path().join("layers"));
+        let filling = cache.fill_in_background(&ck, &m, 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while filling
+            .progress
+            .bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the fill never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let started = std::time::Instant::now();
+        if by_drop {
+            drop(filling);
+        } else {
+            assert_eq!(filling.cancel(), Filled::Cancelled);
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "cancelling took {:?}",
+            started.elapsed()
+        );
+        let hex = checksum_hex(&m.sections[0].checksum).unwrap();
+        assert_eq!(entries(cache.root()), vec![format!(".{hex}.lock")]);
+        assert_eq!(cache.cached(&m, 0), None);
+    }
+
+    #[test]
+    fn a_cancelled_fill_leaves_nothing() {
+        cancel_mid_fill(false);
+    }
+
+    #[test]
+    fn a_dropped_fill_leaves_nothing() {
+        cancel_mid_fill(true);
+    }
+
+    #[test]
+    fn a_fill_runs_at_idle_priority() {
+        let (io, cpu) = std::thread::spawn(|| {
+            lower_priority();
+            // SAFETY: ioprio_get / sched_getscheduler of the calling thread.
+            let io = unsafe { libc::syscall(libc::SYS_ioprio_get, 1, 0) };
+            let cpu = unsafe { libc::sched_getscheduler(0) };
+            (io, cpu)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(io >> 13, 3, "I/O class idle (ioprio {io:#x})");
+        assert_eq!(cpu, libc::SCHED_IDLE);
+    }
 }
