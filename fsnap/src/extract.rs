@@ -72,6 +72,9 @@ pub(crate) fn extract(
                 reason,
             };
             pool.check()?;
+            if progress.cancelled() {
+                return Err(Error::Cancelled);
+            }
             if e.kind == Kind::File && e.sparse.is_none() && e.size <= SMALL_FILE && e.path != "." {
                 // Small files: read here, create on a writer thread.
                 let mut bytes = Vec::with_capacity(e.size as usize);
@@ -84,6 +87,12 @@ pub(crate) fn extract(
                 let parent = match &parent_cache {
                     Some((d, fd)) if d == dir => fd.clone(),
                     _ => {
+                        if openat2(root.as_fd(), dir, dir_how()).is_err() {
+                            // Parents are about to be made (or refused): a small file of that
+                            // name still being written must land first.
+                            pool.drain();
+                            pool.check()?;
+                        }
                         let (fd, _) = parent_of(root.as_fd(), &e.path).map_err(&fail)?;
                         let fd = Arc::new(fd);
                         parent_cache = Some((dir.to_string(), fd.clone()));
@@ -104,12 +113,18 @@ pub(crate) fn extract(
                 );
                 return Ok(());
             }
-            // Anything else may name or replace a file still being written: let them land.
-            if e.kind != Kind::Dir {
+            // Anything else may name or replace a file still being written: let them land (a
+            // directory only when a file of its name is among them).
+            if e.kind != Kind::Dir || pool.is_pending(&e.path) {
                 pool.drain();
                 pool.check()?;
             }
-            apply(root.as_fd(), e, r, opts, progress).map_err(fail)?;
+            apply(root.as_fd(), e, r, opts, progress).map_err(|reason| {
+                match progress.cancelled() {
+                    true => Error::Cancelled,
+                    false => fail(reason),
+                }
+            })?;
             if e.kind == Kind::Dir {
                 dirs.push(e.clone());
             }
@@ -143,21 +158,38 @@ struct Job {
     bytes: Vec<u8>,
 }
 
-/// Writer threads creating small files while the stream is parsed: jobs in flight, and the
-/// first failure.
+/// Writer threads creating small files while the stream is parsed: the paths of the jobs in
+/// flight (at most the channel's capacity and one per thread), and the first failure.
 #[derive(Default)]
 struct Writers {
-    pending: Mutex<usize>,
+    pending: Mutex<Vec<String>>,
     idle: Condvar,
     failed: Mutex<Option<Error>>,
 }
 
 impl Writers {
     fn submit(&self, tx: &SyncSender<Job>, job: Job) {
-        *lock(&self.pending) += 1;
+        let path = job.entry.path.clone();
+        lock(&self.pending).push(path.clone());
         if tx.send(job).is_err() {
-            *lock(&self.pending) -= 1;
+            self.done(&path);
         }
+    }
+
+    /// Job `path` is finished.
+    fn done(&self, path: &str) {
+        let mut p = lock(&self.pending);
+        if let Some(i) = p.iter().position(|q| q == path) {
+            p.swap_remove(i);
+        }
+        if p.is_empty() {
+            self.idle.notify_all();
+        }
+    }
+
+    /// Whether a file `path` is still to be written.
+    fn is_pending(&self, path: &str) -> bool {
+        lock(&self.pending).iter().any(|q| q == path)
     }
 
     fn work(&self, rx: &Mutex<Receiver<Job>>, section: usize) {
@@ -177,18 +209,14 @@ impl Writers {
                     });
                 }
             }
-            let mut p = lock(&self.pending);
-            *p -= 1;
-            if *p == 0 {
-                self.idle.notify_all();
-            }
+            self.done(&job.entry.path);
         }
     }
 
     /// Wait until every submitted file is written.
     fn drain(&self) {
         let mut p = lock(&self.pending);
-        while *p > 0 {
+        while !p.is_empty() {
             p = self.idle.wait(p).unwrap_or_else(|e| e.into_inner());
         }
     }
@@ -234,6 +262,9 @@ fn apply(
         Kind::File => {
             let f = create_file(p, name)?;
             r.content(|off, bytes| {
+                if progress.cancelled() {
+                    return Err(std::io::Error::other("cancelled"));
+                }
                 f.write_all_at(bytes, off)?;
                 progress
                     .bytes
