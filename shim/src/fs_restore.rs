@@ -49,7 +49,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use containerd_shim_protos::api;
 use cryo_sandbox::fscheckpoint::{ResourceKind, MANIFEST_FILE};
-use cryo_sandbox::layer_cache::{LayerCache, Manifest};
+use cryo_sandbox::layer_cache::{Filling, LayerCache, Manifest};
 use cryo_sandbox::lazy_layer::{self, LazyLayer};
 use log::{info, warn};
 use oci_spec::runtime::Spec;
@@ -310,7 +310,7 @@ struct Known {
     /// Lazy layers mounted, by owner: a container's id, or the pod's (share=pod volumes).
     lazy: HashMap<String, Vec<LazyLayer>>,
     /// The cache fills this pod started, by section checksum hex (dropping one cancels it).
-    fills: HashMap<String, cache::Filling>,
+    fills: HashMap<String, Filling>,
 }
 
 impl PodRestore {
@@ -406,9 +406,18 @@ impl PodRestore {
         }
         // Unmounting joins the serving threads; cancelling a fill waits for it.
         let id = id.to_string();
+        let pod = id.clone();
         let done = tokio::task::spawn_blocking(move || {
             drop(lazies);
-            drop(ended);
+            if let Some(mut k) = ended {
+                for (hex, filling) in k.fills.drain() {
+                    let unfinished = !filling.is_finished();
+                    let how = filling.cancel();
+                    if unfinished {
+                        info!("pod {pod}: cache fill of layer {hex} stopped: {how:?}");
+                    }
+                }
+            }
         })
         .await;
         if let Err(e) = done {
@@ -448,7 +457,7 @@ impl PodRestore {
         if self.lock().fills.contains_key(hex) {
             return;
         }
-        let filling = cache::fill(cache, &c.dir, &c.manifest, index);
+        let filling = cache.fill_in_background(&c.dir, &c.manifest, index);
         self.lock().fills.entry(hex.to_string()).or_insert(filling);
     }
 
@@ -520,7 +529,7 @@ impl ContainerRestore {
         let hex = fsnap_hex(&section.checksum)
             .ok_or_else(|| refuse("no valid checksum".into()))?
             .to_ascii_lowercase();
-        let (path, how) = match cache::cached(&self.cache, &c.manifest, index) {
+        let (path, how) = match self.cache.cached(&c.manifest, index) {
             Some(path) => {
                 check_layer_path(
                     &path,
@@ -743,41 +752,6 @@ pub fn cleanup_bundle(bundle: &Path) {
     }
     if let Err(e) = std::fs::remove_dir(&dir) {
         warn!("{}: {e}", dir.display());
-    }
-}
-
-/// The layer cache's side of a restore: whether a section is there, and filling it in the
-/// background.
-mod cache {
-    use super::*;
-
-    /// A fill of the cache running in the background; dropped: cancelled, its partial removed.
-    pub struct Filling {
-        _thread: std::thread::JoinHandle<()>,
-    }
-
-    /// Section `index`'s complete layer in `cache`, if it is there.
-    pub fn cached(cache: &LayerCache, manifest: &Manifest, index: usize) -> Option<PathBuf> {
-        let hex = fsnap_hex(&manifest.sections.get(index)?.checksum)?.to_ascii_lowercase();
-        let path = cache.root().join(hex);
-        std::fs::symlink_metadata(&path)
-            .is_ok_and(|m| m.is_dir())
-            .then_some(path)
-    }
-
-    /// Fill `cache` with section `index` of the checkpoint in `dir`, in the background.
-    pub fn fill(cache: &LayerCache, dir: &Path, manifest: &Manifest, index: usize) -> Filling {
-        let (cache, dir, manifest) = (cache.clone(), dir.to_path_buf(), manifest.clone());
-        Filling {
-            _thread: std::thread::spawn(move || {
-                if let Err(e) = cache.layer(&dir, &manifest, index) {
-                    warn!(
-                        "layer cache: fill section {index} of {}: {e}",
-                        dir.display()
-                    );
-                }
-            }),
-        }
     }
 }
 

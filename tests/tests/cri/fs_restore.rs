@@ -40,6 +40,10 @@ pub(super) const CASES: &[(&str, Case)] = &[
         "fs_restore_fills_private_volumes",
         fs_restore_fills_private_volumes,
     ),
+    (
+        "fs_restore_pod_removed_while_its_cache_fills",
+        fs_restore_pod_removed_while_its_cache_fills,
+    ),
 ];
 
 /// Cases of this module that need containerd 2.x's CRI (ignored on 1.6 with the suite's reason).
@@ -193,7 +197,10 @@ fn fs_restore_of_the_seed_pod_into_new_pods(s: &Suite, case: &str) -> Result<()>
         .into_iter()
         .filter(|m| lazy_mount(&m.display().to_string()).is_ok_and(|l| l.is_some()))
         .collect();
-    ensure!(lazies.len() == 3, "lazy mounts the leftover check sees: {lazies:?}");
+    ensure!(
+        lazies.len() == 3,
+        "lazy mounts the leftover check sees: {lazies:?}"
+    );
     let mut cached = BTreeMap::new();
     eventually("the cache filled in the background", || {
         cached = layers(s)?;
@@ -721,5 +728,83 @@ fn fs_restore_fills_private_volumes(s: &Suite, case: &str) -> Result<()> {
         std::fs::read_to_string(work.join(".cryo-filestore/container-app/upper/w"))? == "new\n",
         "the write is not in the new pod's own filestore"
     );
+    Ok(())
+}
+
+/// A pod restored from a checkpoint with a large rootfs section (256 MiB) starts on a lazy
+/// layer and reads the file through it while the cache fills in the background; the pod is
+/// removed before the fill finished: the fill is stopped (logged), the cache holds no layer
+/// and no partial extraction, no lazy mount is left and its mount point is gone. A second pod
+/// restored from the same checkpoint then starts lazily again, and its fill completes.
+fn fs_restore_pod_removed_while_its_cache_fills(s: &Suite, case: &str) -> Result<()> {
+    let (pod, _) = seed_pod(s, case, &[])?;
+    let app = start(
+        s,
+        &pod,
+        "app",
+        "head -c 268435456 /dev/urandom > /big && md5sum /big > /big.md5 && exec sleep 100000",
+        &[],
+    )?;
+    eventually("app wrote 256 MiB", || {
+        Ok(s.cri.exec_sync(&app, &["test", "-s", "/big.md5"])?.0 == 0)
+    })?;
+    let want = s.cri.sh(&app, "cat /big.md5")?;
+    let (_tmp, ck) = save_and_remove(s, &pod, &["/"])?;
+    let ck_text = ck.display().to_string();
+    let layer = layer_of(s, &ck, Some("app"), "/")?;
+    let hex = layer
+        .file_name()
+        .context("no layer name")?
+        .to_string_lossy()
+        .into_owned();
+
+    let (new, _) = seed_pod(s, &format!("{case}-new"), &[(ANNOTATION, &ck_text)])?;
+    let id = start(s, &new, "app", "exec sleep 100000", &[])?;
+    let pid = s.cri.container_pid(&id)?;
+    let top = top_lower(&format!("/proc/{pid}/mountinfo"), "/")?;
+    ensure!(
+        lazy_mount(&top)?.as_deref() == Some(format!("cryo-layer:{hex}").as_str()),
+        "the rootfs' top lower layer {top} is not the section's lazy layer"
+    );
+    ensure!(
+        !layer.exists(),
+        "the cache already holds the layer: the fill was not in the background (or too fast for this case)"
+    );
+    s.cri.remove_pod_fully(&new.id)?;
+    let log = std::fs::read_to_string(s.cd.dir.join("containerd.log"))?;
+    ensure!(
+        log.lines()
+            .any(|l| l.contains(&format!("cache fill of layer {hex} stopped: Cancelled"))),
+        "no stopped fill of layer {hex} logged"
+    );
+    ensure!(
+        !layer.exists(),
+        "a layer of the stopped fill is in the cache"
+    );
+    let left: Vec<String> = std::fs::read_dir(s.cd.layer_root())?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<_>>()?;
+    ensure!(
+        left.iter().all(|n| n.ends_with(".lock")),
+        "the stopped fill left {left:?} in the cache"
+    );
+    ensure!(
+        lazy_mount(&top)?.is_none() && !Path::new(&top).exists(),
+        "the lazy layer {top} is left"
+    );
+    ensure!(
+        !std::fs::read_to_string("/proc/self/mountinfo")?.contains(" fuse.cryo-layer "),
+        "a lazy layer is mounted"
+    );
+
+    // A second pod: lazy again (nothing was cached), the content is right, the fill finishes.
+    let (again, _) = seed_pod(s, &format!("{case}-again"), &[(ANNOTATION, &ck_text)])?;
+    let id = start(s, &again, "app", "exec sleep 100000", &[])?;
+    let got = s.cri.sh(&id, "md5sum /big")?;
+    ensure!(
+        got == want,
+        "the restored file reads {got:?}, saved {want:?}"
+    );
+    eventually("the second pod's fill completed", || Ok(layer.is_dir()))?;
     Ok(())
 }
