@@ -8,7 +8,8 @@ use anyhow::{ensure, Context, Result};
 use harness::cri;
 
 use super::{
-    create, cryo, eventually, mount_at, run_pod_with_uid, seed_pod, start, uid, Case, Pod, Suite,
+    create, cryo, eventually, mount_at, run_pod_with_uid, sandbox_bundle, seed_pod, shim_pids,
+    start, uid, Case, Pod, Suite,
 };
 
 pub(super) const CASES: &[(&str, Case)] = &[
@@ -43,6 +44,10 @@ pub(super) const CASES: &[(&str, Case)] = &[
     (
         "fs_restore_pod_removed_while_its_cache_fills",
         fs_restore_pod_removed_while_its_cache_fills,
+    ),
+    (
+        "fs_restore_killed_shim_leaves_no_lazy_layer",
+        fs_restore_killed_shim_leaves_no_lazy_layer,
     ),
 ];
 
@@ -184,7 +189,7 @@ fn fs_restore_of_the_seed_pod_into_new_pods(s: &Suite, case: &str) -> Result<()>
             "container {id}: the rootfs' top lower layer {top} is not a lazy layer"
         );
     }
-    let volume = super::sandbox_bundle(s, &one).join("volumes");
+    let volume = sandbox_bundle(s, &one).join("volumes");
     let pod_overlay = harness::leftovers::mounts_under(&volume);
     let pod_overlay = pod_overlay.first().context("no pod overlay mounted")?;
     let top = top_lower("/proc/self/mountinfo", &pod_overlay.display().to_string())?;
@@ -806,5 +811,57 @@ fn fs_restore_pod_removed_while_its_cache_fills(s: &Suite, case: &str) -> Result
         "the restored file reads {got:?}, saved {want:?}"
     );
     eventually("the second pod's fill completed", || Ok(layer.is_dir()))?;
+    Ok(())
+}
+
+/// A pod restored lazily (its rootfs and its share=pod volume on lazy layers) loses its shim
+/// (SIGKILL): the dead FUSE mounts only answer ENOTCONN; the shim's `delete` for each bundle
+/// unmounts them after the overlays that used them, so no mount is left and the bundles go.
+fn fs_restore_killed_shim_leaves_no_lazy_layer(s: &Suite, case: &str) -> Result<()> {
+    let (pod, dir) = seed_pod(s, case, &[])?;
+    let app = start(
+        s,
+        &pod,
+        "app",
+        &format!("echo {case} > /mine.txt && echo {case} > /workspace/mine.txt && exec sleep 100000"),
+        &[("/workspace", &dir)],
+    )?;
+    eventually("app wrote", || {
+        Ok(s.cri.exec_sync(&app, &["cat", "/workspace/mine.txt"])?.0 == 0)
+    })?;
+    let (_tmp, ck) = save_and_remove(s, &pod, &["/", "all-volumes"])?;
+    let ck_text = ck.display().to_string();
+    let (new, new_dir) = seed_pod(s, &format!("{case}-new"), &[(ANNOTATION, &ck_text)])?;
+    let id = start(s, &new, "app", "exec sleep 100000", &[("/workspace", &new_dir)])?;
+    let got = s.cri.sh(&id, "cat /mine.txt /workspace/mine.txt")?;
+    ensure!(got == format!("{case}\n{case}\n"), "the restored pod sees {got:?}");
+    let lazy = |dir: &Path| -> Result<Vec<PathBuf>> {
+        Ok(harness::leftovers::mounts_under(dir)
+            .into_iter()
+            .filter(|m| lazy_mount(&m.display().to_string()).is_ok_and(|l| l.is_some()))
+            .collect())
+    };
+    ensure!(
+        lazy(&s.cd.dir)?.len() == 2,
+        "want two lazy layers (rootfs, volume): {:?}",
+        lazy(&s.cd.dir)?
+    );
+    let shims = shim_pids(&new.id);
+    ensure!(shims.len() == 1, "shims serving the pod: {shims:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    eventually("the shim is gone", || {
+        Ok(!Path::new(&format!("/proc/{}", shims[0])).exists())
+    })?;
+    let _ = s.cri.stop_container(&id, 1);
+    s.cri.remove_pod_fully(&new.id)?;
+    eventually("no lazy layer is left", || Ok(lazy(&s.cd.dir)?.is_empty()))?;
+    ensure!(
+        !sandbox_bundle(s, &new).exists(),
+        "the sandbox bundle is left: {}",
+        sandbox_bundle(s, &new).display()
+    );
     Ok(())
 }
