@@ -380,53 +380,49 @@ impl PodRestore {
     /// every lazy layer left goes, unfinished cache fills are cancelled, and the sections no
     /// container used are logged.
     pub async fn container_removed(&self, id: &str) {
+        let Some(gone) = self.take(id) else {
+            return;
+        };
+        // Unmounting joins the serving threads; cancelling a fill waits for it.
+        let id = id.to_string();
+        if let Err(e) = tokio::task::spawn_blocking(move || gone.release()).await {
+            warn!("container {id}: lazy layers: {e}");
+        }
+    }
+
+    /// What goes with container `id` (see [`PodRestore::container_removed`]); the unused
+    /// sections are logged here. `None`: nothing to unmount or cancel.
+    fn take(&self, id: &str) -> Option<Gone> {
         let (lazies, ended) = {
             let mut known = self.lock();
             let lazies = known.lazy.remove(id).unwrap_or_default();
             let ended = (known.pod.as_deref() == Some(id)).then(|| std::mem::take(&mut *known));
             (lazies, ended)
         };
-        if let Some(c) = ended.as_ref().and_then(|k| k.checkpoint.as_ref()) {
-            for (i, s) in c.manifest.sections.iter().enumerate() {
-                if !ended.as_ref().is_some_and(|k| k.used.contains(&i)) {
-                    info!(
-                        "pod {id}: section {i} ({}) of {} matched no container of the pod: skipped",
-                        s.resource,
-                        c.dir.display()
-                    );
-                }
-            }
-        }
-        if lazies.is_empty()
-            && ended
-                .as_ref()
-                .is_none_or(|k| k.lazy.is_empty() && k.fills.is_empty())
-        {
-            return;
-        }
-        // Unmounting joins the serving threads; cancelling a fill waits for it.
-        let id = id.to_string();
-        let pod = id.clone();
-        let done = tokio::task::spawn_blocking(move || {
-            drop(lazies);
-            if let Some(mut k) = ended {
-                for (hex, filling) in k.fills.drain() {
-                    let unfinished = !filling.is_finished();
-                    let how = filling.cancel();
-                    if unfinished {
-                        info!("pod {pod}: cache fill of layer {hex} stopped: {how:?}");
+        if let Some(k) = &ended {
+            if let Some(c) = &k.checkpoint {
+                for (i, s) in c.manifest.sections.iter().enumerate() {
+                    if !k.used.contains(&i) {
+                        info!(
+                            "pod {id}: section {i} ({}) of {} matched no container of the pod: skipped",
+                            s.resource,
+                            c.dir.display()
+                        );
                     }
                 }
             }
-        })
-        .await;
-        if let Err(e) = done {
-            warn!("container {id}: lazy layers: {e}");
         }
+        let ended = ended.filter(|k| !k.lazy.is_empty() || !k.fills.is_empty());
+        (!lazies.is_empty() || ended.is_some()).then(|| Gone {
+            id: id.to_string(),
+            lazies,
+            ended,
+        })
     }
 
     /// Until [`Creating::created`]: a failed creation of container `id` unmounts the lazy
-    /// layers mounted for it (when dropped, on the runtime).
+    /// layers mounted for it (when dropped: before the failure is answered, so that the
+    /// bundle containerd removes next holds no mount).
     pub fn creating(self: &Arc<Self>, id: &str) -> Creating {
         Creating {
             pod: Some(self.clone()),
@@ -467,6 +463,34 @@ impl PodRestore {
     }
 }
 
+/// What goes with a container (or the pod).
+struct Gone {
+    id: String,
+    lazies: Vec<LazyLayer>,
+    /// The pod's state, when the container was the pod's own.
+    ended: Option<Known>,
+}
+
+impl Gone {
+    /// Unmount the lazy layers, cancel the unfinished fills. Blocking.
+    fn release(self) {
+        drop(self.lazies);
+        if let Some(mut k) = self.ended {
+            drop(std::mem::take(&mut k.lazy));
+            for (hex, filling) in k.fills.drain() {
+                let unfinished = !filling.is_finished();
+                let how = filling.cancel();
+                if unfinished {
+                    info!(
+                        "pod {}: cache fill of layer {hex} stopped: {how:?}",
+                        self.id
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// A container being created (see [`PodRestore::creating`]).
 pub struct Creating {
     pod: Option<Arc<PodRestore>>,
@@ -482,11 +506,10 @@ impl Creating {
 
 impl Drop for Creating {
     fn drop(&mut self) {
-        if let Some(pod) = self.pod.take() {
-            let id = std::mem::take(&mut self.id);
-            if let Ok(rt) = tokio::runtime::Handle::try_current() {
-                rt.spawn(async move { pod.container_removed(&id).await });
-            }
+        // A failure path: unmounting a few layers is brief, and must be done before the
+        // failure is answered.
+        if let Some(gone) = self.pod.take().and_then(|pod| pod.take(&self.id)) {
+            gone.release();
         }
     }
 }

@@ -49,6 +49,10 @@ pub(super) const CASES: &[(&str, Case)] = &[
         "fs_restore_killed_shim_leaves_no_lazy_layer",
         fs_restore_killed_shim_leaves_no_lazy_layer,
     ),
+    (
+        "fs_restore_failed_create_leaves_no_lazy_layer",
+        fs_restore_failed_create_leaves_no_lazy_layer,
+    ),
 ];
 
 /// Cases of this module that need containerd 2.x's CRI (ignored on 1.6 with the suite's reason).
@@ -823,7 +827,9 @@ fn fs_restore_killed_shim_leaves_no_lazy_layer(s: &Suite, case: &str) -> Result<
         s,
         &pod,
         "app",
-        &format!("echo {case} > /mine.txt && echo {case} > /workspace/mine.txt && exec sleep 100000"),
+        &format!(
+            "echo {case} > /mine.txt && echo {case} > /workspace/mine.txt && exec sleep 100000"
+        ),
         &[("/workspace", &dir)],
     )?;
     eventually("app wrote", || {
@@ -832,9 +838,18 @@ fn fs_restore_killed_shim_leaves_no_lazy_layer(s: &Suite, case: &str) -> Result<
     let (_tmp, ck) = save_and_remove(s, &pod, &["/", "all-volumes"])?;
     let ck_text = ck.display().to_string();
     let (new, new_dir) = seed_pod(s, &format!("{case}-new"), &[(ANNOTATION, &ck_text)])?;
-    let id = start(s, &new, "app", "exec sleep 100000", &[("/workspace", &new_dir)])?;
+    let id = start(
+        s,
+        &new,
+        "app",
+        "exec sleep 100000",
+        &[("/workspace", &new_dir)],
+    )?;
     let got = s.cri.sh(&id, "cat /mine.txt /workspace/mine.txt")?;
-    ensure!(got == format!("{case}\n{case}\n"), "the restored pod sees {got:?}");
+    ensure!(
+        got == format!("{case}\n{case}\n"),
+        "the restored pod sees {got:?}"
+    );
     let lazy = |dir: &Path| -> Result<Vec<PathBuf>> {
         Ok(harness::leftovers::mounts_under(dir)
             .into_iter()
@@ -862,6 +877,78 @@ fn fs_restore_killed_shim_leaves_no_lazy_layer(s: &Suite, case: &str) -> Result<
         !sandbox_bundle(s, &new).exists(),
         "the sandbox bundle is left: {}",
         sandbox_bundle(s, &new).display()
+    );
+    Ok(())
+}
+
+/// A container of a restored pod whose creation fails after its lazy layer was mounted (a
+/// bad per-container trigger annotation, refused after the rootfs is prepared): the error
+/// names the annotation, the shim itself unmounts the lazy layer (stopping its server) before
+/// the failure is answered, no mount is left and the task's bundle goes; a good container of
+/// the pod starts lazily afterwards.
+fn fs_restore_failed_create_leaves_no_lazy_layer(s: &Suite, case: &str) -> Result<()> {
+    let (pod, _) = seed_pod(s, case, &[])?;
+    let app = start(
+        s,
+        &pod,
+        "app",
+        &format!("echo {case} > /mine.txt && exec sleep 100000"),
+        &[],
+    )?;
+    eventually("app wrote", || {
+        Ok(s.cri.exec_sync(&app, &["cat", "/mine.txt"])?.0 == 0)
+    })?;
+    let (_tmp, ck) = save_and_remove(s, &pod, &["/"])?;
+    let ck_text = ck.display().to_string();
+    let (new, _) = seed_pod(s, &format!("{case}-new"), &[(ANNOTATION, &ck_text)])?;
+    let mut config = cri::container_config("app", "exec sleep 100000", &[]);
+    config.annotations = [("dev.cryo.fscheckpoint.enable", "on")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let id = s.cri.create_container(&new.id, config, &new.config)?;
+    let e = s
+        .cri
+        .start_container(&id)
+        .err()
+        .context("StartContainer with a bad trigger annotation succeeded")?;
+    let e = format!("{e:#}");
+    ensure!(e.contains("dev.cryo.fscheckpoint.enable"), "{e}");
+    let log = std::fs::read_to_string(s.cd.dir.join("containerd.log"))?;
+    ensure!(
+        log.lines()
+            .any(|l| l.contains(&format!("container {id}: section")) && l.contains("served lazily")),
+        "the failed container's layer was not served lazily"
+    );
+    // Released by the shim serving it (its threads and connection), not only detached by
+    // the `delete` containerd runs for the failed task's bundle.
+    ensure!(
+        log.lines().any(|l| l.contains("lazy layer at ")
+            && l.contains(&format!("/{id}/cryo-lazy/"))
+            && l.contains(" unmounted")),
+        "the shim did not unmount the failed container's lazy layer itself"
+    );
+    let bundle =
+        s.cd.dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(cri::K8S_NAMESPACE)
+            .join(&id);
+    let lazies: Vec<PathBuf> = harness::leftovers::mounts_under(&s.cd.dir)
+        .into_iter()
+        .filter(|m| lazy_mount(&m.display().to_string()).is_ok_and(|l| l.is_some()))
+        .collect();
+    ensure!(lazies.is_empty(), "lazy layers left: {lazies:?}");
+    ensure!(
+        !bundle.exists(),
+        "the task's bundle is left: {}",
+        bundle.display()
+    );
+    s.cri.remove_container(&id)?;
+    let good = start(s, &new, "app", "exec sleep 100000", &[])?;
+    let got = s.cri.sh(&good, "cat /mine.txt")?;
+    ensure!(
+        got == format!("{case}\n"),
+        "the restored container sees {got:?}"
     );
     Ok(())
 }
