@@ -299,6 +299,9 @@ fn fsnap_hex(checksum: &str) -> Option<&str> {
 #[derive(Default)]
 pub struct PodRestore {
     known: Mutex<Known>,
+    /// Held while a lazy layer is looked for and mounted, so that two containers racing for
+    /// one (a share=pod volume's) mount it once. Never taken with `known`'s lock held.
+    mounting: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -563,6 +566,7 @@ impl ContainerRestore {
             None => {
                 let at = bundle.join(LAZY_DIR).join(&hex);
                 check_layer_path(&at, &format!("bundle {}", bundle.display()))?;
+                let _one_at_a_time = lock(&self.pod.mounting);
                 if !self.pod.has_lazy(owner, &at) {
                     let lazy = self.lazy(index, &hex, &at).map_err(refuse)?;
                     self.pod.add_lazy(owner, lazy);
