@@ -740,21 +740,22 @@ fn fs_restore_fills_private_volumes(s: &Suite, case: &str) -> Result<()> {
     Ok(())
 }
 
-/// A pod restored from a checkpoint with a large rootfs section (256 MiB) starts on a lazy
-/// layer and reads the file through it while the cache fills in the background; the pod is
-/// removed before the fill finished: the fill is stopped (logged), the cache holds no layer
-/// and no partial extraction, no lazy mount is left and its mount point is gone. A second pod
-/// restored from the same checkpoint then starts lazily again, and its fill completes.
+/// A pod restored from a checkpoint with a large rootfs section (512 MiB) starts on a lazy
+/// layer while the cache fills in the background; it is removed before the fill finished:
+/// the fill is stopped (logged), the cache holds no layer and no partial extraction, its lazy
+/// mount is gone. A second pod restored while another extraction holds the section's lock (as
+/// a fill of another pod would) does not wait for it: it starts on a lazy layer and reads the
+/// file right. A third pod starts lazily again and its fill completes.
 fn fs_restore_pod_removed_while_its_cache_fills(s: &Suite, case: &str) -> Result<()> {
     let (pod, _) = seed_pod(s, case, &[])?;
     let app = start(
         s,
         &pod,
         "app",
-        "head -c 268435456 /dev/urandom > /big && md5sum /big > /big.md5 && exec sleep 100000",
+        "head -c 536870912 /dev/urandom > /big && md5sum /big > /big.md5 && exec sleep 100000",
         &[],
     )?;
-    eventually("app wrote 256 MiB", || {
+    eventually("app wrote 512 MiB", || {
         Ok(s.cri.exec_sync(&app, &["test", "-s", "/big.md5"])?.0 == 0)
     })?;
     let want = s.cri.sh(&app, "cat /big.md5")?;
@@ -766,15 +767,19 @@ fn fs_restore_pod_removed_while_its_cache_fills(s: &Suite, case: &str) -> Result
         .context("no layer name")?
         .to_string_lossy()
         .into_owned();
+    let lazy_top = |id: &str| -> Result<String> {
+        let pid = s.cri.container_pid(id)?;
+        let top = top_lower(&format!("/proc/{pid}/mountinfo"), "/")?;
+        ensure!(
+            lazy_mount(&top)?.as_deref() == Some(format!("cryo-layer:{hex}").as_str()),
+            "container {id}: the rootfs' top lower layer {top} is not the section's lazy layer"
+        );
+        Ok(top)
+    };
 
     let (new, _) = seed_pod(s, &format!("{case}-new"), &[(ANNOTATION, &ck_text)])?;
     let id = start(s, &new, "app", "exec sleep 100000", &[])?;
-    let pid = s.cri.container_pid(&id)?;
-    let top = top_lower(&format!("/proc/{pid}/mountinfo"), "/")?;
-    ensure!(
-        lazy_mount(&top)?.as_deref() == Some(format!("cryo-layer:{hex}").as_str()),
-        "the rootfs' top lower layer {top} is not the section's lazy layer"
-    );
+    let top = lazy_top(&id)?;
     ensure!(
         !layer.exists(),
         "the cache already holds the layer: the fill was not in the background (or too fast for this case)"
@@ -791,15 +796,18 @@ fn fs_restore_pod_removed_while_its_cache_fills(s: &Suite, case: &str) -> Result
         "a layer of the stopped fill is in the cache"
     );
     // Of this section, only the fill's lock may stay (other cases' layers share the cache).
-    let left: Vec<String> = std::fs::read_dir(s.cd.layer_root())?
-        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<std::io::Result<Vec<_>>>()?
-        .into_iter()
-        .filter(|n| n.contains(&hex) && *n != format!(".{hex}.lock"))
-        .collect();
+    let ours = || -> Result<Vec<String>> {
+        Ok(std::fs::read_dir(s.cd.layer_root())?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<std::io::Result<Vec<_>>>()?
+            .into_iter()
+            .filter(|n| n.contains(&hex) && *n != format!(".{hex}.lock"))
+            .collect())
+    };
     ensure!(
-        left.is_empty(),
-        "the stopped fill left {left:?} in the cache"
+        ours()?.is_empty(),
+        "the stopped fill left {:?} in the cache",
+        ours()?
     );
     ensure!(
         lazy_mount(&top)?.is_none() && !Path::new(&top).exists(),
@@ -810,15 +818,33 @@ fn fs_restore_pod_removed_while_its_cache_fills(s: &Suite, case: &str) -> Result
         "a lazy layer is mounted"
     );
 
-    // A second pod: lazy again (nothing was cached), the content is right, the fill finishes.
+    // Another extraction of the section holds its lock: a new pod does not wait for it.
+    let lock = std::fs::File::open(s.cd.layer_root().join(format!(".{hex}.lock")))?;
+    let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)?;
+    let (second, _) = seed_pod(s, &format!("{case}-second"), &[(ANNOTATION, &ck_text)])?;
+    let id2 = start(s, &second, "app", "exec sleep 100000", &[])?;
+    lazy_top(&id2)?;
+    let got = s.cri.sh(&id2, "md5sum /big")?;
+    ensure!(got == want, "the second pod reads {got:?}, saved {want:?}");
+    ensure!(
+        ours()?.is_empty(),
+        "an extraction ran under the held lock: {:?}",
+        ours()?
+    );
+    drop(lock);
+    s.cri.remove_pod_fully(&second.id)?;
+
+    // A third pod: lazy again (nothing was cached), the content is right, the fill finishes.
     let (again, _) = seed_pod(s, &format!("{case}-again"), &[(ANNOTATION, &ck_text)])?;
-    let id = start(s, &again, "app", "exec sleep 100000", &[])?;
-    let got = s.cri.sh(&id, "md5sum /big")?;
+    let id3 = start(s, &again, "app", "exec sleep 100000", &[])?;
+    lazy_top(&id3)?;
+    let got = s.cri.sh(&id3, "md5sum /big")?;
     ensure!(
         got == want,
         "the restored file reads {got:?}, saved {want:?}"
     );
-    eventually("the second pod's fill completed", || Ok(layer.is_dir()))?;
+    eventually("the third pod's fill completed", || Ok(layer.is_dir()))?;
     Ok(())
 }
 
