@@ -332,6 +332,25 @@ impl Channel {
     }
 }
 
+/// Detach whatever is mounted at `mountpoint`, however many times it was mounted over
+/// (lazily: a dead server's mount cannot be looked into, and a mount still in use goes once
+/// its users do).
+pub fn detach(mountpoint: &Path) {
+    for _ in 0..8 {
+        match nix::mount::umount2(
+            mountpoint,
+            nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+        ) {
+            Ok(()) => continue,
+            Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => return,
+            Err(e) => {
+                log::warn!("unmount {}: {e}", mountpoint.display());
+                return;
+            }
+        }
+    }
+}
+
 /// Attributes of a node (`struct fuse_attr`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Attr {

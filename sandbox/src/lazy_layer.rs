@@ -201,7 +201,7 @@ impl LazyLayer {
     pub fn unmount(self) {}
 
     fn shut_down(&mut self) {
-        detach(&self.mountpoint);
+        fuse::detach(&self.mountpoint);
         let one: u64 = 1;
         // SAFETY: write(2) of 8 bytes to our eventfd.
         unsafe {
@@ -231,28 +231,10 @@ impl Drop for LazyLayer {
     }
 }
 
-/// Detach whatever is mounted at `mountpoint` (lazily: a dead server's mount cannot be looked
-/// into), however many times it was mounted over.
-fn detach(mountpoint: &Path) {
-    for _ in 0..8 {
-        match nix::mount::umount2(
-            mountpoint,
-            nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
-        ) {
-            Ok(()) => continue,
-            Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => return,
-            Err(e) => {
-                log::warn!("unmount {}: {e}", mountpoint.display());
-                return;
-            }
-        }
-    }
-}
-
 /// What a process that served lazy layers left at `mountpoint` (it died): the mount goes
 /// (it only answers ENOTCONN), then the directory.
 pub fn cleanup(mountpoint: &Path) {
-    detach(mountpoint);
+    fuse::detach(mountpoint);
     match std::fs::remove_dir(mountpoint) {
         Ok(()) => log::info!("{}: removed a lazy layer mount point", mountpoint.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
