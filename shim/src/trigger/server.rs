@@ -197,7 +197,7 @@ mod tests {
         struct Unmount(std::path::PathBuf);
         impl Drop for Unmount {
             fn drop(&mut self) {
-                super::super::unmount_all(&self.0);
+                cryo_sandbox::fuse::detach(&self.0);
             }
         }
         let unmount = Unmount(mnt.clone());
