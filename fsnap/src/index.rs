@@ -334,8 +334,12 @@ impl Tree {
                 self.push(e.clone())
             }
             Kind::HardLink(target) => {
-                // Extraction removes the name before linking: a link to itself finds nothing.
-                let found = if *target == e.path {
+                // The name is removed before the link is made: a link to itself, or to
+                // something beneath the name it replaces, finds nothing.
+                let beneath = target
+                    .strip_prefix(e.path.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'));
+                let found = if *target == e.path || beneath {
                     None
                 } else {
                     match target.rsplit_once('/') {

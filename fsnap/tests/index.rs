@@ -597,3 +597,85 @@ fn duplicate_names_resolve_as_extraction_does() {
     assert_eq!(ix.len(), 5);
     assert_eq!(ix.node(ROOT).unwrap().nlink, 3);
 }
+
+/// Random sections from a small alphabet of names and every kind of entry, in any order
+/// (duplicates, links to anything, entries beneath files and symlinks, a file as the root):
+/// the index and an extraction accept exactly the same ones, with the same error, and what
+/// they accept is the same tree.
+#[test]
+fn random_sections_are_judged_alike_and_read_alike() {
+    require_root("extraction sets owners");
+    let mut seed = 0x2545F4914F6CDD1Du64;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let names = ["a", "b", "a/b", "a/c", "b/a", "a/b/c", ".", "c"];
+    let contents: [&'static [u8]; 3] = [b"", b"one", b"second content"];
+    let d = tmp();
+    let (mut accepted, mut refused) = (0, 0);
+    for round in 0..400 {
+        let mut entries = Vec::new();
+        for _ in 0..1 + rand(12) {
+            let name = names[rand(names.len() as u64) as usize];
+            let other = names[rand(names.len() as u64) as usize];
+            entries.push(match rand(9) {
+                0..=2 => file(name, contents[rand(3) as usize]),
+                3 | 4 => dir(name),
+                5 => link(name, b'2', other),
+                6 => link(name, b'1', other),
+                7 => (header(name, b'3', 0, "", (0, 0)), &b""[..]),
+                _ => (header(name, b'6', 0, "", (0, 0)), &b""[..]),
+            });
+        }
+        let (t, n) = tar(&entries);
+        let snap = d.path().join(format!("snap{round}"));
+        checkpoint_of_tar(&snap, &t, n);
+        let out = d.path().join(format!("out{round}"));
+        let index = build(&snap, &RestoreOptions::default());
+        let restored = restore_one(&snap, 0, &out);
+        match (index, restored) {
+            (Ok(ix), Ok(_)) => {
+                accepted += 1;
+                let (mut got, _) = describe_index(&ix);
+                let mut want = describe(&out);
+                for seen in got.values_mut().chain(want.values_mut()) {
+                    if seen.kind == "symlink" {
+                        seen.mode = 0; // always 0777 on disk, whatever the header says
+                    }
+                }
+                assert_eq!(
+                    got.keys().collect::<Vec<_>>(),
+                    want.keys().collect::<Vec<_>>(),
+                    "round {round}: names differ"
+                );
+                for (k, v) in &want {
+                    assert_eq!(&got[k], v, "round {round}: entry {k} differs");
+                }
+                std::fs::remove_dir_all(&out).unwrap();
+            }
+            (Err(i), Err(r)) => {
+                refused += 1;
+                let strip = |e: String| e.replace("section 0 (tmpfs /x), ", "");
+                assert_eq!(
+                    strip(i.to_string()),
+                    strip(r.to_string()),
+                    "round {round}: refused for different reasons"
+                );
+                assert!(!out.exists());
+            }
+            (i, r) => panic!(
+                "round {round}: index {:?} but extraction {:?}",
+                i.map(|_| ()),
+                r.map(|_| ())
+            ),
+        }
+        std::fs::remove_dir_all(&snap).unwrap();
+    }
+    assert!(
+        accepted > 30 && refused > 30,
+        "{accepted} accepted, {refused} refused"
+    );
+}
