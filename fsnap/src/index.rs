@@ -1,6 +1,6 @@
 //! The in-memory index of one section: one sequential pass over its bytes (headers parsed,
 //! every byte hashed, the checksum checked) builds the section's tree — every entry under the
-//! same rules as an extraction ([`crate::rules`]), with where each regular file's data lies in
+//! same rules as an extraction (`rules.rs`), with where each regular file's data lies in
 //! the data file — so the tree can be served in place (a read-only filesystem) without being
 //! extracted. Nothing is written anywhere.
 //!
