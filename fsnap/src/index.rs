@@ -320,6 +320,12 @@ impl Tree {
         if let Some((dir, _)) = e.path.rsplit_once('/') {
             self.dir(dir, true)?;
         }
+        // What the entry is may refuse it before what it replaces does (as extraction checks).
+        match &e.kind {
+            Kind::Symlink(t) => rules::check_name_bytes(t)?,
+            Kind::Char { .. } | Kind::Block { .. } => rules::check_device(e, opts)?,
+            _ => {}
+        }
         let old = self.paths.get(e.path.as_str()).copied();
         if let Some(old) = old {
             rules::check_replace(self.is_dir(old), e.kind == Kind::Dir)?;
@@ -354,12 +360,7 @@ impl Tree {
                 }
                 n
             }
-            Kind::Symlink(t) => {
-                rules::check_name_bytes(t)?;
-                self.push(e.clone())
-            }
-            Kind::Char { .. } | Kind::Block { .. } | Kind::Fifo => {
-                rules::check_device(e, opts)?;
+            Kind::Symlink(_) | Kind::Char { .. } | Kind::Block { .. } | Kind::Fifo => {
                 self.push(e.clone())
             }
             Kind::File => {

@@ -599,7 +599,8 @@ fn duplicate_names_resolve_as_extraction_does() {
 }
 
 /// Random sections from a small alphabet of names and every kind of entry, in any order
-/// (duplicates, links to anything, entries beneath files and symlinks, a file as the root):
+/// (duplicates, links to anything, entries beneath files and symlinks, a file as the root,
+/// device nodes with and without permission):
 /// the index and an extraction accept exactly the same ones, with the same error, and what
 /// they accept is the same tree.
 #[test]
@@ -626,7 +627,10 @@ fn random_sections_are_judged_alike_and_read_alike() {
                 3 | 4 => dir(name),
                 5 => link(name, b'2', other),
                 6 => link(name, b'1', other),
-                7 => (header(name, b'3', 0, "", (0, 0)), &b""[..]),
+                7 => {
+                    let dev = [(0, 0), (0, 0), (1, 3)][rand(3) as usize];
+                    (header(name, b'3', 0, "", dev), &b""[..])
+                }
                 _ => (header(name, b'6', 0, "", (0, 0)), &b""[..]),
             });
         }
@@ -634,8 +638,12 @@ fn random_sections_are_judged_alike_and_read_alike() {
         let snap = d.path().join(format!("snap{round}"));
         checkpoint_of_tar(&snap, &t, n);
         let out = d.path().join(format!("out{round}"));
-        let index = build(&snap, &RestoreOptions::default());
-        let restored = restore_one(&snap, 0, &out);
+        let opts = RestoreOptions {
+            allow_devices: rand(2) == 0,
+            ..Default::default()
+        };
+        let index = build(&snap, &opts);
+        let restored = fsnap::restore(&snap, &[(0, out.clone())], &opts, &Default::default());
         match (index, restored) {
             (Ok(ix), Ok(_)) => {
                 accepted += 1;
@@ -678,4 +686,37 @@ fn random_sections_are_judged_alike_and_read_alike() {
         accepted > 30 && refused > 30,
         "{accepted} accepted, {refused} refused"
     );
+}
+
+#[test]
+fn every_section_of_a_checkpoint_reads_from_its_own_range() {
+    let t = tmp();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(a.join("f"), vec![b'a'; 70_000]).unwrap();
+    std::fs::write(b.join("f"), vec![b'b'; 5000]).unwrap();
+    std::fs::write(b.join("g"), b"gee").unwrap();
+    let snap = t.path().join("snap");
+    let m = save(&[&a, &b], &snap).unwrap();
+    assert!(m.sections[1].tar_start > 0);
+    for (i, src) in [(0, &a), (1, &b)] {
+        let ix = SectionIndex::build(&snap, &m, i, &RestoreOptions::default()).unwrap();
+        for name in ["f", "g"] {
+            let want = std::fs::read(src.join(name)).ok();
+            let got = ix.lookup(ROOT, name).map(|id| {
+                let mut buf = vec![0u8; 100_000];
+                let n = ix.read_at(id, 0, &mut buf).unwrap();
+                buf.truncate(n);
+                buf
+            });
+            assert_eq!(got, want, "section {i}, {name}");
+        }
+        assert_eq!(
+            ix.checksum_hex(),
+            fsnap::manifest::checksum_hex(&m.sections[i].checksum).unwrap()
+        );
+    }
+    let e = SectionIndex::build(&snap, &m, 2, &RestoreOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("no section 2"), "{e}");
 }
