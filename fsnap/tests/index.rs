@@ -530,21 +530,7 @@ fn more_entries_than_an_index_holds_are_refused_unread() {
     // Sparse: nothing of it is ever read.
     let f = std::fs::File::create(snap.join(fsnap::manifest::DATA_FILE)).unwrap();
     f.set_len(len).unwrap();
-    fsnap::Manifest::new(
-        vec![fsnap::Section {
-            resource: source(Path::new("/x"), fsnap::ResourceKind::Tmpfs).resource,
-            tar_start: 0,
-            tar_end: len,
-            checksum: fsnap::manifest::checksum_text(&blake3::hash(b"")),
-            files,
-            logical_bytes: 0,
-            stored_bytes: 0,
-            layer: 0,
-        }],
-        len,
-    )
-    .write(&snap)
-    .unwrap();
+    write_one_section_manifest(&snap, len, files, &blake3::hash(b""));
     let started = std::time::Instant::now();
     let e = build(&snap, &RestoreOptions::default())
         .unwrap_err()
