@@ -12,7 +12,6 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::checkpoint_files::open_regular;
 use crate::error::{Error, Result};
 use crate::extract::RestoreOptions;
 use crate::manifest::{checksum_hex, Manifest};
@@ -73,13 +72,7 @@ impl SectionIndex {
         index: usize,
         opts: &RestoreOptions,
     ) -> Result<SectionIndex> {
-        let section = manifest.sections.get(index).ok_or_else(|| Error::Target {
-            path: dir.into(),
-            reason: format!(
-                "has {} sections; there is no section {index}",
-                manifest.sections.len()
-            ),
-        })?;
+        let section = manifest.section(dir, index)?;
         let fail = |reason: String| Error::Section {
             section: index,
             resource: section.resource.to_string(),
@@ -94,20 +87,7 @@ impl SectionIndex {
                 section.files
             )));
         }
-        let data_path = dir.join(&manifest.data_file);
-        let (data, size) = open_regular(&data_path).map_err(|why| Error::Manifest {
-            path: dir.join(crate::manifest::MANIFEST_FILE),
-            reason: format!("data file {}: {why}", data_path.display()),
-        })?;
-        if size != manifest.data_size {
-            return Err(Error::Manifest {
-                path: dir.join(crate::manifest::MANIFEST_FILE),
-                reason: format!(
-                    "data file {} is {size} bytes, the manifest says {} (truncated or replaced)",
-                    manifest.data_file, manifest.data_size
-                ),
-            });
-        }
+        let data = manifest.open_data(dir)?;
         let mut tree = Tree::new();
         read_section(&data, index, section, |e, r| {
             let start = section.tar_start + r.offset;
