@@ -4,6 +4,7 @@
 //! whiteouts need explicit permission. Small files are written by helper threads while the
 //! stream is parsed; directory metadata is applied last, deepest first.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
@@ -63,7 +64,9 @@ pub(crate) fn extract(
             scope.spawn(|| pool.work(&rx, index));
         }
         let mut parent_cache: Option<(String, Arc<OwnedFd>)> = None;
-        let result = read_section(data, index, &manifest.sections[index], |e, r| {
+        let mut seq = 0u64;
+        let mut each = |e: &Entry, r: &mut SectionReader| -> Result<()> {
+            seq += 1;
             let filtered = rules::filtered(e, opts);
             let e = filtered.as_ref().unwrap_or(e);
             let fail = |reason: String| Error::Entry {
@@ -84,6 +87,11 @@ pub(crate) fn extract(
                 })
                 .map_err(&fail)?;
                 let (dir, name) = e.path.rsplit_once('/').unwrap_or((".", e.path.as_str()));
+                if pool.is_pending(&e.path) {
+                    // A later file of one name replaces the earlier: one at a time.
+                    pool.drain();
+                    pool.check()?;
+                }
                 let parent = match &parent_cache {
                     Some((d, fd)) if d == dir => fd.clone(),
                     _ => {
@@ -105,6 +113,7 @@ pub(crate) fn extract(
                 pool.submit(
                     &tx,
                     Job {
+                        seq,
                         parent,
                         name: name.to_string(),
                         entry: e.clone(),
@@ -113,9 +122,15 @@ pub(crate) fn extract(
                 );
                 return Ok(());
             }
-            // Anything else may name or replace a file still being written: let them land (a
-            // directory only when a file of its name is among them).
-            if e.kind != Kind::Dir || pool.is_pending(&e.path) {
+            // Anything else may name or replace a file still being written: let them land (for
+            // a directory: when a file of its name is among them, or its parents are to be
+            // made, which a file still being written may be in the way of).
+            let parent_missing = || {
+                e.path
+                    .rsplit_once('/')
+                    .is_some_and(|(dir, _)| openat2(root.as_fd(), dir, dir_how()).is_err())
+            };
+            if e.kind != Kind::Dir || pool.is_pending(&e.path) || parent_missing() {
                 pool.drain();
                 pool.check()?;
             }
@@ -129,11 +144,16 @@ pub(crate) fn extract(
                 dirs.push(e.clone());
             }
             Ok(())
-        });
+        };
+        let result = read_section(data, index, &manifest.sections[index], &mut each);
         drop(tx);
         pool.drain();
-        result?;
-        pool.check()
+        // A file still being written when a later entry failed failed first: its error wins.
+        match (result, pool.check()) {
+            (Err(Error::Cancelled), _) => Err(Error::Cancelled),
+            (_, Err(earlier)) => Err(earlier),
+            (result, Ok(())) => result,
+        }
     })?;
     // Directory metadata last (creating entries changes mtimes), deepest first.
     let mut done = std::collections::HashSet::new();
@@ -152,6 +172,8 @@ const SMALL_FILE: u64 = 1 << 20;
 
 /// A small file for a writer thread.
 struct Job {
+    /// The entry's place in the section (the earliest failure is the one reported).
+    seq: u64,
     parent: Arc<OwnedFd>,
     name: String,
     entry: Entry,
@@ -162,15 +184,17 @@ struct Job {
 /// flight (at most the channel's capacity and one per thread), and the first failure.
 #[derive(Default)]
 struct Writers {
-    pending: Mutex<Vec<String>>,
+    pending: Mutex<HashMap<String, usize>>,
     idle: Condvar,
-    failed: Mutex<Option<Error>>,
+    /// The earliest entry that failed, and its error until [`Writers::check`] hands it out
+    /// (its place stays, so that later files are skipped and never reported instead).
+    failed: Mutex<Option<(u64, Option<Error>)>>,
 }
 
 impl Writers {
     fn submit(&self, tx: &SyncSender<Job>, job: Job) {
         let path = job.entry.path.clone();
-        lock(&self.pending).push(path.clone());
+        *lock(&self.pending).entry(path.clone()).or_default() += 1;
         if tx.send(job).is_err() {
             self.done(&path);
         }
@@ -179,8 +203,11 @@ impl Writers {
     /// Job `path` is finished.
     fn done(&self, path: &str) {
         let mut p = lock(&self.pending);
-        if let Some(i) = p.iter().position(|q| q == path) {
-            p.swap_remove(i);
+        if let Some(n) = p.get_mut(path) {
+            *n -= 1;
+            if *n == 0 {
+                p.remove(path);
+            }
         }
         if p.is_empty() {
             self.idle.notify_all();
@@ -189,7 +216,7 @@ impl Writers {
 
     /// Whether a file `path` is still to be written.
     fn is_pending(&self, path: &str) -> bool {
-        lock(&self.pending).iter().any(|q| q == path)
+        lock(&self.pending).contains_key(path)
     }
 
     fn work(&self, rx: &Mutex<Receiver<Job>>, section: usize) {
@@ -198,15 +225,24 @@ impl Writers {
                 Ok(j) => j,
                 Err(_) => return,
             };
-            if lock(&self.failed).is_none() {
+            let earlier_failed = lock(&self.failed)
+                .as_ref()
+                .is_some_and(|(seq, _)| *seq < job.seq);
+            if !earlier_failed {
                 if let Err(reason) =
                     write_small(job.parent.as_fd(), &job.name, &job.entry, &job.bytes)
                 {
-                    lock(&self.failed).get_or_insert(Error::Entry {
-                        section,
-                        entry: job.entry.path.clone(),
-                        reason,
-                    });
+                    let mut failed = lock(&self.failed);
+                    if failed.as_ref().is_none_or(|(seq, _)| job.seq < *seq) {
+                        *failed = Some((
+                            job.seq,
+                            Some(Error::Entry {
+                                section,
+                                entry: job.entry.path.clone(),
+                                reason,
+                            }),
+                        ));
+                    }
                 }
             }
             self.done(&job.entry.path);
@@ -223,7 +259,7 @@ impl Writers {
 
     /// The first failure of a writer thread, if any.
     fn check(&self) -> Result<()> {
-        match lock(&self.failed).take() {
+        match lock(&self.failed).as_mut().and_then(|(_, e)| e.take()) {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -282,12 +318,19 @@ fn apply(
         }
         Kind::HardLink(target) => {
             remove_existing(p, name)?;
-            let (tparent, tname) = parent_of(root, target)?;
+            // Resolved as it is now (never creating a directory): a link names an earlier
+            // entry, and not one beneath the name it replaces.
+            let (tdir, tname) = target.rsplit_once('/').unwrap_or((".", target.as_str()));
+            let tparent = match openat2(root, tdir, dir_how()) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) => return Err(rules::link_target_missing(target)),
+                Err(err) => return Err(escape_msg(root, tdir, err)),
+            };
             // No AT_SYMLINK_FOLLOW: a symlink target is linked itself, never followed.
-            linkat(tparent.as_fd(), tname.as_str(), p, name, AtFlags::empty()).map_err(|err| {
+            linkat(tparent.as_fd(), tname, p, name, AtFlags::empty()).map_err(|err| {
                 if err == Errno::ENOENT {
                     rules::link_target_missing(target)
-                } else if openat2(tparent.as_fd(), tname.as_str(), dir_how()).is_ok() {
+                } else if openat2(tparent.as_fd(), tname, dir_how()).is_ok() {
                     rules::link_target_dir(target)
                 } else {
                     format!("hard link to {target:?}: {err}")
@@ -415,7 +458,7 @@ fn parent_of(root: BorrowedFd, path: &str) -> Res<(OwnedFd, String)> {
     match openat2(root, dir, dir_how()) {
         Ok(fd) => return Ok((fd, name.to_string())),
         Err(Errno::ENOENT) => {}
-        Err(e) => return Err(escape_msg(dir, e)),
+        Err(e) => return Err(escape_msg(root, dir, e)),
     }
     // Create missing parents one component at a time, each beneath the root.
     let mut current = String::from(".");
@@ -432,14 +475,31 @@ fn parent_of(root: BorrowedFd, path: &str) -> Res<(OwnedFd, String)> {
                 mkdirat(p.as_fd(), n.as_str(), Mode::from_bits_truncate(0o755))
                     .map_err(|err| format!("mkdir {current}: {err}"))?;
             }
-            Err(e) => return Err(escape_msg(&current, e)),
+            Err(e) => return Err(escape_msg(root, &current, e)),
         }
     }
-    let fd = openat2(root, dir, dir_how()).map_err(|e| escape_msg(dir, e))?;
+    let fd = openat2(root, dir, dir_how()).map_err(|e| escape_msg(root, dir, e))?;
     Ok((fd, name.to_string()))
 }
 
-fn escape_msg(dir: &str, e: Errno) -> String {
+/// Why `dir` could not be opened as a directory (`e`): the first of its components that is a
+/// symlink or not a directory, named as [`rules`] names it.
+fn escape_msg(root: BorrowedFd, dir: &str, e: Errno) -> String {
+    if matches!(e, Errno::EXDEV | Errno::ELOOP | Errno::ENOTDIR) {
+        let mut current = String::new();
+        for comp in dir.split('/') {
+            if !current.is_empty() {
+                current.push('/');
+            }
+            current.push_str(comp);
+            match openat2(root, current.as_str(), dir_how()) {
+                Ok(_) => {}
+                Err(Errno::EXDEV | Errno::ELOOP) => return rules::beneath_symlink(&current),
+                Err(Errno::ENOTDIR) => return rules::beneath_non_dir(&current),
+                Err(_) => break,
+            }
+        }
+    }
     match e {
         Errno::EXDEV | Errno::ELOOP => rules::beneath_symlink(dir),
         Errno::ENOTDIR => rules::beneath_non_dir(dir),

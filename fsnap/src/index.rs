@@ -1,6 +1,6 @@
 //! The in-memory index of one section: one sequential pass over its bytes (headers parsed,
 //! every byte hashed, the checksum checked) builds the section's tree — every entry under the
-//! same rules as an extraction ([`crate::rules`]), with where each regular file's data lies in
+//! same rules as an extraction (`rules.rs`), with where each regular file's data lies in
 //! the data file — so the tree can be served in place (a read-only filesystem) without being
 //! extracted. Nothing is written anywhere.
 //!
@@ -12,7 +12,6 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::checkpoint_files::open_regular;
 use crate::error::{Error, Result};
 use crate::extract::RestoreOptions;
 use crate::manifest::{checksum_hex, Manifest};
@@ -73,13 +72,7 @@ impl SectionIndex {
         index: usize,
         opts: &RestoreOptions,
     ) -> Result<SectionIndex> {
-        let section = manifest.sections.get(index).ok_or_else(|| Error::Target {
-            path: dir.into(),
-            reason: format!(
-                "has {} sections; there is no section {index}",
-                manifest.sections.len()
-            ),
-        })?;
+        let section = manifest.section(dir, index)?;
         let fail = |reason: String| Error::Section {
             section: index,
             resource: section.resource.to_string(),
@@ -94,20 +87,7 @@ impl SectionIndex {
                 section.files
             )));
         }
-        let data_path = dir.join(&manifest.data_file);
-        let (data, size) = open_regular(&data_path).map_err(|why| Error::Manifest {
-            path: dir.join(crate::manifest::MANIFEST_FILE),
-            reason: format!("data file {}: {why}", data_path.display()),
-        })?;
-        if size != manifest.data_size {
-            return Err(Error::Manifest {
-                path: dir.join(crate::manifest::MANIFEST_FILE),
-                reason: format!(
-                    "data file {} is {size} bytes, the manifest says {} (truncated or replaced)",
-                    manifest.data_file, manifest.data_size
-                ),
-            });
-        }
+        let data = manifest.open_data(dir)?;
         let mut tree = Tree::new();
         read_section(&data, index, section, |e, r| {
             let start = section.tar_start + r.offset;
@@ -320,6 +300,12 @@ impl Tree {
         if let Some((dir, _)) = e.path.rsplit_once('/') {
             self.dir(dir, true)?;
         }
+        // What the entry is may refuse it before what it replaces does (as extraction checks).
+        match &e.kind {
+            Kind::Symlink(t) => rules::check_name_bytes(t)?,
+            Kind::Char { .. } | Kind::Block { .. } => rules::check_device(e, opts)?,
+            _ => {}
+        }
         let old = self.paths.get(e.path.as_str()).copied();
         if let Some(old) = old {
             rules::check_replace(self.is_dir(old), e.kind == Kind::Dir)?;
@@ -334,8 +320,12 @@ impl Tree {
                 self.push(e.clone())
             }
             Kind::HardLink(target) => {
-                // Extraction removes the name before linking: a link to itself finds nothing.
-                let found = if *target == e.path {
+                // The name is removed before the link is made: a link to itself, or to
+                // something beneath the name it replaces, finds nothing.
+                let beneath = target
+                    .strip_prefix(e.path.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'));
+                let found = if *target == e.path || beneath {
                     None
                 } else {
                     match target.rsplit_once('/') {
@@ -350,12 +340,7 @@ impl Tree {
                 }
                 n
             }
-            Kind::Symlink(t) => {
-                rules::check_name_bytes(t)?;
-                self.push(e.clone())
-            }
-            Kind::Char { .. } | Kind::Block { .. } | Kind::Fifo => {
-                rules::check_device(e, opts)?;
+            Kind::Symlink(_) | Kind::Char { .. } | Kind::Block { .. } | Kind::Fifo => {
                 self.push(e.clone())
             }
             Kind::File => {

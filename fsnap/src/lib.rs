@@ -40,6 +40,10 @@
 //! directory beside its target with every name resolved beneath it (openat2
 //! `RESOLVE_BENEATH`), checks the checksum in the same pass, and moves the result into the
 //! target only when it verified.
+//!
+//! A section can also be read in place, without extracting it: [`index::SectionIndex`] builds
+//! its tree in memory in one pass (the same rules as extraction, from `rules.rs`, and the
+//! checksum checked) and reads each file's data from the data file where it lies.
 
 mod checkpoint_files;
 mod destination;

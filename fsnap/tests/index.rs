@@ -530,21 +530,7 @@ fn more_entries_than_an_index_holds_are_refused_unread() {
     // Sparse: nothing of it is ever read.
     let f = std::fs::File::create(snap.join(fsnap::manifest::DATA_FILE)).unwrap();
     f.set_len(len).unwrap();
-    fsnap::Manifest::new(
-        vec![fsnap::Section {
-            resource: source(Path::new("/x"), fsnap::ResourceKind::Tmpfs).resource,
-            tar_start: 0,
-            tar_end: len,
-            checksum: fsnap::manifest::checksum_text(&blake3::hash(b"")),
-            files,
-            logical_bytes: 0,
-            stored_bytes: 0,
-            layer: 0,
-        }],
-        len,
-    )
-    .write(&snap)
-    .unwrap();
+    write_one_section_manifest(&snap, len, files, &blake3::hash(b""));
     let started = std::time::Instant::now();
     let e = build(&snap, &RestoreOptions::default())
         .unwrap_err()
@@ -596,4 +582,127 @@ fn duplicate_names_resolve_as_extraction_does() {
     // Nothing unreachable is numbered: ., f, h, d, d/x.
     assert_eq!(ix.len(), 5);
     assert_eq!(ix.node(ROOT).unwrap().nlink, 3);
+}
+
+/// Random sections from a small alphabet of names and every kind of entry, in any order
+/// (duplicates, links to anything, entries beneath files and symlinks, a file as the root,
+/// device nodes with and without permission):
+/// the index and an extraction accept exactly the same ones, with the same error, and what
+/// they accept is the same tree.
+#[test]
+fn random_sections_are_judged_alike_and_read_alike() {
+    require_root("extraction sets owners");
+    let mut seed = 0x2545F4914F6CDD1Du64;
+    let mut rand = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let names = ["a", "b", "a/b", "a/c", "b/a", "a/b/c", ".", "c"];
+    let contents: [&'static [u8]; 3] = [b"", b"one", b"second content"];
+    let d = tmp();
+    let (mut accepted, mut refused) = (0, 0);
+    for round in 0..400 {
+        let mut entries = Vec::new();
+        for _ in 0..1 + rand(12) {
+            let name = names[rand(names.len() as u64) as usize];
+            let other = names[rand(names.len() as u64) as usize];
+            entries.push(match rand(9) {
+                0..=2 => file(name, contents[rand(3) as usize]),
+                3 | 4 => dir(name),
+                5 => link(name, b'2', other),
+                6 => link(name, b'1', other),
+                7 => {
+                    let dev = [(0, 0), (0, 0), (1, 3)][rand(3) as usize];
+                    (header(name, b'3', 0, "", dev), &b""[..])
+                }
+                _ => (header(name, b'6', 0, "", (0, 0)), &b""[..]),
+            });
+        }
+        let (t, n) = tar(&entries);
+        let snap = d.path().join(format!("snap{round}"));
+        checkpoint_of_tar(&snap, &t, n);
+        let out = d.path().join(format!("out{round}"));
+        let opts = RestoreOptions {
+            allow_devices: rand(2) == 0,
+            ..Default::default()
+        };
+        let index = build(&snap, &opts);
+        let restored = fsnap::restore(&snap, &[(0, out.clone())], &opts, &Default::default());
+        match (index, restored) {
+            (Ok(ix), Ok(_)) => {
+                accepted += 1;
+                let (mut got, _) = describe_index(&ix);
+                let mut want = describe(&out);
+                for seen in got.values_mut().chain(want.values_mut()) {
+                    if seen.kind == "symlink" {
+                        seen.mode = 0; // always 0777 on disk, whatever the header says
+                    }
+                }
+                assert_eq!(
+                    got.keys().collect::<Vec<_>>(),
+                    want.keys().collect::<Vec<_>>(),
+                    "round {round}: names differ"
+                );
+                for (k, v) in &want {
+                    assert_eq!(&got[k], v, "round {round}: entry {k} differs");
+                }
+                std::fs::remove_dir_all(&out).unwrap();
+            }
+            (Err(i), Err(r)) => {
+                refused += 1;
+                let strip = |e: String| e.replace("section 0 (tmpfs /x), ", "");
+                assert_eq!(
+                    strip(i.to_string()),
+                    strip(r.to_string()),
+                    "round {round}: refused for different reasons"
+                );
+                assert!(!out.exists());
+            }
+            (i, r) => panic!(
+                "round {round}: index {:?} but extraction {:?}",
+                i.map(|_| ()),
+                r.map(|_| ())
+            ),
+        }
+        std::fs::remove_dir_all(&snap).unwrap();
+    }
+    assert!(
+        accepted > 30 && refused > 30,
+        "{accepted} accepted, {refused} refused"
+    );
+}
+
+#[test]
+fn every_section_of_a_checkpoint_reads_from_its_own_range() {
+    let t = tmp();
+    let (a, b) = (t.path().join("a"), t.path().join("b"));
+    std::fs::create_dir_all(&a).unwrap();
+    std::fs::create_dir_all(&b).unwrap();
+    std::fs::write(a.join("f"), vec![b'a'; 70_000]).unwrap();
+    std::fs::write(b.join("f"), vec![b'b'; 5000]).unwrap();
+    std::fs::write(b.join("g"), b"gee").unwrap();
+    let snap = t.path().join("snap");
+    let m = save(&[&a, &b], &snap).unwrap();
+    assert!(m.sections[1].tar_start > 0);
+    for (i, src) in [(0, &a), (1, &b)] {
+        let ix = SectionIndex::build(&snap, &m, i, &RestoreOptions::default()).unwrap();
+        for name in ["f", "g"] {
+            let want = std::fs::read(src.join(name)).ok();
+            let got = ix.lookup(ROOT, name).map(|id| {
+                let mut buf = vec![0u8; 100_000];
+                let n = ix.read_at(id, 0, &mut buf).unwrap();
+                buf.truncate(n);
+                buf
+            });
+            assert_eq!(got, want, "section {i}, {name}");
+        }
+        assert_eq!(
+            ix.checksum_hex(),
+            fsnap::manifest::checksum_hex(&m.sections[i].checksum).unwrap()
+        );
+    }
+    let e = SectionIndex::build(&snap, &m, 2, &RestoreOptions::default()).unwrap_err();
+    assert!(e.to_string().contains("no section 2"), "{e}");
 }

@@ -116,7 +116,7 @@ impl LayerCache {
     }
 
     /// Extract section `index` of the checkpoint in `checkpoint` into the cache on a
-    /// background thread at idle I/O and CPU priority, as [`LayerCache::layer`] does (same
+    /// background thread at idle I/O priority and nice 19, as [`LayerCache::layer`] does (same
     /// lock, same partial/rename protocol) — unless the layer is already there or another
     /// extraction of it holds its lock (then it does nothing). Failures are logged naming the
     /// section. Dropping the returned handle, or [`Filling::cancel`], stops the extraction and
@@ -417,7 +417,9 @@ impl FillJob {
 }
 
 /// The calling thread (and the threads it starts, which inherit both) at idle I/O priority
-/// and idle CPU scheduling, so a fill never competes with the pods it serves. Best effort.
+/// and the lowest CPU priority (nice 19), so a fill yields to the pods it serves. Not
+/// SCHED_IDLE: a cancelled fill must still get the CPU to notice and clean up promptly, as
+/// whoever cancels it waits for that. Best effort.
 fn lower_priority() {
     const IOPRIO_WHO_PROCESS: libc::c_int = 1;
     const IOPRIO_CLASS_IDLE: libc::c_int = 3;
@@ -437,13 +439,10 @@ fn lower_priority() {
             std::io::Error::last_os_error()
         );
     }
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler on the calling thread (pid 0) with a valid parameter.
-    if unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } != 0 {
-        log::debug!(
-            "layer cache: SCHED_IDLE: {}",
-            std::io::Error::last_os_error()
-        );
+    // SAFETY: setpriority of the calling thread (its tid; on Linux a nice value is per thread).
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+    if rc != 0 {
+        log::debug!("layer cache: nice 19: {}", std::io::Error::last_os_error());
     }
 }
 
@@ -768,16 +767,25 @@ mod tests {
 
     #[test]
     fn a_fill_runs_at_idle_priority() {
-        let (io, cpu) = std::thread::spawn(|| {
+        // The I/O class and nice value of the calling thread.
+        fn priority() -> (i64, i32) {
+            // SAFETY: ioprio_get and getpriority of the calling thread.
+            unsafe {
+                (
+                    libc::syscall(libc::SYS_ioprio_get, 1, 0) >> 13,
+                    libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t),
+                )
+            }
+        }
+        let (fill, helper) = std::thread::spawn(|| {
             lower_priority();
-            // SAFETY: ioprio_get / sched_getscheduler of the calling thread.
-            let io = unsafe { libc::syscall(libc::SYS_ioprio_get, 1, 0) };
-            let cpu = unsafe { libc::sched_getscheduler(0) };
-            (io, cpu)
+            let helper = std::thread::spawn(priority).join().unwrap();
+            (priority(), helper)
         })
         .join()
         .unwrap();
-        assert_eq!(io >> 13, 3, "I/O class idle (ioprio {io:#x})");
-        assert_eq!(cpu, libc::SCHED_IDLE);
+        assert_eq!(fill, (3, 19), "the fill: I/O class idle, nice 19");
+        assert_eq!(helper, (3, 19), "a thread the fill starts inherits both");
+        assert_ne!(priority(), (3, 19), "only the fill's threads are lowered");
     }
 }

@@ -341,18 +341,24 @@ pub fn file(name: &str, content: &'static [u8]) -> ([u8; 512], &'static [u8]) {
 pub fn checkpoint_of_tar(snap: &Path, tar: &[u8], files: u64) {
     std::fs::create_dir_all(snap).unwrap();
     std::fs::write(snap.join(fsnap::manifest::DATA_FILE), tar).unwrap();
+    write_one_section_manifest(snap, tar.len() as u64, files, &blake3::hash(tar));
+}
+
+/// Write the manifest of a checkpoint in `snap` whose data file is one section of `len` bytes
+/// holding `files` entries, with checksum `hash`.
+pub fn write_one_section_manifest(snap: &Path, len: u64, files: u64, hash: &blake3::Hash) {
     fsnap::Manifest::new(
         vec![fsnap::Section {
             resource: source(Path::new("/x"), ResourceKind::Tmpfs).resource,
             tar_start: 0,
-            tar_end: tar.len() as u64,
-            checksum: fsnap::manifest::checksum_text(&blake3::hash(tar)),
+            tar_end: len,
+            checksum: fsnap::manifest::checksum_text(hash),
             files,
             logical_bytes: 0,
             stored_bytes: 0,
             layer: 0,
         }],
-        tar.len() as u64,
+        len,
     )
     .write(snap)
     .unwrap();
