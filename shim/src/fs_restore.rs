@@ -213,8 +213,9 @@ fn resolve(dir: &Path) -> std::result::Result<PathBuf, String> {
 }
 
 /// For `cryo fscheckpoint`: the sections `what` (a rootfs or share=pod volume, saved through
-/// its overlay's upper directory `upper`) stands on, bottom first — the layers of the cache at
-/// the top of its overlay's lower directories, each found among the sections of the checkpoint
+/// its overlay's upper directory `upper`) stands on, bottom first — the section layers (of the
+/// cache, or lazy layers: both named by the section's checksum) at the top of its overlay's
+/// lower directories, each found among the sections of the checkpoint
 /// the pod was restored from (`restore`), so that the save copies them beneath the upper
 /// (empty when the overlay has no cached layer). What cannot be saved whole is refused by
 /// name: a cached layer that is not a section of the pod's checkpoint, or one below a layer
