@@ -35,6 +35,9 @@ pub enum Error {
     /// A file or directory being saved could not be read, or changed during the save.
     #[error("source {path}: {reason}")]
     Source { path: PathBuf, reason: String },
+    /// The caller stopped the work (see [`crate::Progress::cancel`]).
+    #[error("cancelled")]
+    Cancelled,
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -4,6 +4,7 @@
 //! whiteouts need explicit permission. Small files are written by helper threads while the
 //! stream is parsed; directory metadata is applied last, deepest first.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
@@ -25,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::manifest::Manifest;
 use crate::pool::helpers;
 use crate::progress::Progress;
+use crate::rules::{self, check_name_bytes, Res};
 use crate::section::{read_section, SectionReader};
 use crate::tar::{Entry, Kind};
 use crate::xattr;
@@ -39,23 +41,6 @@ pub struct RestoreOptions {
     /// a lower layer; every other `trusted.overlay.*` attribute (redirect, metacopy, origin,
     /// ...) is dropped, so a checkpoint cannot steer overlayfs's lookups in the layers below.
     pub overlay_layer: bool,
-}
-
-/// The overlayfs attribute an overlay layer keeps (with the value `y`).
-const OPAQUE: &str = "trusted.overlay.opaque";
-
-/// `e` with the `trusted.overlay.*` attributes an overlay layer does not keep removed (see
-/// [`RestoreOptions::overlay_layer`]); `None` when there are none to remove.
-fn overlay_layer_entry(e: &Entry) -> Option<Entry> {
-    let keep = |(k, v): &(String, Vec<u8>)| {
-        !k.starts_with("trusted.overlay.") || (k == OPAQUE && v.as_slice() == b"y")
-    };
-    if e.xattrs.iter().all(keep) {
-        return None;
-    }
-    let mut kept = e.clone();
-    kept.xattrs.retain(keep);
-    Some(kept)
 }
 
 /// Extract section `index` of `data` into the empty directory `dir`.
@@ -79,8 +64,10 @@ pub(crate) fn extract(
             scope.spawn(|| pool.work(&rx, index));
         }
         let mut parent_cache: Option<(String, Arc<OwnedFd>)> = None;
-        let result = read_section(data, index, &manifest.sections[index], |e, r| {
-            let filtered = opts.overlay_layer.then(|| overlay_layer_entry(e)).flatten();
+        let mut seq = 0u64;
+        let mut each = |e: &Entry, r: &mut SectionReader| -> Result<()> {
+            seq += 1;
+            let filtered = rules::filtered(e, opts);
             let e = filtered.as_ref().unwrap_or(e);
             let fail = |reason: String| Error::Entry {
                 section: index,
@@ -88,6 +75,9 @@ pub(crate) fn extract(
                 reason,
             };
             pool.check()?;
+            if progress.cancelled() {
+                return Err(Error::Cancelled);
+            }
             if e.kind == Kind::File && e.sparse.is_none() && e.size <= SMALL_FILE && e.path != "." {
                 // Small files: read here, create on a writer thread.
                 let mut bytes = Vec::with_capacity(e.size as usize);
@@ -97,9 +87,20 @@ pub(crate) fn extract(
                 })
                 .map_err(&fail)?;
                 let (dir, name) = e.path.rsplit_once('/').unwrap_or((".", e.path.as_str()));
+                if pool.is_pending(&e.path) {
+                    // A later file of one name replaces the earlier: one at a time.
+                    pool.drain();
+                    pool.check()?;
+                }
                 let parent = match &parent_cache {
                     Some((d, fd)) if d == dir => fd.clone(),
                     _ => {
+                        if openat2(root.as_fd(), dir, dir_how()).is_err() {
+                            // Parents are about to be made (or refused): a small file of that
+                            // name still being written must land first.
+                            pool.drain();
+                            pool.check()?;
+                        }
                         let (fd, _) = parent_of(root.as_fd(), &e.path).map_err(&fail)?;
                         let fd = Arc::new(fd);
                         parent_cache = Some((dir.to_string(), fd.clone()));
@@ -112,6 +113,7 @@ pub(crate) fn extract(
                 pool.submit(
                     &tx,
                     Job {
+                        seq,
                         parent,
                         name: name.to_string(),
                         entry: e.clone(),
@@ -120,24 +122,42 @@ pub(crate) fn extract(
                 );
                 return Ok(());
             }
-            // Anything else may name or replace a file still being written: let them land.
-            if e.kind != Kind::Dir {
+            // Anything else may name or replace a file still being written: let them land (for
+            // a directory: when a file of its name is among them, or its parents are to be
+            // made, which a file still being written may be in the way of).
+            let parent_missing = || {
+                e.path
+                    .rsplit_once('/')
+                    .is_some_and(|(dir, _)| openat2(root.as_fd(), dir, dir_how()).is_err())
+            };
+            if e.kind != Kind::Dir || pool.is_pending(&e.path) || parent_missing() {
                 pool.drain();
                 pool.check()?;
             }
-            apply(root.as_fd(), e, r, opts, progress).map_err(fail)?;
+            apply(root.as_fd(), e, r, opts, progress).map_err(|reason| {
+                match progress.cancelled() {
+                    true => Error::Cancelled,
+                    false => fail(reason),
+                }
+            })?;
             if e.kind == Kind::Dir {
                 dirs.push(e.clone());
             }
             Ok(())
-        });
+        };
+        let result = read_section(data, index, &manifest.sections[index], &mut each);
         drop(tx);
         pool.drain();
-        result?;
-        pool.check()
+        // A file still being written when a later entry failed failed first: its error wins.
+        match (result, pool.check()) {
+            (Err(Error::Cancelled), _) => Err(Error::Cancelled),
+            (_, Err(earlier)) => Err(earlier),
+            (result, Ok(())) => result,
+        }
     })?;
     // Directory metadata last (creating entries changes mtimes), deepest first.
-    for e in dirs.iter().rev() {
+    let mut done = std::collections::HashSet::new();
+    for e in dirs.iter().rev().filter(|e| done.insert(e.path.as_str())) {
         finish_dir(root.as_fd(), e).map_err(|reason| Error::Entry {
             section: index,
             entry: e.path.clone(),
@@ -147,34 +167,56 @@ pub(crate) fn extract(
     Ok(())
 }
 
-type Res<T> = std::result::Result<T, String>;
-
 /// Files up to this size are read from the stream and written by the writer threads.
 const SMALL_FILE: u64 = 1 << 20;
 
 /// A small file for a writer thread.
 struct Job {
+    /// The entry's place in the section (the earliest failure is the one reported).
+    seq: u64,
     parent: Arc<OwnedFd>,
     name: String,
     entry: Entry,
     bytes: Vec<u8>,
 }
 
-/// Writer threads creating small files while the stream is parsed: jobs in flight, and the
-/// first failure.
+/// Writer threads creating small files while the stream is parsed: the paths of the jobs in
+/// flight (at most the channel's capacity and one per thread), and the first failure.
 #[derive(Default)]
 struct Writers {
-    pending: Mutex<usize>,
+    pending: Mutex<HashMap<String, usize>>,
     idle: Condvar,
-    failed: Mutex<Option<Error>>,
+    /// The earliest entry that failed, and its error until [`Writers::check`] hands it out
+    /// (its place stays, so that later files are skipped and never reported instead).
+    failed: Mutex<Option<(u64, Option<Error>)>>,
 }
 
 impl Writers {
     fn submit(&self, tx: &SyncSender<Job>, job: Job) {
-        *lock(&self.pending) += 1;
+        let path = job.entry.path.clone();
+        *lock(&self.pending).entry(path.clone()).or_default() += 1;
         if tx.send(job).is_err() {
-            *lock(&self.pending) -= 1;
+            self.done(&path);
         }
+    }
+
+    /// Job `path` is finished.
+    fn done(&self, path: &str) {
+        let mut p = lock(&self.pending);
+        if let Some(n) = p.get_mut(path) {
+            *n -= 1;
+            if *n == 0 {
+                p.remove(path);
+            }
+        }
+        if p.is_empty() {
+            self.idle.notify_all();
+        }
+    }
+
+    /// Whether a file `path` is still to be written.
+    fn is_pending(&self, path: &str) -> bool {
+        lock(&self.pending).contains_key(path)
     }
 
     fn work(&self, rx: &Mutex<Receiver<Job>>, section: usize) {
@@ -183,36 +225,41 @@ impl Writers {
                 Ok(j) => j,
                 Err(_) => return,
             };
-            if lock(&self.failed).is_none() {
+            let earlier_failed = lock(&self.failed)
+                .as_ref()
+                .is_some_and(|(seq, _)| *seq < job.seq);
+            if !earlier_failed {
                 if let Err(reason) =
                     write_small(job.parent.as_fd(), &job.name, &job.entry, &job.bytes)
                 {
-                    lock(&self.failed).get_or_insert(Error::Entry {
-                        section,
-                        entry: job.entry.path.clone(),
-                        reason,
-                    });
+                    let mut failed = lock(&self.failed);
+                    if failed.as_ref().is_none_or(|(seq, _)| job.seq < *seq) {
+                        *failed = Some((
+                            job.seq,
+                            Some(Error::Entry {
+                                section,
+                                entry: job.entry.path.clone(),
+                                reason,
+                            }),
+                        ));
+                    }
                 }
             }
-            let mut p = lock(&self.pending);
-            *p -= 1;
-            if *p == 0 {
-                self.idle.notify_all();
-            }
+            self.done(&job.entry.path);
         }
     }
 
     /// Wait until every submitted file is written.
     fn drain(&self) {
         let mut p = lock(&self.pending);
-        while *p > 0 {
+        while !p.is_empty() {
             p = self.idle.wait(p).unwrap_or_else(|e| e.into_inner());
         }
     }
 
     /// The first failure of a writer thread, if any.
     fn check(&self) -> Result<()> {
-        match lock(&self.failed).take() {
+        match lock(&self.failed).as_mut().and_then(|(_, e)| e.take()) {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -232,10 +279,7 @@ fn apply(
     progress: &Progress,
 ) -> Res<()> {
     if e.path == "." {
-        return match e.kind {
-            Kind::Dir => Ok(()),
-            _ => Err("the section's root must be a directory".into()),
-        };
+        return rules::check_root(e);
     }
     check_name_bytes(&e.path)?;
     let (parent, name) = parent_of(root, &e.path)?;
@@ -244,15 +288,19 @@ fn apply(
     match &e.kind {
         Kind::Dir => {
             if let Err(err) = mkdirat(p, name, Mode::from_bits_truncate(0o700)) {
-                let is_dir = openat2(p, name, dir_how()).is_ok();
-                if err != Errno::EEXIST || !is_dir {
+                if err != Errno::EEXIST {
                     return Err(format!("mkdir: {err}"));
                 }
+                let is_dir = openat2(p, name, dir_how()).is_ok();
+                rules::check_replace(is_dir, true)?;
             }
         }
         Kind::File => {
             let f = create_file(p, name)?;
             r.content(|off, bytes| {
+                if progress.cancelled() {
+                    return Err(std::io::Error::other("cancelled"));
+                }
                 f.write_all_at(bytes, off)?;
                 progress
                     .bytes
@@ -270,10 +318,24 @@ fn apply(
         }
         Kind::HardLink(target) => {
             remove_existing(p, name)?;
-            let (tparent, tname) = parent_of(root, target)?;
+            // Resolved as it is now (never creating a directory): a link names an earlier
+            // entry, and not one beneath the name it replaces.
+            let (tdir, tname) = target.rsplit_once('/').unwrap_or((".", target.as_str()));
+            let tparent = match openat2(root, tdir, dir_how()) {
+                Ok(fd) => fd,
+                Err(Errno::ENOENT) => return Err(rules::link_target_missing(target)),
+                Err(err) => return Err(escape_msg(root, tdir, err)),
+            };
             // No AT_SYMLINK_FOLLOW: a symlink target is linked itself, never followed.
-            linkat(tparent.as_fd(), tname.as_str(), p, name, AtFlags::empty())
-                .map_err(|err| format!("hard link to {target:?}: {err}"))?;
+            linkat(tparent.as_fd(), tname, p, name, AtFlags::empty()).map_err(|err| {
+                if err == Errno::ENOENT {
+                    rules::link_target_missing(target)
+                } else if openat2(tparent.as_fd(), tname, dir_how()).is_ok() {
+                    rules::link_target_dir(target)
+                } else {
+                    format!("hard link to {target:?}: {err}")
+                }
+            })?;
         }
         Kind::Char { .. } | Kind::Block { .. } | Kind::Fifo => {
             let (kind, major, minor) = match e.kind {
@@ -281,24 +343,12 @@ fn apply(
                 Kind::Block { major, minor } => (SFlag::S_IFBLK, major, minor),
                 _ => (SFlag::S_IFIFO, 0, 0),
             };
-            if kind != SFlag::S_IFIFO && !e.is_whiteout() && !opts.allow_devices {
-                return Err(format!(
-                    "device node {major}:{minor} refused (allow device nodes to restore it)"
-                ));
-            }
+            rules::check_device(e, opts)?;
             remove_existing(p, name)?;
             let dev = nix::sys::stat::makedev(major.into(), minor.into());
             mknodat(p, name, kind, mode(e), dev).map_err(|err| format!("mknod: {err}"))?;
             set_meta_at(p, name, e, true)?;
         }
-    }
-    Ok(())
-}
-
-/// Names go to the kernel as C strings: one with a NUL byte is refused, not truncated.
-fn check_name_bytes(s: &str) -> Res<()> {
-    if s.contains('\0') {
-        return Err(format!("{s:?} contains a NUL byte"));
     }
     Ok(())
 }
@@ -393,6 +443,7 @@ fn mtime(e: &Entry) -> TimeSpec {
 fn remove_existing(parent: BorrowedFd, name: &str) -> Res<()> {
     match unlinkat(parent, name, UnlinkatFlags::NoRemoveDir) {
         Ok(()) | Err(Errno::ENOENT) => Ok(()),
+        Err(Errno::EISDIR) => rules::check_replace(true, false),
         Err(err) => Err(format!("replace existing entry: {err}")),
     }
 }
@@ -407,7 +458,7 @@ fn parent_of(root: BorrowedFd, path: &str) -> Res<(OwnedFd, String)> {
     match openat2(root, dir, dir_how()) {
         Ok(fd) => return Ok((fd, name.to_string())),
         Err(Errno::ENOENT) => {}
-        Err(e) => return Err(escape_msg(dir, e)),
+        Err(e) => return Err(escape_msg(root, dir, e)),
     }
     // Create missing parents one component at a time, each beneath the root.
     let mut current = String::from(".");
@@ -424,19 +475,34 @@ fn parent_of(root: BorrowedFd, path: &str) -> Res<(OwnedFd, String)> {
                 mkdirat(p.as_fd(), n.as_str(), Mode::from_bits_truncate(0o755))
                     .map_err(|err| format!("mkdir {current}: {err}"))?;
             }
-            Err(e) => return Err(escape_msg(&current, e)),
+            Err(e) => return Err(escape_msg(root, &current, e)),
         }
     }
-    let fd = openat2(root, dir, dir_how()).map_err(|e| escape_msg(dir, e))?;
+    let fd = openat2(root, dir, dir_how()).map_err(|e| escape_msg(root, dir, e))?;
     Ok((fd, name.to_string()))
 }
 
-fn escape_msg(dir: &str, e: Errno) -> String {
-    match e {
-        Errno::EXDEV | Errno::ELOOP => {
-            format!("{dir:?} leads outside the target (through a symlink); refused")
+/// Why `dir` could not be opened as a directory (`e`): the first of its components that is a
+/// symlink or not a directory, named as [`rules`] names it.
+fn escape_msg(root: BorrowedFd, dir: &str, e: Errno) -> String {
+    if matches!(e, Errno::EXDEV | Errno::ELOOP | Errno::ENOTDIR) {
+        let mut current = String::new();
+        for comp in dir.split('/') {
+            if !current.is_empty() {
+                current.push('/');
+            }
+            current.push_str(comp);
+            match openat2(root, current.as_str(), dir_how()) {
+                Ok(_) => {}
+                Err(Errno::EXDEV | Errno::ELOOP) => return rules::beneath_symlink(&current),
+                Err(Errno::ENOTDIR) => return rules::beneath_non_dir(&current),
+                Err(_) => break,
+            }
         }
-        Errno::ENOTDIR => format!("{dir:?} is not a directory"),
+    }
+    match e {
+        Errno::EXDEV | Errno::ELOOP => rules::beneath_symlink(dir),
+        Errno::ENOTDIR => rules::beneath_non_dir(dir),
         other => format!("open {dir:?}: {other}"),
     }
 }
@@ -445,8 +511,10 @@ fn beneath() -> ResolveFlag {
     ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_MAGICLINKS
 }
 
+/// Directories are resolved through directories only: an entry beneath a symlink is refused
+/// (see [`rules::beneath_symlink`]), wherever the symlink points.
 fn dir_how() -> OpenHow {
     OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
-        .resolve(beneath())
+        .resolve(beneath() | ResolveFlag::RESOLVE_NO_SYMLINKS)
 }

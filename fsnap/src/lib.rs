@@ -40,17 +40,23 @@
 //! directory beside its target with every name resolved beneath it (openat2
 //! `RESOLVE_BENEATH`), checks the checksum in the same pass, and moves the result into the
 //! target only when it verified.
+//!
+//! A section can also be read in place, without extracting it: [`index::SectionIndex`] builds
+//! its tree in memory in one pass (the same rules as extraction, from `rules.rs`, and the
+//! checksum checked) and reads each file's data from the data file where it lies.
 
 mod checkpoint_files;
 mod destination;
 pub mod error;
 mod extract;
+pub mod index;
 pub mod manifest;
 mod pool;
 mod prefetch;
 pub mod progress;
 pub mod resource;
 pub mod restore;
+mod rules;
 pub mod save;
 pub mod section;
 mod section_writer;
@@ -61,6 +67,7 @@ mod walk;
 pub mod xattr;
 
 pub use error::{Error, Result};
+pub use index::SectionIndex;
 pub use manifest::{Manifest, Section};
 pub use progress::Progress;
 pub use resource::{ResourceId, ResourceKind};

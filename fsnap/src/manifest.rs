@@ -118,16 +118,39 @@ impl Manifest {
         };
         let bytes = read_regular(&path, MAX_MANIFEST_BYTES).map_err(&err)?;
         let manifest = Manifest::parse(&bytes, &path)?;
-        let data_path = dir.join(&manifest.data_file);
+        let data = manifest.open_data(dir)?;
+        Ok((manifest, data))
+    }
+
+    /// Section `index` of this manifest's checkpoint in `dir`; an error naming the checkpoint
+    /// when there is no such section.
+    pub fn section(&self, dir: &Path, index: usize) -> Result<&Section> {
+        self.sections.get(index).ok_or_else(|| Error::Target {
+            path: dir.into(),
+            reason: format!(
+                "has {} sections; there is no section {index}",
+                self.sections.len()
+            ),
+        })
+    }
+
+    /// Open the data file of this manifest's checkpoint in `dir` for reading: a regular file
+    /// of the size the manifest says.
+    pub fn open_data(&self, dir: &Path) -> Result<File> {
+        let err = |reason: String| Error::Manifest {
+            path: dir.join(MANIFEST_FILE),
+            reason,
+        };
+        let data_path = dir.join(&self.data_file);
         let (data, size) = open_regular(&data_path)
             .map_err(|why| err(format!("data file {}: {why}", data_path.display())))?;
-        if size != manifest.data_size {
+        if size != self.data_size {
             return Err(err(format!(
                 "data file {} is {size} bytes, the manifest says {} (truncated or replaced)",
-                manifest.data_file, manifest.data_size
+                self.data_file, self.data_size
             )));
         }
-        Ok((manifest, data))
+        Ok(data)
     }
 
     /// Parse and validate manifest bytes (`path` only names it in errors).

@@ -74,15 +74,7 @@ pub fn restore(
 ) -> Result<Manifest> {
     let (manifest, data) = Manifest::open(checkpoint)?;
     for (i, _) in targets {
-        if *i >= manifest.sections.len() {
-            return Err(Error::Target {
-                path: checkpoint.into(),
-                reason: format!(
-                    "has {} sections; there is no section {i}",
-                    manifest.sections.len()
-                ),
-            });
-        }
+        manifest.section(checkpoint, *i)?;
     }
     refuse_merging_layers(checkpoint, &manifest, targets)?;
     for (_, t) in targets {

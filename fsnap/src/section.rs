@@ -2,7 +2,7 @@
 //! it passes, so that a section's checksum is checked in the same pass that parses it.
 
 use std::fs::File;
-use std::io::Read;
+use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 
 use crate::error::{Error, Result};
@@ -68,8 +68,12 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
+/// Bytes read from the data file at a time while a section is parsed (headers are 512 bytes:
+/// one read serves many).
+const READ_AHEAD: usize = 1 << 20;
+
 /// The reader a section is parsed with.
-pub type SectionReader<'a> = Reader<Hashing<RangeReader<'a>>>;
+pub type SectionReader<'a> = Reader<Hashing<BufReader<RangeReader<'a>>>>;
 
 /// Parse section `index` of `data`: every entry (its path checked to stay inside the section)
 /// goes to `each`, which may consume its content; then the checksum of the whole range is
@@ -85,7 +89,8 @@ pub fn read_section(
         resource: s.resource.to_string(),
         reason,
     };
-    let mut r = Reader::new(Hashing::new(RangeReader::new(data, s.tar_start, s.tar_end)));
+    let range = RangeReader::new(data, s.tar_start, s.tar_end);
+    let mut r = Reader::new(Hashing::new(BufReader::with_capacity(READ_AHEAD, range)));
     let mut entries = 0u64;
     while let Some(e) = r.next_entry().map_err(&fail)? {
         check_path(&e.path).map_err(|reason| Error::Entry {
@@ -101,6 +106,12 @@ pub fn read_section(
             })?;
         }
         entries += 1;
+        if entries > s.files {
+            return Err(fail(format!(
+                "holds more entries than the {} the manifest says",
+                s.files
+            )));
+        }
         each(&e, &mut r)?;
     }
     r.drain().map_err(&fail)?;

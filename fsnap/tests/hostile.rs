@@ -30,27 +30,10 @@ impl Area {
         self.dir.path().join(s)
     }
 
-    /// Write a checkpoint whose only section is `tar` (with a correct checksum, so that the
-    /// extraction's own checks are what refuse it).
+    /// A checkpoint whose only section is `tar` (see [`checkpoint_of_tar`]).
     fn checkpoint_of(&self, tar: &[u8], files: u64) -> PathBuf {
         let snap = self.p("snap");
-        std::fs::create_dir_all(&snap).unwrap();
-        std::fs::write(snap.join(fsnap::manifest::DATA_FILE), tar).unwrap();
-        fsnap::Manifest::new(
-            vec![fsnap::Section {
-                resource: source(Path::new("/x"), fsnap::ResourceKind::Tmpfs).resource,
-                tar_start: 0,
-                tar_end: tar.len() as u64,
-                checksum: fsnap::manifest::checksum_text(&blake3::hash(tar)),
-                files,
-                logical_bytes: 0,
-                stored_bytes: 0,
-                layer: 0,
-            }],
-            tar.len() as u64,
-        )
-        .write(&snap)
-        .unwrap();
+        checkpoint_of_tar(&snap, tar, files);
         snap
     }
 
@@ -83,46 +66,6 @@ impl Area {
         assert!(strays.is_empty(), "work directories left: {strays:?}");
         assert!(!Path::new("/var/tmp/evil").exists() && !Path::new("/evil").exists());
     }
-}
-
-/// A raw ustar header.
-fn header(name: &str, typeflag: u8, size: u64, link: &str, dev: (u32, u32)) -> [u8; 512] {
-    let mut h = [0u8; 512];
-    h[..name.len()].copy_from_slice(name.as_bytes());
-    h[100..107].copy_from_slice(b"0000644");
-    h[108..115].copy_from_slice(b"0000000");
-    h[116..123].copy_from_slice(b"0000000");
-    h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
-    h[136..147].copy_from_slice(b"00000000000");
-    h[156] = typeflag;
-    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
-    h[329..336].copy_from_slice(format!("{:07o}", dev.0).as_bytes());
-    h[337..344].copy_from_slice(format!("{:07o}", dev.1).as_bytes());
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    h
-}
-
-/// A tar of `(header, content)` pairs, with the root directory first and the end blocks.
-fn tar(entries: &[([u8; 512], &[u8])]) -> (Vec<u8>, u64) {
-    let mut out = header("./", b'5', 0, "", (0, 0)).to_vec();
-    for (h, content) in entries {
-        out.extend_from_slice(h);
-        out.extend_from_slice(content);
-        out.resize(out.len().div_ceil(512) * 512, 0);
-    }
-    out.extend_from_slice(&[0u8; 1024]);
-    (out, entries.len() as u64 + 1)
-}
-
-fn file(name: &str, content: &'static [u8]) -> ([u8; 512], &'static [u8]) {
-    (
-        header(name, b'0', content.len() as u64, "", (0, 0)),
-        content,
-    )
 }
 
 #[test]

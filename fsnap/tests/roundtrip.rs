@@ -463,3 +463,30 @@ fn a_target_written_during_the_restore_is_not_merged_into() {
         .collect();
     assert!(strays.is_empty(), "work directories left: {strays:?}");
 }
+
+#[test]
+fn a_cancelled_restore_stops_and_leaves_nothing() {
+    let t = tmp();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/f"), b"x").unwrap();
+    let snap = t.path().join("snap");
+    save(&[&src], &snap).unwrap();
+    let progress = fsnap::Progress::default();
+    progress.request_cancel();
+    let target = t.path().join("deep/target");
+    let e = fsnap::restore(
+        &snap,
+        &[(0, target.clone())],
+        &fsnap::RestoreOptions::default(),
+        &progress,
+    )
+    .unwrap_err();
+    assert!(matches!(e, fsnap::Error::Cancelled), "{e}");
+    let left: Vec<_> = std::fs::read_dir(t.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+    assert!(!t.path().join("deep").exists());
+}

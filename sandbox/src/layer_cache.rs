@@ -17,6 +17,12 @@
 //!   exists only complete, and a crash leaves only partial directories, which the next
 //!   extraction of that section removes under the lock.
 //!
+//! Two ways in: [`LayerCache::layer`] extracts a missing layer now and waits for it;
+//! [`LayerCache::cached`] only looks, and [`LayerCache::fill_in_background`] extracts one on a
+//! thread at idle priority (skipping a section whose lock another extraction holds), for a
+//! caller that serves the section in place meanwhile (`fsnap::SectionIndex`) and wants the
+//! next pod to find the layer; cancelling it removes its partial directory.
+//!
 //! A layer's name is the checksum of the section's bytes that were verified while extracting
 //! it, so a hit serves exactly the content the checkpoint's manifest names. The cache is never
 //! written through: overlays mount it as a lower layer. Eviction is not done here (layers stay
@@ -26,6 +32,7 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub use fsnap::manifest::checksum_hex;
 pub use fsnap::{Manifest, Section};
@@ -76,22 +83,7 @@ impl LayerCache {
     /// the same pass). A corrupt or hostile section fails naming the section and the cause,
     /// and leaves no layer. Blocking.
     pub fn layer(&self, checkpoint: &Path, manifest: &Manifest, index: usize) -> Result<Layer> {
-        let section = manifest
-            .sections
-            .get(index)
-            .ok_or_else(|| Error::Checkpoint {
-                path: checkpoint.to_path_buf(),
-                reason: format!(
-                    "has {} sections; there is no section {index}",
-                    manifest.sections.len()
-                ),
-            })?;
-        let hex = checksum_hex(&section.checksum)
-            .map_err(|reason| Error::Checkpoint {
-                path: checkpoint.to_path_buf(),
-                reason: format!("section {index}: {reason}"),
-            })?
-            .to_ascii_lowercase();
+        let hex = section_hex(checkpoint, manifest, index)?;
         self.make_root()?;
         let path = self.root.join(&hex);
         if is_layer(&path)? {
@@ -100,7 +92,7 @@ impl LayerCache {
                 extracted: false,
             });
         }
-        let _lock = self.lock(&hex)?;
+        let _lock = self.lock(&hex, true)?;
         // Whoever held the lock before may have finished it.
         if is_layer(&path)? {
             return Ok(Layer {
@@ -108,7 +100,68 @@ impl LayerCache {
                 extracted: false,
             });
         }
-        self.remove_partials(&hex);
+        self.extract_locked(checkpoint, index, &hex, &fsnap::Progress::default())?;
+        Ok(Layer {
+            path,
+            extracted: true,
+        })
+    }
+
+    /// Section `index` of `manifest` as a layer if the cache holds it complete: no
+    /// extraction, no waiting for one in progress.
+    pub fn cached(&self, manifest: &Manifest, index: usize) -> Option<PathBuf> {
+        let hex = checksum_hex(&manifest.sections.get(index)?.checksum).ok()?;
+        let path = self.root.join(hex.to_ascii_lowercase());
+        matches!(is_layer(&path), Ok(true)).then_some(path)
+    }
+
+    /// Extract section `index` of the checkpoint in `checkpoint` into the cache on a
+    /// background thread at idle I/O priority and nice 19, as [`LayerCache::layer`] does (same
+    /// lock, same partial/rename protocol) — unless the layer is already there or another
+    /// extraction of it holds its lock (then it does nothing). Failures are logged naming the
+    /// section. Dropping the returned handle, or [`Filling::cancel`], stops the extraction and
+    /// removes what it wrote.
+    pub fn fill_in_background(
+        &self,
+        checkpoint: &Path,
+        manifest: &Manifest,
+        index: usize,
+    ) -> Filling {
+        let progress = Arc::new(fsnap::Progress::default());
+        let job = FillJob {
+            cache: self.clone(),
+            checkpoint: checkpoint.to_path_buf(),
+            hex: section_hex(checkpoint, manifest, index),
+            index,
+            progress: progress.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("layer-fill-{index}"))
+            .spawn(move || job.run());
+        let thread = match thread {
+            Ok(t) => Some(t),
+            Err(e) => {
+                log::warn!(
+                    "layer cache: section {index} of {}: cannot start the background fill: {e}",
+                    checkpoint.display()
+                );
+                None
+            }
+        };
+        Filling { progress, thread }
+    }
+
+    /// Extract section `index` into `<root>/<hex>` (the caller holds its lock): a partial
+    /// directory, checksum-verified, synced, renamed into place; on failure nothing stays.
+    fn extract_locked(
+        &self,
+        checkpoint: &Path,
+        index: usize,
+        hex: &str,
+        progress: &fsnap::Progress,
+    ) -> Result<PathBuf> {
+        let path = self.root.join(hex);
+        self.remove_partials(hex);
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.subsec_nanos())
@@ -123,7 +176,7 @@ impl LayerCache {
                 allow_devices: false,
                 overlay_layer: true,
             },
-            &fsnap::Progress::default(),
+            progress,
         );
         if let Err(e) = extracted {
             let _ = std::fs::remove_dir_all(&partial);
@@ -134,6 +187,13 @@ impl LayerCache {
         }
         // Durable before it is trusted: the layer's files, then its name.
         let done = crate::fscheckpoint::syncfs(&partial)
+            .and_then(|()| match progress.cancelled() {
+                true => Err(Error::Checkpoint {
+                    path: checkpoint.to_path_buf(),
+                    reason: fsnap::Error::Cancelled.to_string(),
+                }),
+                false => Ok(()),
+            })
             .and_then(|()| {
                 std::fs::rename(&partial, &path)
                     .map_err(|e| Error::io(format!("rename the layer into {}", path.display()), e))
@@ -143,10 +203,7 @@ impl LayerCache {
             let _ = std::fs::remove_dir_all(&partial);
             return Err(e);
         }
-        Ok(Layer {
-            path,
-            extracted: true,
-        })
+        Ok(path)
     }
 
     /// Create the root (0700) if missing; it must be a real directory.
@@ -167,8 +224,9 @@ impl LayerCache {
         Ok(())
     }
 
-    /// The extraction lock of one section (released when dropped).
-    fn lock(&self, hex: &str) -> Result<File> {
+    /// The extraction lock of one section (released when dropped); `None` when `wait` is
+    /// false and someone else holds it.
+    fn lock(&self, hex: &str, wait: bool) -> Result<Option<File>> {
         let path = self.root.join(format!(".{hex}.lock"));
         let f = std::fs::OpenOptions::new()
             .create(true)
@@ -178,14 +236,22 @@ impl LayerCache {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(&path)
             .map_err(|e| Error::io(format!("open {}", path.display()), e))?;
+        let op = if wait {
+            libc::LOCK_EX
+        } else {
+            libc::LOCK_EX | libc::LOCK_NB
+        };
         // SAFETY: flock on a descriptor we own.
-        while unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        while unsafe { libc::flock(f.as_raw_fd(), op) } != 0 {
             let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) && !wait {
+                return Ok(None);
+            }
             if e.kind() != std::io::ErrorKind::Interrupted {
                 return Err(Error::io(format!("lock {}", path.display()), e));
             }
         }
-        Ok(f)
+        Ok(Some(f))
     }
 
     /// Remove what an extraction of section `hex` that died left (called under its lock).
@@ -203,6 +269,180 @@ impl LayerCache {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
+    }
+}
+
+/// The cache key of section `index`: its checksum's hex, lowercase.
+fn section_hex(checkpoint: &Path, manifest: &Manifest, index: usize) -> Result<String> {
+    let section = manifest
+        .sections
+        .get(index)
+        .ok_or_else(|| Error::Checkpoint {
+            path: checkpoint.to_path_buf(),
+            reason: format!(
+                "has {} sections; there is no section {index}",
+                manifest.sections.len()
+            ),
+        })?;
+    Ok(checksum_hex(&section.checksum)
+        .map_err(|reason| Error::Checkpoint {
+            path: checkpoint.to_path_buf(),
+            reason: format!("section {index}: {reason}"),
+        })?
+        .to_ascii_lowercase())
+}
+
+/// How a background fill ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filled {
+    /// This fill extracted the layer.
+    Extracted(PathBuf),
+    /// The layer was already in the cache.
+    Cached(PathBuf),
+    /// Another extraction of the section held its lock: nothing was done.
+    Busy,
+    /// Stopped by [`Filling::cancel`] (or a drop): nothing left behind.
+    Cancelled,
+    /// Failed (logged); nothing left behind.
+    Failed(String),
+}
+
+/// A background fill of one section (see [`LayerCache::fill_in_background`]). Dropping it
+/// cancels the fill and waits (briefly: the extraction checks at each entry and each chunk of
+/// a file) until what it wrote is removed.
+#[derive(Debug)]
+pub struct Filling {
+    progress: Arc<fsnap::Progress>,
+    thread: Option<std::thread::JoinHandle<Filled>>,
+}
+
+impl Filling {
+    /// Stop the fill, remove what it wrote, and wait for that; how it ended (a fill that had
+    /// already finished stays finished).
+    pub fn cancel(mut self) -> Filled {
+        self.progress.request_cancel();
+        self.join()
+    }
+
+    /// Wait for the fill to end.
+    pub fn wait(mut self) -> Filled {
+        self.join()
+    }
+
+    /// Whether the fill has ended.
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
+    }
+
+    fn join(&mut self) -> Filled {
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Filled::Failed("the fill thread panicked".into())),
+            None => Filled::Failed("the fill thread could not be started".into()),
+        }
+    }
+}
+
+impl Drop for Filling {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.progress.request_cancel();
+            self.join();
+        }
+    }
+}
+
+/// What a fill thread needs.
+struct FillJob {
+    cache: LayerCache,
+    checkpoint: PathBuf,
+    hex: Result<String>,
+    index: usize,
+    progress: Arc<fsnap::Progress>,
+}
+
+impl FillJob {
+    fn run(self) -> Filled {
+        lower_priority();
+        let index = self.index;
+        let outcome = self.fill();
+        match &outcome {
+            Filled::Failed(why) => log::warn!(
+                "layer cache: section {index} of {}: background fill failed: {why}",
+                self.checkpoint.display()
+            ),
+            Filled::Cancelled => log::info!(
+                "layer cache: section {index} of {}: background fill cancelled",
+                self.checkpoint.display()
+            ),
+            _ => {}
+        }
+        outcome
+    }
+
+    fn fill(&self) -> Filled {
+        // A failure after a cancel is the cancel's doing.
+        let failed = |e: Error| match self.progress.cancelled() {
+            true => Filled::Cancelled,
+            false => Filled::Failed(e.to_string()),
+        };
+        let hex = match &self.hex {
+            Ok(h) => h.as_str(),
+            Err(e) => return Filled::Failed(e.to_string()),
+        };
+        let cache = &self.cache;
+        let path = cache.root.join(hex);
+        let present = cache.make_root().and_then(|()| is_layer(&path));
+        match present {
+            Ok(true) => return Filled::Cached(path),
+            Ok(false) => {}
+            Err(e) => return failed(e),
+        }
+        let _lock = match cache.lock(hex, false) {
+            Ok(Some(l)) => l,
+            Ok(None) => return Filled::Busy,
+            Err(e) => return failed(e),
+        };
+        match is_layer(&path) {
+            Ok(true) => return Filled::Cached(path),
+            Ok(false) => {}
+            Err(e) => return failed(e),
+        }
+        match cache.extract_locked(&self.checkpoint, self.index, hex, &self.progress) {
+            Ok(p) => Filled::Extracted(p),
+            Err(e) => failed(e),
+        }
+    }
+}
+
+/// The calling thread (and the threads it starts, which inherit both) at idle I/O priority
+/// and the lowest CPU priority (nice 19), so a fill yields to the pods it serves. Not
+/// SCHED_IDLE: a cancelled fill must still get the CPU to notice and clean up promptly, as
+/// whoever cancels it waits for that. Best effort.
+fn lower_priority() {
+    const IOPRIO_WHO_PROCESS: libc::c_int = 1;
+    const IOPRIO_CLASS_IDLE: libc::c_int = 3;
+    const IOPRIO_CLASS_SHIFT: libc::c_int = 13;
+    // SAFETY: ioprio_set on the calling thread (who = 0) with a valid priority value.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            0,
+            IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
+        )
+    };
+    if rc != 0 {
+        log::debug!(
+            "layer cache: ioprio_set(idle): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    // SAFETY: setpriority of the calling thread (its tid; on Linux a nice value is per thread).
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+    if rc != 0 {
+        log::debug!("layer cache: nice 19: {}", std::io::Error::last_os_error());
     }
 }
 
@@ -349,5 +589,203 @@ mod tests {
             "{e}"
         );
         assert_eq!(entries(cache.root()), vec![format!(".{hex}.lock")]);
+    }
+
+    /// A checkpoint of one directory holding `n` files of `mib` MiB each (random-ish bytes).
+    fn big_checkpoint(t: &Path, n: usize, mib: usize) -> (PathBuf, Manifest) {
+        let src = t.join("big");
+        std::fs::create_dir_all(&src).unwrap();
+        let mut seed = 0x9E3779B97F4A7C15u64;
+        let chunk: Vec<u8> = (0..mib << 20)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        for i in 0..n {
+            std::fs::write(src.join(format!("f{i}")), &chunk).unwrap();
+        }
+        let ck = t.join("bigck");
+        let m = fsnap::save(
+            &[fsnap::Source {
+                resource: fsnap::ResourceId {
+                    container: "c".into(),
+                    path: "/".into(),
+                    kind: fsnap::ResourceKind::RootfsUpper,
+                },
+                dir: src,
+            }],
+            &ck,
+            &fsnap::SaveOptions::default(),
+            &fsnap::Progress::default(),
+        )
+        .unwrap();
+        (ck, m)
+    }
+
+    #[test]
+    fn cached_sees_only_complete_layers() {
+        require_root();
+        let t = tempfile::tempdir().unwrap();
+        let (ck, m) = checkpoint(t.path());
+        let cache = LayerCache::new(t.path().join("layers"));
+        assert_eq!(cache.cached(&m, 0), None, "no cache root yet");
+        let hex = checksum_hex(&m.sections[0].checksum).unwrap().to_string();
+        std::fs::create_dir_all(cache.root().join(format!(".{hex}.partial-1-2"))).unwrap();
+        assert_eq!(cache.cached(&m, 0), None, "a partial directory is no layer");
+        assert_eq!(cache.cached(&m, 7), None, "no such section");
+        // Held by an extraction: cached() neither waits nor extracts.
+        let lock = cache.lock(&hex, true).unwrap().unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(cache.cached(&m, 0), None);
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        drop(lock);
+        let layer = cache.layer(&ck, &m, 0).unwrap();
+        assert_eq!(cache.cached(&m, 0), Some(layer.path));
+    }
+
+    #[test]
+    fn a_background_fill_extracts_the_layer_once() {
+        require_root();
+        let t = tempfile::tempdir().unwrap();
+        let (ck, m) = checkpoint(t.path());
+        let cache = LayerCache::new(t.path().join("layers"));
+        let path = match cache.fill_in_background(&ck, &m, 0).wait() {
+            Filled::Extracted(p) => p,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(std::fs::read(path.join("f")).unwrap(), b"hello");
+        assert!(std::fs::symlink_metadata(path.join("gone"))
+            .unwrap()
+            .file_type()
+            .is_char_device());
+        assert_eq!(cache.cached(&m, 0), Some(path.clone()));
+        assert_eq!(
+            cache.fill_in_background(&ck, &m, 0).wait(),
+            Filled::Cached(path.clone())
+        );
+        let layer = cache.layer(&ck, &m, 0).unwrap();
+        assert!(!layer.extracted && layer.path == path);
+        let hex = checksum_hex(&m.sections[0].checksum).unwrap();
+        assert_eq!(
+            entries(cache.root()),
+            vec![format!(".{hex}.lock"), hex.to_string()]
+        );
+    }
+
+    #[test]
+    fn a_fill_does_nothing_while_another_extraction_holds_the_section() {
+        require_root();
+        let t = tempfile::tempdir().unwrap();
+        let (ck, m) = checkpoint(t.path());
+        let cache = LayerCache::new(t.path().join("layers"));
+        cache.make_root().unwrap();
+        let hex = checksum_hex(&m.sections[0].checksum).unwrap().to_string();
+        let lock = cache.lock(&hex, true).unwrap().unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(cache.fill_in_background(&ck, &m, 0).wait(), Filled::Busy);
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(entries(cache.root()), vec![format!(".{hex}.lock")]);
+        drop(lock);
+        assert!(matches!(
+            cache.fill_in_background(&ck, &m, 0).wait(),
+            Filled::Extracted(_)
+        ));
+    }
+
+    #[test]
+    fn a_failed_fill_leaves_nothing_and_names_the_section() {
+        require_root();
+        let t = tempfile::tempdir().unwrap();
+        let (ck, m) = checkpoint(t.path());
+        let data = ck.join(fsnap::manifest::DATA_FILE);
+        let mut bytes = std::fs::read(&data).unwrap();
+        let at = bytes.windows(5).position(|w| w == b"hello").unwrap();
+        bytes[at] = b'j';
+        std::fs::write(&data, &bytes).unwrap();
+        let cache = LayerCache::new(t.path().join("layers"));
+        match cache.fill_in_background(&ck, &m, 0).wait() {
+            Filled::Failed(why) => assert!(
+                why.contains("section 0") && why.contains("checksum mismatch"),
+                "{why}"
+            ),
+            other => panic!("{other:?}"),
+        }
+        let hex = checksum_hex(&m.sections[0].checksum).unwrap();
+        assert_eq!(entries(cache.root()), vec![format!(".{hex}.lock")]);
+        assert_eq!(cache.cached(&m, 0), None);
+    }
+
+    /// Cancel (or drop) a fill once it has written something: it stops and leaves only the
+    /// lock file.
+    fn cancel_mid_fill(by_drop: bool) {
+        require_root();
+        let t = tempfile::tempdir_in("/var/tmp").unwrap();
+        let (ck, m) = big_checkpoint(t.path(), 4, 64);
+        let cache = LayerCache::new(t.path().join("layers"));
+        let filling = cache.fill_in_background(&ck, &m, 0);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while filling
+            .progress
+            .bytes
+            .load(std::sync::atomic::Ordering::Relaxed)
+            == 0
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the fill never started"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let started = std::time::Instant::now();
+        if by_drop {
+            drop(filling);
+        } else {
+            assert_eq!(filling.cancel(), Filled::Cancelled);
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "cancelling took {:?}",
+            started.elapsed()
+        );
+        let hex = checksum_hex(&m.sections[0].checksum).unwrap();
+        assert_eq!(entries(cache.root()), vec![format!(".{hex}.lock")]);
+        assert_eq!(cache.cached(&m, 0), None);
+    }
+
+    #[test]
+    fn a_cancelled_fill_leaves_nothing() {
+        cancel_mid_fill(false);
+    }
+
+    #[test]
+    fn a_dropped_fill_leaves_nothing() {
+        cancel_mid_fill(true);
+    }
+
+    #[test]
+    fn a_fill_runs_at_idle_priority() {
+        // The I/O class and nice value of the calling thread.
+        fn priority() -> (i64, i32) {
+            // SAFETY: ioprio_get and getpriority of the calling thread.
+            unsafe {
+                (
+                    libc::syscall(libc::SYS_ioprio_get, 1, 0) >> 13,
+                    libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t),
+                )
+            }
+        }
+        let (fill, helper) = std::thread::spawn(|| {
+            lower_priority();
+            let helper = std::thread::spawn(priority).join().unwrap();
+            (priority(), helper)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(fill, (3, 19), "the fill: I/O class idle, nice 19");
+        assert_eq!(helper, (3, 19), "a thread the fill starts inherits both");
+        assert_ne!(priority(), (3, 19), "only the fill's threads are lowered");
     }
 }

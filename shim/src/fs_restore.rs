@@ -8,10 +8,26 @@
 //! the pod restores the same checkpoint even if `latest` moves meanwhile.
 //!
 //! Each container whose label (its CRI container name, else its id — what `cryo fscheckpoint`
-//! records) matches a `rootfs-upper` section at `/` starts with that state: the section is
-//! materialised once into the node's layer cache (`cryo_sandbox::layer_cache`) and becomes the
-//! TOP lower directory of the container's overlay rootfs, above the image's layers; the
-//! container's own upper directory stays its own, so its writes never reach the cache. A
+//! records) matches a `rootfs-upper` section at `/` starts with that state: the section's
+//! layer becomes the TOP lower directory of the container's overlay rootfs, above the image's
+//! layers; the container's own upper directory stays its own, so its writes never reach the
+//! layer. A section's layer is:
+//! - on a cache hit, its directory in the node's layer cache (`cryo_sandbox::layer_cache`),
+//!   keyed by the section's checksum: nothing is read from the checkpoint;
+//! - on a miss (the first restore on the node), a LAZY layer: the section is verified in one
+//!   read-only pass (structure and checksum, the same rules and errors as an extraction) that
+//!   builds an index of its tree (`fsnap::index`), and that tree is served in place, read-only,
+//!   over FUSE (`cryo_sandbox::lazy_layer`) at `<bundle>/cryo-lazy/<checksum hex>`, a mount of
+//!   type `fuse.cryo-layer`: the container starts without a copy of the section. Meanwhile the
+//!   cache is filled in the background, once per section and pod, so that the next pod on the
+//!   node takes the cache path. A lazy layer lives as long as the overlay that uses it: a
+//!   container's (rootfs, share=container volume, copies into tmpfs volumes) until the
+//!   container is deleted, after its rootfs is unmounted, in the container's bundle; a
+//!   share=pod volume's until the pod's volumes go, in the sandbox bundle. A shim that died
+//!   leaves its lazy mounts to the shim's `delete` ([`cleanup_bundle`]). Unfinished fills are
+//!   cancelled when the pod ends (no partial layer stays).
+//!
+//! A
 //! stacked resource (the checkpoint of a pod that was itself restored: several sections of one
 //! container and path, fsnap's `layer` 0 at the bottom) gives each section its layer, and they
 //! become the top lower directories in order, `top:...:bottom:<image layers>`, so that the
@@ -24,17 +40,20 @@
 //! container are logged when the pod ends, and skipped.
 //!
 //! A corrupt or hostile section fails the container's creation naming the section and the
-//! cause, before anything of the container is mounted; the cache keeps no partial layer.
+//! cause, before anything of the container is mounted (its index is built before its lazy
+//! mount); the cache keeps no partial layer.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use containerd_shim_protos::api;
 use cryo_sandbox::fscheckpoint::{ResourceKind, MANIFEST_FILE};
-use cryo_sandbox::layer_cache::{LayerCache, Manifest};
-use log::info;
+use cryo_sandbox::layer_cache::{Filling, LayerCache, Manifest};
+use cryo_sandbox::lazy_layer::{self, LazyLayer};
+use log::{info, warn};
 use oci_spec::runtime::Spec;
+use std::os::unix::fs::DirBuilderExt;
 
 use crate::annotations::{self, FS_RESTORE_IMAGE_PATH};
 use crate::checkpoint_root::CheckpointRoot;
@@ -43,6 +62,8 @@ use crate::trigger::destination::LATEST;
 
 /// Longest annotation value taken (the kernel's PATH_MAX).
 const MAX_PATH: usize = 4096;
+/// Lazy layers are mounted at `<bundle>/cryo-lazy/<section checksum hex>`.
+pub const LAZY_DIR: &str = "cryo-lazy";
 
 /// A checkpoint named by the annotation: resolved, its manifest read and validated.
 pub struct Checkpoint {
@@ -192,8 +213,9 @@ fn resolve(dir: &Path) -> std::result::Result<PathBuf, String> {
 }
 
 /// For `cryo fscheckpoint`: the sections `what` (a rootfs or share=pod volume, saved through
-/// its overlay's upper directory `upper`) stands on, bottom first — the layers of the cache at
-/// the top of its overlay's lower directories, each found among the sections of the checkpoint
+/// its overlay's upper directory `upper`) stands on, bottom first — the section layers (of the
+/// cache, or lazy layers: both named by the section's checksum) at the top of its overlay's
+/// lower directories, each found among the sections of the checkpoint
 /// the pod was restored from (`restore`), so that the save copies them beneath the upper
 /// (empty when the overlay has no cached layer). What cannot be saved whole is refused by
 /// name: a cached layer that is not a section of the pod's checkpoint, or one below a layer
@@ -224,7 +246,13 @@ pub fn restored_layers(
         })
         .flat_map(|l| l.split(':'))
         .collect();
-    let cached = |l: &str| Path::new(l).starts_with(cache.root());
+    // A layer of the cache, or a lazy layer (its mount point is named by the checksum too).
+    let cached = |l: &str| {
+        Path::new(l).starts_with(cache.root())
+            || mounts.iter().any(|m| {
+                m.fstype == format!("fuse.{}", lazy_layer::SUBTYPE) && m.mount_point == Path::new(l)
+            })
+    };
     let top = lowers.iter().take_while(|l| cached(l)).count();
     if let Some(l) = lowers[top..].iter().find(|l| cached(l)) {
         return Err(Error::FailedPrecondition(format!(
@@ -272,6 +300,9 @@ fn fsnap_hex(checksum: &str) -> Option<&str> {
 #[derive(Default)]
 pub struct PodRestore {
     known: Mutex<Known>,
+    /// Held while a lazy layer is looked for and mounted, so that two containers racing for
+    /// one (a share=pod volume's) mount it once. Never taken with `known`'s lock held.
+    mounting: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -280,6 +311,10 @@ struct Known {
     pod: Option<String>,
     checkpoint: Option<Arc<Checkpoint>>,
     used: BTreeSet<usize>,
+    /// Lazy layers mounted, by owner: a container's id, or the pod's (share=pod volumes).
+    lazy: HashMap<String, Vec<LazyLayer>>,
+    /// The cache fills this pod started, by section checksum hex (dropping one cancels it).
+    fills: HashMap<String, Filling>,
 }
 
 impl PodRestore {
@@ -344,26 +379,141 @@ impl PodRestore {
         self.lock().used.insert(index);
     }
 
-    /// A container was deleted: when it is the pod's own, log the sections no container used.
-    pub fn container_removed(&self, id: &str) {
-        let known = {
-            let mut known = self.lock();
-            if known.pod.as_deref() != Some(id) {
-                return;
-            }
-            std::mem::take(&mut *known)
-        };
-        let Some(c) = known.checkpoint else {
+    /// A container was deleted (after its rootfs was unmounted), or its creation failed: its
+    /// lazy layers go; when it is the pod's own (after the pod's volumes were unmounted),
+    /// every lazy layer left goes, unfinished cache fills are cancelled, and the sections no
+    /// container used are logged.
+    pub async fn container_removed(&self, id: &str) {
+        let Some(gone) = self.take(id) else {
             return;
         };
-        for (i, s) in c.manifest.sections.iter().enumerate() {
-            if !known.used.contains(&i) {
-                info!(
-                    "pod {id}: section {i} ({}) of {} matched no container of the pod: skipped",
-                    s.resource,
-                    c.dir.display()
-                );
+        // Unmounting joins the serving threads; cancelling a fill waits for it.
+        let id = id.to_string();
+        if let Err(e) = tokio::task::spawn_blocking(move || gone.release()).await {
+            warn!("container {id}: lazy layers: {e}");
+        }
+    }
+
+    /// What goes with container `id` (see [`PodRestore::container_removed`]); the unused
+    /// sections are logged here. `None`: nothing to unmount or cancel.
+    fn take(&self, id: &str) -> Option<Gone> {
+        let (lazies, ended) = {
+            let mut known = self.lock();
+            let lazies = known.lazy.remove(id).unwrap_or_default();
+            let ended = (known.pod.as_deref() == Some(id)).then(|| std::mem::take(&mut *known));
+            (lazies, ended)
+        };
+        if let Some(k) = &ended {
+            if let Some(c) = &k.checkpoint {
+                for (i, s) in c.manifest.sections.iter().enumerate() {
+                    if !k.used.contains(&i) {
+                        info!(
+                            "pod {id}: section {i} ({}) of {} matched no container of the pod: skipped",
+                            s.resource,
+                            c.dir.display()
+                        );
+                    }
+                }
             }
+        }
+        let ended = ended.filter(|k| !k.lazy.is_empty() || !k.fills.is_empty());
+        (!lazies.is_empty() || ended.is_some()).then(|| Gone {
+            id: id.to_string(),
+            lazies,
+            ended,
+        })
+    }
+
+    /// Until [`Creating::created`]: a failed creation of container `id` unmounts the lazy
+    /// layers mounted for it (when dropped: before the failure is answered, so that the
+    /// bundle containerd removes next holds no mount).
+    pub fn creating(self: &Arc<Self>, id: &str) -> Creating {
+        Creating {
+            pod: Some(self.clone()),
+            id: id.to_string(),
+        }
+    }
+
+    /// Keep `layer` mounted for `owner`.
+    fn add_lazy(&self, owner: &str, layer: LazyLayer) {
+        self.lock()
+            .lazy
+            .entry(owner.to_string())
+            .or_default()
+            .push(layer);
+    }
+
+    /// Whether `owner` has a lazy layer mounted at `at` (a section of the same checksum).
+    fn has_lazy(&self, owner: &str, at: &Path) -> bool {
+        self.lock()
+            .lazy
+            .get(owner)
+            .is_some_and(|v| v.iter().any(|l| l.mountpoint() == at))
+    }
+
+    /// Fill the cache with section `index` (checksum `hex`) in the background, unless this pod
+    /// already does.
+    fn fill(&self, cache: &LayerCache, c: &Checkpoint, index: usize, hex: &str) {
+        if self.lock().fills.contains_key(hex) {
+            return;
+        }
+        let filling = cache.fill_in_background(&c.dir, &c.manifest, index);
+        self.lock().fills.entry(hex.to_string()).or_insert(filling);
+    }
+
+    /// The pod's id (its sandbox's), for what the pod owns.
+    fn pod_id(&self) -> Option<String> {
+        self.lock().pod.clone()
+    }
+}
+
+/// What goes with a container (or the pod).
+struct Gone {
+    id: String,
+    lazies: Vec<LazyLayer>,
+    /// The pod's state, when the container was the pod's own.
+    ended: Option<Known>,
+}
+
+impl Gone {
+    /// Unmount the lazy layers, cancel the unfinished fills. Blocking.
+    fn release(self) {
+        drop(self.lazies);
+        if let Some(mut k) = self.ended {
+            drop(std::mem::take(&mut k.lazy));
+            for (hex, filling) in k.fills.drain() {
+                let unfinished = !filling.is_finished();
+                let how = filling.cancel();
+                if unfinished {
+                    info!(
+                        "pod {}: cache fill of layer {hex} stopped: {how:?}",
+                        self.id
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// A container being created (see [`PodRestore::creating`]).
+pub struct Creating {
+    pod: Option<Arc<PodRestore>>,
+    id: String,
+}
+
+impl Creating {
+    /// The container exists: its lazy layers stay until it is deleted.
+    pub fn created(mut self) {
+        self.pod = None;
+    }
+}
+
+impl Drop for Creating {
+    fn drop(&mut self) {
+        // A failure path: unmounting a few layers is brief, and must be done before the
+        // failure is answered.
+        if let Some(gone) = self.pod.take().and_then(|pod| pod.take(&self.id)) {
+            gone.release();
         }
     }
 }
@@ -384,16 +534,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl ContainerRestore {
-    /// Section `index` as a layer in the cache (extracted now if not there). Blocking.
-    fn layer(&self, index: usize) -> Result<PathBuf> {
+    /// Section `index` as a layer for `owner` (a container, or the pod): its directory in the
+    /// cache, else a lazy layer mounted in `bundle` (its index built first: a bad section
+    /// fails here, before anything is mounted) while the cache is filled in the background.
+    /// Blocking.
+    fn layer(&self, index: usize, owner: &str, bundle: &Path) -> Result<PathBuf> {
         let c = &self.checkpoint;
-        let layer = self.cache.layer(&c.dir, &c.manifest, index).map_err(|e| {
-            // The cache's error names the checkpoint and, for a bad section, the section.
-            let named = format!(
-                "section {index} ({}): ",
-                c.manifest.sections[index].resource
-            );
-            let cause = e.to_string();
+        let section = &c.manifest.sections[index];
+        let named = format!("section {index} ({}): ", section.resource);
+        let refuse = |cause: String| {
+            // fsnap's and the cache's errors name the section already: named once.
             let cause = match cause.split_once(&named) {
                 Some((_, rest)) => rest.to_string(),
                 None => cause,
@@ -402,44 +552,89 @@ impl ContainerRestore {
                 "container {}: {FS_RESTORE_IMAGE_PATH}={:?}: restore {named}{cause}",
                 self.id, c.value
             ))
-        })?;
-        let text = layer.path.to_string_lossy();
-        if text.contains([':', ',', '\\']) {
-            return Err(Error::FailedPrecondition(format!(
-                "layer cache {}: a path with ':', ',' or '\\' cannot be an overlay layer (set {})",
-                self.cache.root().display(),
-                cryo_sandbox::layer_cache::ROOT_ENV
-            )));
-        }
+        };
+        let hex = fsnap_hex(&section.checksum)
+            .ok_or_else(|| refuse("no valid checksum".into()))?
+            .to_ascii_lowercase();
+        let (path, how) = match self.cache.cached(&c.manifest, index) {
+            Some(path) => {
+                check_layer_path(
+                    &path,
+                    &format!("layer cache {}", self.cache.root().display()),
+                )?;
+                (path, "reused from the cache:")
+            }
+            None => {
+                let at = bundle.join(LAZY_DIR).join(&hex);
+                check_layer_path(&at, &format!("bundle {}", bundle.display()))?;
+                let _one_at_a_time = lock(&self.pod.mounting);
+                if !self.pod.has_lazy(owner, &at) {
+                    let lazy = self.lazy(index, &hex, &at).map_err(refuse)?;
+                    self.pod.add_lazy(owner, lazy);
+                    self.pod.fill(&self.cache, c, index, &hex);
+                }
+                (at, "served lazily (the cache fills in the background) at")
+            }
+        };
         info!(
-            "container {}: section {index} ({}) {} layer {}",
+            "container {}: section {index} ({}) {how} {}",
             self.id,
-            c.manifest.sections[index].resource,
-            if layer.extracted {
-                "extracted into"
-            } else {
-                "reused from the cache:"
-            },
-            layer.path.display()
+            section.resource,
+            path.display()
         );
         self.pod.mark_used(index);
-        Ok(layer.path)
+        Ok(path)
     }
 
-    /// Sections `stack` (bottom first) as layers, as an overlay's lower directories: top
-    /// first, `:`-joined. Blocking.
-    fn lowerdir(&self, stack: &[usize]) -> Result<String> {
+    /// Verify section `index` into an index of its tree and mount it at `at` as a lazy layer.
+    /// Blocking (reads the whole section once).
+    fn lazy(&self, index: usize, hex: &str, at: &Path) -> std::result::Result<LazyLayer, String> {
+        let c = &self.checkpoint;
+        let started = std::time::Instant::now();
+        let tree =
+            lazy_layer::index_section(&c.dir, &c.manifest, index).map_err(|e| e.to_string())?;
+        let parent = at.parent().unwrap_or(at);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(parent)
+            .or_else(|e| match e.kind() {
+                std::io::ErrorKind::AlreadyExists => Ok(()),
+                _ => Err(e),
+            })
+            .map_err(|e| format!("create {}: {e}", parent.display()))?;
+        let layer = LazyLayer::mount(tree, at, hex).map_err(|e| e.to_string())?;
+        info!(
+            "container {}: section {index} verified and indexed in {} ms",
+            self.id,
+            started.elapsed().as_millis()
+        );
+        Ok(layer)
+    }
+
+    /// Sections `stack` (bottom first) as layers for `owner` (lazy ones mounted in `bundle`),
+    /// as an overlay's lower directories: top first, `:`-joined. Blocking.
+    fn lowerdir(&self, stack: &[usize], owner: &str, bundle: &Path) -> Result<String> {
         let layers = stack
             .iter()
             .rev()
-            .map(|i| self.layer(*i).map(|l| l.display().to_string()))
+            .map(|i| {
+                self.layer(*i, owner, bundle)
+                    .map(|l| l.display().to_string())
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(layers.join(":"))
     }
 
     /// The lower directories (the section's layers, top first, `:`-joined) for the volume this
-    /// container mounts at `dest` (a pod-shared one, or its own), if sections match. Blocking.
-    pub fn volume_layer(&self, dest: &Path, pod_shared: bool) -> Result<Option<PathBuf>> {
+    /// container mounts at `dest` (a pod-shared one, or its own), if sections match; lazy
+    /// layers are mounted in `bundle` (the sandbox's for a pod-shared volume: they are the
+    /// pod's, and go with its volumes). Blocking.
+    pub fn volume_layer(
+        &self,
+        dest: &Path,
+        pod_shared: bool,
+        bundle: &Path,
+    ) -> Result<Option<PathBuf>> {
         let dest = dest.to_string_lossy();
         let stack = self
             .checkpoint
@@ -447,20 +642,26 @@ impl ContainerRestore {
         if stack.is_empty() {
             return Ok(None);
         }
-        self.lowerdir(&stack).map(|l| Some(PathBuf::from(l)))
+        let owner = match pod_shared {
+            true => self.pod.pod_id().unwrap_or_else(|| self.id.clone()),
+            false => self.id.clone(),
+        };
+        self.lowerdir(&stack, &owner, bundle)
+            .map(|l| Some(PathBuf::from(l)))
     }
 
     /// The layer for the tmpfs volume at `dest`, if a section matches, noted for
     /// [`ContainerRestore::fill_tmpfs`] (a tmpfs has no lower layer: it gets a copy of one
-    /// section; stacked sections are refused by name). Blocking.
-    pub fn tmpfs_layer(&self, dest: &Path) -> Result<()> {
+    /// section; stacked sections are refused by name); a lazy layer is mounted in `bundle`
+    /// (the container's). Blocking.
+    pub fn tmpfs_layer(&self, dest: &Path, bundle: &Path) -> Result<()> {
         let stack = self
             .checkpoint
             .volume_sections(&self.label, &dest.to_string_lossy(), false);
         match stack[..] {
             [] => Ok(()),
             [i] => {
-                let layer = self.layer(i)?;
+                let layer = self.layer(i, &self.id, bundle)?;
                 lock(&self.tmpfs).push((dest.to_path_buf(), layer));
                 Ok(())
             }
@@ -537,7 +738,7 @@ impl ContainerRestore {
                 }
             )));
         };
-        let layer = self.lowerdir(&stack)?;
+        let layer = self.lowerdir(&stack, &self.id, Path::new(&req.bundle))?;
         let mut req = req.clone();
         let options = &mut req.rootfs[overlay].options;
         let lower = options
@@ -551,6 +752,34 @@ impl ContainerRestore {
             })?;
         *lower = format!("lowerdir={layer}:{}", &lower["lowerdir=".len()..]);
         Ok(Some(req))
+    }
+}
+
+/// A path that cannot be an overlay layer (`:`, `,` and `\\` are overlayfs's separators and
+/// escapes) is refused, naming `what` holds it.
+fn check_layer_path(path: &Path, what: &str) -> Result<()> {
+    if path.to_string_lossy().contains([':', ',', '\\']) {
+        return Err(Error::FailedPrecondition(format!(
+            "{what}: a path with ':', ',' or '\\' cannot be an overlay layer ({}; set {})",
+            path.display(),
+            cryo_sandbox::layer_cache::ROOT_ENV
+        )));
+    }
+    Ok(())
+}
+
+/// The shim's `delete` after a crash: the lazy layers a dead shim left mounted in `bundle`
+/// go (their server died with the shim: they only answer ENOTCONN).
+pub fn cleanup_bundle(bundle: &Path) {
+    let dir = bundle.join(LAZY_DIR);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        lazy_layer::cleanup(&e.path());
+    }
+    if let Err(e) = std::fs::remove_dir(&dir) {
+        warn!("{}: {e}", dir.display());
     }
 }
 

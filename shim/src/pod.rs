@@ -44,13 +44,14 @@ impl Pod {
         self.containers.get(id)
     }
 
-    /// Forget a deleted container; when it is the pod's sandbox (pause) container, the pod's
-    /// volumes and trigger are unmounted.
+    /// Forget a deleted container (its rootfs unmounted) and unmount its lazy layers; when it
+    /// is the pod's sandbox (pause) container, the pod's volumes, trigger and remaining lazy
+    /// layers are unmounted.
     pub async fn remove(&self, id: &str) {
         self.containers.remove(id);
         self.trigger.container_removed(id).await;
         self.volumes.container_removed(id).await;
-        self.fs_restore.container_removed(id);
+        self.fs_restore.container_removed(id).await;
     }
 
     /// The lock every filesystem checkpoint of the pod holds while it runs.

@@ -69,7 +69,10 @@ impl Shim for Service {
             // Pod overlays a dead shim left mounted in a sandbox bundle go first.
             crate::volumes::cleanup_bundle(&bundle);
             crate::trigger::cleanup_bundle(&bundle);
-            cryo_sandbox::container::cleanup(&bundle)
+            let found = cryo_sandbox::container::cleanup(&bundle);
+            // After the rootfs overlay that used them.
+            crate::fs_restore::cleanup_bundle(&bundle);
+            found
         })
         .await
         .map_err(|e| Error::Other(format!("cleanup of {}: {e}", self.id)))?

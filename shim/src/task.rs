@@ -80,6 +80,8 @@ impl TaskService {
         // section's layer goes on top of the image's before anything is mounted.
         let fs_restore = self.pod.fs_restore.for_container(&req.id, &spec).await?;
         let fs_restore = fs_restore.map(Arc::new);
+        // A failure below unmounts the lazy layers mounted for this container.
+        let creating = self.pod.fs_restore.creating(&req.id);
         let restored_req = match fs_restore.clone() {
             Some(r) => {
                 let req = req.clone();
@@ -123,6 +125,7 @@ impl TaskService {
             }
         };
         let pid = init.pid() as u32;
+        creating.created();
         reservation.fill(Arc::new(Container::new(&req.id, &req.bundle, init)));
         crate::release_memory();
         Ok(pid)

@@ -617,7 +617,11 @@ fn in_terminal(command: &str) -> Result<Output> {
 /// Run `command` (a `ctr` that stays attached, so never ends by itself) in a terminal until
 /// what it printed satisfies `done` or `limit` passes, then stop it with SIGTERM as `timeout`
 /// would. The limit only bounds a failure: a slow machine waits longer, it does not fail.
-fn in_terminal_until(command: &str, limit: Duration, done: impl Fn(&str) -> bool) -> Result<Output> {
+fn in_terminal_until(
+    command: &str,
+    limit: Duration,
+    done: impl Fn(&str) -> bool,
+) -> Result<Output> {
     use std::io::Read;
     use std::sync::{Arc, Mutex};
     let mut c = std::process::Command::new("script");

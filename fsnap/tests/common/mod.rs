@@ -106,19 +106,19 @@ pub fn set_mtime(path: &Path, sec: i64, nsec: i64) {
 /// Everything compared about one entry.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Seen {
-    kind: String,
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    mtime: (i64, i64),
-    size: u64,
-    rdev: u64,
-    link: Option<PathBuf>,
-    xattrs: Vec<(String, Vec<u8>)>,
-    content_hash: Option<String>,
-    data_extents: Option<Vec<(u64, u64)>>,
+    pub kind: String,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub mtime: (i64, i64),
+    pub size: u64,
+    pub rdev: u64,
+    pub link: Option<PathBuf>,
+    pub xattrs: Vec<(String, Vec<u8>)>,
+    pub content_hash: Option<String>,
+    pub data_extents: Option<Vec<(u64, u64)>>,
     /// Other paths sharing the inode (hard links).
-    hardlink_group: Vec<String>,
+    pub hardlink_group: Vec<String>,
 }
 
 /// Describe every entry of a tree, by relative path (the root is ".").
@@ -206,7 +206,7 @@ pub fn dir_mtimes(root: &Path) -> BTreeMap<String, (i64, i64)> {
 
 /// Hash of a file's content, reading only its data extents (holes are zeros by definition, and
 /// the extents are compared separately).
-fn content_hash(path: &Path) -> String {
+pub fn content_hash(path: &Path) -> String {
     use std::os::unix::fs::FileExt;
     let f = std::fs::File::open(path).unwrap();
     let mut h = blake3::Hasher::new();
@@ -292,4 +292,74 @@ pub fn listing(dir: &Path) -> Vec<String> {
         .collect();
     v.sort();
     v
+}
+
+// Hand-made tars, for hostile input.
+
+/// A raw ustar header.
+pub fn header(name: &str, typeflag: u8, size: u64, link: &str, dev: (u32, u32)) -> [u8; 512] {
+    let mut h = [0u8; 512];
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    h[100..107].copy_from_slice(b"0000644");
+    h[108..115].copy_from_slice(b"0000000");
+    h[116..123].copy_from_slice(b"0000000");
+    h[124..135].copy_from_slice(format!("{size:011o}").as_bytes());
+    h[136..147].copy_from_slice(b"00000000000");
+    h[156] = typeflag;
+    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[329..336].copy_from_slice(format!("{:07o}", dev.0).as_bytes());
+    h[337..344].copy_from_slice(format!("{:07o}", dev.1).as_bytes());
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    h
+}
+
+/// A tar of `(header, content)` pairs, with the root directory first and the end blocks.
+pub fn tar(entries: &[([u8; 512], &[u8])]) -> (Vec<u8>, u64) {
+    let mut out = header("./", b'5', 0, "", (0, 0)).to_vec();
+    for (h, content) in entries {
+        out.extend_from_slice(h);
+        out.extend_from_slice(content);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.extend_from_slice(&[0u8; 1024]);
+    (out, entries.len() as u64 + 1)
+}
+
+pub fn file(name: &str, content: &'static [u8]) -> ([u8; 512], &'static [u8]) {
+    (
+        header(name, b'0', content.len() as u64, "", (0, 0)),
+        content,
+    )
+}
+
+/// Write a checkpoint into `snap` whose only section is `tar` (with a correct checksum, so
+/// that the readers' own checks are what refuse it).
+pub fn checkpoint_of_tar(snap: &Path, tar: &[u8], files: u64) {
+    std::fs::create_dir_all(snap).unwrap();
+    std::fs::write(snap.join(fsnap::manifest::DATA_FILE), tar).unwrap();
+    write_one_section_manifest(snap, tar.len() as u64, files, &blake3::hash(tar));
+}
+
+/// Write the manifest of a checkpoint in `snap` whose data file is one section of `len` bytes
+/// holding `files` entries, with checksum `hash`.
+pub fn write_one_section_manifest(snap: &Path, len: u64, files: u64, hash: &blake3::Hash) {
+    fsnap::Manifest::new(
+        vec![fsnap::Section {
+            resource: source(Path::new("/x"), ResourceKind::Tmpfs).resource,
+            tar_start: 0,
+            tar_end: len,
+            checksum: fsnap::manifest::checksum_text(hash),
+            files,
+            logical_bytes: 0,
+            stored_bytes: 0,
+            layer: 0,
+        }],
+        len,
+    )
+    .write(snap)
+    .unwrap();
 }

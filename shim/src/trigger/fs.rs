@@ -16,7 +16,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
-use super::fuse::{self, op, Request};
+use cryo_sandbox::fuse::{self, op, Request};
 
 /// The trigger file in each container's directory.
 pub const FILE_NAME: &str = "fscheckpoint";

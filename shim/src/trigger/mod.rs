@@ -5,7 +5,7 @@
 //! it is repeatable: round N goes to `<path>/N`, and `<path>/latest` points at the newest
 //! ([`destination`]).
 //!
-//! How: a FUSE filesystem the shim serves itself ([`fuse`], [`server`], rules in [`fs`]) is
+//! How: a FUSE filesystem the shim serves itself ([`cryo_sandbox::fuse`], [`server`], rules in [`fs`]) is
 //! mounted once per pod at `<bundle of the pod's first container>/cryo-trigger`, with one
 //! directory per container; each container's spec gets a bind of its own directory at
 //! `/run/cryo` (read-only unless enabled). The server, not the mount flags, decides who may
@@ -16,7 +16,6 @@
 pub mod config;
 pub(crate) mod destination;
 mod fs;
-mod fuse;
 mod server;
 
 use std::os::unix::fs::MetadataExt;
@@ -60,7 +59,7 @@ struct Active {
 impl Active {
     /// Unmount, stop serving (closing the channel ends the connection for any bind left).
     fn shut_down(self) {
-        unmount_all(&self.mountpoint);
+        cryo_sandbox::fuse::detach(&self.mountpoint);
         self.server.stop();
         drop(self.served);
         let _ = std::fs::remove_dir(&self.mountpoint);
@@ -217,7 +216,7 @@ fn set_up(
         ))
     };
     std::fs::create_dir(&mountpoint).map_err(|e| fail("create", e))?;
-    let channel = match fuse::Channel::mount(&mountpoint, "cryo-trigger") {
+    let channel = match cryo_sandbox::fuse::Channel::mount(&mountpoint, "cryo-trigger") {
         Ok(c) => c,
         Err(e) => {
             let _ = std::fs::remove_dir(&mountpoint);
@@ -248,7 +247,7 @@ fn set_up(
     let server = match Server::spawn(served.clone(), start) {
         Ok(s) => s,
         Err(e) => {
-            unmount_all(&mountpoint);
+            cryo_sandbox::fuse::detach(&mountpoint);
             let _ = std::fs::remove_dir(&mountpoint);
             return Err(fail("serve", e));
         }
@@ -346,29 +345,11 @@ async fn checkpoint(pod: &Pod, settings: &PodSettings, pod_id: &str) -> Result<P
     Ok(dir)
 }
 
-/// Unmount whatever is mounted at `mountpoint` (lazily: a dead server's mount cannot be
-/// looked into).
-fn unmount_all(mountpoint: &Path) {
-    for _ in 0..8 {
-        match nix::mount::umount2(
-            mountpoint,
-            nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
-        ) {
-            Ok(()) => continue,
-            Err(nix::Error::EINVAL) | Err(nix::Error::ENOENT) => return,
-            Err(e) => {
-                warn!("unmount {}: {e}", mountpoint.display());
-                return;
-            }
-        }
-    }
-}
-
 /// The shim's `delete` after a crash: the trigger filesystem a dead shim left in `bundle`
 /// goes (its server died with the shim, so the mount only answers ENOTCONN).
 pub fn cleanup_bundle(bundle: &Path) {
     let mountpoint = bundle.join(MOUNT_DIR);
-    unmount_all(&mountpoint);
+    cryo_sandbox::fuse::detach(&mountpoint);
     match std::fs::remove_dir(&mountpoint) {
         Ok(()) => info!("{}: removed a trigger mount point", mountpoint.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -11,7 +11,7 @@ use std::thread::JoinHandle;
 use log::warn;
 
 use super::fs::{Reply, TriggerFs};
-use super::fuse::{self, Channel, Request};
+use cryo_sandbox::fuse::{self, Channel, Request};
 
 /// How often parked readers are checked for a pending kill (ms).
 const SWEEP_MS: i32 = 500;
@@ -197,7 +197,7 @@ mod tests {
         struct Unmount(std::path::PathBuf);
         impl Drop for Unmount {
             fn drop(&mut self) {
-                super::super::unmount_all(&self.0);
+                cryo_sandbox::fuse::detach(&self.0);
             }
         }
         let unmount = Unmount(mnt.clone());

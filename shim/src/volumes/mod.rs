@@ -127,7 +127,7 @@ impl PodVolumes {
             .filter(|n| !n.contains('/') && !n.contains("..") && !n.is_empty())
             .unwrap_or(id);
         let layers = match restore {
-            Some(r) => restored_layers(r, &plan, &mounts)?,
+            Some(r) => restored_layers(r, &plan, &mounts, bundle, &sandbox_bundle)?,
             None => HashMap::new(),
         };
         let mut placed = Vec::new();
@@ -224,11 +224,14 @@ impl PodVolumes {
 /// The layers of a restored checkpoint for the container's overlay volumes, by volume name,
 /// all materialised before anything is mounted: a share=pod volume's when this container is
 /// the first to mount it, a share=container volume's always. A tmpfs volume's is noted for the
-/// copy into it once it is mounted (`ContainerRestore::fill_tmpfs`).
+/// copy into it once it is mounted (`ContainerRestore::fill_tmpfs`). Lazy layers are mounted
+/// in the container's `bundle`, a share=pod volume's in the `sandbox_bundle`.
 fn restored_layers(
     restore: &ContainerRestore,
     plan: &[(Decision, bool)],
     mounts: &[oci_spec::runtime::Mount],
+    bundle: &Path,
+    sandbox_bundle: &Path,
 ) -> Result<HashMap<String, PathBuf>> {
     let mut layers = HashMap::new();
     for (d, new) in plan {
@@ -240,10 +243,10 @@ fn restored_layers(
             continue;
         };
         let layer = match d.shape {
-            Shape::PodOverlay if *new => restore.volume_layer(&dest, true)?,
-            Shape::ContainerOverlay => restore.volume_layer(&dest, false)?,
+            Shape::PodOverlay if *new => restore.volume_layer(&dest, true, sandbox_bundle)?,
+            Shape::ContainerOverlay => restore.volume_layer(&dest, false, bundle)?,
             Shape::Tmpfs => {
-                restore.tmpfs_layer(&dest)?;
+                restore.tmpfs_layer(&dest, bundle)?;
                 None
             }
             _ => None,

@@ -8,7 +8,8 @@ use anyhow::{ensure, Context, Result};
 use harness::cri;
 
 use super::{
-    create, cryo, eventually, mount_at, run_pod_with_uid, seed_pod, start, uid, Case, Pod, Suite,
+    create, cryo, eventually, mount_at, run_pod_with_uid, sandbox_bundle, seed_pod, shim_pids,
+    start, uid, Case, Pod, Suite,
 };
 
 pub(super) const CASES: &[(&str, Case)] = &[
@@ -39,6 +40,18 @@ pub(super) const CASES: &[(&str, Case)] = &[
     (
         "fs_restore_fills_private_volumes",
         fs_restore_fills_private_volumes,
+    ),
+    (
+        "fs_restore_pod_removed_while_its_cache_fills",
+        fs_restore_pod_removed_while_its_cache_fills,
+    ),
+    (
+        "fs_restore_killed_shim_leaves_no_lazy_layer",
+        fs_restore_killed_shim_leaves_no_lazy_layer,
+    ),
+    (
+        "fs_restore_failed_create_leaves_no_lazy_layer",
+        fs_restore_failed_create_leaves_no_lazy_layer,
     ),
 ];
 
@@ -109,11 +122,14 @@ fn layer_of(s: &Suite, ck: &Path, container: Option<&str>, path: &str) -> Result
 /// The seed's pod (agent + sidecar sharing a share=pod emptyDir) writes into both rootfs and
 /// the volume (the sidecar deletes an image file, the agent replaces an image directory);
 /// `cryo fscheckpoint --leave-running --path / --path all-volumes`; a NEW pod with the restore
-/// annotation (and a fresh emptyDir) sees every file, each container its own rootfs, the
-/// deletion and the replaced directory stay so, the sidecar sees the agent's volume data; the
+/// annotation (and a fresh emptyDir) starts on lazy layers (its rootfs' and its volume's top
+/// lower layers are FUSE mounts of cryo's, nothing extracted before it started) and sees every
+/// file, each container its own rootfs, the deletion and the replaced directory stay so, the
+/// sidecar sees the agent's volume data; the cache fills meanwhile (three layers appear); the
 /// new pod's writes leave the cache as it was; a second new pod, restored through a `latest`
-/// link, reuses the cached layers (same inodes, nothing extracted) and sees none of the first
-/// new pod's writes. (Saving a restored pod again: `fs_restore_chain_of_restored_pods`.)
+/// link, reuses the cached layers (same inodes, nothing extracted, nothing lazy) and sees none
+/// of the first new pod's writes; the lazy mounts go with the first pod.
+/// (Saving a restored pod again: `fs_restore_chain_of_restored_pods`.)
 fn fs_restore_of_the_seed_pod_into_new_pods(s: &Suite, case: &str) -> Result<()> {
     let (pod, dir) = seed_pod(s, case, &[])?;
     let _agent = start(
@@ -168,11 +184,37 @@ fn fs_restore_of_the_seed_pod_into_new_pods(s: &Suite, case: &str) -> Result<()>
         Ok(())
     };
     check_restored(&agent1, &side1)?;
-    let cached = layers(s)?;
+    // Served in place: each rootfs' top lower layer, and the volume's, is a lazy layer.
+    for id in [&agent1, &side1] {
+        let pid = s.cri.container_pid(id)?;
+        let top = top_lower(&format!("/proc/{pid}/mountinfo"), "/")?;
+        ensure!(
+            lazy_mount(&top)?.is_some(),
+            "container {id}: the rootfs' top lower layer {top} is not a lazy layer"
+        );
+    }
+    let volume = sandbox_bundle(s, &one).join("volumes");
+    let pod_overlay = harness::leftovers::mounts_under(&volume);
+    let pod_overlay = pod_overlay.first().context("no pod overlay mounted")?;
+    let top = top_lower("/proc/self/mountinfo", &pod_overlay.display().to_string())?;
     ensure!(
-        cached.len() == 3,
-        "want 3 layers (two rootfs, one volume), the cache holds {cached:?}"
+        lazy_mount(&top)?.is_some(),
+        "the pod volume's top lower layer {top} is not a lazy layer"
     );
+    // The harness' leftover check sees them (so that a lazy mount left behind fails a run).
+    let lazies: Vec<PathBuf> = harness::leftovers::mounts_under(&s.cd.dir)
+        .into_iter()
+        .filter(|m| lazy_mount(&m.display().to_string()).is_ok_and(|l| l.is_some()))
+        .collect();
+    ensure!(
+        lazies.len() == 3,
+        "lazy mounts the leftover check sees: {lazies:?}"
+    );
+    let mut cached = BTreeMap::new();
+    eventually("the cache filled in the background", || {
+        cached = layers(s)?;
+        Ok(cached.len() == 3)
+    })?;
     // Writes of the new pod stay in the pod: the cache does not change.
     s.cri.sh(
         &agent1,
@@ -225,17 +267,57 @@ fn fs_restore_of_the_seed_pod_into_new_pods(s: &Suite, case: &str) -> Result<()>
     };
     for (id, name) in [(&agent1, "agent 1"), (&side1, "sidecar 1")] {
         ensure!(
-            count("extracted into", id) >= 1,
-            "{name}: no extraction logged"
+            count("served lazily", id) >= 1 && count("reused from the cache", id) == 0,
+            "{name}: the first restore was not served lazily"
         );
     }
     for (id, name) in [(&agent2, "agent 2"), (&side2, "sidecar 2")] {
         ensure!(
-            count("extracted into", id) == 0 && count("reused from the cache", id) >= 1,
-            "{name}: the second restore extracted again, or did not log the reuse"
+            count("served lazily", id) == 0 && count("reused from the cache", id) >= 1,
+            "{name}: the second restore did not reuse the cache"
+        );
+    }
+    // The first pod's lazy layers go with it.
+    s.cri.remove_pod_fully(&one.id)?;
+    for l in &lazies {
+        ensure!(
+            lazy_mount(&l.display().to_string())?.is_none() && !l.exists(),
+            "{} is left after its pod",
+            l.display()
         );
     }
     Ok(())
+}
+
+/// The top lower directory of the overlay mounted at `dest` in the mount table `mountinfo`.
+fn top_lower(mountinfo: &str, dest: &str) -> Result<String> {
+    let text = std::fs::read_to_string(mountinfo)?;
+    let line = text
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some(dest))
+        .with_context(|| format!("nothing mounted at {dest} in {mountinfo}"))?;
+    let (_, right) = line.split_once(" - ").context("bad mountinfo line")?;
+    let options = right.split(' ').nth(2).unwrap_or_default();
+    options
+        .split(',')
+        .find_map(|o| {
+            o.strip_prefix("lowerdir=")
+                .or_else(|| o.strip_prefix("lowerdir+="))
+        })
+        .map(|l| l.split(':').next().unwrap_or_default().to_string())
+        .with_context(|| format!("{dest}: no lowerdir in {line}"))
+}
+
+/// The source (`cryo-layer:<checksum hex>`) of the lazy layer (a `fuse.cryo-layer` mount, in
+/// this process' mount table, which is the shims') at `path`, if one is mounted there.
+fn lazy_mount(path: &str) -> Result<Option<String>> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(text.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        let mut r = right.split(' ');
+        (left.split(' ').nth(4) == Some(path) && r.next() == Some("fuse.cryo-layer"))
+            .then(|| r.next().unwrap_or_default().to_string())
+    }))
 }
 
 /// The sections of `ck`'s manifest for (`container`, `path`): (layer, checksum) in order, and
@@ -432,9 +514,13 @@ fn fs_restore_of_a_corrupt_checkpoint_fails_creation(s: &Suite, case: &str) -> R
         "a layer of the corrupt section is in the cache"
     );
     let root = s.cd.layer_root();
-    let left: Vec<String> = std::fs::read_dir(&root)?
-        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<std::io::Result<_>>()?;
+    let left: Vec<String> = match std::fs::read_dir(&root) {
+        Ok(d) => d
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<std::io::Result<_>>()?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
     ensure!(
         left.iter()
             .all(|n| n.ends_with(".lock") || !n.starts_with('.')),
@@ -442,7 +528,7 @@ fn fs_restore_of_a_corrupt_checkpoint_fails_creation(s: &Suite, case: &str) -> R
     );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
     ensure!(
-        !mounts.contains(&root.display().to_string()),
+        !mounts.contains(&root.display().to_string()) && !mounts.contains(" fuse.cryo-layer "),
         "a layer is mounted"
     );
     // A container the checkpoint has no section for is created as usual.
@@ -650,6 +736,258 @@ fn fs_restore_fills_private_volumes(s: &Suite, case: &str) -> Result<()> {
     ensure!(
         std::fs::read_to_string(work.join(".cryo-filestore/container-app/upper/w"))? == "new\n",
         "the write is not in the new pod's own filestore"
+    );
+    Ok(())
+}
+
+/// A pod restored from a checkpoint with a large rootfs section (512 MiB) starts on a lazy
+/// layer while the cache fills in the background; it is removed before the fill finished:
+/// the fill is stopped (logged), the cache holds no layer and no partial extraction, its lazy
+/// mount is gone. A second pod restored while another extraction holds the section's lock (as
+/// a fill of another pod would) does not wait for it: it starts on a lazy layer and reads the
+/// file right. A third pod starts lazily again and its fill completes.
+fn fs_restore_pod_removed_while_its_cache_fills(s: &Suite, case: &str) -> Result<()> {
+    let (pod, _) = seed_pod(s, case, &[])?;
+    let app = start(
+        s,
+        &pod,
+        "app",
+        "head -c 536870912 /dev/urandom > /big && md5sum /big > /big.md5 && exec sleep 100000",
+        &[],
+    )?;
+    eventually("app wrote 512 MiB", || {
+        Ok(s.cri.exec_sync(&app, &["test", "-s", "/big.md5"])?.0 == 0)
+    })?;
+    let want = s.cri.sh(&app, "cat /big.md5")?;
+    let (_tmp, ck) = save_and_remove(s, &pod, &["/"])?;
+    let ck_text = ck.display().to_string();
+    let layer = layer_of(s, &ck, Some("app"), "/")?;
+    let hex = layer
+        .file_name()
+        .context("no layer name")?
+        .to_string_lossy()
+        .into_owned();
+    let lazy_top = |id: &str| -> Result<String> {
+        let pid = s.cri.container_pid(id)?;
+        let top = top_lower(&format!("/proc/{pid}/mountinfo"), "/")?;
+        ensure!(
+            lazy_mount(&top)?.as_deref() == Some(format!("cryo-layer:{hex}").as_str()),
+            "container {id}: the rootfs' top lower layer {top} is not the section's lazy layer"
+        );
+        Ok(top)
+    };
+
+    let (new, _) = seed_pod(s, &format!("{case}-new"), &[(ANNOTATION, &ck_text)])?;
+    let id = start(s, &new, "app", "exec sleep 100000", &[])?;
+    let top = lazy_top(&id)?;
+    ensure!(
+        !layer.exists(),
+        "the cache already holds the layer: the fill was not in the background (or too fast for this case)"
+    );
+    s.cri.remove_pod_fully(&new.id)?;
+    let log = std::fs::read_to_string(s.cd.dir.join("containerd.log"))?;
+    let indexed = log
+        .lines()
+        .find(|l| l.contains(&format!("container {id}: section")) && l.contains("indexed in"))
+        .and_then(|l| l.split("indexed in ").nth(1))
+        .and_then(|r| r.split(' ').next());
+    print!(
+        "512 MiB section verified, indexed and mounted in {} ms ",
+        indexed.unwrap_or("?")
+    );
+    ensure!(
+        log.lines()
+            .any(|l| l.contains(&format!("cache fill of layer {hex} stopped: Cancelled"))),
+        "no stopped fill of layer {hex} logged"
+    );
+    ensure!(
+        !layer.exists(),
+        "a layer of the stopped fill is in the cache"
+    );
+    // Of this section, only the fill's lock may stay (other cases' layers share the cache).
+    let ours = || -> Result<Vec<String>> {
+        Ok(std::fs::read_dir(s.cd.layer_root())?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<std::io::Result<Vec<_>>>()?
+            .into_iter()
+            .filter(|n| n.contains(&hex) && *n != format!(".{hex}.lock"))
+            .collect())
+    };
+    ensure!(
+        ours()?.is_empty(),
+        "the stopped fill left {:?} in the cache",
+        ours()?
+    );
+    ensure!(
+        lazy_mount(&top)?.is_none() && !Path::new(&top).exists(),
+        "the lazy layer {top} is left"
+    );
+    ensure!(
+        !std::fs::read_to_string("/proc/self/mountinfo")?.contains(" fuse.cryo-layer "),
+        "a lazy layer is mounted"
+    );
+
+    // Another extraction of the section holds its lock: a new pod does not wait for it.
+    let lock = std::fs::File::open(s.cd.layer_root().join(format!(".{hex}.lock")))?;
+    let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|(_, e)| e)?;
+    let (second, _) = seed_pod(s, &format!("{case}-second"), &[(ANNOTATION, &ck_text)])?;
+    let id2 = start(s, &second, "app", "exec sleep 100000", &[])?;
+    lazy_top(&id2)?;
+    let got = s.cri.sh(&id2, "md5sum /big")?;
+    ensure!(got == want, "the second pod reads {got:?}, saved {want:?}");
+    ensure!(
+        ours()?.is_empty(),
+        "an extraction ran under the held lock: {:?}",
+        ours()?
+    );
+    drop(lock);
+    s.cri.remove_pod_fully(&second.id)?;
+
+    // A third pod: lazy again (nothing was cached), the content is right, the fill finishes.
+    let (again, _) = seed_pod(s, &format!("{case}-again"), &[(ANNOTATION, &ck_text)])?;
+    let id3 = start(s, &again, "app", "exec sleep 100000", &[])?;
+    lazy_top(&id3)?;
+    let got = s.cri.sh(&id3, "md5sum /big")?;
+    ensure!(
+        got == want,
+        "the restored file reads {got:?}, saved {want:?}"
+    );
+    eventually("the third pod's fill completed", || Ok(layer.is_dir()))?;
+    Ok(())
+}
+
+/// A pod restored lazily (its rootfs and its share=pod volume on lazy layers) loses its shim
+/// (SIGKILL): the dead FUSE mounts only answer ENOTCONN; the shim's `delete` for each bundle
+/// unmounts them after the overlays that used them, so no mount is left and the bundles go.
+fn fs_restore_killed_shim_leaves_no_lazy_layer(s: &Suite, case: &str) -> Result<()> {
+    let (pod, dir) = seed_pod(s, case, &[])?;
+    let app = start(
+        s,
+        &pod,
+        "app",
+        &format!(
+            "echo {case} > /mine.txt && echo {case} > /workspace/mine.txt && exec sleep 100000"
+        ),
+        &[("/workspace", &dir)],
+    )?;
+    eventually("app wrote", || {
+        Ok(s.cri.exec_sync(&app, &["cat", "/workspace/mine.txt"])?.0 == 0)
+    })?;
+    let (_tmp, ck) = save_and_remove(s, &pod, &["/", "all-volumes"])?;
+    let ck_text = ck.display().to_string();
+    let (new, new_dir) = seed_pod(s, &format!("{case}-new"), &[(ANNOTATION, &ck_text)])?;
+    let id = start(
+        s,
+        &new,
+        "app",
+        "exec sleep 100000",
+        &[("/workspace", &new_dir)],
+    )?;
+    let got = s.cri.sh(&id, "cat /mine.txt /workspace/mine.txt")?;
+    ensure!(
+        got == format!("{case}\n{case}\n"),
+        "the restored pod sees {got:?}"
+    );
+    let lazy = |dir: &Path| -> Result<Vec<PathBuf>> {
+        Ok(harness::leftovers::mounts_under(dir)
+            .into_iter()
+            .filter(|m| lazy_mount(&m.display().to_string()).is_ok_and(|l| l.is_some()))
+            .collect())
+    };
+    ensure!(
+        lazy(&s.cd.dir)?.len() == 2,
+        "want two lazy layers (rootfs, volume): {:?}",
+        lazy(&s.cd.dir)?
+    );
+    let shims = shim_pids(&new.id);
+    ensure!(shims.len() == 1, "shims serving the pod: {shims:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(shims[0]),
+        nix::sys::signal::Signal::SIGKILL,
+    )?;
+    eventually("the shim is gone", || {
+        Ok(!Path::new(&format!("/proc/{}", shims[0])).exists())
+    })?;
+    let _ = s.cri.stop_container(&id, 1);
+    s.cri.remove_pod_fully(&new.id)?;
+    eventually("no lazy layer is left", || Ok(lazy(&s.cd.dir)?.is_empty()))?;
+    ensure!(
+        !sandbox_bundle(s, &new).exists(),
+        "the sandbox bundle is left: {}",
+        sandbox_bundle(s, &new).display()
+    );
+    Ok(())
+}
+
+/// A container of a restored pod whose creation fails after its lazy layer was mounted (a
+/// bad per-container trigger annotation, refused after the rootfs is prepared): the error
+/// names the annotation, the shim itself unmounts the lazy layer (stopping its server) before
+/// the failure is answered, no mount is left and the task's bundle goes; a good container of
+/// the pod starts lazily afterwards.
+fn fs_restore_failed_create_leaves_no_lazy_layer(s: &Suite, case: &str) -> Result<()> {
+    let (pod, _) = seed_pod(s, case, &[])?;
+    let app = start(
+        s,
+        &pod,
+        "app",
+        &format!("echo {case} > /mine.txt && exec sleep 100000"),
+        &[],
+    )?;
+    eventually("app wrote", || {
+        Ok(s.cri.exec_sync(&app, &["cat", "/mine.txt"])?.0 == 0)
+    })?;
+    let (_tmp, ck) = save_and_remove(s, &pod, &["/"])?;
+    let ck_text = ck.display().to_string();
+    let (new, _) = seed_pod(s, &format!("{case}-new"), &[(ANNOTATION, &ck_text)])?;
+    let mut config = cri::container_config("app", "exec sleep 100000", &[]);
+    config.annotations = [("dev.cryo.fscheckpoint.enable", "on")]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    let id = s.cri.create_container(&new.id, config, &new.config)?;
+    let e = s
+        .cri
+        .start_container(&id)
+        .err()
+        .context("StartContainer with a bad trigger annotation succeeded")?;
+    let e = format!("{e:#}");
+    ensure!(e.contains("dev.cryo.fscheckpoint.enable"), "{e}");
+    let log = std::fs::read_to_string(s.cd.dir.join("containerd.log"))?;
+    ensure!(
+        log.lines()
+            .any(|l| l.contains(&format!("container {id}: section")) && l.contains("served lazily")),
+        "the failed container's layer was not served lazily"
+    );
+    // Released by the shim serving it (its threads and connection), not only detached by
+    // the `delete` containerd runs for the failed task's bundle.
+    ensure!(
+        log.lines().any(|l| l.contains("lazy layer at ")
+            && l.contains(&format!("/{id}/cryo-lazy/"))
+            && l.contains(" unmounted")),
+        "the shim did not unmount the failed container's lazy layer itself"
+    );
+    let bundle =
+        s.cd.dir
+            .join("state/io.containerd.runtime.v2.task")
+            .join(cri::K8S_NAMESPACE)
+            .join(&id);
+    let lazies: Vec<PathBuf> = harness::leftovers::mounts_under(&s.cd.dir)
+        .into_iter()
+        .filter(|m| lazy_mount(&m.display().to_string()).is_ok_and(|l| l.is_some()))
+        .collect();
+    ensure!(lazies.is_empty(), "lazy layers left: {lazies:?}");
+    ensure!(
+        !bundle.exists(),
+        "the task's bundle is left: {}",
+        bundle.display()
+    );
+    s.cri.remove_container(&id)?;
+    let good = start(s, &new, "app", "exec sleep 100000", &[])?;
+    let got = s.cri.sh(&good, "cat /mine.txt")?;
+    ensure!(
+        got == format!("{case}\n"),
+        "the restored container sees {got:?}"
     );
     Ok(())
 }

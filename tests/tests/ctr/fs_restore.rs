@@ -25,7 +25,8 @@ pub const CASES: &[(&str, Case)] = &[(
 /// A container writes into its rootfs (a file, a directory, deletes an image file), is
 /// checkpointed with `cryo fscheckpoint --leave-running`, removed, and run again under the
 /// same id with the restore annotation: it starts with every change, the deletion included,
-/// from a layer of the run's cache; its new writes stay out of the layer.
+/// (from a lazy layer: the first restore on the node), the run's layer cache fills with the
+/// section meanwhile, and the container's new writes stay out of the cached layer.
 fn fs_restore_brings_back_a_containers_rootfs_changes(
     s: &Suite,
     rt: Runtime,
@@ -66,15 +67,25 @@ fn fs_restore_brings_back_a_containers_rootfs_changes(
         seen == "hello\ndeep\n",
         "the restored container sees {seen:?}"
     );
-    let layers: Vec<_> = std::fs::read_dir(s.cd.layer_root())?
-        .filter_map(|e| e.ok())
-        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
-        .map(|e| e.path())
-        .collect();
-    let layer = layers
-        .iter()
-        .find(|l| l.join("d/f").is_file())
-        .with_context(|| format!("no layer holds d/f: {layers:?}"))?;
+    // The first restore on the node is lazy: the cache fills in the background.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let layer = loop {
+        let layers: Vec<_> = std::fs::read_dir(s.cd.layer_root())
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+            .map(|e| e.path())
+            .collect();
+        if let Some(l) = layers.iter().find(|l| l.join("d/f").is_file()) {
+            break l.clone();
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "no layer holds d/f: {layers:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     ensure!(
         std::fs::read_to_string(layer.join("new.txt"))? == "hello\n",
         "the container's write reached the cached layer"
