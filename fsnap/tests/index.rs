@@ -706,3 +706,33 @@ fn every_section_of_a_checkpoint_reads_from_its_own_range() {
     let e = SectionIndex::build(&snap, &m, 2, &RestoreOptions::default()).unwrap_err();
     assert!(e.to_string().contains("no section 2"), "{e}");
 }
+
+#[test]
+fn data_changed_after_the_build_is_refused_not_served() {
+    let t = tmp();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    // 400 KB of a counter (no 16-byte run repeats), so one place in the data file is found.
+    let plain: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_be_bytes()).collect();
+    std::fs::write(src.join("plain"), &plain).unwrap();
+    let snap = t.path().join("snap");
+    save(&[&src], &snap).unwrap();
+    let ix = build(&snap, &RestoreOptions::default()).unwrap();
+    let p = node_at(&ix, "plain");
+    // Change 4 bytes at 300 000 in the file, where the data file holds them.
+    let data_path = snap.join(fsnap::manifest::DATA_FILE);
+    let mut data = std::fs::read(&data_path).unwrap();
+    let at = data
+        .windows(16)
+        .position(|w| w == &plain[300_000..300_016])
+        .unwrap();
+    data[at] ^= 0xff;
+    std::fs::write(&data_path, &data).unwrap();
+    let mut buf = vec![0u8; 8192];
+    let e = ix.read_at(p, 298_000, &mut buf).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+    assert!(e.to_string().contains("section 0"), "{e}");
+    // Blocks of the section away from the change still read.
+    let n = ix.read_at(p, 0, &mut buf).unwrap();
+    assert_eq!(&buf[..n], &plain[..8192]);
+}
