@@ -48,7 +48,7 @@ impl BlockHasher {
             self.current.update(&bytes[..n]);
             self.done += n as u64;
             bytes = &bytes[n..];
-            if self.done % BLOCK == 0 && self.len > BLOCK {
+            if self.done.is_multiple_of(BLOCK) && self.len > BLOCK {
                 self.cvs.push(self.current.finalize_non_root());
                 self.current = blake3::Hasher::new();
                 self.current.set_input_offset(self.done);
@@ -67,7 +67,7 @@ impl BlockHasher {
             let hash = self.current.finalize();
             return Some((hash, BlockHashes::One(hash)));
         }
-        if self.done % BLOCK != 0 {
+        if !self.done.is_multiple_of(BLOCK) {
             self.cvs.push(self.current.finalize_non_root());
         }
         let root = root_of(&self.cvs);
