@@ -586,7 +586,8 @@ fn duplicate_names_resolve_as_extraction_does() {
 
 /// Random sections from a small alphabet of names and every kind of entry, in any order
 /// (duplicates, links to anything, entries beneath files and symlinks, a file as the root,
-/// device nodes with and without permission):
+/// device nodes with and without permission, overlay attributes with and without the
+/// overlay-layer filter):
 /// the index and an extraction accept exactly the same ones, with the same error, and what
 /// they accept is the same tree.
 #[test]
@@ -605,10 +606,24 @@ fn random_sections_are_judged_alike_and_read_alike() {
     let (mut accepted, mut refused) = (0, 0);
     for round in 0..400 {
         let mut entries = Vec::new();
+        let mut pax_headers = 0;
         for _ in 0..1 + rand(12) {
             let name = names[rand(names.len() as u64) as usize];
             let other = names[rand(names.len() as u64) as usize];
-            entries.push(match rand(9) {
+            let kind = rand(9);
+            if kind <= 4 && rand(3) == 0 {
+                // Extended attributes for a file or directory: kept, or filtered out of an
+                // overlay layer.
+                let (k, v): (&str, &[u8]) = [
+                    ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..]),
+                    ("SCHILY.xattr.trusted.overlay.opaque", &b"x"[..]),
+                    ("SCHILY.xattr.trusted.overlay.redirect", &b"/etc"[..]),
+                    ("SCHILY.xattr.user.note", &b"1"[..]),
+                ][rand(4) as usize];
+                entries.push(pax(&[(k, v)]));
+                pax_headers += 1;
+            }
+            entries.push(match kind {
                 0..=2 => file(name, contents[rand(3) as usize]),
                 3 | 4 => dir(name),
                 5 => link(name, b'2', other),
@@ -622,11 +637,11 @@ fn random_sections_are_judged_alike_and_read_alike() {
         }
         let (t, n) = tar(&entries);
         let snap = d.path().join(format!("snap{round}"));
-        checkpoint_of_tar(&snap, &t, n);
+        checkpoint_of_tar(&snap, &t, n - pax_headers);
         let out = d.path().join(format!("out{round}"));
         let opts = RestoreOptions {
             allow_devices: rand(2) == 0,
-            ..Default::default()
+            overlay_layer: rand(2) == 0,
         };
         let index = build(&snap, &opts);
         let restored = fsnap::restore(&snap, &[(0, out.clone())], &opts, &Default::default());
