@@ -696,6 +696,29 @@ mod tests {
     }
 
     #[test]
+    fn a_fill_and_a_restore_of_one_section_extract_it_once() {
+        require_root();
+        let t = tempfile::tempdir_in("/var/tmp").unwrap();
+        let (ck, m) = big_checkpoint(t.path(), 2, 16);
+        let cache = LayerCache::new(t.path().join("layers"));
+        let filling = cache.fill_in_background(&ck, &m, 0);
+        let layer = cache.layer(&ck, &m, 0).unwrap();
+        match filling.wait() {
+            // The fill had the lock: the restore waited for it and found the layer.
+            Filled::Extracted(p) => assert!(!layer.extracted && p == layer.path),
+            // The restore had the lock (the fill skipped the section), or had finished.
+            Filled::Busy => assert!(layer.extracted),
+            Filled::Cached(p) => assert!(layer.extracted && p == layer.path),
+            other => panic!("{other:?}"),
+        }
+        let hex = checksum_hex(&m.sections[0].checksum).unwrap();
+        assert_eq!(
+            entries(cache.root()),
+            vec![format!(".{hex}.lock"), hex.to_string()]
+        );
+    }
+
+    #[test]
     fn a_failed_fill_leaves_nothing_and_names_the_section() {
         require_root();
         let t = tempfile::tempdir().unwrap();
