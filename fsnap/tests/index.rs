@@ -16,13 +16,6 @@ use fsnap::index::{NodeId, ROOT};
 use fsnap::tar::{Entry, Kind};
 use fsnap::{Manifest, RestoreOptions, SectionIndex};
 
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("fsnap-index-")
-        .tempdir_in("/var/tmp")
-        .unwrap()
-}
-
 fn build(snap: &Path, opts: &RestoreOptions) -> fsnap::Result<SectionIndex> {
     let manifest = Manifest::load(snap)?;
     SectionIndex::build(snap, &manifest, 0, opts)
@@ -295,16 +288,9 @@ fn the_overlay_layer_option_filters_attributes_as_extraction_does() {
     require_root("trusted.* xattrs and whiteouts");
     let t = tmp();
     let src = t.path().join("src");
-    std::fs::create_dir_all(src.join("opaque")).unwrap();
-    std::fs::create_dir_all(src.join("moved")).unwrap();
+    make_overlay_attributes_tree(&src);
     std::fs::create_dir_all(src.join("not-opaque")).unwrap();
-    std::fs::write(src.join("f"), b"x").unwrap();
-    mknod(&src.join("gone"), libc::S_IFCHR, 0, 0);
-    setxattr(&src.join("opaque"), "trusted.overlay.opaque", b"y");
     setxattr(&src.join("not-opaque"), "trusted.overlay.opaque", b"x");
-    setxattr(&src.join("moved"), "trusted.overlay.redirect", b"/etc");
-    setxattr(&src.join("f"), "trusted.overlay.metacopy", b"");
-    setxattr(&src.join("f"), "user.kept", b"1");
     let snap = t.path().join("snap");
     save(&[&src], &snap).unwrap();
     let layer_opts = RestoreOptions {

@@ -492,7 +492,11 @@ mod tests {
             0,
         )
         .unwrap();
-        let ck = t.join("ck");
+        save_dir(src, t.join("ck"))
+    }
+
+    /// Save `src` as the rootfs of container `c` into a checkpoint at `ck`.
+    fn save_dir(src: PathBuf, ck: PathBuf) -> (PathBuf, Manifest) {
         let m = fsnap::save(
             &[fsnap::Source {
                 resource: fsnap::ResourceId {
@@ -607,22 +611,7 @@ mod tests {
         for i in 0..n {
             std::fs::write(src.join(format!("f{i}")), &chunk).unwrap();
         }
-        let ck = t.join("bigck");
-        let m = fsnap::save(
-            &[fsnap::Source {
-                resource: fsnap::ResourceId {
-                    container: "c".into(),
-                    path: "/".into(),
-                    kind: fsnap::ResourceKind::RootfsUpper,
-                },
-                dir: src,
-            }],
-            &ck,
-            &fsnap::SaveOptions::default(),
-            &fsnap::Progress::default(),
-        )
-        .unwrap();
-        (ck, m)
+        save_dir(src, t.join("bigck"))
     }
 
     #[test]
