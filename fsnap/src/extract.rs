@@ -145,7 +145,7 @@ pub(crate) fn extract(
             }
             Ok(())
         };
-        let result = read_section(data, index, &manifest.sections[index], &mut each);
+        let result = read_section(data, index, &manifest.sections[index], &mut each).map(|_| ());
         drop(tx);
         pool.drain();
         // A file still being written when a later entry failed failed first: its error wins.

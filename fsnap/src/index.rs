@@ -12,6 +12,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use crate::block_hash::{BlockHashes, BLOCK};
 use crate::error::{Error, Result};
 use crate::extract::RestoreOptions;
 use crate::manifest::{checksum_hex, Manifest};
@@ -56,6 +57,12 @@ struct Extent {
 #[derive(Debug)]
 pub struct SectionIndex {
     data: File,
+    /// The section's number, and its range in the data file.
+    section: usize,
+    start: u64,
+    len: u64,
+    /// What verifies each block of the range again when it is read.
+    blocks: BlockHashes,
     /// `nodes[id - 1]`.
     nodes: Vec<Node>,
     checksum: String,
@@ -89,7 +96,7 @@ impl SectionIndex {
         }
         let data = manifest.open_data(dir)?;
         let mut tree = Tree::new();
-        read_section(&data, index, section, |e, r| {
+        let blocks = read_section(&data, index, section, |e, r| {
             let start = section.tar_start + r.offset;
             let filtered = rules::filtered(e, opts);
             let e = filtered.as_ref().unwrap_or(e);
@@ -106,6 +113,10 @@ impl SectionIndex {
         })?;
         Ok(SectionIndex {
             data,
+            section: index,
+            start: section.tar_start,
+            len: section.tar_end - section.tar_start,
+            blocks,
             nodes: tree.finish(),
             checksum,
         })
@@ -127,7 +138,10 @@ impl SectionIndex {
     }
 
     /// Read file `id` at `offset` (holes of a sparse file read as zeros); short only at EOF;
-    /// an error for a node that is not a regular file. Thread-safe (positional reads).
+    /// an error for a node that is not a regular file. Thread-safe (positional reads). Every
+    /// block of the section a read touches is verified against the checksum again, so data
+    /// changed in the data file after [`SectionIndex::build`] fails the read
+    /// (`InvalidData`) instead of being served.
     pub fn read_at(&self, id: NodeId, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
         let node = self.node(id).ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::NotFound, format!("no node {id}"))
@@ -144,6 +158,7 @@ impl SectionIndex {
         let want = (size - offset).min(buf.len() as u64) as usize;
         let end = offset + want as u64;
         let data = &node.data;
+        let mut block = Block::default();
         let mut i = data.partition_point(|x| x.logical + x.len <= offset);
         let mut pos = offset;
         while pos < end {
@@ -152,8 +167,11 @@ impl SectionIndex {
                 Some(x) if x.logical <= pos => {
                     let stop = end.min(x.logical + x.len);
                     let n = (stop - pos) as usize;
-                    self.data
-                        .read_exact_at(&mut buf[at..at + n], x.stored + (pos - x.logical))?;
+                    self.read_verified(
+                        x.stored + (pos - x.logical),
+                        &mut buf[at..at + n],
+                        &mut block,
+                    )?;
                     pos = stop;
                     i += 1;
                 }
@@ -166,6 +184,41 @@ impl SectionIndex {
             }
         }
         Ok(want)
+    }
+
+    /// Fill `out` from the data file at `pos` (inside the section), through whole blocks each
+    /// verified before any of it is used; `block` keeps the last one for the next call.
+    fn read_verified(&self, pos: u64, out: &mut [u8], block: &mut Block) -> std::io::Result<()> {
+        let mut done = 0;
+        while done < out.len() {
+            let at = pos + done as u64 - self.start;
+            let i = at / BLOCK;
+            if block.index != Some(i) {
+                let first = i * BLOCK;
+                block
+                    .bytes
+                    .resize((self.len - first).min(BLOCK) as usize, 0);
+                block.index = None;
+                self.data
+                    .read_exact_at(&mut block.bytes, self.start + first)?;
+                if !self.blocks.verify(i, &block.bytes) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "section {}: bytes {first}.. changed after the section was verified \
+                             (checksum mismatch); refused",
+                            self.section
+                        ),
+                    ));
+                }
+                block.index = Some(i);
+            }
+            let from = (at - i * BLOCK) as usize;
+            let n = (block.bytes.len() - from).min(out.len() - done);
+            out[done..done + n].copy_from_slice(&block.bytes[from..from + n]);
+            done += n;
+        }
+        Ok(())
     }
 
     /// Number of nodes (ids are `1..=len()`).
@@ -182,6 +235,13 @@ impl SectionIndex {
     pub fn checksum_hex(&self) -> &str {
         &self.checksum
     }
+}
+
+/// The last block of the data file a read verified.
+#[derive(Default)]
+struct Block {
+    index: Option<u64>,
+    bytes: Vec<u8>,
 }
 
 /// The tree while it is built: nodes by provisional id, and every name's node.

@@ -45,6 +45,7 @@
 //! its tree in memory in one pass (the same rules as extraction, from `rules.rs`, and the
 //! checksum checked) and reads each file's data from the data file where it lies.
 
+mod block_hash;
 mod checkpoint_files;
 mod destination;
 pub mod error;

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::{BufReader, Read};
 use std::os::unix::fs::FileExt;
 
+use crate::block_hash::{BlockHasher, BlockHashes};
 use crate::error::{Error, Result};
 use crate::manifest::{checksum_hex, Section};
 use crate::tar::reader::Reader;
@@ -45,17 +46,18 @@ impl Read for RangeReader<'_> {
     }
 }
 
-/// A reader that hashes what passes through it.
+/// A reader that hashes what passes through it (a section of a known length, block by
+/// block: see [`crate::block_hash`]).
 pub struct Hashing<R> {
     pub inner: R,
-    pub hasher: blake3::Hasher,
+    pub hasher: BlockHasher,
 }
 
 impl<R> Hashing<R> {
-    pub fn new(inner: R) -> Self {
+    pub fn new(inner: R, len: u64) -> Self {
         Hashing {
             inner,
-            hasher: blake3::Hasher::new(),
+            hasher: BlockHasher::new(len),
         }
     }
 }
@@ -77,20 +79,25 @@ pub type SectionReader<'a> = Reader<Hashing<BufReader<RangeReader<'a>>>>;
 
 /// Parse section `index` of `data`: every entry (its path checked to stay inside the section)
 /// goes to `each`, which may consume its content; then the checksum of the whole range is
-/// compared. Any failure names the section.
+/// compared. Any failure names the section. What verifies each block of the section again
+/// later is returned.
 pub fn read_section(
     data: &File,
     index: usize,
     s: &Section,
     mut each: impl FnMut(&Entry, &mut SectionReader) -> Result<()>,
-) -> Result<()> {
+) -> Result<BlockHashes> {
     let fail = |reason: String| Error::Section {
         section: index,
         resource: s.resource.to_string(),
         reason,
     };
     let range = RangeReader::new(data, s.tar_start, s.tar_end);
-    let mut r = Reader::new(Hashing::new(BufReader::with_capacity(READ_AHEAD, range)));
+    let len = s.tar_end - s.tar_start;
+    let mut r = Reader::new(Hashing::new(
+        BufReader::with_capacity(READ_AHEAD, range),
+        len,
+    ));
     let mut entries = 0u64;
     while let Some(e) = r.next_entry().map_err(&fail)? {
         check_path(&e.path).map_err(|reason| Error::Entry {
@@ -115,7 +122,11 @@ pub fn read_section(
         each(&e, &mut r)?;
     }
     r.drain().map_err(&fail)?;
-    let hash = r.into_inner().hasher.finalize();
+    let (hash, blocks) = r
+        .into_inner()
+        .hasher
+        .finalize()
+        .ok_or_else(|| fail("the section was not read to its end".into()))?;
     let want = checksum_hex(&s.checksum).map_err(&fail)?;
     if hash.to_hex().as_str() != want {
         return Err(fail(format!(
@@ -129,7 +140,7 @@ pub fn read_section(
             s.files
         )));
     }
-    Ok(())
+    Ok(blocks)
 }
 
 /// An entry path must be relative and stay inside the section: no leading `/`, no `..`, no

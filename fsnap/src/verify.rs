@@ -21,6 +21,7 @@ pub fn verify(dir: &Path) -> Result<Manifest> {
                 reason,
             })
         })
+        .map(|_| ())
     })?;
     Ok(manifest)
 }

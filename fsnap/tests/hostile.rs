@@ -1,7 +1,7 @@
 //! Hostile and broken filesystem checkpoints: hand-made tars with every escape (`..`, absolute names,
 //! symlink and hard-link escapes, device nodes), truncated and flipped data, wrong offsets,
 //! manifests with unknown, missing or impossible fields, a newer format; and a deterministic
-//! mutation run. Each is refused with an error naming the cause, nothing is written outside the
+//! mutation run (which the in-place index judges exactly as the extraction does). Each is refused with an error naming the cause, nothing is written outside the
 //! target, and the target is left as it was.
 
 mod common;
@@ -312,7 +312,17 @@ fn mutated_checkpoints_never_escape_or_panic() {
         std::fs::write(data_path(&pristine_dir), &d).unwrap();
         std::fs::write(pristine_dir.join(fsnap::manifest::MANIFEST_FILE), &m).unwrap();
         let target = a.p("target");
-        match restore_one(&pristine_dir, 0, &target) {
+        let restored = restore_one(&pristine_dir, 0, &target);
+        // The index (for a manifest that loads) judges it as the extraction did.
+        if let Ok(m) = fsnap::Manifest::load(&pristine_dir) {
+            let index = fsnap::SectionIndex::build(&pristine_dir, &m, 0, &Default::default());
+            assert_eq!(
+                index.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+                restored.as_ref().map(|_| ()).map_err(|e| e.to_string()),
+                "the index and the extraction disagree"
+            );
+        }
+        match restored {
             Ok(_) => {
                 std::fs::remove_dir_all(&target).unwrap();
             }

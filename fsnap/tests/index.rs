@@ -16,13 +16,6 @@ use fsnap::index::{NodeId, ROOT};
 use fsnap::tar::{Entry, Kind};
 use fsnap::{Manifest, RestoreOptions, SectionIndex};
 
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("fsnap-index-")
-        .tempdir_in("/var/tmp")
-        .unwrap()
-}
-
 fn build(snap: &Path, opts: &RestoreOptions) -> fsnap::Result<SectionIndex> {
     let manifest = Manifest::load(snap)?;
     SectionIndex::build(snap, &manifest, 0, opts)
@@ -295,16 +288,9 @@ fn the_overlay_layer_option_filters_attributes_as_extraction_does() {
     require_root("trusted.* xattrs and whiteouts");
     let t = tmp();
     let src = t.path().join("src");
-    std::fs::create_dir_all(src.join("opaque")).unwrap();
-    std::fs::create_dir_all(src.join("moved")).unwrap();
+    make_overlay_attributes_tree(&src);
     std::fs::create_dir_all(src.join("not-opaque")).unwrap();
-    std::fs::write(src.join("f"), b"x").unwrap();
-    mknod(&src.join("gone"), libc::S_IFCHR, 0, 0);
-    setxattr(&src.join("opaque"), "trusted.overlay.opaque", b"y");
     setxattr(&src.join("not-opaque"), "trusted.overlay.opaque", b"x");
-    setxattr(&src.join("moved"), "trusted.overlay.redirect", b"/etc");
-    setxattr(&src.join("f"), "trusted.overlay.metacopy", b"");
-    setxattr(&src.join("f"), "user.kept", b"1");
     let snap = t.path().join("snap");
     save(&[&src], &snap).unwrap();
     let layer_opts = RestoreOptions {
@@ -586,7 +572,8 @@ fn duplicate_names_resolve_as_extraction_does() {
 
 /// Random sections from a small alphabet of names and every kind of entry, in any order
 /// (duplicates, links to anything, entries beneath files and symlinks, a file as the root,
-/// device nodes with and without permission):
+/// device nodes with and without permission, overlay attributes with and without the
+/// overlay-layer filter):
 /// the index and an extraction accept exactly the same ones, with the same error, and what
 /// they accept is the same tree.
 #[test]
@@ -605,10 +592,24 @@ fn random_sections_are_judged_alike_and_read_alike() {
     let (mut accepted, mut refused) = (0, 0);
     for round in 0..400 {
         let mut entries = Vec::new();
+        let mut pax_headers = 0;
         for _ in 0..1 + rand(12) {
             let name = names[rand(names.len() as u64) as usize];
             let other = names[rand(names.len() as u64) as usize];
-            entries.push(match rand(9) {
+            let kind = rand(9);
+            if kind <= 4 && rand(3) == 0 {
+                // Extended attributes for a file or directory: kept, or filtered out of an
+                // overlay layer.
+                let (k, v): (&str, &[u8]) = [
+                    ("SCHILY.xattr.trusted.overlay.opaque", &b"y"[..]),
+                    ("SCHILY.xattr.trusted.overlay.opaque", &b"x"[..]),
+                    ("SCHILY.xattr.trusted.overlay.redirect", &b"/etc"[..]),
+                    ("SCHILY.xattr.user.note", &b"1"[..]),
+                ][rand(4) as usize];
+                entries.push(pax(&[(k, v)]));
+                pax_headers += 1;
+            }
+            entries.push(match kind {
                 0..=2 => file(name, contents[rand(3) as usize]),
                 3 | 4 => dir(name),
                 5 => link(name, b'2', other),
@@ -622,11 +623,11 @@ fn random_sections_are_judged_alike_and_read_alike() {
         }
         let (t, n) = tar(&entries);
         let snap = d.path().join(format!("snap{round}"));
-        checkpoint_of_tar(&snap, &t, n);
+        checkpoint_of_tar(&snap, &t, n - pax_headers);
         let out = d.path().join(format!("out{round}"));
         let opts = RestoreOptions {
             allow_devices: rand(2) == 0,
-            ..Default::default()
+            overlay_layer: rand(2) == 0,
         };
         let index = build(&snap, &opts);
         let restored = fsnap::restore(&snap, &[(0, out.clone())], &opts, &Default::default());
@@ -705,4 +706,34 @@ fn every_section_of_a_checkpoint_reads_from_its_own_range() {
     }
     let e = SectionIndex::build(&snap, &m, 2, &RestoreOptions::default()).unwrap_err();
     assert!(e.to_string().contains("no section 2"), "{e}");
+}
+
+#[test]
+fn data_changed_after_the_build_is_refused_not_served() {
+    let t = tmp();
+    let src = t.path().join("src");
+    std::fs::create_dir(&src).unwrap();
+    // 400 KB of a counter (no 16-byte run repeats), so one place in the data file is found.
+    let plain: Vec<u8> = (0..100_000u32).flat_map(|i| i.to_be_bytes()).collect();
+    std::fs::write(src.join("plain"), &plain).unwrap();
+    let snap = t.path().join("snap");
+    save(&[&src], &snap).unwrap();
+    let ix = build(&snap, &RestoreOptions::default()).unwrap();
+    let p = node_at(&ix, "plain");
+    // Change 4 bytes at 300 000 in the file, where the data file holds them.
+    let data_path = snap.join(fsnap::manifest::DATA_FILE);
+    let mut data = std::fs::read(&data_path).unwrap();
+    let at = data
+        .windows(16)
+        .position(|w| w == &plain[300_000..300_016])
+        .unwrap();
+    data[at] ^= 0xff;
+    std::fs::write(&data_path, &data).unwrap();
+    let mut buf = vec![0u8; 8192];
+    let e = ix.read_at(p, 298_000, &mut buf).unwrap_err();
+    assert_eq!(e.kind(), std::io::ErrorKind::InvalidData, "{e}");
+    assert!(e.to_string().contains("section 0"), "{e}");
+    // Blocks of the section away from the change still read.
+    let n = ix.read_at(p, 0, &mut buf).unwrap();
+    assert_eq!(&buf[..n], &plain[..8192]);
 }

@@ -8,7 +8,7 @@ mod common;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
-use common::{mknod, require_root, save, setxattr};
+use common::{make_overlay_attributes_tree, require_root, save};
 
 fn xattr(path: &Path, k: &str) -> Option<Vec<u8>> {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
@@ -31,14 +31,7 @@ fn an_overlay_layer_keeps_whiteouts_and_opaque_dirs_and_drops_other_overlay_attr
     require_root("trusted.* xattrs and whiteouts");
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
-    std::fs::create_dir_all(src.join("opaque")).unwrap();
-    std::fs::create_dir_all(src.join("moved")).unwrap();
-    std::fs::write(src.join("f"), b"x").unwrap();
-    mknod(&src.join("gone"), libc::S_IFCHR, 0, 0);
-    setxattr(&src.join("opaque"), "trusted.overlay.opaque", b"y");
-    setxattr(&src.join("moved"), "trusted.overlay.redirect", b"/etc");
-    setxattr(&src.join("f"), "trusted.overlay.metacopy", b"");
-    setxattr(&src.join("f"), "user.kept", b"1");
+    make_overlay_attributes_tree(&src);
     let snap = t.path().join("snap");
     save(&[&src], &snap).unwrap();
 

@@ -9,13 +9,6 @@ use std::process::Command;
 
 use common::*;
 
-fn tmp() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("fsnap-test-")
-        .tempdir_in("/var/tmp")
-        .unwrap()
-}
-
 #[test]
 fn every_kind_of_entry_round_trips() {
     require_root("device nodes, owners, trusted.* xattrs");

@@ -178,11 +178,24 @@ impl LayerCache {
             },
             progress,
         );
-        if let Err(e) = extracted {
+        // The layer is named by the checksum the extraction verified, which is the one in the
+        // manifest it read: that must be the caller's (the manifest may have been replaced
+        // since the caller read it), or the layer would go under another section's name.
+        let verified = extracted.map_err(|e| e.to_string()).and_then(|on_disk| {
+            let sum = on_disk.sections.get(index).map(|s| s.checksum.as_str());
+            match sum.and_then(|c| checksum_hex(c).ok()) {
+                Some(h) if h.eq_ignore_ascii_case(hex) => Ok(()),
+                _ => Err(format!(
+                    "section {index}: the checkpoint changed since its manifest was read \
+                     (its checksum is no longer blake3:{hex}); refused"
+                )),
+            }
+        });
+        if let Err(reason) = verified {
             let _ = std::fs::remove_dir_all(&partial);
             return Err(Error::Checkpoint {
                 path: checkpoint.to_path_buf(),
-                reason: e.to_string(),
+                reason,
             });
         }
         // Durable before it is trusted: the layer's files, then its name.
@@ -492,7 +505,11 @@ mod tests {
             0,
         )
         .unwrap();
-        let ck = t.join("ck");
+        save_dir(src, t.join("ck"))
+    }
+
+    /// Save `src` as the rootfs of container `c` into a checkpoint at `ck`.
+    fn save_dir(src: PathBuf, ck: PathBuf) -> (PathBuf, Manifest) {
         let m = fsnap::save(
             &[fsnap::Source {
                 resource: fsnap::ResourceId {
@@ -607,22 +624,7 @@ mod tests {
         for i in 0..n {
             std::fs::write(src.join(format!("f{i}")), &chunk).unwrap();
         }
-        let ck = t.join("bigck");
-        let m = fsnap::save(
-            &[fsnap::Source {
-                resource: fsnap::ResourceId {
-                    container: "c".into(),
-                    path: "/".into(),
-                    kind: fsnap::ResourceKind::RootfsUpper,
-                },
-                dir: src,
-            }],
-            &ck,
-            &fsnap::SaveOptions::default(),
-            &fsnap::Progress::default(),
-        )
-        .unwrap();
-        (ck, m)
+        save_dir(src, t.join("bigck"))
     }
 
     #[test]
@@ -693,6 +695,52 @@ mod tests {
             cache.fill_in_background(&ck, &m, 0).wait(),
             Filled::Extracted(_)
         ));
+    }
+
+    #[test]
+    fn a_fill_and_a_restore_of_one_section_extract_it_once() {
+        require_root();
+        let t = tempfile::tempdir_in("/var/tmp").unwrap();
+        let (ck, m) = big_checkpoint(t.path(), 2, 16);
+        let cache = LayerCache::new(t.path().join("layers"));
+        let filling = cache.fill_in_background(&ck, &m, 0);
+        let layer = cache.layer(&ck, &m, 0).unwrap();
+        match filling.wait() {
+            // The fill had the lock: the restore waited for it and found the layer.
+            Filled::Extracted(p) => assert!(!layer.extracted && p == layer.path),
+            // The restore had the lock (the fill skipped the section), or had finished.
+            Filled::Busy => assert!(layer.extracted),
+            Filled::Cached(p) => assert!(layer.extracted && p == layer.path),
+            other => panic!("{other:?}"),
+        }
+        let hex = checksum_hex(&m.sections[0].checksum).unwrap();
+        assert_eq!(
+            entries(cache.root()),
+            vec![format!(".{hex}.lock"), hex.to_string()]
+        );
+    }
+
+    #[test]
+    fn a_layer_is_named_only_by_the_checksum_it_was_verified_against() {
+        require_root();
+        let t = tempfile::tempdir().unwrap();
+        let (ck, m) = checkpoint(t.path());
+        // The manifest the caller holds names other bytes than the checkpoint now holds (it
+        // was replaced since the caller read it).
+        let other = t.path().join("other");
+        std::fs::create_dir_all(&other).unwrap();
+        std::fs::write(other.join("f"), b"other").unwrap();
+        let (_, held) = save_dir(other, t.path().join("otherck"));
+        let cache = LayerCache::new(t.path().join("layers"));
+        let e = cache.layer(&ck, &held, 0).unwrap_err().to_string();
+        assert!(e.contains("section 0") && e.contains("changed"), "{e}");
+        assert_eq!(cache.cached(&held, 0), None, "a layer under another's name");
+        assert!(matches!(
+            cache.fill_in_background(&ck, &held, 0).wait(),
+            Filled::Failed(_)
+        ));
+        assert_eq!(cache.cached(&held, 0), None, "a layer under another's name");
+        assert_eq!(cache.cached(&m, 0), None);
     }
 
     #[test]

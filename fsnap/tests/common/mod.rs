@@ -20,6 +20,15 @@ pub fn require_root(what: &str) {
     );
 }
 
+/// A temporary directory on disk (not tmpfs: holes, xattrs and owners behave as on a real
+/// filesystem), removed when dropped.
+pub fn tmp() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("fsnap-test-")
+        .tempdir_in("/var/tmp")
+        .unwrap()
+}
+
 /// Build a tree with files, an empty file, a big random file, a sparse file (1 GiB, 2 data
 /// extents, ending in a hole), directories with odd modes, symlinks (relative, absolute,
 /// dangling), hard links, a fifo, a whiteout, device nodes, xattrs (user and trusted, an opaque
@@ -67,6 +76,19 @@ pub fn make_tree(root: &Path) {
     set_mtime(&p("hello.txt"), 1_600_000_000, 123_456_789);
     set_mtime(&p("dir/sub"), 1_500_000_000, 987_654_321);
     set_mtime(&p("link-rel"), 1_400_000_000, 5);
+}
+
+/// A tree with every overlayfs attribute a layer meets: an opaque directory (`opaque`), a
+/// redirected one (`moved`), a metacopy file with a user attribute (`f`), a whiteout (`gone`).
+pub fn make_overlay_attributes_tree(src: &Path) {
+    std::fs::create_dir_all(src.join("opaque")).unwrap();
+    std::fs::create_dir_all(src.join("moved")).unwrap();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    mknod(&src.join("gone"), libc::S_IFCHR, 0, 0);
+    setxattr(&src.join("opaque"), "trusted.overlay.opaque", b"y");
+    setxattr(&src.join("moved"), "trusted.overlay.redirect", b"/etc");
+    setxattr(&src.join("f"), "trusted.overlay.metacopy", b"");
+    setxattr(&src.join("f"), "user.kept", b"1");
 }
 
 pub fn mknod(path: &Path, kind: libc::mode_t, major: u32, minor: u32) {
