@@ -31,6 +31,7 @@ pub mod layer_copy;
 mod lsm;
 pub mod mount;
 mod sealed_exe;
+pub mod spawn;
 pub mod state;
 pub mod volume;
 

@@ -11,7 +11,8 @@ use harness::image::BUSYBOX_IMAGE;
 use harness::Runtime;
 
 use super::{
-    assert_gone, cleanup_container, ctr_line, in_terminal, in_terminal_until, run_detached, wait_status, Case, Suite,
+    assert_gone, cleanup_container, ctr_line, in_terminal, in_terminal_until, run_detached,
+    wait_status, Case, Suite,
 };
 use harness::containerd::StartOptions;
 use harness::Containerd;

@@ -1,0 +1,116 @@
+//! ctr cases: hardening5. Faults an attacker or a broken host can provoke in what the shim
+//! spawns at run time: a CRIU binary that cannot be executed must fail the checkpoint by name,
+//! every time, and leave the shim and its container running.
+
+use std::os::unix::fs::PermissionsExt;
+
+use anyhow::{ensure, Context, Result};
+use harness::image::BUSYBOX_IMAGE;
+use harness::{Containerd, Runtime, StartOptions};
+
+use super::{Case, Suite};
+
+/// Cases runc's shim is not held to, and why.
+pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[];
+
+pub const CASES: &[(&str, Case)] = &[(
+    "unexecutable_criu_fails_checkpoints_by_name",
+    unexecutable_criu_fails_checkpoints_by_name,
+)];
+
+/// The system's directories, without /usr/local/sbin where scripts/setup installs CRIU.
+const SYSTEM_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How many checkpoints are tried: the shim's reaper and a spawner that waits for its failed
+/// child race once per try.
+const TRIES: usize = 40;
+
+/// An executable file with no ELF header and no `#!`.
+const GARBAGE: &str = "this is no program\n";
+/// A script whose interpreter does not exist.
+const NO_INTERPRETER: &str = "#!/nonexistent/interpreter\n";
+
+/// With a `criu` first on containerd's PATH that is an executable file the kernel cannot
+/// execute (by turns: no ELF and no `#!`; a `#!` naming a missing interpreter), [`TRIES`]
+/// checkpoints each fail naming the binary and the exec's error, and the task keeps running
+/// throughout.
+fn unexecutable_criu_fails_checkpoints_by_name(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let bad = tempfile::tempdir_in(&s.cd.dir)?;
+    let criu = bad.path().join("criu");
+    std::fs::write(&criu, GARBAGE)?;
+    std::fs::set_permissions(&criu, std::fs::Permissions::from_mode(0o755))?;
+    let options = StartOptions {
+        path: Some(format!("{}:{SYSTEM_PATH}", bad.path().display())),
+        ..Default::default()
+    };
+    let cd = Containerd::start_with(&harness::built_shim()?, &options)?;
+    let result = checkpoints_fail(&cd, s, rt, id, &criu.display().to_string());
+    let _ = cd.ctr(&["task", "kill", "-a", "-s", "SIGKILL", id]);
+    let teardown = cd.teardown(&[]);
+    result?;
+    teardown
+}
+
+fn checkpoints_fail(cd: &Containerd, s: &Suite, rt: Runtime, id: &str, criu: &str) -> Result<()> {
+    let busybox = s.cd.dir.join("images/busybox.tar");
+    ensure!(busybox.is_file(), "{} is missing", busybox.display());
+    cd.ctr(&["image", "import", &busybox.display().to_string()])?
+        .ok()?;
+    cd.ctr(&[
+        "run",
+        "-d",
+        "--runtime",
+        rt.id(),
+        BUSYBOX_IMAGE,
+        id,
+        "sleep",
+        "100000",
+    ])?
+    .ok()?;
+    let pid = task_pid(cd, id)?;
+    let mut failures = Vec::new();
+    for n in 0..TRIES {
+        let (content, why) = if n % 2 == 0 {
+            (GARBAGE, "exec format error")
+        } else {
+            (NO_INTERPRETER, "no such file or directory")
+        };
+        std::fs::write(criu, content)?;
+        let out = cd.ctr(&["task", "checkpoint", id])?;
+        ensure!(
+            out.code != 0,
+            "try {n}: a checkpoint with an unexecutable CRIU succeeded: {out:?}"
+        );
+        if !(out.stderr.contains(criu) && out.stderr.to_lowercase().contains(why)) {
+            failures.push(format!("try {n}: {:?}", out.stderr.trim()));
+        }
+        let now = task_pid(cd, id).with_context(|| format!("after try {n}"))?;
+        ensure!(
+            now == pid,
+            "after try {n}: the task's pid is {now}, was {pid}"
+        );
+    }
+    eprintln!(
+        "{}: {} of {TRIES} failed checkpoints did not name {criu} and its exec error",
+        rt.name(),
+        failures.len()
+    );
+    ensure!(
+        failures.is_empty(),
+        "{} of {TRIES} failed checkpoints did not name {criu} and its exec error:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    Ok(())
+}
+
+/// The task's pid from `ctr task ls`, which must show it RUNNING.
+fn task_pid(cd: &Containerd, id: &str) -> Result<String> {
+    let ls = cd.ctr(&["task", "ls"])?.stdout;
+    ls.lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.first() == Some(&id) && f.get(2) == Some(&"RUNNING")).then(|| f[1].to_string())
+        })
+        .with_context(|| format!("{id} is not RUNNING:\n{ls}"))
+}
