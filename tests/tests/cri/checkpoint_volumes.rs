@@ -8,13 +8,28 @@ use super::{
     count, eventually, mount_at, restore_config, run_pod_with_uid, start, uid, Case, Suite, COUNTER,
 };
 
-pub(super) const CASES: &[(&str, Case)] = &[(
-    "restore_brings_back_a_private_overlay_volume",
-    restore_brings_back_a_private_overlay_volume,
-)];
+pub(super) const CASES: &[(&str, Case)] = &[
+    (
+        "restore_brings_back_a_private_overlay_volume",
+        restore_brings_back_a_private_overlay_volume,
+    ),
+    (
+        "two_restored_containers_keep_private_volumes_apart",
+        two_restored_containers_keep_private_volumes_apart,
+    ),
+];
 
 /// Cases of this module that need containerd 2.x's CRI (ignored on 1.6 with the suite's reason).
-pub(super) const NEEDS_V2: &[&str] = &["restore_brings_back_a_private_overlay_volume"];
+pub(super) const NEEDS_V2: &[&str] = &[
+    "restore_brings_back_a_private_overlay_volume",
+    "two_restored_containers_keep_private_volumes_apart",
+];
+
+/// The hints of a private overlay emptyDir `cpriv`.
+const PRIVATE: [(&str, &str); 2] = [
+    ("dev.cryo.spec.mount.cpriv.type", "bind"),
+    ("dev.cryo.spec.mount.cpriv.share", "container"),
+];
 
 /// A container with a private overlay emptyDir (`type=bind`, `share=container`: its files are
 /// in an upper directory on disk only it sees) checkpointed through CRI; the pod removed and
@@ -22,10 +37,7 @@ pub(super) const NEEDS_V2: &[&str] = &["restore_brings_back_a_private_overlay_vo
 /// same volume hint and a new, empty emptyDir: the files are back (in the new pod's volume),
 /// the volume is an overlay again, and the process continues.
 fn restore_brings_back_a_private_overlay_volume(s: &Suite, case: &str) -> Result<()> {
-    const HINTS: [(&str, &str); 2] = [
-        ("dev.cryo.spec.mount.cpriv.type", "bind"),
-        ("dev.cryo.spec.mount.cpriv.share", "container"),
-    ];
+    const HINTS: [(&str, &str); 2] = PRIVATE;
     let uid1 = uid(case);
     let dir = cri::empty_dir(&s.kubelet, &uid1, "cpriv")?;
     let pod = run_pod_with_uid(s, case, &uid1, &HINTS)?;
@@ -75,8 +87,7 @@ fn restore_brings_back_a_private_overlay_volume(s: &Suite, case: &str) -> Result
         fstype == "overlay",
         "/v/cpriv after restore is {fstype}, not overlay"
     );
-    // The new pod's volume holds them (under the filestore key of the restored container's
-    // name, which containerd 2.2.7 annotates as "containerd" for a restored container).
+    // The new pod's volume holds them (in the restored container's own filestore).
     let stores = dir2.join(".cryo-filestore");
     let holders: Vec<_> = std::fs::read_dir(&stores)
         .with_context(|| format!("{}", stores.display()))?
@@ -95,5 +106,82 @@ fn restore_brings_back_a_private_overlay_volume(s: &Suite, case: &str) -> Result
     s.cri.stop_container(&id, 2)?;
     s.cri.remove_container(&id)?;
     std::fs::remove_file(&archive)?;
+    Ok(())
+}
+
+/// Two containers of one pod, each with a private overlay volume of the same emptyDir,
+/// checkpointed through CRI and restored into ONE new pod (one new emptyDir): both restores
+/// start (each gets an empty upper directory to restore into), each finds its own checkpointed
+/// file, and what one writes the other does not see. (containerd 2.2.7 annotates every
+/// restored container's CRI name as "containerd": a name-keyed filestore is shared.)
+fn two_restored_containers_keep_private_volumes_apart(s: &Suite, case: &str) -> Result<()> {
+    const NAMES: [&str; 2] = ["alpha", "beta"];
+    let uid1 = uid(case);
+    let dir = cri::empty_dir(&s.kubelet, &uid1, "cpriv")?;
+    let pod = run_pod_with_uid(s, case, &uid1, &PRIVATE)?;
+    let mut archives = Vec::new();
+    for name in NAMES {
+        let script = format!("echo {name} > /v/cpriv/file; {COUNTER}");
+        let app = start(s, &pod, name, &script, &[("/v/cpriv", &dir)])?;
+        eventually("the counter counts", || Ok(count(s, &app)? >= 3))?;
+        let archive = s
+            .kubelet
+            .join("checkpoints")
+            .join(format!("{case}-{name}.tar"));
+        std::fs::create_dir_all(archive.parent().context("no parent")?)?;
+        s.cri.checkpoint_container(&app, &archive, 60)?;
+        archives.push(archive);
+    }
+    s.cri.remove_pod_fully(&pod.id)?;
+    std::fs::remove_dir_all(&dir)?;
+
+    let uid2 = format!("{uid1}-restored");
+    let dir2 = cri::empty_dir(&s.kubelet, &uid2, "cpriv")?;
+    let new = run_pod_with_uid(s, &format!("{case}-restored"), &uid2, &PRIVATE)?;
+    let mut ids = Vec::new();
+    for (name, archive) in NAMES.iter().zip(&archives) {
+        let mut config = restore_config(name, archive);
+        config.mounts = vec![k8s_cri::v1::Mount {
+            container_path: "/v/cpriv".into(),
+            host_path: dir2.display().to_string(),
+            ..Default::default()
+        }];
+        let id = s.cri.create_container(&new.id, config, &new.config)?;
+        ids.push(id.clone());
+        s.cri
+            .start_container(&id)
+            .with_context(|| format!("start the restored {name}"))?;
+    }
+    for (id, name) in ids.iter().zip(NAMES) {
+        let got = s.cri.sh(id, "cat /v/cpriv/file")?;
+        ensure!(
+            got == format!("{name}\n"),
+            "the restored {name}'s volume file holds {got:?}"
+        );
+        s.cri.sh(id, &format!("echo {name} > /v/cpriv/mine"))?;
+    }
+    for (id, name) in ids.iter().zip(NAMES) {
+        let got = s.cri.sh(id, "cat /v/cpriv/mine")?;
+        ensure!(
+            got == format!("{name}\n"),
+            "the restored {name} sees {got:?} in its private volume: shared with the other"
+        );
+    }
+    let stores: Vec<_> = std::fs::read_dir(dir2.join(".cryo-filestore"))?
+        .flatten()
+        .filter(|e| e.path().join("upper/mine").is_file())
+        .map(|e| e.file_name())
+        .collect();
+    ensure!(
+        stores.len() == 2,
+        "the two restored containers' files are not in two filestores: {stores:?}"
+    );
+    for id in &ids {
+        s.cri.stop_container(id, 2)?;
+        s.cri.remove_container(id)?;
+    }
+    for archive in &archives {
+        std::fs::remove_file(archive)?;
+    }
     Ok(())
 }
