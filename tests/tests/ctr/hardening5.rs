@@ -1,6 +1,7 @@
-//! ctr cases: hardening5. Faults an attacker or a broken host can provoke in what the shim
-//! spawns at run time: a CRIU binary that cannot be executed must fail the checkpoint by name,
-//! every time, and leave the shim and its container running.
+//! ctr cases: hardening5. Faults an attacker or a broken host can provoke: a CRIU binary that
+//! cannot be executed must fail the checkpoint by name, every time, and leave the shim and its
+//! container running; a pod of one tenant (Kubernetes namespace) may neither write into nor
+//! restore from the checkpoint directory another tenant's trigger claimed.
 
 use std::os::unix::fs::PermissionsExt;
 
@@ -8,15 +9,24 @@ use anyhow::{ensure, Context, Result};
 use harness::image::BUSYBOX_IMAGE;
 use harness::{Containerd, Runtime, StartOptions};
 
-use super::{Case, Suite};
+use super::{assert_gone, run, run_detached, Case, Suite};
 
 /// Cases runc's shim is not held to, and why.
-pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[];
-
-pub const CASES: &[(&str, Case)] = &[(
-    "unexecutable_criu_fails_checkpoints_by_name",
-    unexecutable_criu_fails_checkpoints_by_name,
+pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[(
+    "another_tenant_s_checkpoints_are_out_of_reach",
+    "runc's shim has no filesystem checkpoints (the fscheckpoint trigger, dev.cryo.fs-restore.image-path)",
 )];
+
+pub const CASES: &[(&str, Case)] = &[
+    (
+        "unexecutable_criu_fails_checkpoints_by_name",
+        unexecutable_criu_fails_checkpoints_by_name,
+    ),
+    (
+        "another_tenant_s_checkpoints_are_out_of_reach",
+        another_tenant_s_checkpoints_are_out_of_reach,
+    ),
+];
 
 /// The system's directories, without /usr/local/sbin where scripts/setup installs CRIU.
 const SYSTEM_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
@@ -113,4 +123,83 @@ fn task_pid(cd: &Containerd, id: &str) -> Result<String> {
             (f.first() == Some(&id) && f.get(2) == Some(&"RUNNING")).then(|| f[1].to_string())
         })
         .with_context(|| format!("{id} is not RUNNING:\n{ls}"))
+}
+
+/// The annotation CRI sets to the pod's Kubernetes namespace (pod annotations cannot set it;
+/// here ctr sets it, as CRI would).
+const NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
+
+/// Pod "a" of namespace tenant-a checkpoints itself with the trigger into a destination beneath
+/// the checkpoint root. Then pods of namespace tenant-b are refused by annotation and value,
+/// naming the owner, and leave nothing behind: one restoring from that destination (it would
+/// read tenant-a's files), one whose trigger writes there (it would re-point `latest`, which
+/// tenant-a's next restore follows). A pod of tenant-a restores from it.
+fn another_tenant_s_checkpoints_are_out_of_reach(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let (_tmp, dest) = harness::containerd::checkpoint_destination("cryo-tenant-")?;
+    let path = format!("dev.cryo.fscheckpoint.path={}", dest.display());
+    let tenant = |t: &str| format!("{NAMESPACE}={t}");
+    let out = run(
+        s,
+        rt,
+        id,
+        &[
+            "--annotation",
+            &tenant("tenant-a"),
+            "--annotation",
+            &path,
+            "--annotation",
+            "dev.cryo.fscheckpoint.resume=true",
+            "--annotation",
+            "dev.cryo.fscheckpoint.enable=true",
+        ],
+        &[
+            "sh",
+            "-c",
+            "echo secret > /secret; exec 3<>/run/cryo/fscheckpoint; echo 1 >&3; cat <&3",
+        ],
+    )?
+    .ok()?;
+    ensure!(out.stdout == "resume\n", "the round of tenant-a: {out:?}");
+    assert_gone(s, id)?;
+
+    let restore = format!("dev.cryo.fs-restore.image-path={}", dest.display());
+    let refused = [
+        ("restore", vec!["--annotation", &restore]),
+        (
+            "trigger",
+            vec![
+                "--annotation",
+                &path,
+                "--annotation",
+                "dev.cryo.fscheckpoint.enable=true",
+            ],
+        ),
+    ];
+    let other = tenant("tenant-b");
+    for (what, annotations) in refused {
+        let mut extra = vec!["--annotation", other.as_str()];
+        extra.extend(annotations);
+        let out = run(s, rt, id, &extra, &["cat", "/secret"])?;
+        ensure!(
+            out.code != 0 && !out.stdout.contains("secret"),
+            "tenant-b's {what} pod ran: {out:?}"
+        );
+        ensure!(
+            out.stderr.contains(&dest.display().to_string())
+                && out.stderr.contains("kubernetes namespace tenant-a"),
+            "tenant-b's {what} refusal names neither the destination nor its owner: {:?}",
+            out.stderr
+        );
+        super::cleanup_container(&s.cd, id);
+        assert_gone(s, id)?;
+    }
+    ensure!(
+        std::fs::read_link(dest.join("latest"))? == std::path::Path::new("1"),
+        "latest moved"
+    );
+
+    run_detached(s, rt, id, &["--annotation", &tenant("tenant-a"), "--annotation", &restore])?;
+    let seen = s.cd.ctr(&["task", "exec", "--exec-id", "read", id, "cat", "/secret"])?;
+    ensure!(seen.stdout == "secret\n", "tenant-a's restore: {seen:?}");
+    Ok(())
 }
