@@ -113,10 +113,11 @@ impl Tenant {
     }
 
     /// Claim `dest` for this tenant (it and its owner file created when missing, mode 0700 and
-    /// 0600), or check that it may write there. The refusal names the owner.
+    /// 0600) once [`Tenant::may_write`] allows it. The refusal names the owner.
     pub fn claim(&self, dest: &Path) -> Result<(), String> {
+        self.may_write(dest)?;
         let Some(record) = self.record() else {
-            return self.may_write(dest);
+            return Ok(());
         };
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -139,26 +140,35 @@ impl Tenant {
         }
     }
 
-    /// Whether this tenant may write checkpoints into `dest` (unclaimed, or its own).
+    /// Whether this tenant may write checkpoints into `dest`: not a symlink, and neither it
+    /// nor a directory above it (symlinks resolved) claimed by another tenant.
     pub fn may_write(&self, dest: &Path) -> Result<(), String> {
-        match owner(dest)? {
-            Some(owner) if Some(&owner) != self.record().as_ref() => {
-                Err(refusal(dest, &owner, self))
-            }
-            _ => Ok(()),
+        if std::fs::symlink_metadata(dest).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(format!("{} is a symlink", dest.display()));
+        }
+        self.owned_by_others(dest, self.record())
+    }
+
+    /// Whether this tenant may restore the checkpoint directory `dir`: neither it nor a
+    /// directory above it (symlinks resolved) claimed by another tenant. Pods not made through
+    /// CRI may restore any.
+    pub fn may_read(&self, dir: &Path) -> Result<(), String> {
+        match self.record() {
+            None => Ok(()),
+            mine => self.owned_by_others(dir, mine),
         }
     }
 
-    /// Whether this tenant may restore the checkpoint directory `dir` (neither it nor the
-    /// directory holding it claimed by another tenant).
-    pub fn may_read(&self, dir: &Path) -> Result<(), String> {
-        let Some(mine) = self.record() else {
-            return Ok(());
-        };
-        for d in [Some(dir), dir.parent()].into_iter().flatten() {
-            if let Some(owner) = owner(d)? {
-                if owner != mine {
-                    return Err(refusal(d, &owner, self));
+    /// Refuse when `path` or a directory above it, symlinks resolved, holds an owner file
+    /// other than `mine`.
+    fn owned_by_others(&self, path: &Path, mine: Option<String>) -> Result<(), String> {
+        let (existing, _) = longest_existing(path);
+        let resolved =
+            std::fs::canonicalize(&existing).map_err(|e| format!("{}: {e}", existing.display()))?;
+        for dir in resolved.ancestors() {
+            if let Some(owner) = owner(dir)? {
+                if Some(&owner) != mine.as_ref() {
+                    return Err(refusal(dir, &owner, self));
                 }
             }
         }
@@ -264,6 +274,16 @@ mod tests {
         let free = t.path().join("free");
         admin.claim(&free).unwrap();
         assert!(!free.join(OWNER_FILE).exists());
+        // Beneath a claimed directory, or through a symlink into one: the owner's alone.
+        let inner = dest.join("1");
+        std::fs::create_dir(&inner).unwrap();
+        assert!(b.claim(&inner).is_err());
+        assert!(!inner.join(OWNER_FILE).exists());
+        std::os::unix::fs::symlink(&inner, t.path().join("via")).unwrap();
+        let e = b.claim(&t.path().join("via")).unwrap_err();
+        assert!(e.contains("symlink"), "{e}");
+        assert!(b.may_read(&t.path().join("via")).is_err());
+        assert!(a.claim(&inner).is_ok());
         // An owner file that is a symlink is refused, not followed.
         let odd = t.path().join("odd");
         std::fs::create_dir(&odd).unwrap();
