@@ -5,7 +5,8 @@ use anyhow::{ensure, Context, Result};
 use harness::cri;
 
 use super::{
-    count, eventually, mount_at, restore_config, run_pod_with_uid, start, uid, Case, Suite, COUNTER,
+    count, cryo, eventually, mount_at, restore_config, run_pod_with_uid, start, uid, Case, Suite,
+    COUNTER,
 };
 
 pub(super) const CASES: &[(&str, Case)] = &[
@@ -113,7 +114,10 @@ fn restore_brings_back_a_private_overlay_volume(s: &Suite, case: &str) -> Result
 /// checkpointed through CRI and restored into ONE new pod (one new emptyDir): both restores
 /// start (each gets an empty upper directory to restore into), each finds its own checkpointed
 /// file, and what one writes the other does not see. (containerd 2.2.7 annotates every
-/// restored container's CRI name as "containerd": a name-keyed filestore is shared.)
+/// restored container's CRI name as "containerd": a name-keyed filestore is shared.) A
+/// filesystem checkpoint of that pod is refused naming the shared name: its sections are
+/// labelled by container name, and two containers' rootfs sections under one label would
+/// come back stacked into one container.
 fn two_restored_containers_keep_private_volumes_apart(s: &Suite, case: &str) -> Result<()> {
     const NAMES: [&str; 2] = ["alpha", "beta"];
     let uid1 = uid(case);
@@ -176,6 +180,46 @@ fn two_restored_containers_keep_private_volumes_apart(s: &Suite, case: &str) -> 
         stores.len() == 2,
         "the two restored containers' files are not in two filestores: {stores:?}"
     );
+    let tmp = tempfile::Builder::new()
+        .prefix("cryo-fsck-")
+        .tempdir_in("/tmp")?;
+    let ck = tmp.path().join("ck").display().to_string();
+    let out = cryo(
+        s,
+        &[
+            "fscheckpoint",
+            "--image-path",
+            &ck,
+            "--leave-running",
+            &new.id,
+        ],
+    )?;
+    // The CRI name each restored container's spec carries (its bundle's config.json).
+    let names: Vec<String> = ids
+        .iter()
+        .map(|id| {
+            let spec =
+                s.cd.dir
+                    .join("state/io.containerd.runtime.v2.task/k8s.io")
+                    .join(id)
+                    .join("config.json");
+            let spec: serde_json::Value = serde_json::from_slice(&std::fs::read(&spec)?)?;
+            Ok(spec["annotations"]["io.kubernetes.cri.container-name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string())
+        })
+        .collect::<Result<_>>()?;
+    eprintln!("the restored containers' CRI name annotations: {names:?}; fscheckpoint: {out:?}");
+    if names[0] == names[1] {
+        ensure!(
+            out.code != 0 && ids.iter().all(|id| out.stderr.contains(id.as_str())),
+            "a filesystem checkpoint of a pod whose two containers share a name was not \
+             refused naming them: {out:?}"
+        );
+    } else {
+        out.ok().context("cryo fscheckpoint")?;
+    }
     for id in &ids {
         s.cri.stop_container(id, 2)?;
         s.cri.remove_container(id)?;

@@ -198,8 +198,19 @@ fn another_tenant_s_checkpoints_are_out_of_reach(s: &Suite, rt: Runtime, id: &st
         "latest moved"
     );
 
-    run_detached(s, rt, id, &["--annotation", &tenant("tenant-a"), "--annotation", &restore])?;
-    let seen = s.cd.ctr(&["task", "exec", "--exec-id", "read", id, "cat", "/secret"])?;
+    run_detached(
+        s,
+        rt,
+        id,
+        &[
+            "--annotation",
+            &tenant("tenant-a"),
+            "--annotation",
+            &restore,
+        ],
+    )?;
+    let seen =
+        s.cd.ctr(&["task", "exec", "--exec-id", "read", id, "cat", "/secret"])?;
     ensure!(seen.stdout == "secret\n", "tenant-a's restore: {seen:?}");
     Ok(())
 }
