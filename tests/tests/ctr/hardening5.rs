@@ -12,10 +12,16 @@ use harness::{Containerd, Runtime, StartOptions};
 use super::{assert_gone, run, run_detached, Case, Suite};
 
 /// Cases runc's shim is not held to, and why.
-pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[(
-    "another_tenant_s_checkpoints_are_out_of_reach",
-    "runc's shim has no filesystem checkpoints (the fscheckpoint trigger, dev.cryo.fs-restore.image-path)",
-)];
+pub const RUNC_FALLS_SHORT: &[(&str, &str)] = &[
+    (
+        "another_tenant_s_checkpoints_are_out_of_reach",
+        NO_FS_CHECKPOINTS,
+    ),
+    ("another_container_cannot_open_a_trigger", NO_FS_CHECKPOINTS),
+];
+
+const NO_FS_CHECKPOINTS: &str =
+    "runc's shim has no filesystem checkpoints (the fscheckpoint trigger, dev.cryo.fs-restore.image-path)";
 
 pub const CASES: &[(&str, Case)] = &[
     (
@@ -25,6 +31,10 @@ pub const CASES: &[(&str, Case)] = &[
     (
         "another_tenant_s_checkpoints_are_out_of_reach",
         another_tenant_s_checkpoints_are_out_of_reach,
+    ),
+    (
+        "another_container_cannot_open_a_trigger",
+        another_container_cannot_open_a_trigger,
     ),
 ];
 
@@ -212,5 +222,71 @@ fn another_tenant_s_checkpoints_are_out_of_reach(s: &Suite, rt: Runtime, id: &st
     let seen =
         s.cd.ctr(&["task", "exec", "--exec-id", "read", id, "cat", "/secret"])?;
     ensure!(seen.stdout == "secret\n", "tenant-a's restore: {seen:?}");
+    Ok(())
+}
+
+/// A container that shares the pid namespace of a trigger-enabled one (as containers of a pod
+/// with `shareProcessNamespace` do) reaches its trigger file as `/proc/1/root/run/cryo/...`.
+/// It may not open it at all, not even to read: every handle and parked read it held would
+/// count against the owner's limits (1024 each: the owner's own open would get EMFILE) and its
+/// reads would learn when the owner checkpoints. The owner's own round still works.
+fn another_container_cannot_open_a_trigger(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
+    let (_tmp, dest) = harness::containerd::checkpoint_destination("cryo-other-")?;
+    let path = format!("dev.cryo.fscheckpoint.path={}", dest.display());
+    run_detached(
+        s,
+        rt,
+        id,
+        &[
+            "--annotation",
+            &path,
+            "--annotation",
+            "dev.cryo.fscheckpoint.resume=true",
+            "--annotation",
+            "dev.cryo.fscheckpoint.enable=true",
+        ],
+    )?;
+    let pid = task_pid(&s.cd, id)?;
+    let other = format!("{id}-other");
+    let pid_ns = format!("pid:/proc/{pid}/ns/pid");
+    let result = (|| -> Result<()> {
+        for mode in ["<", "<>"] {
+            let script = format!(
+                "test -e /proc/1/root/run/cryo/fscheckpoint || exit 9; \
+                 exec 3{mode}/proc/1/root/run/cryo/fscheckpoint && echo opened"
+            );
+            let out = run(
+                s,
+                rt,
+                &other,
+                &["--with-ns", &pid_ns],
+                &["sh", "-c", &script],
+            )?;
+            ensure!(
+                out.code != 9,
+                "the other container does not see the trigger: {out:?}"
+            );
+            ensure!(
+                out.code != 0
+                    && !out.stdout.contains("opened")
+                    && out.stderr.contains("Permission denied"),
+                "another container opened the trigger with {mode:?}: {out:?}"
+            );
+        }
+        Ok(())
+    })();
+    super::cleanup_container(&s.cd, &other);
+    result?;
+    let round = s.cd.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "round",
+        id,
+        "sh",
+        "-c",
+        "exec 3<>/run/cryo/fscheckpoint; echo 1 >&3; cat <&3",
+    ])?;
+    ensure!(round.stdout == "resume\n", "the owner's round: {round:?}");
     Ok(())
 }
