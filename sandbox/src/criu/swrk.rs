@@ -61,7 +61,7 @@ impl Session {
         // Never waited for: the embedder's reaper collects it (also after a failed exec).
         let pid = spawn
             .spawn()
-            .map_err(|e| Error::CriuMissing(format!("cannot run CRIU: {e}")))?;
+            .map_err(|e| Error::CriuMissing(e.to_string()))?;
         Ok(Session {
             pid,
             sock: ours,
