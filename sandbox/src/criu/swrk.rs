@@ -82,15 +82,31 @@ impl Session {
     /// Send one request and return CRIU's successful answer to it; notifications on the way
     /// are acknowledged. A failed answer becomes [`Error::Criu`] with CRIU's message and errno.
     pub fn call(&mut self, kind: ReqType, opts: Option<Opts>) -> Result<Resp> {
+        self.call_with(kind, opts, |_| Ok(()))
+    }
+
+    /// The same, with each notification shown to `on_notify` first: its error is acknowledged
+    /// as a failure (CRIU then aborts the request and kills what it restored) and returned once
+    /// CRIU answered.
+    pub fn call_with(
+        &mut self,
+        kind: ReqType,
+        opts: Option<Opts>,
+        mut on_notify: impl FnMut(&Resp) -> Result<()>,
+    ) -> Result<Resp> {
         let mut req = rpc::Criu_req::new();
         req.set_type(kind);
         if let Some(opts) = opts {
             req.opts = protobuf::MessageField::some(opts);
         }
         self.send(&req)?;
+        let mut refused: Option<Error> = None;
         loop {
             let resp = self.recv(kind)?;
             if !resp.success() {
+                if let Some(e) = refused {
+                    return Err(e);
+                }
                 let mut reason = format!("CRIU answered {:?} unsuccessfully", resp.type_());
                 let msg = resp.cr_errmsg().trim();
                 if !msg.is_empty() && !super::log::is_noise(msg) {
@@ -108,11 +124,22 @@ impl Session {
                 });
             }
             if resp.type_() == ReqType::NOTIFY {
+                let ok = refused.is_none()
+                    && match on_notify(&resp) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            refused = Some(e);
+                            false
+                        }
+                    };
                 let mut ack = rpc::Criu_req::new();
                 ack.set_type(ReqType::NOTIFY);
-                ack.set_notify_success(true);
+                ack.set_notify_success(ok);
                 self.send(&ack)?;
                 continue;
+            }
+            if let Some(e) = refused {
+                return Err(e);
             }
             if resp.type_() != kind {
                 return Err(Error::Criu {

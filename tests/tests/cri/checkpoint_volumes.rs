@@ -1,5 +1,5 @@
 //! CRI cases: pod volumes carried by CRI checkpoint/restore (CheckpointContainer, then restore
-//! through CreateContainer in a new pod, containerd 2.x).
+//! through CreateContainer in a new pod, containerd 2.x), and what such a restore may hand out.
 
 use anyhow::{ensure, Context, Result};
 use harness::cri;
@@ -18,12 +18,17 @@ pub(super) const CASES: &[(&str, Case)] = &[
         "two_restored_containers_keep_private_volumes_apart",
         two_restored_containers_keep_private_volumes_apart,
     ),
+    (
+        "a_restore_gets_no_capability_its_spec_withholds",
+        a_restore_gets_no_capability_its_spec_withholds,
+    ),
 ];
 
 /// Cases of this module that need containerd 2.x's CRI (ignored on 1.6 with the suite's reason).
 pub(super) const NEEDS_V2: &[&str] = &[
     "restore_brings_back_a_private_overlay_volume",
     "two_restored_containers_keep_private_volumes_apart",
+    "a_restore_gets_no_capability_its_spec_withholds",
 ];
 
 /// The hints of a private overlay emptyDir `cpriv`.
@@ -227,5 +232,90 @@ fn two_restored_containers_keep_private_volumes_apart(s: &Suite, case: &str) -> 
     for archive in &archives {
         std::fs::remove_file(archive)?;
     }
+    Ok(())
+}
+
+/// A config whose container adds `caps` to the default capabilities.
+fn with_caps(
+    mut config: k8s_cri::v1::ContainerConfig,
+    caps: &[&str],
+) -> k8s_cri::v1::ContainerConfig {
+    config.linux = Some(k8s_cri::v1::LinuxContainerConfig {
+        security_context: Some(k8s_cri::v1::LinuxContainerSecurityContext {
+            capabilities: Some(k8s_cri::v1::Capability {
+                add_capabilities: caps.iter().map(|c| c.to_string()).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    config
+}
+
+/// A container granted CAP_SYS_ADMIN and CAP_SYS_MODULE is checkpointed through CRI; restored
+/// into a new pod by a request that grants only the defaults, it must not come back with them
+/// (CRIU sets the capabilities the checkpoint's images claim; a checkpoint's author could claim
+/// any): StartContainer fails naming them and the bounding set, and no process of it is left.
+/// Restored into another pod by a request that grants them, it runs on.
+fn a_restore_gets_no_capability_its_spec_withholds(s: &Suite, case: &str) -> Result<()> {
+    const CAPS: [&str; 2] = ["SYS_ADMIN", "SYS_MODULE"];
+    let pod = super::run_pod(s, case, &[])?;
+    let config = with_caps(cri::container_config("capped", COUNTER, &[]), &CAPS);
+    let app = s.cri.create_container(&pod.id, config, &pod.config)?;
+    s.cri.start_container(&app)?;
+    eventually("the counter counts", || Ok(count(s, &app)? >= 3))?;
+    let archive = s.kubelet.join("checkpoints").join(format!("{case}.tar"));
+    std::fs::create_dir_all(archive.parent().context("no parent")?)?;
+    s.cri.checkpoint_container(&app, &archive, 60)?;
+    s.cri.remove_pod_fully(&pod.id)?;
+
+    let new = super::run_pod(s, &format!("{case}-restored"), &[])?;
+    let id = s
+        .cri
+        .create_container(&new.id, restore_config("capped", &archive), &new.config)?;
+    let started = s.cri.start_container(&id);
+    let left: Vec<String> = std::fs::read_dir("/proc")?
+        .flatten()
+        .filter(|e| std::fs::read_to_string(e.path().join("cgroup")).is_ok_and(|c| c.contains(&id)))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let err = match started {
+        Ok(()) => {
+            let pid = s.cri.container_pid(&id)?;
+            let caps = std::fs::read_to_string(format!("/proc/{pid}/status"))?
+                .lines()
+                .filter(|l| l.starts_with("Cap"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            anyhow::bail!("the restore ran with the checkpoint's capabilities: {caps}");
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    ensure!(
+        err.contains("CAP_SYS_ADMIN") && err.contains("CAP_SYS_MODULE") && err.contains("bounding"),
+        "the refusal names neither the capabilities nor the bounding set: {err}"
+    );
+    ensure!(
+        left.is_empty(),
+        "processes of the refused restore: {left:?}"
+    );
+    s.cri.remove_container(&id)?;
+    s.cri.remove_pod_fully(&new.id)?;
+
+    // (A pod of its own: its pids are the checkpoint's, free in a new pod's pid namespace.)
+    let granting = super::run_pod(s, &format!("{case}-granted"), &[])?;
+    let config = with_caps(restore_config("capped", &archive), &CAPS);
+    let id = s
+        .cri
+        .create_container(&granting.id, config, &granting.config)?;
+    s.cri.start_container(&id)?;
+    let restored = count(s, &id)?;
+    eventually("the restored counter counts on", || {
+        Ok(count(s, &id)? > restored)
+    })?;
+    s.cri.stop_container(&id, 2)?;
+    s.cri.remove_container(&id)?;
+    std::fs::remove_file(&archive)?;
     Ok(())
 }
