@@ -82,3 +82,61 @@ pub fn check(spec: &Spec, pids: &[i32]) -> Result<(), String> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(bounding: &[&str], seccomp: bool) -> Spec {
+        let mut v = serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"cwd": "/", "user": {"uid": 0, "gid": 0}, "capabilities": {"bounding": bounding}},
+        });
+        if seccomp {
+            v["linux"] = serde_json::json!({"seccomp": {"defaultAction": "SCMP_ACT_ALLOW"}});
+        }
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn capabilities_beyond_the_bounding_set_are_named() {
+        let me = std::process::id() as i32;
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let bnd = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapBnd:"))
+            .map(|v| u64::from_str_radix(v.trim(), 16).unwrap())
+            .unwrap();
+        assert!(
+            bnd & (1 << 21) != 0,
+            "needs CAP_SYS_ADMIN in the bounding set (run as root, as CI does)"
+        );
+        let err = check(&spec(&["CAP_CHOWN"], false), &[me]).unwrap_err();
+        assert!(
+            err.contains("CAP_SYS_ADMIN")
+                && err.contains("bounding")
+                && err.contains(&me.to_string()),
+            "{err}"
+        );
+        let all: Vec<String> = crate::init::capability_names(bnd);
+        let all: Vec<&str> = all.iter().map(String::as_str).collect();
+        assert!(check(&spec(&all, false), &[me]).is_ok());
+        // The test runs without a seccomp filter.
+        let err = check(&spec(&all, true), &[me]).unwrap_err();
+        assert!(err.contains("seccomp"), "{err}");
+    }
+
+    #[test]
+    fn capability_bits_and_names_agree() {
+        let names = ["CAP_CHOWN", "CAP_SYS_ADMIN"];
+        let s = spec(&names, false);
+        let bits = crate::init::capability_bits(
+            s.process()
+                .as_ref()
+                .and_then(|p| p.capabilities().as_ref())
+                .and_then(|c| c.bounding().as_ref()),
+        );
+        assert_eq!(bits, 1 | (1 << 21));
+        assert_eq!(crate::init::capability_names(bits), names);
+    }
+}
