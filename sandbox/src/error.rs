@@ -53,7 +53,7 @@ pub enum Error {
     #[error("state {path}: {reason}")]
     State { path: PathBuf, reason: String },
     /// CRIU is not installed where cryo looks for it (or cannot be run).
-    #[error("CRIU is missing: {0}")]
+    #[error("CRIU is missing or cannot be run: {0}")]
     CriuMissing(String),
     /// CRIU failed; the reason quotes CRIU's own last error and names its log.
     #[error("criu {op}: {reason}")]

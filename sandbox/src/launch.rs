@@ -4,9 +4,7 @@
 //! cgroup, send its configuration, and collect what it reports until the new process is
 //! ready; later, tell it to exec. Used for a container's PID 1 and for exec'd processes alike.
 
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
@@ -18,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::init::protocol::{self, Channel, FromInit, InitConfig, ToInit, MAX_MESSAGE};
 use crate::init::{namespaces, seccomp, INIT_ENV, INIT_FD};
 use crate::sealed_exe;
+use crate::spawn::Spawn;
 
 /// How long the init helper may take to get a process ready, or to exec after Start.
 const INIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -119,42 +118,28 @@ impl Drop for Spawned {
 /// channel as [`INIT_FD`] and the process's stdio as 0, 1, 2. The helper is never waited for
 /// here: the embedding process's reaper collects it.
 fn spawn_helper(chan: Channel, stdio: Stdio) -> Result<i32> {
-    // The view's descriptor is above INIT_FD, so the dup2s below leave it in place for the
-    // exec; it is close-on-exec, so the helper does not keep it.
-    let mut cmd = Command::new(sealed_exe::exec_path(sealed_exe::sealed_self()?));
-    cmd.arg0("cryo-init").env(INIT_ENV, "1");
-    let null = std::process::Stdio::null;
-    match stdio {
-        Stdio::Terminal => {
-            cmd.stdin(null()).stdout(null()).stderr(null());
-        }
-        Stdio::Fds {
-            stdin,
-            stdout,
-            stderr,
-        } => {
-            let pick = |fd: Option<OwnedFd>| fd.map_or_else(null, std::process::Stdio::from);
-            cmd.stdin(pick(stdin))
-                .stdout(pick(stdout))
-                .stderr(pick(stderr));
-        }
+    let sealed = sealed_exe::sealed_self()?;
+    let chan = chan
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| Error::io("duplicate the init helper's channel", e))?;
+    // The view's descriptor stays open (close-on-exec) until the exec that goes through it.
+    let mut spawn = Spawn::new(sealed_exe::exec_path(sealed))
+        .arg0("cryo-init")
+        .env(INIT_ENV, "1")
+        .fd(chan, INIT_FD);
+    if let Stdio::Fds {
+        stdin,
+        stdout,
+        stderr,
+    } = stdio
+    {
+        spawn = spawn
+            .fd_or_null(stdin, 0)
+            .fd_or_null(stdout, 1)
+            .fd_or_null(stderr, 2);
     }
-    let fd = chan.as_fd().as_raw_fd();
-    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if fd == INIT_FD {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, INIT_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let child = cmd
+    spawn
         .spawn()
-        .map_err(|e| Error::io("spawn the init helper", e))?;
-    Ok(child.id() as i32)
+        .map_err(|e| Error::Init(format!("cannot start the init helper: {e}")))
 }

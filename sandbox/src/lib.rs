@@ -33,6 +33,7 @@ pub mod lazy_layer;
 mod lsm;
 pub mod mount;
 mod sealed_exe;
+pub mod spawn;
 pub mod state;
 pub mod volume;
 

@@ -11,6 +11,8 @@ pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
 pub const CONTAINER_TYPE_SANDBOX: &str = "sandbox";
 /// The pod's uid (kubelet's volume directories are `<root>/pods/<uid>/volumes/...`).
 pub const SANDBOX_UID: &str = "io.kubernetes.cri.sandbox-uid";
+/// The pod's Kubernetes namespace (set by CRI; pod annotations cannot set it).
+pub const SANDBOX_NAMESPACE: &str = "io.kubernetes.cri.sandbox-namespace";
 /// An app container's name within its pod.
 pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
 

@@ -8,8 +8,27 @@
 //! beneath the root both as written and once the symlinks of its existing part are resolved
 //! (a link beneath the root pointing out of it is refused). The `cryo` CLI, root-only, is not
 //! confined.
+//!
+//! Beneath the root, each directory a pod's trigger writes to belongs to the pod's tenant, its
+//! Kubernetes namespace ([`Tenant`]): the first round claims it with an [`OWNER_FILE`]; a pod
+//! of another namespace may neither write there (it would re-point `latest` at checkpoints of
+//! its making, which the owner's next restore would bring into its pods) nor restore from it
+//! (it would read the owner's files). Pods not made through CRI (no namespace: the node's
+//! admin, through `ctr`) claim nothing, may restore from anywhere beneath the root, and may
+//! not write to a claimed directory.
 
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::Spec;
+
+use crate::annotations;
+
+/// The file in a claimed directory naming its tenant.
+pub const OWNER_FILE: &str = ".cryo-owner";
+/// Longest owner file read.
+const MAX_OWNER: u64 = 4096;
 
 /// The environment variable naming the root.
 pub const ROOT_ENV: &str = "CRYO_CHECKPOINT_ROOT";
@@ -70,6 +89,126 @@ impl CheckpointRoot {
     }
 }
 
+/// Whose checkpoints a pod makes and may read: its Kubernetes namespace, `None` for a pod not
+/// made through CRI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant(Option<String>);
+
+impl Tenant {
+    /// The tenant of the pod `spec` belongs to (CRI's sandbox-namespace annotation).
+    pub fn of(spec: &Spec) -> Tenant {
+        Tenant(annotations::get(spec, annotations::SANDBOX_NAMESPACE).map(str::to_string))
+    }
+
+    #[cfg(test)]
+    pub fn namespace(ns: &str) -> Tenant {
+        Tenant(Some(ns.to_string()))
+    }
+
+    /// The owner file's text for this tenant.
+    fn record(&self) -> Option<String> {
+        self.0
+            .as_ref()
+            .map(|ns| format!("kubernetes namespace {ns}\n"))
+    }
+
+    /// Claim `dest` for this tenant (it and its owner file created when missing, mode 0700 and
+    /// 0600) once [`Tenant::may_write`] allows it. The refusal names the owner.
+    pub fn claim(&self, dest: &Path) -> Result<(), String> {
+        self.may_write(dest)?;
+        let Some(record) = self.record() else {
+            return Ok(());
+        };
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dest)
+            .map_err(|e| format!("{}: {e}", dest.display()))?;
+        let file = dest.join(OWNER_FILE);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&file)
+        {
+            Ok(mut f) => f
+                .write_all(record.as_bytes())
+                .map_err(|e| format!("{}: {e}", file.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => self.may_write(dest),
+            Err(e) => Err(format!("{}: {e}", file.display())),
+        }
+    }
+
+    /// Whether this tenant may write checkpoints into `dest`: not a symlink, and neither it
+    /// nor a directory above it (symlinks resolved) claimed by another tenant.
+    pub fn may_write(&self, dest: &Path) -> Result<(), String> {
+        if std::fs::symlink_metadata(dest).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(format!("{} is a symlink", dest.display()));
+        }
+        self.owned_by_others(dest, self.record())
+    }
+
+    /// Whether this tenant may restore the checkpoint directory `dir`: neither it nor a
+    /// directory above it (symlinks resolved) claimed by another tenant. Pods not made through
+    /// CRI may restore any.
+    pub fn may_read(&self, dir: &Path) -> Result<(), String> {
+        match self.record() {
+            None => Ok(()),
+            mine => self.owned_by_others(dir, mine),
+        }
+    }
+
+    /// Refuse when `path` or a directory above it, symlinks resolved, holds an owner file
+    /// other than `mine`.
+    fn owned_by_others(&self, path: &Path, mine: Option<String>) -> Result<(), String> {
+        let (existing, _) = longest_existing(path);
+        let resolved =
+            std::fs::canonicalize(&existing).map_err(|e| format!("{}: {e}", existing.display()))?;
+        for dir in resolved.ancestors() {
+            if let Some(owner) = owner(dir)? {
+                if Some(&owner) != mine.as_ref() {
+                    return Err(refusal(dir, &owner, self));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The owner file's text in `dir`, if it has one (it must be a regular file).
+fn owner(dir: &Path) -> Result<Option<String>, String> {
+    use std::io::Read;
+    let file = dir.join(OWNER_FILE);
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(&file)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", file.display())),
+    };
+    let regular = f.metadata().is_ok_and(|m| m.is_file());
+    let mut text = String::new();
+    if !regular || f.take(MAX_OWNER).read_to_string(&mut text).is_err() {
+        return Err(format!("{}: not a readable owner file", file.display()));
+    }
+    Ok(Some(text))
+}
+
+fn refusal(dir: &Path, owner: &str, tenant: &Tenant) -> String {
+    let who = match &tenant.0 {
+        Some(ns) => format!("pods of kubernetes namespace {ns}"),
+        None => "pods not made through CRI".to_string(),
+    };
+    format!(
+        "{} belongs to {} ({OWNER_FILE}); {who} may not use it",
+        dir.display(),
+        owner.trim()
+    )
+}
+
 /// `path` is below `root` (not `root` itself); both absolute and without `.`/`..`.
 fn beneath(path: &Path, root: &Path) -> bool {
     path != root && path.starts_with(root)
@@ -111,6 +250,45 @@ mod tests {
             assert!(e.contains(&t.path().display().to_string()), "{e}");
             assert!(e.contains(ROOT_ENV), "{e}");
         }
+    }
+
+    #[test]
+    fn a_claimed_directory_is_its_tenant_s_alone() {
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("a/ck");
+        let (a, b, admin) = (Tenant::namespace("a"), Tenant::namespace("b"), Tenant(None));
+        assert!(a.may_write(&dest).is_ok());
+        a.claim(&dest).unwrap();
+        a.claim(&dest).unwrap();
+        assert!(a.may_read(&dest.join("1")).is_ok());
+        assert!(admin.may_read(&dest.join("1")).is_ok());
+        let e = b.claim(&dest).unwrap_err();
+        assert!(
+            e.contains("kubernetes namespace a") && e.contains(" b "),
+            "{e}"
+        );
+        assert!(b.may_read(&dest.join("1")).is_err());
+        assert!(b.may_read(&dest).is_err());
+        assert!(admin.claim(&dest).is_err());
+        // Unclaimed: the admin's pods write without claiming.
+        let free = t.path().join("free");
+        admin.claim(&free).unwrap();
+        assert!(!free.join(OWNER_FILE).exists());
+        // Beneath a claimed directory, or through a symlink into one: the owner's alone.
+        let inner = dest.join("1");
+        std::fs::create_dir(&inner).unwrap();
+        assert!(b.claim(&inner).is_err());
+        assert!(!inner.join(OWNER_FILE).exists());
+        std::os::unix::fs::symlink(&inner, t.path().join("via")).unwrap();
+        let e = b.claim(&t.path().join("via")).unwrap_err();
+        assert!(e.contains("symlink"), "{e}");
+        assert!(b.may_read(&t.path().join("via")).is_err());
+        assert!(a.claim(&inner).is_ok());
+        // An owner file that is a symlink is refused, not followed.
+        let odd = t.path().join("odd");
+        std::fs::create_dir(&odd).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", odd.join(OWNER_FILE)).unwrap();
+        assert!(a.may_write(&odd).is_err());
     }
 
     #[test]

@@ -56,7 +56,7 @@ use oci_spec::runtime::Spec;
 use std::os::unix::fs::DirBuilderExt;
 
 use crate::annotations::{self, FS_RESTORE_IMAGE_PATH};
-use crate::checkpoint_root::CheckpointRoot;
+use crate::checkpoint_root::{CheckpointRoot, Tenant};
 use crate::error::{Error, Result};
 use crate::trigger::destination::LATEST;
 
@@ -77,7 +77,8 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Parse, resolve and load the annotation's `value`; a refusal names the annotation and
     /// the value. Blocking (reads the manifest).
-    pub fn open(value: &str, root: &CheckpointRoot) -> Result<Checkpoint> {
+    /// `tenant`: the restoring pod's; a checkpoint another tenant claimed is refused.
+    pub fn open(value: &str, root: &CheckpointRoot, tenant: &Tenant) -> Result<Checkpoint> {
         let refuse = |why: String| {
             Error::InvalidArgument(format!(
                 "annotation {FS_RESTORE_IMAGE_PATH}={value:?}: {why}"
@@ -87,6 +88,7 @@ impl Checkpoint {
         root.check(&dir).map_err(&refuse)?;
         let dir = resolve(&dir).map_err(&refuse)?;
         root.check(&dir).map_err(&refuse)?;
+        tenant.may_read(&dir).map_err(&refuse)?;
         let manifest = Manifest::load(&dir).map_err(|e| refuse(e.to_string()))?;
         Ok(Checkpoint {
             value: value.to_string(),
@@ -342,10 +344,10 @@ impl PodRestore {
         let checkpoint = match known {
             Some(c) if c.value == value => c,
             _ => {
-                let v = value.clone();
+                let (v, tenant) = (value.clone(), Tenant::of(spec));
                 let c = Arc::new(
                     tokio::task::spawn_blocking(move || {
-                        Checkpoint::open(&v, &CheckpointRoot::from_env())
+                        Checkpoint::open(&v, &CheckpointRoot::from_env(), &tenant)
                     })
                     .await??,
                 );
@@ -797,23 +799,34 @@ mod tests {
             &format!("/{}", "x".repeat(4096)),
         ] {
             let root = CheckpointRoot::at(Path::new("/"));
-            let e = Checkpoint::open(bad, &root).err().expect(bad).to_string();
+            let e = Checkpoint::open(bad, &root, &Tenant::namespace("t"))
+                .err()
+                .expect(bad)
+                .to_string();
             assert!(e.contains(FS_RESTORE_IMAGE_PATH), "{e}");
             assert!(e.contains(&format!("{bad:?}")), "{e}");
         }
         let t = tempfile::tempdir().unwrap();
         let value = t.path().display().to_string();
-        let e = Checkpoint::open(&value, &CheckpointRoot::at(Path::new("/")))
-            .err()
-            .unwrap()
-            .to_string();
+        let e = Checkpoint::open(
+            &value,
+            &CheckpointRoot::at(Path::new("/")),
+            &Tenant::namespace("t"),
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(e.contains("neither a checkpoint"), "{e}");
         // Outside the node's checkpoint root: refused before anything is read.
         let elsewhere = tempfile::tempdir().unwrap();
-        let e = Checkpoint::open(&value, &CheckpointRoot::at(elsewhere.path()))
-            .err()
-            .unwrap()
-            .to_string();
+        let e = Checkpoint::open(
+            &value,
+            &CheckpointRoot::at(elsewhere.path()),
+            &Tenant::namespace("t"),
+        )
+        .err()
+        .unwrap()
+        .to_string();
         assert!(e.contains("not beneath the node's checkpoint root"), "{e}");
     }
 

@@ -11,12 +11,10 @@
 //! ([`STOP_LIMIT`], as runc's 12 s), lets what it started drain for a moment, then SIGKILLs
 //! what is left of the group; a failed Create SIGKILLs the group at once. Its exit comes from
 //! the shim's reaper through [`Exits`], matched by pid, so it never passes for a process of
-//! the task. It is forked by hand, not with `std::process::Command`, whose failed exec waits
-//! for the child itself and panics when the shim's reaper took it first.
+//! the task. It is started with [`cryo_sandbox::spawn`], not with `std::process::Command`,
+//! whose failed exec waits for the child itself and panics when the shim's reaper took it first.
 
-use std::ffi::CString;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
@@ -28,6 +26,7 @@ use tokio::sync::oneshot;
 use crate::error::{Error, Result};
 use crate::exits::{Exit, Exits};
 use crate::log_uri::LoggerCommand;
+use cryo_sandbox::spawn::{Spawn, SpawnError};
 
 /// How long Create waits for the logger to be ready.
 pub const READY_LIMIT: Duration = Duration::from_secs(10);
@@ -42,8 +41,6 @@ const GONE_STATUS_WAIT: Duration = Duration::from_secs(2);
 const STDOUT_FD: RawFd = 3;
 const STDERR_FD: RawFd = 4;
 const READY_FD: RawFd = 5;
-/// Where the child-side descriptors are moved before the fork (above every target).
-const HIGH_FD: RawFd = 16;
 
 /// Who the logger logs for (its environment).
 pub struct LoggerFor<'a> {
@@ -76,7 +73,6 @@ pub async fn start(cmd: &LoggerCommand, owner: LoggerFor<'_>) -> Result<Started>
     let Launched {
         pid,
         exit,
-        exec_r,
         ready_r,
         out_w,
         err_w,
@@ -87,7 +83,7 @@ pub async fn start(cmd: &LoggerCommand, owner: LoggerFor<'_>) -> Result<Started>
         exit: Some(exit),
         stopped: false,
     };
-    let waited = tokio::task::spawn_blocking(move || wait_ready(&exec_r, &ready_r)).await?;
+    let waited = tokio::task::spawn_blocking(move || wait_ready(&ready_r)).await?;
     match waited {
         Ok(()) => {}
         Err(why) => {
@@ -131,60 +127,62 @@ pub async fn start(cmd: &LoggerCommand, owner: LoggerFor<'_>) -> Result<Started>
     })
 }
 
-/// A forked logger: its exit to come, the parent's ends of its pipes.
+/// A started logger: its exit to come, the parent's ends of its pipes.
 struct Launched {
     pid: i32,
     exit: oneshot::Receiver<Exit>,
-    exec_r: OwnedFd,
     ready_r: OwnedFd,
     out_w: OwnedFd,
     err_w: OwnedFd,
 }
 
-/// Fork and exec the logger (not waiting for it).
+/// Start the logger in its own process group (not waiting for it to be ready).
 fn launch(cmd: &LoggerCommand, owner: &LoggerFor<'_>) -> Result<Launched> {
     let refused = |why: String| Error::FailedPrecondition(format!("log URI {:?}: {why}", cmd.uri));
     check_executable(cmd).map_err(refused)?;
-    let image = ExecImage::new(cmd, owner.container_id, owner.namespace).map_err(refused)?;
     let failed =
         |what: &str, e: nix::Error| Error::Internal(format!("log URI {:?}: {what}: {e}", cmd.uri));
     let (out_r, out_w) = pipe().map_err(|e| failed("stdout pipe", e))?;
     let (err_r, err_w) = pipe().map_err(|e| failed("stderr pipe", e))?;
     let (ready_r, ready_w) = pipe().map_err(|e| failed("ready pipe", e))?;
-    let (exec_r, exec_w) = pipe().map_err(|e| failed("exec status pipe", e))?;
-    let null = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .map_err(|e| Error::Internal(format!("log URI {:?}: /dev/null: {e}", cmd.uri)))?;
-    let null = OwnedFd::from(null);
-    let dup = |fd: &OwnedFd| high(fd).map_err(|e| failed("dup", e));
-    let child_fds = ChildFds {
-        null: dup(&null)?,
-        stdout: dup(&out_r)?,
-        stderr: dup(&err_r)?,
-        ready: dup(&ready_w)?,
-        exec_status: dup(&exec_w)?,
-    };
-    drop((null, out_r, err_r, ready_w, exec_w));
+    let spawn = spawn_for(cmd, owner.container_id, owner.namespace)
+        .fd(out_r, STDOUT_FD)
+        .fd(err_r, STDERR_FD)
+        .fd(ready_w, READY_FD)
+        .process_group();
     let mark = owner.exits.mark();
-    // SAFETY: the child runs only async-signal-safe calls (see `child`) and never returns.
-    let pid = match unsafe { nix::unistd::fork() } {
-        Ok(nix::unistd::ForkResult::Child) => child(&image, &child_fds),
-        Ok(nix::unistd::ForkResult::Parent { child }) => child.as_raw(),
-        Err(e) => return Err(failed("fork", e)),
-    };
-    // Also here, so the group exists whichever of parent and child runs first (the child's
-    // own call makes it before the exec; after the exec this one fails harmlessly).
-    let _ = nix::unistd::setpgid(Pid::from_raw(pid), Pid::from_raw(pid));
+    let pid = spawn.spawn().map_err(|e| match e {
+        SpawnError::Sys {
+            step: "exec",
+            errno,
+            ..
+        } => refused(format!(
+            "logger {} could not be executed: {errno}",
+            cmd.path.display()
+        )),
+        other => refused(format!("logger: {other}")),
+    })?;
     Ok(Launched {
         pid,
         exit: owner.exits.watch(pid, mark),
-        exec_r,
         ready_r,
         out_w,
         err_w,
     })
+}
+
+/// The logger's command line and environment: the container's id and namespace and the URI's
+/// `env.` keys alone.
+fn spawn_for(cmd: &LoggerCommand, container_id: &str, namespace: &str) -> Spawn {
+    let mut spawn = Spawn::new(&cmd.path)
+        .args(&cmd.args)
+        .env_clear()
+        .env("CONTAINER_ID", container_id)
+        .env("CONTAINER_NAMESPACE", namespace);
+    for (k, v) in &cmd.env {
+        spawn = spawn.env(k, v);
+    }
+    spawn
 }
 
 impl Logger {
@@ -255,122 +253,8 @@ fn check_executable(cmd: &LoggerCommand) -> std::result::Result<(), String> {
     Ok(())
 }
 
-/// What the child execs, built before the fork (the child may not allocate).
-struct ExecImage {
-    path: CString,
-    _strings: Vec<CString>,
-    argv: Vec<*const libc::c_char>,
-    envp: Vec<*const libc::c_char>,
-}
-
-impl ExecImage {
-    fn new(
-        cmd: &LoggerCommand,
-        container_id: &str,
-        namespace: &str,
-    ) -> std::result::Result<Self, String> {
-        let c = |s: &[u8]| CString::new(s).map_err(|_| format!("{s:?} holds a NUL byte"));
-        let path = c(cmd.path.as_os_str().as_bytes())?;
-        let mut args = vec![path.clone()];
-        for a in &cmd.args {
-            args.push(c(a.as_bytes())?);
-        }
-        let mut env = vec![
-            c(format!("CONTAINER_ID={container_id}").as_bytes())?,
-            c(format!("CONTAINER_NAMESPACE={namespace}").as_bytes())?,
-        ];
-        for (k, v) in &cmd.env {
-            env.push(c(format!("{k}={v}").as_bytes())?);
-        }
-        let ptrs = |v: &[CString]| {
-            let mut p: Vec<*const libc::c_char> = v.iter().map(|s| s.as_ptr()).collect();
-            p.push(std::ptr::null());
-            p
-        };
-        let (argv, envp) = (ptrs(&args), ptrs(&env));
-        let mut strings = args;
-        strings.extend(env);
-        Ok(ExecImage {
-            path,
-            _strings: strings,
-            argv,
-            envp,
-        })
-    }
-}
-
-/// The child's descriptors, moved above [`HIGH_FD`] (close-on-exec).
-struct ChildFds {
-    null: OwnedFd,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
-    ready: OwnedFd,
-    exec_status: OwnedFd,
-}
-
-/// In the forked child: own process group, default signals, the descriptors in place, exec.
-/// On failure the errno goes to the exec status pipe. Only async-signal-safe calls.
-fn child(image: &ExecImage, fds: &ChildFds) -> ! {
-    // SAFETY: async-signal-safe libc calls on valid descriptors and prebuilt C strings.
-    unsafe {
-        let mut empty: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-        for sig in 1..32 {
-            if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-        }
-        libc::setpgid(0, 0);
-        let installs = [
-            (fds.null.as_raw_fd(), 0),
-            (fds.null.as_raw_fd(), 1),
-            (fds.null.as_raw_fd(), 2),
-            (fds.stdout.as_raw_fd(), STDOUT_FD),
-            (fds.stderr.as_raw_fd(), STDERR_FD),
-            (fds.ready.as_raw_fd(), READY_FD),
-        ];
-        let status = fds.exec_status.as_raw_fd();
-        for (from, to) in installs {
-            if libc::dup2(from, to) < 0 {
-                report_and_exit(status);
-            }
-        }
-        // Nothing else of the shim's reaches the logger (descriptors without close-on-exec).
-        libc::syscall(
-            libc::SYS_close_range,
-            (READY_FD + 1) as libc::c_uint,
-            libc::c_uint::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        );
-        libc::execve(
-            image.path.as_ptr(),
-            image.argv.as_ptr(),
-            image.envp.as_ptr(),
-        );
-        report_and_exit(status)
-    }
-}
-
-/// Write errno to the exec status pipe and exit (in the child).
-unsafe fn report_and_exit(status_fd: RawFd) -> ! {
-    let errno = *libc::__errno_location();
-    let bytes = errno.to_ne_bytes();
-    libc::write(status_fd, bytes.as_ptr().cast(), bytes.len());
-    libc::_exit(127)
-}
-
-/// Wait for the exec's outcome, then for the ready signal (a byte, or fd 5 closed).
-fn wait_ready(exec_r: &OwnedFd, ready_r: &OwnedFd) -> std::result::Result<(), String> {
-    let mut errno = [0u8; 4];
-    match nix::unistd::read(exec_r, &mut errno) {
-        Ok(0) => {}
-        Ok(_) => {
-            let e = nix::Error::from_raw(i32::from_ne_bytes(errno));
-            return Err(format!("could not be executed: {e}"));
-        }
-        Err(e) => return Err(format!("exec status: {e}")),
-    }
+/// Wait for the ready signal (a byte, or fd 5 closed).
+fn wait_ready(ready_r: &OwnedFd) -> std::result::Result<(), String> {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     let deadline = std::time::Instant::now() + READY_LIMIT;
     loop {
@@ -420,13 +304,6 @@ fn pipe() -> nix::Result<(OwnedFd, OwnedFd)> {
     nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
 }
 
-/// A close-on-exec duplicate of `fd` numbered [`HIGH_FD`] or above.
-fn high(fd: &OwnedFd) -> nix::Result<OwnedFd> {
-    let raw = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(HIGH_FD))?;
-    // SAFETY: fcntl returned a new descriptor we own.
-    Ok(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -463,20 +340,11 @@ mod tests {
             args: vec!["-k".into(), "v".into()],
             env: vec![("LEVEL".into(), "debug".into())],
         };
-        let image = ExecImage::new(&cmd, "c1", "ns1").unwrap();
-        let strings: Vec<&str> = image._strings.iter().map(|s| s.to_str().unwrap()).collect();
+        let (argv, env) = spawn_for(&cmd, "c1", "ns1").command_line();
+        assert_eq!(argv, ["/l", "-k", "v"]);
         assert_eq!(
-            strings,
-            [
-                "/l",
-                "-k",
-                "v",
-                "CONTAINER_ID=c1",
-                "CONTAINER_NAMESPACE=ns1",
-                "LEVEL=debug"
-            ]
+            env,
+            ["CONTAINER_ID=c1", "CONTAINER_NAMESPACE=ns1", "LEVEL=debug"]
         );
-        assert_eq!(image.argv.len(), 4);
-        assert!(image.argv[3].is_null() && image.envp[3].is_null());
     }
 }

@@ -140,6 +140,27 @@ pub fn list(pod: &Pod) -> Vec<ContainerInfo> {
         .collect()
 }
 
+/// Sections are labelled by container name: two app containers under one label could not be
+/// told apart at a restore (their rootfs sections would come back stacked into one container).
+/// containerd 2.2's CRI restore names every restored container "containerd".
+fn refuse_shared_labels(members: &[Member], pod_id: &str) -> Result<()> {
+    let apps: Vec<&Member> = members.iter().filter(|m| !m.sandbox).collect();
+    for (i, a) in apps.iter().enumerate() {
+        if let Some(b) = apps[..i].iter().find(|b| b.label() == a.label()) {
+            return Err(Error::FailedPrecondition(format!(
+                "pod {pod_id}: containers {} and {} are both named {:?} \
+                 ({}; containerd 2.2's CRI restore names every restored container so): their \
+                 sections could not be told apart",
+                b.container.id,
+                a.container.id,
+                a.label(),
+                annotations::CONTAINER_NAME
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// `cryo fscheckpoint ID`: save the pod's filesystems as asked.
 pub async fn save(pod: &Pod, args: FscheckpointArgs) -> Result<Vec<SectionInfo>> {
     let members = members(pod);
@@ -155,6 +176,7 @@ pub async fn save(pod: &Pod, args: FscheckpointArgs) -> Result<Vec<SectionInfo>>
     let pod_id = members[0].pod.clone();
     let out = PathBuf::from(&args.image_path);
     check_destination(&out)?;
+    refuse_shared_labels(&members, &pod_id)?;
     let wanted = parse_paths(&args.paths)?;
     info!(
         "fscheckpoint of pod {pod_id} to {} (paths {:?}, leave running: {})",

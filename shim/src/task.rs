@@ -94,7 +94,13 @@ impl TaskService {
         let spec = self
             .pod
             .volumes
-            .prepare(&bundle, &req.id, spec, fs_restore.clone())
+            .prepare(
+                &bundle,
+                &req.id,
+                spec,
+                fs_restore.clone(),
+                !req.checkpoint.is_empty(),
+            )
             .await?;
         // The fscheckpoint trigger (dev.cryo.fscheckpoint.* annotations): /run/cryo added.
         let spec = crate::trigger::prepare(&self.pod, &bundle, &req.id, spec).await?;

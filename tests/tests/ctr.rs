@@ -44,6 +44,8 @@ mod fs_restore;
 mod fs_trigger;
 #[path = "ctr/fscheckpoint.rs"]
 mod fscheckpoint;
+#[path = "ctr/hardening5.rs"]
+mod hardening5;
 #[path = "ctr/launch_hardening.rs"]
 mod launch_hardening;
 #[path = "ctr/log_uri.rs"]
@@ -75,6 +77,7 @@ fn all_cases() -> Vec<(&'static str, Case, Option<&'static str>)> {
         (fs_trigger::CASES, fs_trigger::RUNC_FALLS_SHORT),
         (fs_restore::CASES, fs_restore::RUNC_FALLS_SHORT),
         (log_uri::CASES, log_uri::RUNC_FALLS_SHORT),
+        (hardening5::CASES, hardening5::RUNC_FALLS_SHORT),
     ];
     let mut all = Vec::new();
     for (cases, excused) in topics {

@@ -23,7 +23,7 @@ use super::{start_time, Container};
 use crate::config::{ContainerConfig, Stdio};
 use crate::criu::manifest::{External, Manifest};
 use crate::criu::swrk::{Opts, ReqType, Session, FIRST_EXTRA_FD};
-use crate::criu::{externals, volumes};
+use crate::criu::{creds, externals, volumes};
 use crate::error::{Error, Result};
 use crate::mount;
 use crate::state::Status;
@@ -194,7 +194,9 @@ impl Container {
         // to an RPC client that takes notifications.)
         req.set_orphan_pts_master(manifest.terminal);
         req.set_shell_job(manifest.terminal);
-        req.set_notify_scripts(manifest.terminal);
+        // Notifications always: at `pre-resume` the restored tasks' credentials are checked
+        // against the spec before any of them runs (crate::criu::creds).
+        req.set_notify_scripts(true);
         for (key, val) in &mounts {
             req.ext_mnt.push(externals::ext_mnt(key, val));
         }
@@ -226,7 +228,22 @@ impl Container {
                 nix::sys::signal::kill(nix::unistd::Pid::from_raw(session.pid()), Signal::SIGKILL);
             return Err(e);
         }
-        let restored = session.call(ReqType::RESTORE, Some(req));
+        let criu_pid = session.pid();
+        let restored = session.call_with(ReqType::RESTORE, Some(req), |note| {
+            if note.notify.script() != creds::PRE_RESUME {
+                return Ok(());
+            }
+            let restored: Vec<i32> = self
+                .cgroup
+                .procs()
+                .into_iter()
+                .filter(|p| *p != criu_pid)
+                .collect();
+            creds::check(&self.spec, &restored).map_err(|reason| Error::Checkpoint {
+                path: options.image_dir.clone(),
+                reason,
+            })
+        });
         let console = session.take_pts_master();
         drop(session);
         drop((images, work, staged));

@@ -15,6 +15,7 @@
 //! The container-level operations are [`crate::Container::checkpoint`] and
 //! [`crate::Container::prepare_restore`].
 
+pub mod creds;
 pub mod externals;
 pub mod log;
 pub mod manifest;

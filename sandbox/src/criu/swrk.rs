@@ -7,9 +7,7 @@
 
 use std::io::IoSliceMut;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use nix::sys::socket::{
     recvmsg, send, socketpair, AddressFamily, ControlMessageOwned, MsgFlags, SockFlag, SockType,
@@ -18,6 +16,7 @@ use protobuf::Message;
 use rust_criu::rust_criu_protobuf::rpc;
 
 use crate::error::{Error, Result};
+use crate::spawn::Spawn;
 
 pub use rpc::{Criu_opts as Opts, Criu_req_type as ReqType, Criu_resp as Resp};
 
@@ -26,8 +25,6 @@ const SOCK_FD: RawFd = 3;
 /// Extra descriptors (inherited ones CRIU refers to by its own numbers) are installed from
 /// here on, in the order given.
 pub const FIRST_EXTRA_FD: RawFd = 4;
-/// Descriptors are moved above this before the exec so that no installation clobbers another.
-const HIGH_FD: RawFd = 100;
 /// Largest answer CRIU sends (answers are small; a truncated one is an error).
 const MAX_ANSWER: usize = 1 << 20;
 
@@ -50,38 +47,21 @@ impl Session {
             SockFlag::SOCK_CLOEXEC,
         )
         .map_err(|e| Error::sys("socketpair for criu swrk", e))?;
-        // Everything CRIU must see, moved high first: (high fd, number CRIU sees).
-        let mut installs = vec![(high(&theirs)?, SOCK_FD)];
-        for (i, fd) in extra.iter().enumerate() {
-            installs.push((high(fd)?, FIRST_EXTRA_FD + i as RawFd));
-        }
-        let raw: Vec<(RawFd, RawFd)> = installs
-            .iter()
-            .map(|(h, to)| (h.as_raw_fd(), *to))
-            .collect();
-        let mut cmd = Command::new(binary);
-        cmd.arg("swrk").arg(SOCK_FD.to_string());
         let [i, o, e] = stdio;
-        let pick = |fd: Option<OwnedFd>| fd.map_or_else(Stdio::null, Stdio::from);
-        cmd.stdin(pick(i)).stdout(pick(o)).stderr(pick(e));
-        // SAFETY: only dup2 (async-signal-safe) between fork and exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                for (from, to) in &raw {
-                    if libc::dup2(*from, *to) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
+        let mut spawn = Spawn::new(binary)
+            .arg("swrk")
+            .arg(SOCK_FD.to_string())
+            .fd_or_null(i, 0)
+            .fd_or_null(o, 1)
+            .fd_or_null(e, 2)
+            .fd(theirs, SOCK_FD);
+        for (n, fd) in extra.into_iter().enumerate() {
+            spawn = spawn.fd(fd, FIRST_EXTRA_FD + n as RawFd);
         }
-        let child = cmd
+        // Never waited for: the embedder's reaper collects it (also after a failed exec).
+        let pid = spawn
             .spawn()
-            .map_err(|e| Error::CriuMissing(format!("cannot run {}: {e}", binary.display())))?;
-        // Never waited for: the embedder's reaper collects it.
-        let pid = child.id() as i32;
-        drop(installs);
-        drop(theirs);
+            .map_err(|e| Error::CriuMissing(e.to_string()))?;
         Ok(Session {
             pid,
             sock: ours,
@@ -102,15 +82,31 @@ impl Session {
     /// Send one request and return CRIU's successful answer to it; notifications on the way
     /// are acknowledged. A failed answer becomes [`Error::Criu`] with CRIU's message and errno.
     pub fn call(&mut self, kind: ReqType, opts: Option<Opts>) -> Result<Resp> {
+        self.call_with(kind, opts, |_| Ok(()))
+    }
+
+    /// The same, with each notification shown to `on_notify` first: its error is acknowledged
+    /// as a failure (CRIU then aborts the request and kills what it restored) and returned once
+    /// CRIU answered.
+    pub fn call_with(
+        &mut self,
+        kind: ReqType,
+        opts: Option<Opts>,
+        mut on_notify: impl FnMut(&Resp) -> Result<()>,
+    ) -> Result<Resp> {
         let mut req = rpc::Criu_req::new();
         req.set_type(kind);
         if let Some(opts) = opts {
             req.opts = protobuf::MessageField::some(opts);
         }
         self.send(&req)?;
+        let mut refused: Option<Error> = None;
         loop {
             let resp = self.recv(kind)?;
             if !resp.success() {
+                if let Some(e) = refused {
+                    return Err(e);
+                }
                 let mut reason = format!("CRIU answered {:?} unsuccessfully", resp.type_());
                 let msg = resp.cr_errmsg().trim();
                 if !msg.is_empty() && !super::log::is_noise(msg) {
@@ -128,11 +124,22 @@ impl Session {
                 });
             }
             if resp.type_() == ReqType::NOTIFY {
+                let ok = refused.is_none()
+                    && match on_notify(&resp) {
+                        Ok(()) => true,
+                        Err(e) => {
+                            refused = Some(e);
+                            false
+                        }
+                    };
                 let mut ack = rpc::Criu_req::new();
                 ack.set_type(ReqType::NOTIFY);
-                ack.set_notify_success(true);
+                ack.set_notify_success(ok);
                 self.send(&ack)?;
                 continue;
+            }
+            if let Some(e) = refused {
+                return Err(e);
             }
             if resp.type_() != kind {
                 return Err(Error::Criu {
@@ -208,16 +215,6 @@ impl Session {
         }
         Ok(resp)
     }
-}
-
-/// A duplicate of `fd` numbered at least [`HIGH_FD`], close-on-exec (the child's dup2 clears it).
-fn high(fd: &impl std::os::fd::AsFd) -> Result<OwnedFd> {
-    nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(HIGH_FD))
-        .map(|raw| {
-            // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
-            unsafe { OwnedFd::from_raw_fd(raw) }
-        })
-        .map_err(|e| Error::sys("duplicate a descriptor for criu", e))
 }
 
 fn op_name(kind: ReqType) -> String {

@@ -190,8 +190,17 @@ pub fn restore(volumes: &[Volume], image_dir: &Path, spec: &Spec) -> Result<Rest
             manifest.data_file
         )));
     }
-    let mut targets = Vec::new();
-    for v in volumes {
+    let mut targets: Vec<(usize, PathBuf)> = Vec::new();
+    for (i, v) in volumes.iter().enumerate() {
+        if volumes[..i]
+            .iter()
+            .any(|o| o.destination == v.destination || o.section == v.section)
+        {
+            return Err(invalid(format!(
+                "volume {} (section {}) is listed twice",
+                v.destination, v.section
+            )));
+        }
         let section = manifest.sections.get(v.section).ok_or_else(|| {
             invalid(format!(
                 "volume {}: there is no section {} ({} sections)",
@@ -419,5 +428,24 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("/ws") && err.contains("no overlay"), "{err}");
+    }
+
+    #[test]
+    fn a_volume_listed_twice_is_refused_and_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let (upper, images) = (dir.path().join("upper"), dir.path().join("images"));
+        std::fs::create_dir_all(&upper).unwrap();
+        std::fs::write(upper.join("f"), b"x").unwrap();
+        std::fs::create_dir_all(&images).unwrap();
+        let s = spec(&upper);
+        let volumes = save(&overlays(&s), &images).unwrap();
+        let twice = [volumes[0].clone(), volumes[0].clone()];
+        let fresh = dir.path().join("fresh");
+        std::fs::create_dir(&fresh).unwrap();
+        let err = restore(&twice, &images, &spec(&fresh))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/ws") && err.contains("twice"), "{err}");
+        assert_eq!(std::fs::read_dir(&fresh).unwrap().count(), 0);
     }
 }

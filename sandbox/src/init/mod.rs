@@ -28,6 +28,7 @@ use std::os::fd::AsFd;
 use nix::unistd::{fork, ForkResult};
 
 use crate::error::{Error, Result};
+pub use process::{capability_bits, capability_names};
 use protocol::{Channel, FromInit, InitConfig, ToInit};
 
 /// Environment variable that marks a process as the init helper.

@@ -256,6 +256,26 @@ fn to_caps(set: Option<&oci_spec::runtime::Capabilities>) -> CapsHashSet {
     out
 }
 
+/// The spec's capability names as a bit mask (bit n: capability number n).
+pub fn capability_bits(set: Option<&oci_spec::runtime::Capabilities>) -> u64 {
+    to_caps(set).iter().fold(0u64, |m, c| {
+        m | 1u64.checked_shl(u32::from(c.index())).unwrap_or(0)
+    })
+}
+
+/// The names of the capabilities whose bits are set in `mask` (`CAP_<n>` for unknown ones).
+pub fn capability_names(mask: u64) -> Vec<String> {
+    (0..64)
+        .filter(|bit| mask & (1u64 << bit) != 0)
+        .map(|bit| {
+            caps::all()
+                .into_iter()
+                .find(|c| u32::from(c.index()) == bit)
+                .map_or_else(|| format!("CAP_{bit}"), |c| c.to_string())
+        })
+        .collect()
+}
+
 /// setrlimit's resource number for an OCI rlimit name.
 fn rlimit_resource(name: &str) -> Option<libc::__rlimit_resource_t> {
     Some(match name {

@@ -3,10 +3,11 @@
 //! only its own, bind-mounted at `/run/cryo`). Nothing can be created, renamed, removed or
 //! changed in it.
 //!
-//! Who may trigger is decided here, per open: a write open succeeds only on the file of a
-//! container created with `dev.cryo.fscheckpoint.enable=true`, and only for a process in that
+//! Who may trigger is decided here, per open: any open succeeds only for a process in the
 //! container's mount namespace (so another container reaching the file through
-//! `/proc/<pid>/root` cannot). Writing `1` starts a round (a checkpoint of the pod); while one
+//! `/proc/<pid>/root` can neither trigger nor hold handles and parked reads against the
+//! container's limits), and a write open only on the file of a container created with
+//! `dev.cryo.fscheckpoint.enable=true`. Writing `1` starts a round (a checkpoint of the pod); while one
 //! runs, a write gets EBUSY. A read returns the result of the round the handle waits for
 //! (`resume\n` or `error\n`), then one end of file, after which the handle waits for the next
 //! round; a read before its round finished is parked and answered when it does (reads ignore
@@ -298,11 +299,12 @@ impl TriggerFs {
             return Err(libc::EACCES);
         }
         let write = flags & libc::O_ACCMODE != libc::O_RDONLY;
-        if write {
-            let slot = s.slot(k).ok_or(libc::ENOENT)?;
-            if !slot.writable || !(self.same_container)(&slot.name, pid) {
-                return Err(libc::EACCES);
-            }
+        // Only the container's own processes open its file, for reading too: another
+        // container's handles and parked reads would count against its limits, and its reads
+        // would tell when it checkpoints.
+        let slot = s.slot(k).ok_or(libc::ENOENT)?;
+        if !(self.same_container)(&slot.name, pid) || (write && !slot.writable) {
+            return Err(libc::EACCES);
         }
         if s.handles.values().filter(|h| h.slot == k).count() >= MAX_HANDLES {
             return Err(libc::EMFILE);
@@ -552,10 +554,10 @@ mod tests {
         b
     }
 
-    /// Two containers: `app` (enabled, pid 100 inside it) and `side` (not enabled).
+    /// Two containers: `app` (enabled, pid 100 inside it) and `side` (not enabled, pid 200).
     fn pod() -> TriggerFs {
         let fs = TriggerFs::new(
-            Box::new(|id, pid| id == "app" && pid == 100),
+            Box::new(|id, pid| (id == "app" && pid == 100) || (id == "side" && pid == 200)),
             Box::new(|pid| pid == 1),
         );
         fs.add("app", true);
@@ -579,6 +581,11 @@ mod tests {
             "not enabled"
         );
         assert!(open(&fs, 5, libc::O_RDONLY, 200).is_ok());
+        assert_eq!(
+            open(&fs, 3, libc::O_RDONLY, 200),
+            Err(libc::EACCES),
+            "another container, to read"
+        );
         assert_eq!(open(&fs, 2, libc::O_RDONLY, 100), Err(libc::EISDIR));
         assert_eq!(open(&fs, 7, libc::O_RDONLY, 100), Err(libc::ENOENT));
         let o = run(&fs, op::MKNOD, 9, 2, 100, b"x\0");

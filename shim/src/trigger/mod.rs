@@ -26,7 +26,7 @@ use log::{info, warn};
 use oci_spec::runtime::{Mount, Spec};
 
 use crate::annotations;
-use crate::checkpoint_root::CheckpointRoot;
+use crate::checkpoint_root::{CheckpointRoot, Tenant};
 use crate::control::protocol::FscheckpointArgs;
 use crate::error::{Error, Result};
 use crate::pod::Pod;
@@ -136,8 +136,10 @@ fn prepare_blocking(
                     wanted.path.display().to_string()
                 )));
             }
+            let tenant = Tenant::of(&spec);
             CheckpointRoot::from_env()
                 .check(&wanted.path)
+                .and_then(|()| tenant.may_write(&wanted.path))
                 .map_err(|why| {
                     Error::InvalidArgument(format!(
                         "container {id}: annotation {}path={:?}: {why}",
@@ -145,7 +147,8 @@ fn prepare_blocking(
                         wanted.path.display().to_string()
                     ))
                 })?;
-            *active = Some(set_up(pod, bundle, id, &pod_id, wanted.clone(), runtime)?);
+            let settings = (wanted.clone(), tenant);
+            *active = Some(set_up(pod, bundle, id, &pod_id, settings, runtime)?);
         }
         (Some(a), Some(wanted)) if *wanted != a.settings => {
             return Err(Error::InvalidArgument(format!(
@@ -205,7 +208,7 @@ fn set_up(
     bundle: &Path,
     owner: &str,
     pod_id: &str,
-    settings: PodSettings,
+    (settings, tenant): (PodSettings, Tenant),
     runtime: tokio::runtime::Handle,
 ) -> Result<Active> {
     let mountpoint = bundle.join(MOUNT_DIR);
@@ -232,13 +235,14 @@ fn set_up(
     let is_shim: fs::IsShim = Box::new(|tid| Path::new(&format!("/proc/self/task/{tid}")).exists());
     let served = Served::new(channel, TriggerFs::new(same_container, is_shim));
     let start = {
-        let (weak, served, settings) = (Arc::downgrade(pod), served.clone(), settings.clone());
+        let (weak, served) = (Arc::downgrade(pod), served.clone());
+        let owned = (settings.clone(), tenant);
         let pod_id = pod_id.to_string();
         move |round: u64| {
             runtime.spawn(run_round(
                 weak.clone(),
                 served.clone(),
-                settings.clone(),
+                owned.clone(),
                 pod_id.clone(),
                 round,
             ));
@@ -282,13 +286,13 @@ fn same_mount_namespace(pid1: i32, pid: u32) -> bool {
 async fn run_round(
     pod: Weak<Pod>,
     served: Served,
-    settings: PodSettings,
+    (settings, tenant): (PodSettings, Tenant),
     pod_id: String,
     round: u64,
 ) {
     let ok = match pod.upgrade() {
         None => false,
-        Some(pod) => match checkpoint(&pod, &settings, &pod_id).await {
+        Some(pod) => match checkpoint(&pod, &settings, tenant, &pod_id).await {
             Ok(dir) => {
                 info!(
                     "pod {pod_id}: triggered checkpoint {round} saved to {}",
@@ -306,14 +310,21 @@ async fn run_round(
     served.complete(round, ok);
 }
 
-async fn checkpoint(pod: &Pod, settings: &PodSettings, pod_id: &str) -> Result<PathBuf> {
+async fn checkpoint(
+    pod: &Pod,
+    settings: &PodSettings,
+    tenant: Tenant,
+    pod_id: &str,
+) -> Result<PathBuf> {
     let _one_at_a_time = pod.checkpoint_lock().lock().await;
     let dest = settings.path.clone();
     // Checked again at each save: a link planted beneath the root since the pod started must
-    // not lead the save out of it.
+    // not lead the save out of it; the destination is claimed for the pod's tenant (or found
+    // to be its own) before anything is written into it.
     let dir = tokio::task::spawn_blocking(move || {
         CheckpointRoot::from_env()
             .check(&dest)
+            .and_then(|()| tenant.claim(&dest))
             .map_err(std::io::Error::other)?;
         destination::claim_next(&dest)
     })

@@ -8,7 +8,8 @@
 //!   `<sandbox bundle>/volumes/<volume>`; its filestore (upper and work dirs) is
 //!   `<emptyDir>/.cryo-filestore/pod/`; each container gets a bind of the merged dir;
 //! - a `share=container` overlay is mounted by the container's init in the container's own
-//!   mount namespace (it goes with it), filestore `<emptyDir>/.cryo-filestore/container-<name>/`;
+//!   mount namespace (it goes with it), filestore `<emptyDir>/.cryo-filestore/<key>/`, the key
+//!   chosen by [`private_key`];
 //! - a private tmpfs is mounted in the container's mount namespace too.
 //!
 //! The pod overlays are unmounted when the sandbox container is deleted
@@ -59,21 +60,46 @@ pub struct PodVolumes {
     known: Arc<Mutex<Known>>,
 }
 
+/// The filestore key of a container's private (`share=container`) overlay volumes, as an
+/// emptyDir behaves: a container restarted in its pod (same CRI name, new id) finds its files
+/// again, and two containers never share one.
+///
+/// - A container created from a CRIU checkpoint: `restored-<id>`. Its volumes are filled from
+///   the checkpoint into an upper directory that must be empty, so the key is its own. Its CRI
+///   name cannot be the key: containerd 2.2's CRI restore (`CRImportCheckpoint`) builds the
+///   spec with the package's version constant `containerName` ("containerd") as every
+///   restored container's `io.kubernetes.cri.container-name`; and one checkpoint restored
+///   twice into a pod would give the same name twice. (Kubelet restarts a restored container
+///   by restoring it again, from the checkpoint.)
+/// - Any other: `container-<CRI name>`; without a usable name (none, empty, holding `/` or
+///   `..`), `container-<id>`.
+fn private_key(cri_name: Option<&str>, id: &str, criu_restore: bool) -> String {
+    if criu_restore {
+        return format!("restored-{id}");
+    }
+    let name = cri_name
+        .filter(|n| !n.contains('/') && !n.contains("..") && !n.is_empty())
+        .unwrap_or(id);
+    format!("container-{name}")
+}
+
 impl PodVolumes {
     /// Rewrite `spec`'s mounts for the pod's annotated volumes, mounting the pod overlays they
     /// need. Bad annotations fail with a message naming the key, before anything is mounted.
     /// With `restore`, overlay volumes matching a section of the pod's filesystem checkpoint
-    /// get its layer as their lower directory (`crate::fs_restore`).
+    /// get its layer as their lower directory (`crate::fs_restore`). `criu_restore`: the
+    /// container is created from a CRIU checkpoint (its private volumes are filled from it).
     pub async fn prepare(
         &self,
         bundle: &Path,
         id: &str,
         spec: Spec,
         restore: Option<Arc<ContainerRestore>>,
+        criu_restore: bool,
     ) -> Result<Spec> {
         let (this, bundle, id) = (self.clone(), bundle.to_path_buf(), id.to_string());
         tokio::task::spawn_blocking(move || {
-            this.prepare_blocking(&bundle, &id, spec, restore.as_deref())
+            this.prepare_blocking(&bundle, &id, spec, restore.as_deref(), criu_restore)
         })
         .await?
     }
@@ -88,6 +114,7 @@ impl PodVolumes {
         id: &str,
         mut spec: Spec,
         restore: Option<&ContainerRestore>,
+        criu_restore: bool,
     ) -> Result<Spec> {
         let sandbox_id = annotations::grouping(Some(&spec), id);
         let is_sandbox = annotations::get(&spec, annotations::CONTAINER_TYPE)
@@ -123,9 +150,11 @@ impl PodVolumes {
                 sandbox_bundle.display()
             )));
         }
-        let name = annotations::get(&spec, annotations::CONTAINER_NAME)
-            .filter(|n| !n.contains('/') && !n.contains("..") && !n.is_empty())
-            .unwrap_or(id);
+        let private = private_key(
+            annotations::get(&spec, annotations::CONTAINER_NAME),
+            id,
+            criu_restore,
+        );
         let layers = match restore {
             Some(r) => restored_layers(r, &plan, &mounts, bundle, &sandbox_bundle)?,
             None => HashMap::new(),
@@ -157,7 +186,7 @@ impl PodVolumes {
                     Placement::BindFrom(mountpoint)
                 }
                 Shape::ContainerOverlay => {
-                    let store = volume::filestore(&d.source, &format!("container-{name}"))?;
+                    let store = volume::filestore(&d.source, &private)?;
                     Placement::Overlay {
                         lower: layers.get(&d.volume).cloned().unwrap_or(store.lower),
                         upper: store.upper,
@@ -319,6 +348,16 @@ fn write_record(bundle: &Path, mounted: &BTreeMap<String, PathBuf>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_private_volume_is_keyed_by_name_or_for_a_restore_by_id() {
+        assert_eq!(private_key(Some("web"), "abc", false), "container-web");
+        assert_eq!(private_key(Some("../x"), "abc", false), "container-abc");
+        assert_eq!(private_key(Some(""), "abc", false), "container-abc");
+        assert_eq!(private_key(None, "abc", false), "container-abc");
+        // containerd 2.2.7 names every restored container "containerd".
+        assert_eq!(private_key(Some("containerd"), "abc", true), "restored-abc");
+    }
 
     #[test]
     fn cleanup_bundle_unmounts_recorded_and_found_overlays() {
