@@ -220,6 +220,14 @@ pub struct MountOptions<'a> {
     pub max_read: u32,
 }
 
+/// What [`Channel::wait`] saw.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    Request,
+    Timeout,
+    Stop,
+}
+
 impl Channel {
     /// Mount a FUSE filesystem at `mountpoint` (nosuid, nodev, noexec; other users allowed:
     /// container processes are not the shim's uid) served through the returned channel.
@@ -289,6 +297,49 @@ impl Channel {
 
     pub fn raw(&self) -> RawFd {
         self.fd.as_raw_fd()
+    }
+
+    /// Wait for a request, at most `timeout_ms` (-1: no limit), or until `stop` (a descriptor
+    /// that becomes readable to stop the server) fires: [`Wait::Request`] when one may be
+    /// read, [`Wait::Timeout`], or [`Wait::Stop`] when stopped, unmounted and drained, or
+    /// when poll itself fails (logged, naming `what`).
+    pub fn wait(&self, stop: RawFd, timeout_ms: i32, what: &str) -> Wait {
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.raw(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: stop,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: poll(2) on two pollfds we own for the call's duration.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout_ms) };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                log::warn!("{what}: poll: {e}");
+                return Wait::Stop;
+            }
+            if n == 0 {
+                return Wait::Timeout;
+            }
+            if fds[1].revents != 0 {
+                return Wait::Stop;
+            }
+            if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0
+                && fds[0].revents & libc::POLLIN == 0
+            {
+                return Wait::Stop;
+            }
+            return Wait::Request;
+        }
     }
 
     /// Read one request into `buf`: `Ok(Some(len))`, `Ok(None)` when none is waiting (or it

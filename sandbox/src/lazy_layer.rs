@@ -267,34 +267,7 @@ fn serve(tree: &dyn Tree, channel: &Channel, stats: &Stats, stop: i32) {
     let mut buf = vec![0u8; fuse::BUFFER];
     let mut data = vec![0u8; MAX_READ as usize];
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: channel.raw(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stop,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        // SAFETY: poll(2) on two pollfds we own for the call's duration.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            log::warn!("lazy layer: poll: {e}");
-            return;
-        }
-        if fds[1].revents != 0 {
-            return;
-        }
-        if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0
-            && fds[0].revents & libc::POLLIN == 0
-        {
+        if channel.wait(stop, -1, "lazy layer") != fuse::Wait::Request {
             return;
         }
         let len = match channel.read(&mut buf) {

@@ -100,36 +100,9 @@ fn serve(served: &Served, stop: i32, start: &dyn Fn(u64)) {
     let fs = &served.fs;
     let mut buf = vec![0u8; fuse::BUFFER];
     loop {
-        let mut fds = [
-            libc::pollfd {
-                fd: channel.raw(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: stop,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
         let timeout = if fs.has_parked() { SWEEP_MS } else { -1 };
-        // SAFETY: poll(2) on two pollfds we own for the call's duration.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, timeout) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            warn!("fscheckpoint trigger: poll: {e}");
-            return;
-        }
-        if fds[1].revents != 0 {
-            return;
-        }
-        if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0
-            && fds[0].revents & libc::POLLIN == 0
-        {
-            // Unmounted and drained.
+        if channel.wait(stop, timeout, "fscheckpoint trigger") == fuse::Wait::Stop {
+            // Stopped, or unmounted and drained.
             return;
         }
         let mut sweep = fs.has_parked();
