@@ -3,7 +3,9 @@
 //! with `dev.cryo.fscheckpoint.path` ([`config`]), `exec 3<>/run/cryo/fscheckpoint; echo 1 >&3;
 //! cat <&3` checkpoints the pod's filesystems and prints `resume` (or `error`). Unlike gVisor's,
 //! it is repeatable: round N goes to `<path>/N`, and `<path>/latest` points at the newest
-//! ([`destination`]).
+//! ([`destination`]). Rounds cannot fill the node's checkpoint disk: after each one the
+//! destination keeps only the newest `.keep` (default 5) of the trigger's checkpoints
+//! ([`destination::prune`]); the admin's `cryo fscheckpoint` is not bounded.
 //!
 //! How: a FUSE filesystem the shim serves itself ([`cryo_sandbox::fuse`], [`server`], rules in [`fs`]) is
 //! mounted once per pod at `<bundle of the pod's first container>/cryo-trigger`, with one
@@ -343,17 +345,42 @@ async fn checkpoint(
         destination::release(&dir);
         return Err(e);
     }
-    let (dest, saved) = (settings.path.clone(), dir.clone());
-    tokio::task::spawn_blocking(move || destination::link_latest(&dest, &saved))
-        .await?
-        .map_err(|e| {
-            Error::Internal(format!(
-                "{}: link {}: {e}",
-                dir.display(),
-                destination::LATEST
-            ))
-        })?;
+    let (dest, saved, keep) = (settings.path.clone(), dir.clone(), settings.keep);
+    let what = format!("fscheckpoint trigger of pod {pod_id}");
+    tokio::task::spawn_blocking(move || publish(&dest, &saved, keep, &what)).await??;
     Ok(dir)
+}
+
+/// A round's checkpoint `saved` in `dest` becomes the trigger's (marked), `latest` points at
+/// it, and the destination keeps the newest `keep` of the trigger's checkpoints; all under the
+/// destination's lock. When marking or linking fails, the round fails and its checkpoint goes
+/// (a failed round leaves no directory); a removal that fails is logged, the round stands.
+fn publish(dest: &Path, saved: &Path, keep: u32, what: &str) -> Result<()> {
+    let fail = |step: &str, e: std::io::Error| {
+        if let Err(e) = std::fs::remove_dir_all(saved) {
+            warn!(
+                "{what}: remove {} after a failed round: {e}",
+                saved.display()
+            );
+        }
+        Error::Internal(format!("{}: {step}: {e}", saved.display()))
+    };
+    let _locked = destination::lock(dest).map_err(|e| fail("lock the destination", e))?;
+    destination::mark(saved, what).map_err(|e| fail("mark it the trigger's", e))?;
+    destination::link_latest(dest, saved)
+        .map_err(|e| fail(&format!("link {}", destination::LATEST), e))?;
+    match destination::prune(dest, keep) {
+        Ok(pruned) => {
+            for p in pruned {
+                match p.result {
+                    Ok(()) => info!("{what}: removed {} (keep {keep})", p.dir.display()),
+                    Err(e) => warn!("{what}: remove {} (keep {keep}): {e}", p.dir.display()),
+                }
+            }
+        }
+        Err(e) => warn!("{what}: list {} to keep {keep}: {e}", dest.display()),
+    }
+    Ok(())
 }
 
 /// The shim's `delete` after a crash: the trigger filesystem a dead shim left in `bundle`
