@@ -2,7 +2,9 @@
 //! gVisor's application-driven `/proc/gvisor/fscheckpoint` made repeatable: a pod annotated
 //! `dev.cryo.fscheckpoint.path` gets the file in every app container; a container annotated
 //! `dev.cryo.fscheckpoint.enable=true` may write `1` to it, which checkpoints the pod into
-//! `<path>/N` (`latest` pointing at the newest); every reader gets `resume` or `error`.
+//! `<path>/N` (`latest` pointing at the newest); every reader gets `resume` or `error`. The
+//! destination keeps the newest `dev.cryo.fscheckpoint.keep` (default 5) of the trigger's
+//! checkpoints, and nothing else of its content goes.
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +36,14 @@ pub(super) const CASES: &[(&str, Case)] = &[
     (
         "killed_shim_leaves_no_trigger_mounted",
         killed_shim_leaves_no_trigger_mounted,
+    ),
+    (
+        "trigger_keeps_the_newest_rounds",
+        trigger_keeps_the_newest_rounds,
+    ),
+    (
+        "trigger_keeps_five_by_default",
+        trigger_keeps_five_by_default,
     ),
 ];
 
@@ -376,6 +386,21 @@ fn hostile_trigger_annotations_are_refused(s: &Suite, case: &str) -> Result<()> 
             ],
             "disagree",
         ),
+        (
+            "keep-zero",
+            &[(p, d), ("dev.cryo.fscheckpoint.keep", "0")],
+            "annotation dev.cryo.fscheckpoint.keep=\"0\": not an integer from 1 to 100",
+        ),
+        (
+            "keep-too-many",
+            &[(p, d), ("dev.gvisor.internal.fscheckpoint.keep", "101")],
+            "annotation dev.gvisor.internal.fscheckpoint.keep=\"101\": not an integer from 1 to 100",
+        ),
+        (
+            "keep-word",
+            &[(p, d), ("dev.cryo.fscheckpoint.keep", "all")],
+            "annotation dev.cryo.fscheckpoint.keep=\"all\": not an integer from 1 to 100",
+        ),
     ];
     for (what, annotations, expected) in pod_level {
         let uid = uid(&format!("{case}-{what}"));
@@ -487,5 +512,146 @@ fn killed_shim_leaves_no_trigger_mounted(s: &Suite, case: &str) -> Result<()> {
         "the sandbox bundle is left: {}",
         sandbox_bundle(s, &pod).display()
     );
+    Ok(())
+}
+
+/// One round from the enabled container `id`: `script` first, then gVisor's shell sequence,
+/// which must print `resume`.
+fn round(s: &Suite, id: &str, script: &str) -> Result<()> {
+    let script = format!("{script}; exec 3<>{TRIGGER}; echo 1 >&3; cat <&3");
+    let (code, out, err) = s.cri.exec_sync_within(id, &["sh", "-c", &script], 60)?;
+    ensure!(
+        code == 0 && out == "resume\n",
+        "a round: exit {code}, stdout {out:?}, stderr {err:?}"
+    );
+    Ok(())
+}
+
+/// The names in `dest`, sorted.
+fn entries(dest: &Path) -> Result<Vec<String>> {
+    let mut names = std::fs::read_dir(dest)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<Vec<_>>>()?;
+    names.sort();
+    Ok(names)
+}
+
+/// A pod with the trigger (`.resume=true` and `extra`) and its enabled `agent`.
+fn trigger_pod(
+    s: &Suite,
+    case: &str,
+    dest: &Path,
+    extra: &[(&str, &str)],
+) -> Result<(Pod, String)> {
+    let d = dest.to_str().unwrap_or_default();
+    let mut annotations = vec![
+        ("dev.cryo.fscheckpoint.path", d),
+        ("dev.cryo.fscheckpoint.resume", "true"),
+    ];
+    annotations.extend_from_slice(extra);
+    let pod = run_pod(s, case, &annotations)?;
+    let agent = start_annotated(s, &pod, "agent", "exec sleep 100000", &[(ENABLE, "true")])?;
+    eventually("the agent runs", || {
+        Ok(s.cri.exec_sync(&agent, &["true"])?.0 == 0)
+    })?;
+    Ok((pod, agent))
+}
+
+/// With `keep=2`, four rounds leave the last two and `latest` on the newest; what the admin
+/// put in the destination (a file, a numbered directory of its own) stays. A pod restored
+/// from `latest` (on a lazy layer: its first restore on the node) keeps reading its files
+/// after two more rounds removed that checkpoint.
+fn trigger_keeps_the_newest_rounds(s: &Suite, case: &str) -> Result<()> {
+    let (_tmp, dest) = destination()?;
+    std::fs::create_dir(&dest)?;
+    std::fs::write(dest.join("admin-notes.txt"), "the admin's\n")?;
+    // The admin's own checkpoint, numbered as the trigger numbers its rounds.
+    let admins = dest.join("1");
+    std::fs::create_dir(&admins)?;
+    std::fs::write(admins.join("kept.txt"), "kept\n")?;
+    let (pod, agent) = trigger_pod(s, case, &dest, &[("dev.cryo.fscheckpoint.keep", "2")])?;
+    for r in 1..=4 {
+        let big = if r == 4 {
+            "; head -c 4194304 /dev/urandom > /big; md5sum /big > /big.md5"
+        } else {
+            ""
+        };
+        round(s, &agent, &format!("echo {r} > /round.txt{big}"))?;
+    }
+    // Rounds 1..4 went to 2..5 (1 is the admin's).
+    ensure!(
+        entries(&dest)? == [".cryo-owner", "1", "4", "5", "admin-notes.txt", "latest"],
+        "after four rounds with keep=2: {:?}",
+        entries(&dest)?
+    );
+    ensure!(std::fs::read_link(dest.join("latest"))? == Path::new("5"));
+    ensure!(std::fs::read_to_string(admins.join("kept.txt"))? == "kept\n");
+    ensure!(std::fs::read_to_string(dest.join("admin-notes.txt"))? == "the admin's\n");
+    cryo(
+        s,
+        &[
+            "fscheckpoint",
+            "verify",
+            "--image-path",
+            dest.join("5").to_str().unwrap_or_default(),
+        ],
+    )?
+    .ok()
+    .context("the newest checkpoint does not verify")?;
+
+    // A pod restored from `latest` (5), then 5 removed under it.
+    let restored = run_pod(
+        s,
+        &format!("{case}-restored"),
+        &[(
+            "dev.cryo.fs-restore.image-path",
+            dest.to_str().unwrap_or_default(),
+        )],
+    )?;
+    let copy = create(s, &restored, "agent", "exec sleep 100000", &[])?;
+    s.cri.start_container(&copy)?;
+    ensure!(
+        s.cri.sh(&copy, "cat /round.txt")?.trim() == "4",
+        "the restored pod is not round 4's"
+    );
+    for r in 5..=6 {
+        round(s, &agent, &format!("echo {r} > /round.txt"))?;
+    }
+    ensure!(
+        entries(&dest)? == [".cryo-owner", "1", "6", "7", "admin-notes.txt", "latest"],
+        "after six rounds with keep=2: {:?}",
+        entries(&dest)?
+    );
+    ensure!(std::fs::read_link(dest.join("latest"))? == Path::new("7"));
+    // /big was never read before: its data comes from the removed checkpoint's data file.
+    let (code, out, err) = s.cri.exec_sync(&copy, &["md5sum", "-c", "/big.md5"])?;
+    ensure!(
+        code == 0 && out.contains("OK"),
+        "the restored pod reading a removed checkpoint: exit {code}, {out:?}, {err:?}"
+    );
+    s.cri.remove_pod_fully(&restored.id)?;
+    s.cri.remove_pod_fully(&pod.id)?;
+    ensure!(
+        entries(&dest)? == [".cryo-owner", "1", "6", "7", "admin-notes.txt", "latest"],
+        "removing the pods changed the destination: {:?}",
+        entries(&dest)?
+    );
+    Ok(())
+}
+
+/// Without `.keep`, the destination keeps the trigger's five newest checkpoints.
+fn trigger_keeps_five_by_default(s: &Suite, case: &str) -> Result<()> {
+    let (_tmp, dest) = destination()?;
+    let (pod, agent) = trigger_pod(s, case, &dest, &[])?;
+    for r in 1..=6 {
+        round(s, &agent, &format!("echo {r} > /round.txt"))?;
+    }
+    ensure!(
+        entries(&dest)? == [".cryo-owner", "2", "3", "4", "5", "6", "latest"],
+        "after six rounds by default: {:?}",
+        entries(&dest)?
+    );
+    ensure!(std::fs::read_link(dest.join("latest"))? == Path::new("6"));
+    s.cri.remove_pod_fully(&pod.id)?;
     Ok(())
 }
