@@ -558,14 +558,17 @@ fn trigger_pod(
 }
 
 /// With `keep=2`, four rounds leave the last two and `latest` on the newest; what the admin
-/// put in the destination (a file, a numbered directory of its own) stays. A pod restored
-/// from `latest` (on a lazy layer: its first restore on the node) keeps reading its files
-/// after two more rounds removed that checkpoint.
+/// put in the destination (a file, a numbered directory without the trigger's mark) stays.
+/// A pod restored from `latest` (on a lazy layer: its first restore on the node) keeps reading
+/// its files after later rounds removed that checkpoint (the lazy layer holds the data file
+/// open). A pod that resolved `latest` at RunPodSandbox but creates its container only after
+/// that checkpoint went (and is not in the node's layer cache) fails StartContainer naming
+/// the missing data file.
 fn trigger_keeps_the_newest_rounds(s: &Suite, case: &str) -> Result<()> {
     let (_tmp, dest) = destination()?;
     std::fs::create_dir(&dest)?;
     std::fs::write(dest.join("admin-notes.txt"), "the admin's\n")?;
-    // The admin's own checkpoint, numbered as the trigger numbers its rounds.
+    // The admin's own directory, numbered as the trigger numbers its rounds.
     let admins = dest.join("1");
     std::fs::create_dir(&admins)?;
     std::fs::write(admins.join("kept.txt"), "kept\n")?;
@@ -614,15 +617,48 @@ fn trigger_keeps_the_newest_rounds(s: &Suite, case: &str) -> Result<()> {
         s.cri.sh(&copy, "cat /round.txt")?.trim() == "4",
         "the restored pod is not round 4's"
     );
-    for r in 5..=6 {
+    ensure!(
+        rootfs_on_a_lazy_layer(s.cri.container_pid(&copy)?)?,
+        "the restored container's rootfs is not on a lazy layer"
+    );
+    // A pod restored from `latest` (6, never restored, so not in the node's layer cache)
+    // whose container is created only after 6 went: the pod resolved `latest` once, at
+    // RunPodSandbox, and its container's creation fails naming what is missing.
+    round(s, &agent, "echo 5 > /round.txt")?;
+    let late = run_pod(
+        s,
+        &format!("{case}-late"),
+        &[(
+            "dev.cryo.fs-restore.image-path",
+            dest.to_str().unwrap_or_default(),
+        )],
+    )?;
+    for r in 6..=7 {
         round(s, &agent, &format!("echo {r} > /round.txt"))?;
     }
+    let msg = match create(s, &late, "agent", "exec sleep 100000", &[])
+        .and_then(|id| s.cri.start_container(&id).map(|_| id))
+    {
+        Ok(id) => bail!(
+            "a container restored from a removed checkpoint started: {id}, sees round {}",
+            s.cri.sh(&id, "cat /round.txt")?
+        ),
+        Err(e) => format!("{e:#}"),
+    };
+    let missing = dest.join("6").join("data.multitar");
     ensure!(
-        entries(&dest)? == [".cryo-owner", "1", "6", "7", "admin-notes.txt", "latest"],
-        "after six rounds with keep=2: {:?}",
+        msg.contains("StartContainer")
+            && msg.contains("dev.cryo.fs-restore.image-path")
+            && msg.contains(&format!("{}: cannot open: No such file", missing.display())),
+        "the late container's error does not name the removed checkpoint: {msg}"
+    );
+    s.cri.remove_pod_fully(&late.id)?;
+    ensure!(
+        entries(&dest)? == [".cryo-owner", "1", "7", "8", "admin-notes.txt", "latest"],
+        "after seven rounds with keep=2: {:?}",
         entries(&dest)?
     );
-    ensure!(std::fs::read_link(dest.join("latest"))? == Path::new("7"));
+    ensure!(std::fs::read_link(dest.join("latest"))? == Path::new("8"));
     // /big was never read before: its data comes from the removed checkpoint's data file.
     let (code, out, err) = s.cri.exec_sync(&copy, &["md5sum", "-c", "/big.md5"])?;
     ensure!(
@@ -632,11 +668,31 @@ fn trigger_keeps_the_newest_rounds(s: &Suite, case: &str) -> Result<()> {
     s.cri.remove_pod_fully(&restored.id)?;
     s.cri.remove_pod_fully(&pod.id)?;
     ensure!(
-        entries(&dest)? == [".cryo-owner", "1", "6", "7", "admin-notes.txt", "latest"],
+        entries(&dest)? == [".cryo-owner", "1", "7", "8", "admin-notes.txt", "latest"],
         "removing the pods changed the destination: {:?}",
         entries(&dest)?
     );
     Ok(())
+}
+
+/// Whether the top lower layer of the rootfs of the container whose PID 1 is `pid` is a
+/// lazy layer (a `fuse.cryo-layer` mount, served from the checkpoint's data file).
+fn rootfs_on_a_lazy_layer(pid: i32) -> Result<bool> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+    let line = text
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some("/"))
+        .context("no rootfs in the container's mountinfo")?;
+    let top = line
+        .split_once(" - ")
+        .and_then(|(_, r)| r.split(' ').nth(2))
+        .and_then(|o| o.split(',').find_map(|o| o.strip_prefix("lowerdir=")))
+        .and_then(|l| l.split(':').next())
+        .with_context(|| format!("no lowerdir in {line}"))?
+        .to_string();
+    Ok(std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(top.as_str()) && l.contains(" - fuse.cryo-layer ")))
 }
 
 /// Without `.keep`, the destination keeps the trigger's five newest checkpoints.
