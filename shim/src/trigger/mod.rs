@@ -394,3 +394,60 @@ pub fn cleanup_bundle(bundle: &Path) {
         Err(e) => warn!("{}: {e}", mountpoint.display()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `dest/<n>` as a save leaves it (a checkpoint's files, no mark yet).
+    fn saved(dest: &Path, n: u32) -> PathBuf {
+        let dir = dest.join(n.to_string());
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("fscheckpoint.json"), b"{}").unwrap();
+        std::fs::write(dir.join("sub/data"), b"x").unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_published_round_is_marked_linked_and_the_oldest_go() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path();
+        std::fs::write(dest.join("admin.txt"), b"x").unwrap();
+        for n in 1..=4 {
+            publish(dest, &saved(dest, n), 2, "round").unwrap();
+            assert!(dest.join(n.to_string()).join(destination::MARK).is_file());
+            assert_eq!(
+                std::fs::read_link(dest.join(destination::LATEST)).unwrap(),
+                PathBuf::from(n.to_string())
+            );
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dest)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["3", "4", "admin.txt", "latest"]);
+    }
+
+    #[test]
+    fn a_round_that_cannot_be_published_leaves_no_directory_and_removes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path();
+        for n in 1..=2 {
+            publish(dest, &saved(dest, n), 1, "round").unwrap();
+        }
+        assert!(dest.join("2").is_dir() && !dest.join("1").exists());
+        // The mark cannot be made (something is in its place): the round fails, its
+        // checkpoint goes, `latest` and the kept checkpoint stay.
+        let third = saved(dest, 3);
+        std::fs::create_dir(third.join(destination::MARK)).unwrap();
+        let e = publish(dest, &third, 1, "round").unwrap_err();
+        assert!(e.to_string().contains("mark it the trigger's"), "{e}");
+        assert!(!third.exists());
+        assert!(dest.join("2").join("sub/data").exists());
+        assert_eq!(
+            std::fs::read_link(dest.join(destination::LATEST)).unwrap(),
+            PathBuf::from("2")
+        );
+    }
+}

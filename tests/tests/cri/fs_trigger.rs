@@ -45,6 +45,10 @@ pub(super) const CASES: &[(&str, Case)] = &[
         "trigger_keeps_five_by_default",
         trigger_keeps_five_by_default,
     ),
+    (
+        "failed_round_leaves_nothing_and_removes_nothing",
+        failed_round_leaves_nothing_and_removes_nothing,
+    ),
 ];
 
 /// Cases of this module that need containerd 2.x's CRI (ignored on 1.6 with the suite's reason).
@@ -708,6 +712,71 @@ fn trigger_keeps_five_by_default(s: &Suite, case: &str) -> Result<()> {
         entries(&dest)?
     );
     ensure!(std::fs::read_link(dest.join("latest"))? == Path::new("6"));
+    s.cri.remove_pod_fully(&pod.id)?;
+    Ok(())
+}
+
+/// A tmpfs mounted at a path for the guard's life.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Result<Tmpfs> {
+        std::fs::create_dir_all(at)?;
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()?;
+        ensure!(
+            status.success(),
+            "mount a tmpfs at {}: {status}",
+            at.display()
+        );
+        Ok(Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A round that fails (the destination, a 1 MiB tmpfs, fills up) prints `error`, leaves no
+/// directory of its own (nor a temporary one), leaves `latest` where it was and removes no
+/// checkpoint, even with `keep=1`; the next round that fits succeeds and prunes as usual.
+fn failed_round_leaves_nothing_and_removes_nothing(s: &Suite, case: &str) -> Result<()> {
+    let (_tmp, dest) = destination()?;
+    let _tmpfs = Tmpfs::mount(&dest, "1m")?;
+    let (pod, agent) = trigger_pod(s, case, &dest, &[("dev.cryo.fscheckpoint.keep", "1")])?;
+    round(s, &agent, "echo 1 > /round.txt")?;
+    ensure!(entries(&dest)? == [".cryo-owner", "1", "latest"]);
+    let script =
+        format!("head -c 3145728 /dev/urandom > /big; exec 3<>{TRIGGER}; echo 1 >&3; cat <&3");
+    let (code, out, err) = s.cri.exec_sync_within(&agent, &["sh", "-c", &script], 60)?;
+    ensure!(
+        code == 0 && out == "error\n",
+        "a round into a full destination: exit {code}, stdout {out:?}, stderr {err:?}"
+    );
+    ensure!(
+        entries(&dest)? == [".cryo-owner", "1", "latest"],
+        "after a failed round: {:?}",
+        entries(&dest)?
+    );
+    ensure!(std::fs::read_link(dest.join("latest"))? == Path::new("1"));
+    // The pod kept running (resume=true); a round that fits goes to the next number.
+    round(s, &agent, "rm /big")?;
+    ensure!(
+        entries(&dest)? == [".cryo-owner", "2", "latest"],
+        "after the round that fits: {:?}",
+        entries(&dest)?
+    );
+    ensure!(std::fs::read_link(dest.join("latest"))? == Path::new("2"));
     s.cri.remove_pod_fully(&pod.id)?;
     Ok(())
 }
