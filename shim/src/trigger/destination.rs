@@ -4,11 +4,13 @@
 //! under a temporary name, renamed over the old one).
 //!
 //! Retention: once a round's checkpoint is saved, it gets a [`MARK`] file (what makes it a
-//! checkpoint the trigger made), `latest` points at it, and [`prune`] removes the trigger's
-//! checkpoints beyond the newest `keep` (the pod's `.keep`), oldest first — never the one
-//! `latest` names, never an entry without the mark or not named as [`claim_next`] names
-//! (a destination may be shared by pods of one tenant, whose checkpoints count together, or
-//! hold the admin's files: `cryo fscheckpoint` into it makes no mark). These three steps run
+//! checkpoint the trigger made) naming the pod's tenant, `latest` points at it, and [`prune`]
+//! removes the trigger's checkpoints of that tenant beyond the newest `keep` (the pod's
+//! `.keep`), oldest first — never the one `latest` names, never an entry without the mark,
+//! with another tenant's mark (a tenant that claims a destination the admin's `ctr` pods
+//! wrote to prunes none of theirs), or not named as [`claim_next`] names (a destination may
+//! be shared by pods of one tenant, whose checkpoints count together, or hold the admin's
+//! files: `cryo fscheckpoint` into it makes no mark). These three steps run
 //! under an exclusive `flock` of the destination directory ([`lock`]), so that a pod sharing
 //! the destination never prunes a checkpoint between its mark and its `latest`. A checkpoint
 //! goes by a rename to a hidden name (a restore resolving it sees all of it or nothing), then
@@ -26,6 +28,10 @@ use std::path::{Path, PathBuf};
 pub const LATEST: &str = "latest";
 /// The file in a numbered directory that says the trigger made it (and may prune it).
 pub const MARK: &str = ".cryo-trigger";
+/// The mark's text for a pod not made through CRI (no tenant; a tenant's is its owner record).
+pub const NO_TENANT: &str = "no tenant (a pod not made through CRI)\n";
+/// Longest mark read.
+const MAX_MARK: u64 = 4096;
 /// The prefix of a checkpoint's hidden name while it is removed.
 const PRUNING: &str = ".cryo-pruning-";
 
@@ -84,15 +90,15 @@ pub fn lock(dest: &Path) -> std::io::Result<File> {
     Ok(dir)
 }
 
-/// Mark `dir`, a checkpoint just saved, as the trigger's (`what` says whose round it was).
-pub fn mark(dir: &Path, what: &str) -> std::io::Result<()> {
+/// Mark `dir`, a checkpoint just saved, as the trigger's (`whose`: the tenant's text).
+pub fn mark(dir: &Path, whose: &str) -> std::io::Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .custom_flags(libc::O_NOFOLLOW)
         .open(dir.join(MARK))?;
-    f.write_all(format!("{what}\n").as_bytes())
+    f.write_all(whose.as_bytes())
 }
 
 /// A checkpoint the trigger made that [`prune`] removed, or failed to.
@@ -102,13 +108,13 @@ pub struct Pruned {
     pub result: std::io::Result<()>,
 }
 
-/// Remove the trigger's checkpoints in `dest` beyond the newest `keep`, oldest first, never
-/// the one `latest` names (call it holding [`lock`], after `latest` moved).
-pub fn prune(dest: &Path, keep: u32) -> std::io::Result<Vec<Pruned>> {
+/// Remove the trigger's checkpoints in `dest` marked `whose` beyond the newest `keep`, oldest
+/// first, never the one `latest` names (call it holding [`lock`], after `latest` moved).
+pub fn prune(dest: &Path, keep: u32, whose: &str) -> std::io::Result<Vec<Pruned>> {
     let latest = std::fs::read_link(dest.join(LATEST))
         .ok()
         .and_then(|target| target.file_name().and_then(number));
-    let made = trigger_made(dest)?;
+    let made = trigger_made(dest, whose)?;
     Ok(beyond(&made, keep, latest)
         .into_iter()
         .map(|n| {
@@ -124,10 +130,10 @@ pub fn prune(dest: &Path, keep: u32) -> std::io::Result<Vec<Pruned>> {
         .collect())
 }
 
-/// The numbers of the checkpoints in `dest` the trigger made: entries named as
+/// The numbers of the checkpoints in `dest` the trigger made for `whose`: entries named as
 /// [`claim_next`] names them that are directories (not links) holding a [`MARK`] that is a
-/// regular file.
-fn trigger_made(dest: &Path) -> std::io::Result<Vec<u64>> {
+/// regular file (not a link, never waited on) reading `whose`.
+fn trigger_made(dest: &Path, whose: &str) -> std::io::Result<Vec<u64>> {
     let mut made = Vec::new();
     for entry in std::fs::read_dir(dest)? {
         let entry = entry?;
@@ -137,11 +143,28 @@ fn trigger_made(dest: &Path) -> std::io::Result<Vec<u64>> {
         if !entry.file_type().is_ok_and(|t| t.is_dir()) {
             continue;
         }
-        if std::fs::symlink_metadata(entry.path().join(MARK)).is_ok_and(|m| m.is_file()) {
+        if marked(&entry.path(), whose) {
             made.push(n);
         }
     }
     Ok(made)
+}
+
+/// Whether `dir` holds a [`MARK`] reading `whose`.
+fn marked(dir: &Path, whose: &str) -> bool {
+    use std::io::Read;
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(dir.join(MARK))
+    else {
+        return false;
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let mut text = String::new();
+    f.take(MAX_MARK).read_to_string(&mut text).is_ok() && text == whose
 }
 
 /// The rule: of the checkpoints numbered `made`, those beyond the newest `keep`, oldest
@@ -226,7 +249,7 @@ mod tests {
         std::fs::write(dir.join("fscheckpoint.json"), b"{}").unwrap();
         std::fs::create_dir(dir.join("sub")).unwrap();
         std::fs::write(dir.join("sub/data"), b"x").unwrap();
-        mark(&dir, "round of pod p").unwrap();
+        mark(&dir, "kubernetes namespace a\n").unwrap();
     }
 
     fn names(dest: &Path) -> Vec<String> {
@@ -259,9 +282,12 @@ mod tests {
         std::fs::create_dir(dest.join("11")).unwrap(); // a mark that is a link
         std::os::unix::fs::symlink(dest.join("1").join(MARK), dest.join("11").join(MARK)).unwrap();
         std::fs::write(dest.join(".cryo-owner"), b"kubernetes namespace a\n").unwrap();
+        // Another tenant's round (it wrote here before `a` claimed the destination).
+        std::fs::create_dir(dest.join("3000")).unwrap();
+        mark(&dest.join("3000"), NO_TENANT).unwrap();
         // `latest` on 2 (another pod sharing the destination linked it last).
         link_latest(&dest, &dest.join("2")).unwrap();
-        let pruned = prune(&dest, 2).unwrap();
+        let pruned = prune(&dest, 2, "kubernetes namespace a\n").unwrap();
         let gone: Vec<PathBuf> = pruned.iter().map(|p| p.dir.clone()).collect();
         assert_eq!(gone, vec![dest.join("1"), dest.join("3")]);
         assert!(pruned.iter().all(|p| p.result.is_ok()), "{pruned:?}");
@@ -273,6 +299,7 @@ mod tests {
                 "10",
                 "11",
                 "2",
+                "3000",
                 "4",
                 "5",
                 "6",
@@ -284,16 +311,21 @@ mod tests {
             ]
         );
         // Again: nothing more goes.
-        assert!(prune(&dest, 2).unwrap().is_empty());
+        assert!(prune(&dest, 2, "kubernetes namespace a\n")
+            .unwrap()
+            .is_empty());
         // keep=1 with latest on the newest.
         link_latest(&dest, &dest.join("6")).unwrap();
-        let gone: Vec<PathBuf> = prune(&dest, 1)
+        let gone: Vec<PathBuf> = prune(&dest, 1, "kubernetes namespace a\n")
             .unwrap()
             .into_iter()
             .map(|p| p.dir)
             .collect();
         assert_eq!(gone, vec![dest.join("2"), dest.join("5")]);
         assert!(dest.join("6").join("sub/data").exists());
+        assert!(dest.join("3000").join(MARK).exists());
+        // The other tenant's rule: only its own go (none beyond its newest one).
+        assert!(prune(&dest, 1, NO_TENANT).unwrap().is_empty());
     }
 
     #[test]

@@ -320,6 +320,11 @@ async fn checkpoint(
 ) -> Result<PathBuf> {
     let _one_at_a_time = pod.checkpoint_lock().lock().await;
     let dest = settings.path.clone();
+    // Whose checkpoints the round's mark says they are: only those of the same tenant count
+    // towards, and go by, its `keep`.
+    let whose = tenant
+        .record()
+        .unwrap_or_else(|| destination::NO_TENANT.to_string());
     // Checked again at each save: a link planted beneath the root since the pod started must
     // not lead the save out of it; the destination is claimed for the pod's tenant (or found
     // to be its own) before anything is written into it.
@@ -347,15 +352,16 @@ async fn checkpoint(
     }
     let (dest, saved, keep) = (settings.path.clone(), dir.clone(), settings.keep);
     let what = format!("fscheckpoint trigger of pod {pod_id}");
-    tokio::task::spawn_blocking(move || publish(&dest, &saved, keep, &what)).await??;
+    tokio::task::spawn_blocking(move || publish(&dest, &saved, keep, &whose, &what)).await??;
     Ok(dir)
 }
 
-/// A round's checkpoint `saved` in `dest` becomes the trigger's (marked), `latest` points at
-/// it, and the destination keeps the newest `keep` of the trigger's checkpoints; all under the
+/// A round's checkpoint `saved` in `dest` becomes the trigger's (marked as `whose`), `latest`
+/// points at it, and the destination keeps the newest `keep` of the trigger's checkpoints
+/// marked `whose`; all under the
 /// destination's lock. When marking or linking fails, the round fails and its checkpoint goes
 /// (a failed round leaves no directory); a removal that fails is logged, the round stands.
-fn publish(dest: &Path, saved: &Path, keep: u32, what: &str) -> Result<()> {
+fn publish(dest: &Path, saved: &Path, keep: u32, whose: &str, what: &str) -> Result<()> {
     let fail = |step: &str, e: std::io::Error| {
         if let Err(e) = std::fs::remove_dir_all(saved) {
             warn!(
@@ -366,10 +372,10 @@ fn publish(dest: &Path, saved: &Path, keep: u32, what: &str) -> Result<()> {
         Error::Internal(format!("{}: {step}: {e}", saved.display()))
     };
     let _locked = destination::lock(dest).map_err(|e| fail("lock the destination", e))?;
-    destination::mark(saved, what).map_err(|e| fail("mark it the trigger's", e))?;
+    destination::mark(saved, whose).map_err(|e| fail("mark it the trigger's", e))?;
     destination::link_latest(dest, saved)
         .map_err(|e| fail(&format!("link {}", destination::LATEST), e))?;
-    match destination::prune(dest, keep) {
+    match destination::prune(dest, keep, whose) {
         Ok(pruned) => {
             for p in pruned {
                 match p.result {
@@ -414,7 +420,7 @@ mod tests {
         let dest = tmp.path();
         std::fs::write(dest.join("admin.txt"), b"x").unwrap();
         for n in 1..=4 {
-            publish(dest, &saved(dest, n), 2, "round").unwrap();
+            publish(dest, &saved(dest, n), 2, "t\n", "round").unwrap();
             assert!(dest.join(n.to_string()).join(destination::MARK).is_file());
             assert_eq!(
                 std::fs::read_link(dest.join(destination::LATEST)).unwrap(),
@@ -434,14 +440,14 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dest = tmp.path();
         for n in 1..=2 {
-            publish(dest, &saved(dest, n), 1, "round").unwrap();
+            publish(dest, &saved(dest, n), 1, "t\n", "round").unwrap();
         }
         assert!(dest.join("2").is_dir() && !dest.join("1").exists());
         // The mark cannot be made (something is in its place): the round fails, its
         // checkpoint goes, `latest` and the kept checkpoint stay.
         let third = saved(dest, 3);
         std::fs::create_dir(third.join(destination::MARK)).unwrap();
-        let e = publish(dest, &third, 1, "round").unwrap_err();
+        let e = publish(dest, &third, 1, "t\n", "round").unwrap_err();
         assert!(e.to_string().contains("mark it the trigger's"), "{e}");
         assert!(!third.exists());
         assert!(dest.join("2").join("sub/data").exists());

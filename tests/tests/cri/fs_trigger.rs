@@ -562,7 +562,7 @@ fn trigger_pod(
 }
 
 /// With `keep=2`, four rounds leave the last two and `latest` on the newest; what the admin
-/// put in the destination (a file, a numbered directory without the trigger's mark) stays.
+/// put in the destination (a file, a round of its own `ctr` pod's trigger) stays.
 /// A pod restored from `latest` (on a lazy layer: its first restore on the node) keeps reading
 /// its files after later rounds removed that checkpoint (the lazy layer holds the data file
 /// open). A pod that resolved `latest` at RunPodSandbox but creates its container only after
@@ -572,10 +572,16 @@ fn trigger_keeps_the_newest_rounds(s: &Suite, case: &str) -> Result<()> {
     let (_tmp, dest) = destination()?;
     std::fs::create_dir(&dest)?;
     std::fs::write(dest.join("admin-notes.txt"), "the admin's\n")?;
-    // The admin's own directory, numbered as the trigger numbers its rounds.
+    // The admin's own round, numbered as the trigger numbers its rounds.
     let admins = dest.join("1");
     std::fs::create_dir(&admins)?;
     std::fs::write(admins.join("kept.txt"), "kept\n")?;
+    // Marked as a round of the admin's `ctr` pod's trigger (no tenant), made before this
+    // pod's tenant claimed the destination: not this tenant's to remove.
+    std::fs::write(
+        admins.join(".cryo-trigger"),
+        "no tenant (a pod not made through CRI)\n",
+    )?;
     let (pod, agent) = trigger_pod(s, case, &dest, &[("dev.cryo.fscheckpoint.keep", "2")])?;
     for r in 1..=4 {
         let big = if r == 4 {
