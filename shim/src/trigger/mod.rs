@@ -358,9 +358,9 @@ async fn checkpoint(
 
 /// A round's checkpoint `saved` in `dest` becomes the trigger's (marked as `whose`), `latest`
 /// points at it, and the destination keeps the newest `keep` of the trigger's checkpoints
-/// marked `whose`; all under the
-/// destination's lock. When marking or linking fails, the round fails and its checkpoint goes
-/// (a failed round leaves no directory); a removal that fails is logged, the round stands.
+/// marked `whose`; all under the destination's lock. When marking or linking fails, the round
+/// fails and its checkpoint goes (a failed round leaves no directory); a removal that fails is
+/// logged (a checkpoint it left half-removed stays under its hidden name), the round stands.
 fn publish(dest: &Path, saved: &Path, keep: u32, whose: &str, what: &str) -> Result<()> {
     let fail = |step: &str, e: std::io::Error| {
         if let Err(e) = std::fs::remove_dir_all(saved) {
