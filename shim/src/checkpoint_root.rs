@@ -106,7 +106,7 @@ impl Tenant {
     }
 
     /// The owner file's text for this tenant.
-    fn record(&self) -> Option<String> {
+    pub(crate) fn record(&self) -> Option<String> {
         self.0
             .as_ref()
             .map(|ns| format!("kubernetes namespace {ns}\n"))

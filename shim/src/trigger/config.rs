@@ -1,8 +1,10 @@
 //! The trigger's annotations and their values, checked before anything is set up. A pod
 //! enables the trigger with `dev.cryo.fscheckpoint.path` (the host directory the checkpoints
 //! go to); `.resume` (keep running after, default false: the pod stops), `.direct` (O_DIRECT
-//! writes) and `.container-path` (what to save: `/`, a mount path, `all-volumes`/`all-tmpfs`,
-//! comma-separated; default `/`) complete it. `dev.cryo.fscheckpoint.enable=true` on a
+//! writes), `.container-path` (what to save: `/`, a mount path, `all-volumes`/`all-tmpfs`,
+//! comma-separated; default `/`) and `.keep` (how many of the trigger's checkpoints the
+//! destination keeps, 1 to [`MAX_KEEP`], default [`DEFAULT_KEEP`], as kubelet keeps
+//! `containerLogMaxFiles` logs; see [`super::destination::prune`]) complete it. `dev.cryo.fscheckpoint.enable=true` on a
 //! container makes its trigger writable. gVisor's `dev.gvisor.internal.fscheckpoint.*` are
 //! aliases. Every value is checked; a refusal names the annotation and the value.
 
@@ -15,8 +17,14 @@ const PATH: &str = "path";
 const RESUME: &str = "resume";
 const DIRECT: &str = "direct";
 const CONTAINER_PATH: &str = "container-path";
+const KEEP: &str = "keep";
 const ENABLE: &str = "enable";
-const KNOWN: [&str; 5] = [PATH, RESUME, DIRECT, CONTAINER_PATH, ENABLE];
+const KNOWN: [&str; 6] = [PATH, RESUME, DIRECT, CONTAINER_PATH, KEEP, ENABLE];
+/// Checkpoints a destination keeps when `.keep` is not set (kubelet's default
+/// `containerLogMaxFiles`).
+pub const DEFAULT_KEEP: u32 = 5;
+/// The most `.keep` may ask for: every round is a full copy of the pod's filesystems.
+pub const MAX_KEEP: u32 = 100;
 /// Host trees a destination may not be in.
 const FORBIDDEN_TREES: [&str; 3] = ["/proc", "/sys", "/dev"];
 
@@ -29,6 +37,8 @@ pub struct PodSettings {
     pub direct: bool,
     /// `--path` values.
     pub paths: Vec<String>,
+    /// How many of the trigger's numbered checkpoints the destination keeps after a round.
+    pub keep: u32,
 }
 
 /// One container's trigger annotations.
@@ -81,7 +91,7 @@ pub fn parse(annotations: &HashMap<String, String>) -> Result<Settings, String> 
     let resume = boolean(RESUME)?;
     let direct = boolean(DIRECT)?;
     let Some((path_key, path)) = found.get(PATH) else {
-        if let Some(setting) = [RESUME, DIRECT, CONTAINER_PATH]
+        if let Some(setting) = [RESUME, DIRECT, CONTAINER_PATH, KEEP]
             .into_iter()
             .find(|s| found.contains_key(s))
             .or(enable.then_some(ENABLE))
@@ -104,12 +114,19 @@ pub fn parse(annotations: &HashMap<String, String>) -> Result<Settings, String> 
             paths
         }
     };
+    let keep = match found.get(KEEP) {
+        None => DEFAULT_KEEP,
+        Some((key, value)) => {
+            parse_keep(value).map_err(|why| format!("annotation {key}={value:?}: {why}"))?
+        }
+    };
     Ok(Settings {
         pod: Some(PodSettings {
             path: PathBuf::from(path),
             resume,
             direct,
             paths,
+            keep,
         }),
         enable,
     })
@@ -138,7 +155,21 @@ pub fn differences(container: &PodSettings, pod: &PodSettings) -> Vec<String> {
         container.paths.join(","),
         pod.paths.join(","),
     );
+    differ(KEEP, container.keep.to_string(), pod.keep.to_string());
     out
+}
+
+/// A `.keep` value: a decimal integer from 1 to [`MAX_KEEP`], written plainly (no sign, no
+/// leading zero, no spaces).
+fn parse_keep(value: &str) -> Result<u32, String> {
+    let plain = !value.is_empty()
+        && value.len() <= 3
+        && value.bytes().all(|b| b.is_ascii_digit())
+        && !value.starts_with('0');
+    match value.parse::<u32>() {
+        Ok(n) if plain && (1..=MAX_KEEP).contains(&n) => Ok(n),
+        _ => Err(format!("not an integer from 1 to {MAX_KEEP}")),
+    }
 }
 
 /// A destination is an absolute, clean host path (no empty, `.` or `..` components, no
@@ -198,7 +229,74 @@ mod tests {
         assert!(pod.resume && !pod.direct);
         assert_eq!(pod.paths, vec!["/", "all-volumes"]);
         let s = parse_of(&[("dev.gvisor.internal.fscheckpoint.path", "/ck")]).unwrap();
-        assert_eq!(s.pod.unwrap().paths, vec!["/"]);
+        let pod = s.pod.unwrap();
+        assert_eq!(pod.paths, vec!["/"]);
+        assert_eq!(pod.keep, DEFAULT_KEEP);
+        assert_eq!(DEFAULT_KEEP, 5);
+    }
+
+    #[test]
+    fn keep_is_an_integer_from_1_to_100_under_either_name() {
+        for (key, value, keep) in [
+            ("dev.cryo.fscheckpoint.keep", "1", 1),
+            ("dev.cryo.fscheckpoint.keep", "2", 2),
+            ("dev.gvisor.internal.fscheckpoint.keep", "17", 17),
+            ("dev.cryo.fscheckpoint.keep", "100", 100),
+        ] {
+            let s = parse_of(&[("dev.cryo.fscheckpoint.path", "/ck"), (key, value)]).unwrap();
+            assert_eq!(s.pod.unwrap().keep, keep, "{key}={value}");
+        }
+        for value in [
+            "0",
+            "101",
+            "-1",
+            "+2",
+            "02",
+            " 2",
+            "2 ",
+            "two",
+            "",
+            "1.5",
+            "4294967297",
+            "1000",
+        ] {
+            let e = parse_of(&[
+                ("dev.cryo.fscheckpoint.path", "/ck"),
+                ("dev.cryo.fscheckpoint.keep", value),
+            ])
+            .unwrap_err();
+            assert_eq!(
+                e,
+                format!(
+                    "annotation dev.cryo.fscheckpoint.keep={value:?}: not an integer from 1 to 100"
+                )
+            );
+        }
+        let e = parse_of(&[
+            ("dev.cryo.fscheckpoint.path", "/ck"),
+            ("dev.cryo.fscheckpoint.keep", "2"),
+            ("dev.gvisor.internal.fscheckpoint.keep", "3"),
+        ])
+        .unwrap_err();
+        assert!(e.contains("disagree"), "{e}");
+        let e = parse_of(&[("dev.cryo.fscheckpoint.keep", "2")]).unwrap_err();
+        assert!(
+            e.contains("keep=\"2\": the pod has no dev.cryo.fscheckpoint.path"),
+            "{e}"
+        );
+        let pod = |keep: &str| {
+            parse_of(&[
+                ("dev.cryo.fscheckpoint.path", "/ck"),
+                ("dev.cryo.fscheckpoint.keep", keep),
+            ])
+            .unwrap()
+            .pod
+            .unwrap()
+        };
+        assert_eq!(
+            differences(&pod("3"), &pod("2")),
+            vec!["annotation dev.cryo.fscheckpoint.keep=\"3\" differs from the pod's \"2\""]
+        );
     }
 
     #[test]

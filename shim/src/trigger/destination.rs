@@ -2,12 +2,38 @@
 //! destination, each claimed by mkdir before the save (so two pods sharing a destination never
 //! write one directory), and a `latest` symlink to the newest, replaced atomically (a new link
 //! under a temporary name, renamed over the old one).
+//!
+//! Retention: once a round's checkpoint is saved, it gets a [`MARK`] file (what makes it a
+//! checkpoint the trigger made) naming the pod's tenant, `latest` points at it, and [`prune`]
+//! removes the trigger's checkpoints of that tenant beyond the newest `keep` (the pod's
+//! `.keep`), oldest first — never the one `latest` names, never an entry without the mark,
+//! with another tenant's mark (a tenant that claims a destination the admin's `ctr` pods
+//! wrote to prunes none of theirs), or not named as [`claim_next`] names (a destination may
+//! be shared by pods of one tenant, whose checkpoints count together, or hold the admin's
+//! files: `cryo fscheckpoint` into it makes no mark). These three steps run
+//! under an exclusive `flock` of the destination directory ([`lock`]), so that a pod sharing
+//! the destination never prunes a checkpoint between its mark and its `latest`. A checkpoint
+//! goes by a rename to a hidden name (a restore resolving it sees all of it or nothing), then
+//! a recursive removal; a failure is the caller's to log. A restored pod whose lazy layer
+//! serves a removed checkpoint keeps working: it holds the data file open, so its blocks stay
+//! on disk until that layer is unmounted (see `crate::fs_restore`).
 
-use std::os::unix::fs::DirBuilderExt;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 /// The link to the newest checkpoint.
 pub const LATEST: &str = "latest";
+/// The file in a numbered directory that says the trigger made it (and may prune it).
+pub const MARK: &str = ".cryo-trigger";
+/// The mark's text for a pod not made through CRI (no tenant; a tenant's is its owner record).
+pub const NO_TENANT: &str = "no tenant (a pod not made through CRI)\n";
+/// Longest mark read.
+const MAX_MARK: u64 = 4096;
+/// The prefix of a checkpoint's hidden name while it is removed.
+const PRUNING: &str = ".cryo-pruning-";
 
 /// Claim the next numbered directory under `dest` (created, mode 0700, with `dest` if missing).
 pub fn claim_next(dest: &Path) -> std::io::Result<PathBuf> {
@@ -34,16 +60,126 @@ pub fn claim_next(dest: &Path) -> std::io::Result<PathBuf> {
 fn highest(dest: &Path) -> std::io::Result<u64> {
     let mut max = 0;
     for entry in std::fs::read_dir(dest)? {
-        let name = entry?.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if name.starts_with('0') {
-            continue;
-        }
-        if let Ok(n) = name.parse::<u64>() {
+        if let Some(n) = number(&entry?.file_name()) {
             max = max.max(n);
         }
     }
     Ok(max)
+}
+
+/// The number an entry named as [`claim_next`] names them stands for (`1`, `2`, ...; not
+/// `0`, `01`, `+1`).
+fn number(name: &std::ffi::OsStr) -> Option<u64> {
+    let name = name.to_str()?;
+    if name.starts_with('0') || !name.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    name.parse().ok()
+}
+
+/// An exclusive `flock` of the destination directory, held until the file is dropped.
+pub fn lock(dest: &Path) -> std::io::Result<File> {
+    let dir = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dest)?;
+    // SAFETY: flock on a descriptor we own.
+    if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(dir)
+}
+
+/// Mark `dir`, a checkpoint just saved, as the trigger's (`whose`: the tenant's text).
+pub fn mark(dir: &Path, whose: &str) -> std::io::Result<()> {
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(dir.join(MARK))?;
+    f.write_all(whose.as_bytes())
+}
+
+/// A checkpoint the trigger made that [`prune`] removed, or failed to.
+#[derive(Debug)]
+pub struct Pruned {
+    pub dir: PathBuf,
+    pub result: std::io::Result<()>,
+}
+
+/// Remove the trigger's checkpoints in `dest` marked `whose` beyond the newest `keep`, oldest
+/// first, never the one `latest` names (call it holding [`lock`], after `latest` moved).
+pub fn prune(dest: &Path, keep: u32, whose: &str) -> std::io::Result<Vec<Pruned>> {
+    let latest = std::fs::read_link(dest.join(LATEST))
+        .ok()
+        .and_then(|target| target.file_name().and_then(number));
+    let made = trigger_made(dest, whose)?;
+    Ok(beyond(&made, keep, latest)
+        .into_iter()
+        .map(|n| {
+            let dir = dest.join(n.to_string());
+            let hidden = dest.join(format!("{PRUNING}{n}"));
+            let result = std::fs::rename(&dir, &hidden).and_then(|()| {
+                std::fs::remove_dir_all(&hidden).map_err(|e| {
+                    std::io::Error::new(e.kind(), format!("remove {}: {e}", hidden.display()))
+                })
+            });
+            Pruned { dir, result }
+        })
+        .collect())
+}
+
+/// The numbers of the checkpoints in `dest` the trigger made for `whose`: entries named as
+/// [`claim_next`] names them that are directories (not links) holding a [`MARK`] that is a
+/// regular file (not a link, never waited on) reading `whose`.
+fn trigger_made(dest: &Path, whose: &str) -> std::io::Result<Vec<u64>> {
+    let mut made = Vec::new();
+    for entry in std::fs::read_dir(dest)? {
+        let entry = entry?;
+        let Some(n) = number(&entry.file_name()) else {
+            continue;
+        };
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if marked(&entry.path(), whose) {
+            made.push(n);
+        }
+    }
+    Ok(made)
+}
+
+/// Whether `dir` holds a [`MARK`] reading `whose`.
+fn marked(dir: &Path, whose: &str) -> bool {
+    use std::io::Read;
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(dir.join(MARK))
+    else {
+        return false;
+    };
+    if !f.metadata().is_ok_and(|m| m.is_file()) {
+        return false;
+    }
+    let mut text = String::new();
+    f.take(MAX_MARK).read_to_string(&mut text).is_ok() && text == whose
+}
+
+/// The rule: of the checkpoints numbered `made`, those beyond the newest `keep`, oldest
+/// first, without `latest`'s.
+fn beyond(made: &[u64], keep: u32, latest: Option<u64>) -> Vec<u64> {
+    let mut sorted = made.to_vec();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    sorted.dedup();
+    let mut out: Vec<u64> = sorted
+        .into_iter()
+        .skip(keep as usize)
+        .filter(|n| Some(*n) != latest)
+        .collect();
+    out.reverse();
+    out
 }
 
 /// Point `<dest>/latest` at `dir` (a child of `dest`), atomically.
@@ -93,5 +229,116 @@ mod tests {
             .filter(|n| n.ends_with(".tmp"))
             .collect();
         assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn beyond_the_newest_keep_oldest_first_never_latest() {
+        assert_eq!(beyond(&[1, 2, 3, 4], 2, Some(4)), vec![1, 2]);
+        assert_eq!(beyond(&[4, 1, 3, 2], 2, None), vec![1, 2]);
+        assert_eq!(beyond(&[1, 2], 2, Some(2)), Vec::<u64>::new());
+        assert_eq!(beyond(&[], 1, None), Vec::<u64>::new());
+        // `latest` on an older one (another pod of the destination linked it last) stays.
+        assert_eq!(beyond(&[1, 2, 3, 4, 5], 1, Some(3)), vec![1, 2, 4]);
+        assert_eq!(beyond(&[7, 30, 100, 9], 3, Some(100)), vec![7]);
+    }
+
+    /// `dest/<name>` as the trigger leaves a round: a checkpoint's files and the mark.
+    fn round(dest: &Path, name: &str) {
+        let dir = dest.join(name);
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("fscheckpoint.json"), b"{}").unwrap();
+        std::fs::create_dir(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("sub/data"), b"x").unwrap();
+        mark(&dir, "kubernetes namespace a\n").unwrap();
+    }
+
+    fn names(dest: &Path) -> Vec<String> {
+        let mut n: Vec<String> = std::fs::read_dir(dest)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        n.sort();
+        n
+    }
+
+    #[test]
+    fn prune_removes_only_marked_numbered_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("ck");
+        std::fs::create_dir(&dest).unwrap();
+        for n in ["1", "2", "3", "5", "6"] {
+            round(&dest, n);
+        }
+        // What the trigger did not make, or does not name as it names its rounds.
+        std::fs::create_dir(dest.join("4")).unwrap(); // the admin's (no mark)
+        std::fs::write(dest.join("4/fscheckpoint.json"), b"{}").unwrap();
+        round(&dest, "04");
+        round(&dest, "notes");
+        std::fs::write(dest.join("7"), b"a file").unwrap();
+        std::os::unix::fs::symlink(dest.join("1"), dest.join("8")).unwrap();
+        std::fs::create_dir(dest.join("9")).unwrap(); // a round being saved (no mark yet)
+        std::fs::create_dir(dest.join("10")).unwrap(); // a mark that is not a file
+        std::fs::create_dir(dest.join("10").join(MARK)).unwrap();
+        std::fs::create_dir(dest.join("11")).unwrap(); // a mark that is a link
+        std::os::unix::fs::symlink(dest.join("1").join(MARK), dest.join("11").join(MARK)).unwrap();
+        std::fs::write(dest.join(".cryo-owner"), b"kubernetes namespace a\n").unwrap();
+        // Another tenant's round (it wrote here before `a` claimed the destination).
+        std::fs::create_dir(dest.join("3000")).unwrap();
+        mark(&dest.join("3000"), NO_TENANT).unwrap();
+        // `latest` on 2 (another pod sharing the destination linked it last).
+        link_latest(&dest, &dest.join("2")).unwrap();
+        let pruned = prune(&dest, 2, "kubernetes namespace a\n").unwrap();
+        let gone: Vec<PathBuf> = pruned.iter().map(|p| p.dir.clone()).collect();
+        assert_eq!(gone, vec![dest.join("1"), dest.join("3")]);
+        assert!(pruned.iter().all(|p| p.result.is_ok()), "{pruned:?}");
+        assert_eq!(
+            names(&dest),
+            vec![
+                ".cryo-owner",
+                "04",
+                "10",
+                "11",
+                "2",
+                "3000",
+                "4",
+                "5",
+                "6",
+                "7",
+                "8",
+                "9",
+                "latest",
+                "notes"
+            ]
+        );
+        // Again: nothing more goes.
+        assert!(prune(&dest, 2, "kubernetes namespace a\n")
+            .unwrap()
+            .is_empty());
+        // keep=1 with latest on the newest.
+        link_latest(&dest, &dest.join("6")).unwrap();
+        let gone: Vec<PathBuf> = prune(&dest, 1, "kubernetes namespace a\n")
+            .unwrap()
+            .into_iter()
+            .map(|p| p.dir)
+            .collect();
+        assert_eq!(gone, vec![dest.join("2"), dest.join("5")]);
+        assert!(dest.join("6").join("sub/data").exists());
+        assert!(dest.join("3000").join(MARK).exists());
+        // The other tenant's rule: only its own go (none beyond its newest one).
+        assert!(prune(&dest, 1, NO_TENANT).unwrap().is_empty());
+    }
+
+    #[test]
+    fn lock_excludes_a_second_holder() {
+        let tmp = tempfile::tempdir().unwrap();
+        let held = lock(tmp.path()).unwrap();
+        let other = File::open(tmp.path()).unwrap();
+        // SAFETY: flock on a descriptor we own.
+        let r = unsafe { libc::flock(other.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        assert_eq!(r, -1);
+        drop(held);
+        let again = lock(tmp.path()).unwrap();
+        drop(again);
+        assert!(lock(&tmp.path().join("missing")).is_err());
     }
 }

@@ -3,7 +3,9 @@
 //! with `dev.cryo.fscheckpoint.path` ([`config`]), `exec 3<>/run/cryo/fscheckpoint; echo 1 >&3;
 //! cat <&3` checkpoints the pod's filesystems and prints `resume` (or `error`). Unlike gVisor's,
 //! it is repeatable: round N goes to `<path>/N`, and `<path>/latest` points at the newest
-//! ([`destination`]).
+//! ([`destination`]). Rounds cannot fill the node's checkpoint disk: after each one the
+//! destination keeps only the newest `.keep` (default 5) of the trigger's checkpoints
+//! ([`destination::prune`]); the admin's `cryo fscheckpoint` is not bounded.
 //!
 //! How: a FUSE filesystem the shim serves itself ([`cryo_sandbox::fuse`], [`server`], rules in [`fs`]) is
 //! mounted once per pod at `<bundle of the pod's first container>/cryo-trigger`, with one
@@ -318,6 +320,11 @@ async fn checkpoint(
 ) -> Result<PathBuf> {
     let _one_at_a_time = pod.checkpoint_lock().lock().await;
     let dest = settings.path.clone();
+    // Whose checkpoints the round's mark says they are: only those of the same tenant count
+    // towards, and go by, its `keep`.
+    let whose = tenant
+        .record()
+        .unwrap_or_else(|| destination::NO_TENANT.to_string());
     // Checked again at each save: a link planted beneath the root since the pod started must
     // not lead the save out of it; the destination is claimed for the pod's tenant (or found
     // to be its own) before anything is written into it.
@@ -343,17 +350,43 @@ async fn checkpoint(
         destination::release(&dir);
         return Err(e);
     }
-    let (dest, saved) = (settings.path.clone(), dir.clone());
-    tokio::task::spawn_blocking(move || destination::link_latest(&dest, &saved))
-        .await?
-        .map_err(|e| {
-            Error::Internal(format!(
-                "{}: link {}: {e}",
-                dir.display(),
-                destination::LATEST
-            ))
-        })?;
+    let (dest, saved, keep) = (settings.path.clone(), dir.clone(), settings.keep);
+    let what = format!("fscheckpoint trigger of pod {pod_id}");
+    tokio::task::spawn_blocking(move || publish(&dest, &saved, keep, &whose, &what)).await??;
     Ok(dir)
+}
+
+/// A round's checkpoint `saved` in `dest` becomes the trigger's (marked as `whose`), `latest`
+/// points at it, and the destination keeps the newest `keep` of the trigger's checkpoints
+/// marked `whose`; all under the destination's lock. When marking or linking fails, the round
+/// fails and its checkpoint goes (a failed round leaves no directory); a removal that fails is
+/// logged (a checkpoint it left half-removed stays under its hidden name), the round stands.
+fn publish(dest: &Path, saved: &Path, keep: u32, whose: &str, what: &str) -> Result<()> {
+    let fail = |step: &str, e: std::io::Error| {
+        if let Err(e) = std::fs::remove_dir_all(saved) {
+            warn!(
+                "{what}: remove {} after a failed round: {e}",
+                saved.display()
+            );
+        }
+        Error::Internal(format!("{}: {step}: {e}", saved.display()))
+    };
+    let _locked = destination::lock(dest).map_err(|e| fail("lock the destination", e))?;
+    destination::mark(saved, whose).map_err(|e| fail("mark it the trigger's", e))?;
+    destination::link_latest(dest, saved)
+        .map_err(|e| fail(&format!("link {}", destination::LATEST), e))?;
+    match destination::prune(dest, keep, whose) {
+        Ok(pruned) => {
+            for p in pruned {
+                match p.result {
+                    Ok(()) => info!("{what}: removed {} (keep {keep})", p.dir.display()),
+                    Err(e) => warn!("{what}: remove {} (keep {keep}): {e}", p.dir.display()),
+                }
+            }
+        }
+        Err(e) => warn!("{what}: list {} to keep {keep}: {e}", dest.display()),
+    }
+    Ok(())
 }
 
 /// The shim's `delete` after a crash: the trigger filesystem a dead shim left in `bundle`
@@ -365,5 +398,62 @@ pub fn cleanup_bundle(bundle: &Path) {
         Ok(()) => info!("{}: removed a trigger mount point", mountpoint.display()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => warn!("{}: {e}", mountpoint.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `dest/<n>` as a save leaves it (a checkpoint's files, no mark yet).
+    fn saved(dest: &Path, n: u32) -> PathBuf {
+        let dir = dest.join(n.to_string());
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        std::fs::write(dir.join("fscheckpoint.json"), b"{}").unwrap();
+        std::fs::write(dir.join("sub/data"), b"x").unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_published_round_is_marked_linked_and_the_oldest_go() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path();
+        std::fs::write(dest.join("admin.txt"), b"x").unwrap();
+        for n in 1..=4 {
+            publish(dest, &saved(dest, n), 2, "t\n", "round").unwrap();
+            assert!(dest.join(n.to_string()).join(destination::MARK).is_file());
+            assert_eq!(
+                std::fs::read_link(dest.join(destination::LATEST)).unwrap(),
+                PathBuf::from(n.to_string())
+            );
+        }
+        let mut names: Vec<String> = std::fs::read_dir(dest)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["3", "4", "admin.txt", "latest"]);
+    }
+
+    #[test]
+    fn a_round_that_cannot_be_published_leaves_no_directory_and_removes_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path();
+        for n in 1..=2 {
+            publish(dest, &saved(dest, n), 1, "t\n", "round").unwrap();
+        }
+        assert!(dest.join("2").is_dir() && !dest.join("1").exists());
+        // The mark cannot be made (something is in its place): the round fails, its
+        // checkpoint goes, `latest` and the kept checkpoint stay.
+        let third = saved(dest, 3);
+        std::fs::create_dir(third.join(destination::MARK)).unwrap();
+        let e = publish(dest, &third, 1, "t\n", "round").unwrap_err();
+        assert!(e.to_string().contains("mark it the trigger's"), "{e}");
+        assert!(!third.exists());
+        assert!(dest.join("2").join("sub/data").exists());
+        assert_eq!(
+            std::fs::read_link(dest.join(destination::LATEST)).unwrap(),
+            PathBuf::from("2")
+        );
     }
 }

@@ -2,7 +2,9 @@
 //! gVisor's application-driven `/proc/gvisor/fscheckpoint` made repeatable: a pod annotated
 //! `dev.cryo.fscheckpoint.path` gets the file in every app container; a container annotated
 //! `dev.cryo.fscheckpoint.enable=true` may write `1` to it, which checkpoints the pod into
-//! `<path>/N` (`latest` pointing at the newest); every reader gets `resume` or `error`.
+//! `<path>/N` (`latest` pointing at the newest); every reader gets `resume` or `error`. The
+//! destination keeps the newest `dev.cryo.fscheckpoint.keep` (default 5) of the trigger's
+//! checkpoints, and nothing else of its content goes.
 
 use std::path::{Path, PathBuf};
 
@@ -34,6 +36,18 @@ pub(super) const CASES: &[(&str, Case)] = &[
     (
         "killed_shim_leaves_no_trigger_mounted",
         killed_shim_leaves_no_trigger_mounted,
+    ),
+    (
+        "trigger_keeps_the_newest_rounds",
+        trigger_keeps_the_newest_rounds,
+    ),
+    (
+        "trigger_keeps_five_by_default",
+        trigger_keeps_five_by_default,
+    ),
+    (
+        "failed_round_leaves_nothing_and_removes_nothing",
+        failed_round_leaves_nothing_and_removes_nothing,
     ),
 ];
 
@@ -376,6 +390,21 @@ fn hostile_trigger_annotations_are_refused(s: &Suite, case: &str) -> Result<()> 
             ],
             "disagree",
         ),
+        (
+            "keep-zero",
+            &[(p, d), ("dev.cryo.fscheckpoint.keep", "0")],
+            "annotation dev.cryo.fscheckpoint.keep=\"0\": not an integer from 1 to 100",
+        ),
+        (
+            "keep-too-many",
+            &[(p, d), ("dev.gvisor.internal.fscheckpoint.keep", "101")],
+            "annotation dev.gvisor.internal.fscheckpoint.keep=\"101\": not an integer from 1 to 100",
+        ),
+        (
+            "keep-word",
+            &[(p, d), ("dev.cryo.fscheckpoint.keep", "all")],
+            "annotation dev.cryo.fscheckpoint.keep=\"all\": not an integer from 1 to 100",
+        ),
     ];
     for (what, annotations, expected) in pod_level {
         let uid = uid(&format!("{case}-{what}"));
@@ -487,5 +516,273 @@ fn killed_shim_leaves_no_trigger_mounted(s: &Suite, case: &str) -> Result<()> {
         "the sandbox bundle is left: {}",
         sandbox_bundle(s, &pod).display()
     );
+    Ok(())
+}
+
+/// One round from the enabled container `id`: `script` first, then gVisor's shell sequence,
+/// which must print `resume`.
+fn round(s: &Suite, id: &str, script: &str) -> Result<()> {
+    let script = format!("{script}; exec 3<>{TRIGGER}; echo 1 >&3; cat <&3");
+    let (code, out, err) = s.cri.exec_sync_within(id, &["sh", "-c", &script], 60)?;
+    ensure!(
+        code == 0 && out == "resume\n",
+        "a round: exit {code}, stdout {out:?}, stderr {err:?}"
+    );
+    Ok(())
+}
+
+/// The names in `dest`, sorted.
+fn entries(dest: &Path) -> Result<Vec<String>> {
+    let mut names = std::fs::read_dir(dest)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<Vec<_>>>()?;
+    names.sort();
+    Ok(names)
+}
+
+/// A pod with the trigger (`.resume=true` and `extra`) and its enabled `agent`.
+fn trigger_pod(
+    s: &Suite,
+    case: &str,
+    dest: &Path,
+    extra: &[(&str, &str)],
+) -> Result<(Pod, String)> {
+    let d = dest.to_str().unwrap_or_default();
+    let mut annotations = vec![
+        ("dev.cryo.fscheckpoint.path", d),
+        ("dev.cryo.fscheckpoint.resume", "true"),
+    ];
+    annotations.extend_from_slice(extra);
+    let pod = run_pod(s, case, &annotations)?;
+    let agent = start_annotated(s, &pod, "agent", "exec sleep 100000", &[(ENABLE, "true")])?;
+    eventually("the agent runs", || {
+        Ok(s.cri.exec_sync(&agent, &["true"])?.0 == 0)
+    })?;
+    Ok((pod, agent))
+}
+
+/// With `keep=2`, four rounds leave the last two and `latest` on the newest; what the admin
+/// put in the destination (a file, a round of its own `ctr` pod's trigger) stays.
+/// A pod restored from `latest` (on a lazy layer: its first restore on the node) keeps reading
+/// its files after later rounds removed that checkpoint (the lazy layer holds the data file
+/// open). A pod that resolved `latest` at RunPodSandbox but creates its container only after
+/// that checkpoint went (and is not in the node's layer cache) fails StartContainer naming
+/// the missing data file.
+fn trigger_keeps_the_newest_rounds(s: &Suite, case: &str) -> Result<()> {
+    let (_tmp, dest) = destination()?;
+    std::fs::create_dir(&dest)?;
+    std::fs::write(dest.join("admin-notes.txt"), "the admin's\n")?;
+    // The admin's own round, numbered as the trigger numbers its rounds.
+    let admins = dest.join("1");
+    std::fs::create_dir(&admins)?;
+    std::fs::write(admins.join("kept.txt"), "kept\n")?;
+    // Marked as a round of the admin's `ctr` pod's trigger (no tenant), made before this
+    // pod's tenant claimed the destination: not this tenant's to remove.
+    std::fs::write(
+        admins.join(".cryo-trigger"),
+        "no tenant (a pod not made through CRI)\n",
+    )?;
+    let (pod, agent) = trigger_pod(s, case, &dest, &[("dev.cryo.fscheckpoint.keep", "2")])?;
+    for r in 1..=4 {
+        let big = if r == 4 {
+            "; head -c 4194304 /dev/urandom > /big; md5sum /big > /big.md5"
+        } else {
+            ""
+        };
+        round(s, &agent, &format!("echo {r} > /round.txt{big}"))?;
+    }
+    // Rounds 1..4 went to 2..5 (1 is the admin's).
+    ensure!(
+        entries(&dest)? == [".cryo-owner", "1", "4", "5", "admin-notes.txt", "latest"],
+        "after four rounds with keep=2: {:?}",
+        entries(&dest)?
+    );
+    ensure!(std::fs::read_link(dest.join("latest"))? == Path::new("5"));
+    ensure!(std::fs::read_to_string(admins.join("kept.txt"))? == "kept\n");
+    ensure!(std::fs::read_to_string(dest.join("admin-notes.txt"))? == "the admin's\n");
+    cryo(
+        s,
+        &[
+            "fscheckpoint",
+            "verify",
+            "--image-path",
+            dest.join("5").to_str().unwrap_or_default(),
+        ],
+    )?
+    .ok()
+    .context("the newest checkpoint does not verify")?;
+
+    // A pod restored from `latest` (5), then 5 removed under it.
+    let restored = run_pod(
+        s,
+        &format!("{case}-restored"),
+        &[(
+            "dev.cryo.fs-restore.image-path",
+            dest.to_str().unwrap_or_default(),
+        )],
+    )?;
+    let copy = create(s, &restored, "agent", "exec sleep 100000", &[])?;
+    s.cri.start_container(&copy)?;
+    ensure!(
+        s.cri.sh(&copy, "cat /round.txt")?.trim() == "4",
+        "the restored pod is not round 4's"
+    );
+    ensure!(
+        rootfs_on_a_lazy_layer(s.cri.container_pid(&copy)?)?,
+        "the restored container's rootfs is not on a lazy layer"
+    );
+    // A pod restored from `latest` (6, never restored, so not in the node's layer cache)
+    // whose container is created only after 6 went: the pod resolved `latest` once, at
+    // RunPodSandbox, and its container's creation fails naming what is missing.
+    round(s, &agent, "echo 5 > /round.txt")?;
+    let late = run_pod(
+        s,
+        &format!("{case}-late"),
+        &[(
+            "dev.cryo.fs-restore.image-path",
+            dest.to_str().unwrap_or_default(),
+        )],
+    )?;
+    for r in 6..=7 {
+        round(s, &agent, &format!("echo {r} > /round.txt"))?;
+    }
+    let msg = match create(s, &late, "agent", "exec sleep 100000", &[])
+        .and_then(|id| s.cri.start_container(&id).map(|_| id))
+    {
+        Ok(id) => bail!(
+            "a container restored from a removed checkpoint started: {id}, sees round {}",
+            s.cri.sh(&id, "cat /round.txt")?
+        ),
+        Err(e) => format!("{e:#}"),
+    };
+    let missing = dest.join("6").join("data.multitar");
+    ensure!(
+        msg.contains("StartContainer")
+            && msg.contains("dev.cryo.fs-restore.image-path")
+            && msg.contains(&format!("{}: cannot open: No such file", missing.display())),
+        "the late container's error does not name the removed checkpoint: {msg}"
+    );
+    s.cri.remove_pod_fully(&late.id)?;
+    ensure!(
+        entries(&dest)? == [".cryo-owner", "1", "7", "8", "admin-notes.txt", "latest"],
+        "after seven rounds with keep=2: {:?}",
+        entries(&dest)?
+    );
+    ensure!(std::fs::read_link(dest.join("latest"))? == Path::new("8"));
+    // /big was never read before: its data comes from the removed checkpoint's data file.
+    let (code, out, err) = s.cri.exec_sync(&copy, &["md5sum", "-c", "/big.md5"])?;
+    ensure!(
+        code == 0 && out.contains("OK"),
+        "the restored pod reading a removed checkpoint: exit {code}, {out:?}, {err:?}"
+    );
+    s.cri.remove_pod_fully(&restored.id)?;
+    s.cri.remove_pod_fully(&pod.id)?;
+    ensure!(
+        entries(&dest)? == [".cryo-owner", "1", "7", "8", "admin-notes.txt", "latest"],
+        "removing the pods changed the destination: {:?}",
+        entries(&dest)?
+    );
+    Ok(())
+}
+
+/// Whether the top lower layer of the rootfs of the container whose PID 1 is `pid` is a
+/// lazy layer (a `fuse.cryo-layer` mount, served from the checkpoint's data file).
+fn rootfs_on_a_lazy_layer(pid: i32) -> Result<bool> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))?;
+    let line = text
+        .lines()
+        .rfind(|l| l.split(' ').nth(4) == Some("/"))
+        .context("no rootfs in the container's mountinfo")?;
+    let top = line
+        .split_once(" - ")
+        .and_then(|(_, r)| r.split(' ').nth(2))
+        .and_then(|o| o.split(',').find_map(|o| o.strip_prefix("lowerdir=")))
+        .and_then(|l| l.split(':').next())
+        .with_context(|| format!("no lowerdir in {line}"))?
+        .to_string();
+    Ok(std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(top.as_str()) && l.contains(" - fuse.cryo-layer ")))
+}
+
+/// Without `.keep`, the destination keeps the trigger's five newest checkpoints.
+fn trigger_keeps_five_by_default(s: &Suite, case: &str) -> Result<()> {
+    let (_tmp, dest) = destination()?;
+    let (pod, agent) = trigger_pod(s, case, &dest, &[])?;
+    for r in 1..=6 {
+        round(s, &agent, &format!("echo {r} > /round.txt"))?;
+    }
+    ensure!(
+        entries(&dest)? == [".cryo-owner", "2", "3", "4", "5", "6", "latest"],
+        "after six rounds by default: {:?}",
+        entries(&dest)?
+    );
+    ensure!(std::fs::read_link(dest.join("latest"))? == Path::new("6"));
+    s.cri.remove_pod_fully(&pod.id)?;
+    Ok(())
+}
+
+/// A tmpfs mounted at a path for the guard's life.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Result<Tmpfs> {
+        std::fs::create_dir_all(at)?;
+        let status = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(at)
+            .status()?;
+        ensure!(
+            status.success(),
+            "mount a tmpfs at {}: {status}",
+            at.display()
+        );
+        Ok(Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// A round that fails (the destination, a 1 MiB tmpfs, fills up) prints `error`, leaves no
+/// directory of its own (nor a temporary one), leaves `latest` where it was and removes no
+/// checkpoint, even with `keep=1`; the next round that fits succeeds and prunes as usual.
+fn failed_round_leaves_nothing_and_removes_nothing(s: &Suite, case: &str) -> Result<()> {
+    let (_tmp, dest) = destination()?;
+    let _tmpfs = Tmpfs::mount(&dest, "1m")?;
+    let (pod, agent) = trigger_pod(s, case, &dest, &[("dev.cryo.fscheckpoint.keep", "1")])?;
+    round(s, &agent, "echo 1 > /round.txt")?;
+    ensure!(entries(&dest)? == [".cryo-owner", "1", "latest"]);
+    let script =
+        format!("head -c 3145728 /dev/urandom > /big; exec 3<>{TRIGGER}; echo 1 >&3; cat <&3");
+    let (code, out, err) = s.cri.exec_sync_within(&agent, &["sh", "-c", &script], 60)?;
+    ensure!(
+        code == 0 && out == "error\n",
+        "a round into a full destination: exit {code}, stdout {out:?}, stderr {err:?}"
+    );
+    ensure!(
+        entries(&dest)? == [".cryo-owner", "1", "latest"],
+        "after a failed round: {:?}",
+        entries(&dest)?
+    );
+    ensure!(std::fs::read_link(dest.join("latest"))? == Path::new("1"));
+    // The pod kept running (resume=true); a round that fits goes to the next number.
+    round(s, &agent, "rm /big")?;
+    ensure!(
+        entries(&dest)? == [".cryo-owner", "2", "latest"],
+        "after the round that fits: {:?}",
+        entries(&dest)?
+    );
+    ensure!(std::fs::read_link(dest.join("latest"))? == Path::new("2"));
+    s.cri.remove_pod_fully(&pod.id)?;
     Ok(())
 }
