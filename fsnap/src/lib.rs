@@ -46,6 +46,7 @@
 //! checksum checked) and reads each file's data from the data file where it lies.
 
 mod block_hash;
+pub mod blocks_file;
 mod checkpoint_files;
 mod destination;
 pub mod error;
@@ -63,6 +64,7 @@ pub mod section;
 mod section_writer;
 pub mod stack;
 pub mod tar;
+mod verified_read;
 pub mod verify;
 mod walk;
 pub mod xattr;
