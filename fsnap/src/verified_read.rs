@@ -31,6 +31,16 @@ impl Blocks<'_> {
     /// Fill `out` from offset `at` of the section (the range must be inside it), through
     /// whole blocks each verified before any of it is used; `block` keeps the last one.
     pub(crate) fn read(&self, at: u64, out: &mut [u8], block: &mut Block) -> std::io::Result<()> {
+        if at.checked_add(out.len() as u64).is_none_or(|end| end > self.len) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "bytes {at}..+{} are outside the section's {} bytes",
+                    out.len(),
+                    self.len
+                ),
+            ));
+        }
         let mut done = 0;
         while done < out.len() {
             let at = at + done as u64;
