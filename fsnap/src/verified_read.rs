@@ -31,7 +31,10 @@ impl Blocks<'_> {
     /// Fill `out` from offset `at` of the section (the range must be inside it), through
     /// whole blocks each verified before any of it is used; `block` keeps the last one.
     pub(crate) fn read(&self, at: u64, out: &mut [u8], block: &mut Block) -> std::io::Result<()> {
-        if at.checked_add(out.len() as u64).is_none_or(|end| end > self.len) {
+        if at
+            .checked_add(out.len() as u64)
+            .is_none_or(|end| end > self.len)
+        {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
                 format!(
@@ -57,8 +60,8 @@ impl Blocks<'_> {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
                         format!(
-                            "bytes {first}..{} do not match the section's checksum (the data is \
-                             corrupt or was changed); refused",
+                            "checksum mismatch: bytes {first}..{} of the section are corrupt or were \
+                             changed; refused",
                             first + n
                         ),
                     ));

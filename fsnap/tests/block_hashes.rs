@@ -210,7 +210,7 @@ fn a_changed_header_byte_is_refused_at_build() {
     std::fs::write(&path, &data).unwrap();
     let e = build(&snap, 0).map(|_| ()).unwrap_err().to_string();
     assert!(
-        e.contains("section 0") && e.contains("do not match the section's checksum"),
+        e.contains("section 0") && e.contains("checksum mismatch: bytes"),
         "{e}"
     );
     // The full pass finds it only at the section's end, by the checksum.
