@@ -1,7 +1,7 @@
 //! The block hashes file, `fscheckpoint.blocks` (format 1.x, named in the manifest's
 //! `extensions` as `"block_hashes": {"file": "fscheckpoint.blocks", "block_size": 65536}`):
 //! for each section in manifest order, the 32-byte BLAKE3 chaining value of each 64 KiB block
-//! of its range, in order ([`crate::block_hash`]) — none for a section of one block or less —
+//! of its range, in order (`block_hash.rs`) — none for a section of one block or less —
 //! and nothing else. It lets a reader verify the blocks it reads without reading the whole
 //! section first: the values of a section must merge into its checksum before any is used,
 //! so the file adds nothing a reader must trust. A checkpoint without it (saved before it
@@ -29,7 +29,9 @@ pub(crate) fn extension() -> serde_json::Value {
 }
 
 /// The file the manifest names, if it names one; an error for an entry this build does not
-/// read as written by [`extension`] (a checkpoint means exactly what this build understands).
+/// read as written by [`extension`] (a checkpoint means exactly what this build understands;
+/// another layout, e.g. another block size, would come under another key, which this build
+/// ignores).
 pub(crate) fn named(m: &Manifest) -> std::result::Result<Option<&'static str>, String> {
     let Some(v) = m.extensions.get(EXTENSION) else {
         return Ok(None);
