@@ -1,4 +1,4 @@
-//! The block hashes file, `fscheckpoint.blocks` (format 1.x, named in the manifest's
+//! The block hashes file, `fscheckpoint.blocks` (formats 1.x and 2.x, named in the manifest's
 //! `extensions` as `"block_hashes": {"file": "fscheckpoint.blocks", "block_size": 65536}`):
 //! for each section in manifest order, the 32-byte BLAKE3 chaining value of each 64 KiB block
 //! of its range, in order (`block_hash.rs`) — none for a section of one block or less —

@@ -1,7 +1,7 @@
 //! The block hashes file (`fscheckpoint.blocks`): every save writes it as the format says
 //! (checked against values computed here independently), an index built from it is the index
 //! of the full pass while reading only the blocks that hold headers, a changed data byte is
-//! refused when it is read and a changed header byte when the index is built, a tampered,
+//! refused when it is read and a changed header byte or sparse map when the index is built, a tampered,
 //! truncated, oversized or misplaced file is refused naming the section, and a checkpoint
 //! without it (saved before it existed) is read in the full pass as before.
 
@@ -354,4 +354,26 @@ fn a_stacked_save_carries_the_copied_sections_block_hashes() {
     let mut buf = vec![0u8; files[0].1.len()];
     ix.read_at(id, 0, &mut buf).unwrap();
     assert!(buf == files[0].1);
+}
+
+#[test]
+fn a_changed_sparse_map_is_refused_at_build() {
+    let t = tmp();
+    let (snap, _) = large_checkpoint(t.path());
+    // The map at the start of `sparse`'s data area, 5 MiB into the section: its second
+    // extent's offset changed to one that still parses (20971520 instead of 22020096).
+    let path = snap.join(fsnap::manifest::DATA_FILE);
+    let mut data = std::fs::read(&path).unwrap();
+    let at = data
+        .windows(10)
+        .position(|w| w == b"\n22020096\n")
+        .expect("the sparse map");
+    assert!(at > 5 * MIB, "the map is beyond the first blocks");
+    data[at + 1..at + 9].copy_from_slice(b"20971520");
+    std::fs::write(&path, &data).unwrap();
+    let e = build(&snap, 0).map(|_| ()).unwrap_err().to_string();
+    assert!(
+        e.contains("section 0") && e.contains("checksum mismatch: bytes"),
+        "{e}"
+    );
 }
