@@ -1,6 +1,7 @@
 //! Writing one section into the data file: buffered positional writes at the section's place,
 //! hashing what passes block by block ([`crate::block_hash`]: the checksum and each block's
-//! chaining value, saved in the block hashes file); with O_DIRECT the buffer is page-aligned and flushed in whole pages.
+//! chaining value, saved in the block hashes file); with O_DIRECT the buffer is page-aligned
+//! and flushed in whole pages.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;

@@ -60,8 +60,8 @@ impl Blocks<'_> {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::InvalidData,
                         format!(
-                            "checksum mismatch: bytes {first}..{} of the section are corrupt or were \
-                             changed; refused",
+                            "checksum mismatch: bytes {first}..{} of the section are corrupt or \
+                             were changed; refused",
                             first + n
                         ),
                     ));

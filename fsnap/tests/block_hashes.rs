@@ -1,9 +1,9 @@
 //! The block hashes file (`fscheckpoint.blocks`): every save writes it as the format says
 //! (checked against values computed here independently), an index built from it is the index
 //! of the full pass while reading only the blocks that hold headers, a changed data byte is
-//! refused when it is read and a changed header byte or sparse map when the index is built, a tampered,
-//! truncated, oversized or misplaced file is refused naming the section, and a checkpoint
-//! without it (saved before it existed) is read in the full pass as before.
+//! refused when it is read and a changed header byte or sparse map when the index is built,
+//! a tampered, truncated, oversized or misplaced file is refused naming the section, and a
+//! checkpoint without it (saved before it existed) is read in the full pass as before.
 
 mod common;
 
