@@ -78,9 +78,11 @@ pub struct SectionIndex {
 
 impl SectionIndex {
     /// Section `index` of the checkpoint in `dir` (whose validated manifest is `manifest`):
-    /// parses every header, checks every name, link and device node and the section's
-    /// checksum, with the same rules and the same errors (naming the section and the cause)
-    /// as extraction, and records where each file's data lies. Blocking.
+    /// parses every header, checks every name, link and device node, with the same rules and
+    /// the same errors (naming the section and the cause) as extraction, and records where
+    /// each file's data lies. With the checkpoint's block hashes (refused naming the section
+    /// unless they merge into its checksum) it reads and verifies only the blocks holding
+    /// headers; without them it reads the whole section and checks its checksum. Blocking.
     pub fn build(
         dir: &Path,
         manifest: &Manifest,
@@ -179,9 +181,10 @@ impl SectionIndex {
 
     /// Read file `id` at `offset` (holes of a sparse file read as zeros); short only at EOF;
     /// an error for a node that is not a regular file. Thread-safe (positional reads). Every
-    /// block of the section a read touches is verified against the checksum again, so data
-    /// changed in the data file after [`SectionIndex::build`] fails the read
-    /// (`InvalidData`) instead of being served.
+    /// block of the section a read touches is verified against the checksum, so data corrupt
+    /// in the data file (never read by a build from block hashes) or changed after
+    /// [`SectionIndex::build`] fails the read (`InvalidData`, "checksum mismatch") instead of
+    /// being served.
     pub fn read_at(&self, id: NodeId, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
         let node = self.node(id).ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::NotFound, format!("no node {id}"))
