@@ -95,7 +95,39 @@ fn split(n: usize) -> usize {
     1 << (usize::BITS - 1 - (n - 1).leading_zeros())
 }
 
+/// How many chaining values a section of `len` bytes keeps: none for one block or less (its
+/// checksum verifies it), else one per block, the last one possibly short.
+pub fn stored_count(len: u64) -> u64 {
+    if len <= BLOCK {
+        0
+    } else {
+        len.div_ceil(BLOCK)
+    }
+}
+
 impl BlockHashes {
+    /// The chaining values kept for a section (none for [`BlockHashes::One`]).
+    pub fn stored(&self) -> &[ChainingValue] {
+        match self {
+            BlockHashes::One(_) => &[],
+            BlockHashes::Many(cvs) => cvs,
+        }
+    }
+
+    /// What verifies each block of a section of `len` bytes whose checksum is `root`, from
+    /// chaining values saved with it: `None` unless they are exactly [`stored_count`] values
+    /// that merge into `root` (so each block verified against them is a block of the section
+    /// the checksum names).
+    pub fn from_stored(len: u64, cvs: Vec<ChainingValue>, root: &blake3::Hash) -> Option<Self> {
+        if cvs.len() as u64 != stored_count(len) {
+            return None;
+        }
+        if cvs.is_empty() {
+            return Some(BlockHashes::One(*root));
+        }
+        (root_of(&cvs) == *root).then_some(BlockHashes::Many(cvs))
+    }
+
     /// Whether `bytes`, block `i` of the section (at offset `i * BLOCK`), is what was hashed.
     pub fn verify(&self, i: u64, bytes: &[u8]) -> bool {
         match self {
@@ -145,6 +177,19 @@ mod tests {
                 }
                 let (root, blocks) = h.finalize().unwrap();
                 assert_eq!(root, blake3::hash(whole), "len {len}, pieces of {piece}");
+                let root = blake3::hash(whole);
+                let kept = blocks.stored().to_vec();
+                assert_eq!(kept.len() as u64, stored_count(len));
+                assert!(BlockHashes::from_stored(len, kept.clone(), &root).is_some());
+                if let Some(first) = kept.first() {
+                    let mut bad = kept.clone();
+                    bad[0][0] ^= 1;
+                    assert!(BlockHashes::from_stored(len, bad, &root).is_none());
+                    let mut more = kept.clone();
+                    more.push(*first);
+                    assert!(BlockHashes::from_stored(len, more, &root).is_none());
+                    assert!(BlockHashes::from_stored(len, kept[1..].to_vec(), &root).is_none());
+                }
                 for (i, b) in whole.chunks(BLOCK as usize).enumerate() {
                     assert!(blocks.verify(i as u64, b), "len {len}: block {i}");
                     let mut changed = b.to_vec();

@@ -1,24 +1,30 @@
-//! The in-memory index of one section: one sequential pass over its bytes (headers parsed,
-//! every byte hashed, the checksum checked) builds the section's tree — every entry under the
-//! same rules as an extraction (`rules.rs`), with where each regular file's data lies in
-//! the data file — so the tree can be served in place (a read-only filesystem) without being
-//! extracted. Nothing is written anywhere.
+//! The in-memory index of one section: one sequential pass over its headers builds the
+//! section's tree — every entry under the same rules as an extraction (`rules.rs`), with where
+//! each regular file's data lies in the data file — so the tree can be served in place (a
+//! read-only filesystem) without being extracted. Nothing is written anywhere.
+//!
+//! With the checkpoint's block hashes ([`crate::blocks_file`]), checked first to merge into
+//! the section's checksum, the pass reads only the blocks holding headers (and sparse maps),
+//! each verified, and skips the files' data, which [`SectionIndex::read_at`] verifies block by
+//! block when it is read. Without them, the pass reads and hashes every byte of the section
+//! and checks the checksum at its end, keeping each block's chaining value for the reads.
 //!
 //! Node ids are `1..=len()` ([`ROOT`] is the section's `./`), numbered breadth-first in name
 //! order; a hard link is the node of its target, reachable under several names.
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
-use crate::block_hash::{BlockHashes, BLOCK};
+use crate::block_hash::BlockHashes;
 use crate::error::{Error, Result};
 use crate::extract::RestoreOptions;
 use crate::manifest::{checksum_hex, Manifest};
 use crate::rules::{self, Res};
-use crate::section::read_section;
+use crate::section::{check_count, parse_entries, read_section};
+use crate::tar::reader::Reader;
 use crate::tar::{Entry, Kind};
+use crate::verified_read::{Block, Blocks, VerifiedReader};
 
 /// A node's number, as FUSE inode numbers go.
 pub type NodeId = u64;
@@ -66,13 +72,17 @@ pub struct SectionIndex {
     /// `nodes[id - 1]`.
     nodes: Vec<Node>,
     checksum: String,
+    /// Bytes of the data file the build read.
+    build_read: u64,
 }
 
 impl SectionIndex {
     /// Section `index` of the checkpoint in `dir` (whose validated manifest is `manifest`):
-    /// parses every header, checks every name, link and device node and the section's
-    /// checksum, with the same rules and the same errors (naming the section and the cause)
-    /// as extraction, and records where each file's data lies. Blocking.
+    /// parses every header, checks every name, link and device node, with the same rules and
+    /// the same errors (naming the section and the cause) as extraction, and records where
+    /// each file's data lies. With the checkpoint's block hashes (refused naming the section
+    /// unless they merge into its checksum) it reads and verifies only the blocks holding
+    /// headers; without them it reads the whole section and checks its checksum. Blocking.
     pub fn build(
         dir: &Path,
         manifest: &Manifest,
@@ -95,31 +105,63 @@ impl SectionIndex {
             )));
         }
         let data = manifest.open_data(dir)?;
+        let len = section.tar_end - section.tar_start;
         let mut tree = Tree::new();
-        let blocks = read_section(&data, index, section, |e, r| {
-            let start = section.tar_start + r.offset;
+        let mut add = |e: &Entry, start: u64| {
             let filtered = rules::filtered(e, opts);
             let e = filtered.as_ref().unwrap_or(e);
             tree.add(e, start, opts).map_err(|reason| Error::Entry {
                 section: index,
                 entry: e.path.clone(),
                 reason,
-            })?;
-            if e.stored_bytes() > 0 {
-                // Hashed as it passes; nothing is kept.
-                r.content(|_, _| Ok(())).map_err(&fail)?;
+            })
+        };
+        let (blocks, build_read) = match crate::blocks_file::load(dir, manifest, index)? {
+            Some(blocks) => {
+                // Headers only, each block verified as it is read; files' data skipped.
+                let mut r = Reader::new(VerifiedReader::new(Blocks {
+                    data: &data,
+                    start: section.tar_start,
+                    len,
+                    hashes: &blocks,
+                }));
+                let entries = parse_entries(&mut r, index, section, |e, r| {
+                    add(e, section.tar_start + r.offset)?;
+                    r.skip_content_with(|v, n| v.skip(n)).map_err(&fail)
+                })?;
+                check_count(entries, index, section)?;
+                let read = r.into_inner().loaded();
+                (blocks, read)
             }
-            Ok(())
-        })?;
+            None => {
+                let blocks = read_section(&data, index, section, |e, r| {
+                    add(e, section.tar_start + r.offset)?;
+                    if e.stored_bytes() > 0 {
+                        // Hashed as it passes; nothing is kept.
+                        r.content(|_, _| Ok(())).map_err(&fail)?;
+                    }
+                    Ok(())
+                })?;
+                (blocks, len)
+            }
+        };
+        log::debug!("section {index}: index built reading {build_read} of {len} bytes");
         Ok(SectionIndex {
             data,
             section: index,
             start: section.tar_start,
-            len: section.tar_end - section.tar_start,
+            len,
             blocks,
             nodes: tree.finish(),
             checksum,
+            build_read,
         })
+    }
+
+    /// Bytes of the data file [`SectionIndex::build`] read: the whole section without block
+    /// hashes, only the blocks holding headers with them.
+    pub fn bytes_read_to_build(&self) -> u64 {
+        self.build_read
     }
 
     /// The node `id`, if there is one.
@@ -139,9 +181,10 @@ impl SectionIndex {
 
     /// Read file `id` at `offset` (holes of a sparse file read as zeros); short only at EOF;
     /// an error for a node that is not a regular file. Thread-safe (positional reads). Every
-    /// block of the section a read touches is verified against the checksum again, so data
-    /// changed in the data file after [`SectionIndex::build`] fails the read
-    /// (`InvalidData`) instead of being served.
+    /// block of the section a read touches is verified against the checksum, so data corrupt
+    /// in the data file (never read by a build from block hashes) or changed after
+    /// [`SectionIndex::build`] fails the read (`InvalidData`, "checksum mismatch") instead of
+    /// being served.
     pub fn read_at(&self, id: NodeId, offset: u64, buf: &mut [u8]) -> std::io::Result<usize> {
         let node = self.node(id).ok_or_else(|| {
             std::io::Error::new(std::io::ErrorKind::NotFound, format!("no node {id}"))
@@ -189,36 +232,14 @@ impl SectionIndex {
     /// Fill `out` from the data file at `pos` (inside the section), through whole blocks each
     /// verified before any of it is used; `block` keeps the last one for the next call.
     fn read_verified(&self, pos: u64, out: &mut [u8], block: &mut Block) -> std::io::Result<()> {
-        let mut done = 0;
-        while done < out.len() {
-            let at = pos + done as u64 - self.start;
-            let i = at / BLOCK;
-            if block.index != Some(i) {
-                let first = i * BLOCK;
-                block
-                    .bytes
-                    .resize((self.len - first).min(BLOCK) as usize, 0);
-                block.index = None;
-                self.data
-                    .read_exact_at(&mut block.bytes, self.start + first)?;
-                if !self.blocks.verify(i, &block.bytes) {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!(
-                            "section {}: bytes {first}.. changed after the section was verified \
-                             (checksum mismatch); refused",
-                            self.section
-                        ),
-                    ));
-                }
-                block.index = Some(i);
-            }
-            let from = (at - i * BLOCK) as usize;
-            let n = (block.bytes.len() - from).min(out.len() - done);
-            out[done..done + n].copy_from_slice(&block.bytes[from..from + n]);
-            done += n;
+        Blocks {
+            data: &self.data,
+            start: self.start,
+            len: self.len,
+            hashes: &self.blocks,
         }
-        Ok(())
+        .read(pos - self.start, out, block)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("section {}: {e}", self.section)))
     }
 
     /// Number of nodes (ids are `1..=len()`).
@@ -235,13 +256,6 @@ impl SectionIndex {
     pub fn checksum_hex(&self) -> &str {
         &self.checksum
     }
-}
-
-/// The last block of the data file a read verified.
-#[derive(Default)]
-struct Block {
-    index: Option<u64>,
-    bytes: Vec<u8>,
 }
 
 /// The tree while it is built: nodes by provisional id, and every name's node.
@@ -490,7 +504,9 @@ fn extents(e: &Entry, start: u64) -> Vec<Extent> {
                 len,
                 stored,
             };
-            stored += len;
+            // Saturating: data said to run past any end fails the build as a truncated
+            // stream once the entry's data area is passed (these extents are never used).
+            stored = stored.saturating_add(len);
             x
         })
         .collect()

@@ -7,7 +7,8 @@
 //!
 //! # Format, version 1
 //!
-//! A filesystem checkpoint is a directory holding two regular files:
+//! A filesystem checkpoint is a directory holding two regular files and, when saved by a build
+//! that writes block hashes, a third that readers may do without:
 //!
 //! - `fscheckpoint.json`, the [manifest](manifest::Manifest) (version 2.0 adds stacked
 //!   sections, each with its `layer`: see [`manifest`] and [`stack`]): `format`
@@ -20,6 +21,13 @@
 //! - `data.multitar`: the sections' tar streams one after another, each starting on a 4 KiB
 //!   boundary (the gaps are zeros outside every range). Each range is a complete, standard tar
 //!   (POSIX pax) that GNU tar lists and extracts on its own (`tail -c +N | head -c M | tar -x`).
+//! - `fscheckpoint.blocks`, the [block hashes](blocks_file), named in the manifest's
+//!   `extensions` as `"block_hashes": {"file": "fscheckpoint.blocks", "block_size": 65536}`:
+//!   for each section in order, the 32-byte BLAKE3 chaining value of each 64 KiB block of its
+//!   range (the subtrees BLAKE3 builds the section's `checksum` from: they merge into it), none
+//!   for a section of 64 KiB or less, and nothing else. Readers that do not know it ignore it
+//!   (an `extensions` entry); a reader that does checks a section's values merge into its
+//!   checksum before using them, and reads a checkpoint without the file in one full pass.
 //!
 //! Inside a section: the saved directory itself as `./`, then its tree in name order. Regular
 //! files, directories, symlinks, hard links, fifos and device nodes keep mode, uid/gid,
@@ -42,10 +50,13 @@
 //! target only when it verified.
 //!
 //! A section can also be read in place, without extracting it: [`index::SectionIndex`] builds
-//! its tree in memory in one pass (the same rules as extraction, from `rules.rs`, and the
-//! checksum checked) and reads each file's data from the data file where it lies.
+//! its tree in memory in one pass (the same rules as extraction, from `rules.rs`) and reads
+//! each file's data from the data file where it lies, every block verified when it is read.
+//! With the block hashes the pass reads only the blocks holding headers (verified); without
+//! them it reads the whole section and checks its checksum.
 
 mod block_hash;
+pub mod blocks_file;
 mod checkpoint_files;
 mod destination;
 pub mod error;
@@ -63,6 +74,7 @@ pub mod section;
 mod section_writer;
 pub mod stack;
 pub mod tar;
+mod verified_read;
 pub mod verify;
 mod walk;
 pub mod xattr;

@@ -200,12 +200,14 @@ impl Manifest {
             || self.data_file == "."
             || self.data_file == ".."
             || self.data_file == MANIFEST_FILE
+            || self.data_file == crate::blocks_file::BLOCKS_FILE
         {
             return Err(format!(
                 "data_file {:?} is not a plain file name",
                 self.data_file
             ));
         }
+        crate::blocks_file::named(self)?;
         crate::resource::check_all(self.sections.iter().map(|s| (&s.resource, s.layer)))?;
         let mut end = 0u64;
         for (i, s) in self.sections.iter().enumerate() {

@@ -1,6 +1,7 @@
 //! Saving directories as a filesystem checkpoint. Each source is planned first (metadata only), which
 //! fixes every section's exact size; the sections then stream in parallel straight into their
 //! place in the data file (one thread per section, bounded by the cores), hashing as they go.
+//! Each section's block chaining values go into the block hashes file ([`crate::blocks_file`]).
 //! Everything is written under a temporary name beside the destination, fsynced, and renamed
 //! into place: a crash never leaves something that looks like a checkpoint. [`save_stacked`]
 //! also takes sections of other checkpoints, copied verbatim ([`crate::stack`]).
@@ -11,6 +12,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 
+use crate::block_hash::BlockHashes;
+use crate::blocks_file;
 use crate::destination::{
     check_outside, fsync_dir, parent_dir, require_absent_or_empty, temp_sibling,
 };
@@ -171,30 +174,36 @@ fn write_checkpoint(
         .enumerate()
         .map(|(i, ((s, p), r))| (i, s, p, *r))
         .collect();
-    let sections: Vec<Section> = parallel(&jobs, |_, (i, s, p, r)| match (p, &s.content) {
-        (Plan::Walk(p), Content::Dir(d)) => write_section(
-            &data,
-            *i,
-            &s.resource,
-            d,
-            s.layer,
-            p,
-            *r,
-            opts.direct,
-            progress,
-        ),
-        (Plan::Copy(parent), _) => {
-            parent.copy_into(&data, r.0, &s.resource, s.layer, opts.direct, progress)
-        }
-        (Plan::Walk(_), Content::Section { .. }) => unreachable!("a walk plans a directory"),
-    })?;
+    let written: Vec<(Section, BlockHashes)> =
+        parallel(&jobs, |_, (i, s, p, r)| match (p, &s.content) {
+            (Plan::Walk(p), Content::Dir(d)) => write_section(
+                &data,
+                *i,
+                &s.resource,
+                d,
+                s.layer,
+                p,
+                *r,
+                opts.direct,
+                progress,
+            ),
+            (Plan::Copy(parent), _) => {
+                parent.copy_into(&data, r.0, &s.resource, s.layer, opts.direct, progress)
+            }
+            (Plan::Walk(_), Content::Section { .. }) => unreachable!("a walk plans a directory"),
+        })?;
     if opts.direct && file_len != total {
         data.set_len(total)
             .map_err(|e| Error::io(format!("size {}", data_path.display()), e))?;
     }
     data.sync_all()
         .map_err(|e| Error::io(format!("fsync {}", data_path.display()), e))?;
-    let manifest = Manifest::new(sections, total);
+    let (sections, blocks): (Vec<Section>, Vec<BlockHashes>) = written.into_iter().unzip();
+    blocks_file::write(dir, &blocks)?;
+    let mut manifest = Manifest::new(sections, total);
+    manifest
+        .extensions
+        .insert(blocks_file::EXTENSION.into(), blocks_file::extension());
     let mpath = manifest.write(dir)?;
     File::open(&mpath)
         .and_then(|f| f.sync_all())
@@ -218,8 +227,8 @@ fn write_section(
     (start, end): (u64, u64),
     direct: bool,
     progress: &Progress,
-) -> Result<Section> {
-    let mut w = SectionWriter::new(data, start, direct, progress);
+) -> Result<(Section, BlockHashes)> {
+    let mut w = SectionWriter::new(data, start, end - start, direct, progress);
     let (mut files, mut logical, mut stored) = (0u64, 0u64, 0u64);
     let root = open_root(dir)?;
     with_prefetch(root.as_fd(), entries, helpers(), |pf| -> Result<()> {
@@ -256,8 +265,8 @@ fn write_section(
         Ok(())
     })?;
     w.put(&END_OF_ARCHIVE)?;
-    let (hash, written) = w.finish()?;
-    if start + written != end {
+    let (written, hashed) = w.finish()?;
+    let Some((hash, blocks)) = hashed.filter(|_| start + written == end) else {
         return Err(Error::Source {
             path: dir.to_path_buf(),
             reason: format!(
@@ -265,8 +274,8 @@ fn write_section(
                 end - start
             ),
         });
-    }
-    Ok(Section {
+    };
+    let section = Section {
         resource: resource.clone(),
         layer,
         tar_start: start,
@@ -275,8 +284,9 @@ fn write_section(
         files,
         logical_bytes: logical,
         stored_bytes: stored,
-    })
-    .inspect(|_| log::debug!("section {index} written"))
+    };
+    log::debug!("section {index} written");
+    Ok((section, blocks))
 }
 
 fn changed(path: &Path, what: &str) -> Error {

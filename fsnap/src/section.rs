@@ -85,7 +85,7 @@ pub fn read_section(
     data: &File,
     index: usize,
     s: &Section,
-    mut each: impl FnMut(&Entry, &mut SectionReader) -> Result<()>,
+    each: impl FnMut(&Entry, &mut SectionReader) -> Result<()>,
 ) -> Result<BlockHashes> {
     let fail = |reason: String| Error::Section {
         section: index,
@@ -98,6 +98,38 @@ pub fn read_section(
         BufReader::with_capacity(READ_AHEAD, range),
         len,
     ));
+    let entries = parse_entries(&mut r, index, s, each)?;
+    r.drain().map_err(&fail)?;
+    let (hash, blocks) = r
+        .into_inner()
+        .hasher
+        .finalize()
+        .ok_or_else(|| fail("the section was not read to its end".into()))?;
+    let want = checksum_hex(&s.checksum).map_err(&fail)?;
+    if hash.to_hex().as_str() != want {
+        return Err(fail(format!(
+            "checksum mismatch: the data is corrupt or was changed (blake3 {} != {want})",
+            hash.to_hex()
+        )));
+    }
+    check_count(entries, index, s)?;
+    Ok(blocks)
+}
+
+/// Every entry of section `index` from `r` up to the tar's end, each path checked to stay
+/// inside the section and no more entries than the manifest says, each handed to `each`;
+/// how many there were.
+pub(crate) fn parse_entries<R: Read>(
+    r: &mut Reader<R>,
+    index: usize,
+    s: &Section,
+    mut each: impl FnMut(&Entry, &mut Reader<R>) -> Result<()>,
+) -> Result<u64> {
+    let fail = |reason: String| Error::Section {
+        section: index,
+        resource: s.resource.to_string(),
+        reason,
+    };
     let mut entries = 0u64;
     while let Some(e) = r.next_entry().map_err(&fail)? {
         check_path(&e.path).map_err(|reason| Error::Entry {
@@ -119,28 +151,21 @@ pub fn read_section(
                 s.files
             )));
         }
-        each(&e, &mut r)?;
+        each(&e, r)?;
     }
-    r.drain().map_err(&fail)?;
-    let (hash, blocks) = r
-        .into_inner()
-        .hasher
-        .finalize()
-        .ok_or_else(|| fail("the section was not read to its end".into()))?;
-    let want = checksum_hex(&s.checksum).map_err(&fail)?;
-    if hash.to_hex().as_str() != want {
-        return Err(fail(format!(
-            "checksum mismatch: the data is corrupt or was changed (blake3 {} != {want})",
-            hash.to_hex()
-        )));
-    }
+    Ok(entries)
+}
+
+/// A section must hold exactly the entries its manifest says.
+pub(crate) fn check_count(entries: u64, index: usize, s: &Section) -> Result<()> {
     if entries != s.files {
-        return Err(fail(format!(
-            "holds {entries} entries, the manifest says {}",
-            s.files
-        )));
+        return Err(Error::Section {
+            section: index,
+            resource: s.resource.to_string(),
+            reason: format!("holds {entries} entries, the manifest says {}", s.files),
+        });
     }
-    Ok(blocks)
+    Ok(())
 }
 
 /// An entry path must be relative and stay inside the section: no leading `/`, no `..`, no

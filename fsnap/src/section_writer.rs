@@ -1,10 +1,13 @@
 //! Writing one section into the data file: buffered positional writes at the section's place,
-//! hashing what passes; with O_DIRECT the buffer is page-aligned and flushed in whole pages.
+//! hashing what passes block by block ([`crate::block_hash`]: the checksum and each block's
+//! chaining value, saved in the block hashes file); with O_DIRECT the buffer is page-aligned
+//! and flushed in whole pages.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 
+use crate::block_hash::{BlockHasher, BlockHashes};
 use crate::error::{Error, Result};
 use crate::progress::Progress;
 
@@ -22,20 +25,27 @@ pub(crate) struct SectionWriter<'a> {
     at: u64,
     buf: AlignedBuf,
     len: usize,
-    hasher: blake3::Hasher,
+    hasher: BlockHasher,
     written: u64,
     direct: bool,
 }
 
 impl<'a> SectionWriter<'a> {
-    pub(crate) fn new(file: &'a File, at: u64, direct: bool, progress: &'a Progress) -> Self {
+    /// A writer of a section of `len` bytes at `at`.
+    pub(crate) fn new(
+        file: &'a File,
+        at: u64,
+        len: u64,
+        direct: bool,
+        progress: &'a Progress,
+    ) -> Self {
         SectionWriter {
             file,
             progress,
             at,
             buf: AlignedBuf::new(BUFFER),
             len: 0,
-            hasher: blake3::Hasher::new(),
+            hasher: BlockHasher::new(len),
             written: 0,
             direct,
         }
@@ -112,9 +122,11 @@ impl<'a> SectionWriter<'a> {
         Ok(())
     }
 
-    pub(crate) fn finish(mut self) -> Result<(blake3::Hash, u64)> {
+    /// Bytes written, and the checksum with each block's chaining value — `None` unless
+    /// exactly the section's `len` bytes were written.
+    pub(crate) fn finish(mut self) -> Result<(u64, Option<(blake3::Hash, BlockHashes)>)> {
         self.flush()?;
-        Ok((self.hasher.finalize(), self.written))
+        Ok((self.written, self.hasher.finalize()))
     }
 }
 

@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
+use crate::block_hash::BlockHashes;
 use crate::error::{Error, Result};
 use crate::manifest::{checksum_hex, checksum_text, Manifest, ResourceId, Section};
 use crate::progress::Progress;
@@ -90,28 +91,34 @@ impl Parent {
         layer: u32,
         direct: bool,
         progress: &Progress,
-    ) -> Result<Section> {
+    ) -> Result<(Section, BlockHashes)> {
         let s = &self.section;
         let fail = |reason: String| Error::Source {
             path: self.checkpoint.clone(),
             reason: format!("section {} ({}): {reason}", self.index, s.resource),
         };
-        let mut w = SectionWriter::new(data, start, direct, progress);
+        let mut w = SectionWriter::new(data, start, self.len(), direct, progress);
         if !w
             .copy_from(&self.data, s.tar_start, self.len())
             .map_err(|e| fail(format!("read: {e}")))?
         {
             return Err(fail("the data file ends inside the section".into()));
         }
-        let (hash, written) = w.finish()?;
+        let (written, hashed) = w.finish()?;
         let want = checksum_hex(&s.checksum).map_err(&fail)?;
-        if hash.to_hex().as_str() != want || written != self.len() {
+        let Some((hash, blocks)) = hashed.filter(|_| written == self.len()) else {
+            return Err(fail(format!(
+                "copied {written} of the section's {} bytes",
+                self.len()
+            )));
+        };
+        if hash.to_hex().as_str() != want {
             return Err(fail(format!(
                 "checksum mismatch: the data is corrupt or was changed (blake3 {} != {want})",
                 hash.to_hex()
             )));
         }
-        Ok(Section {
+        let section = Section {
             resource: resource.clone(),
             tar_start: start,
             tar_end: start + written,
@@ -120,7 +127,8 @@ impl Parent {
             logical_bytes: s.logical_bytes,
             stored_bytes: s.stored_bytes,
             layer,
-        })
+        };
+        Ok((section, blocks))
     }
 }
 

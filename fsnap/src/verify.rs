@@ -1,6 +1,7 @@
 //! Verifying a filesystem checkpoint without extracting it: the manifest is valid for this
 //! build and its data file, every section parses as a tar stream whose names stay inside the
-//! section, and every section's checksum and entry count match.
+//! section, and every section's checksum and entry count match; the block hashes file, when
+//! the checkpoint has one, holds each section's values (merging into its checksum).
 
 use std::path::Path;
 
@@ -21,7 +22,8 @@ pub fn verify(dir: &Path) -> Result<Manifest> {
                 reason,
             })
         })
-        .map(|_| ())
+        .map(|_| ())?;
+        crate::blocks_file::load(dir, &manifest, *i).map(|_| ())
     })?;
     Ok(manifest)
 }

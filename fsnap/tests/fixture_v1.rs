@@ -46,4 +46,17 @@ fn the_version_1_fixture_restores() {
     assert_eq!(sparse.len(), 1 << 20);
     assert_eq!(&sparse[524288..524291], b"end");
     assert!(std::fs::metadata(out.join("sparse")).unwrap().blocks() * 512 < 1 << 20);
+    // Saved before block hashes: its index is built in one full pass, and reads as before.
+    assert!(!fixture.join(fsnap::blocks_file::BLOCKS_FILE).exists());
+    let ix =
+        fsnap::SectionIndex::build(&fixture, &m, 0, &fsnap::RestoreOptions::default()).unwrap();
+    let s = &m.sections[0];
+    assert_eq!(ix.bytes_read_to_build(), s.tar_end - s.tar_start);
+    let motd = ["etc", "motd"]
+        .iter()
+        .try_fold(fsnap::index::ROOT, |id, n| ix.lookup(id, n))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = ix.read_at(motd, 0, &mut buf).unwrap();
+    assert_eq!(&buf[..n], b"fixture v1\n");
 }

@@ -313,9 +313,26 @@ fn mutated_checkpoints_never_escape_or_panic() {
         std::fs::write(pristine_dir.join(fsnap::manifest::MANIFEST_FILE), &m).unwrap();
         let target = a.p("target");
         let restored = restore_one(&pristine_dir, 0, &target);
-        // The index (for a manifest that loads) judges it as the extraction did.
+        // The index (for a manifest that loads) judges it as the extraction did: in one full
+        // pass (no block hashes) with the very same error; from the block hashes, refused at
+        // its build or when a file's data is read — never served.
         if let Ok(m) = fsnap::Manifest::load(&pristine_dir) {
+            let lazy = fsnap::SectionIndex::build(&pristine_dir, &m, 0, &Default::default())
+                .map_err(|e| e.to_string())
+                .and_then(|ix| read_every_file(&ix));
+            assert_eq!(
+                lazy.is_ok(),
+                restored.is_ok(),
+                "the index from block hashes and the extraction disagree: {lazy:?}, {restored:?}"
+            );
+            if let Err(e) = lazy {
+                assert!(e.contains("section 0"), "{e}");
+            }
+            let blocks = pristine_dir.join(fsnap::blocks_file::BLOCKS_FILE);
+            let aside = a.p("blocks-aside");
+            std::fs::rename(&blocks, &aside).unwrap();
             let index = fsnap::SectionIndex::build(&pristine_dir, &m, 0, &Default::default());
+            std::fs::rename(&aside, &blocks).unwrap();
             assert_eq!(
                 index.as_ref().map(|_| ()).map_err(|e| e.to_string()),
                 restored.as_ref().map(|_| ()).map_err(|e| e.to_string()),
@@ -336,6 +353,18 @@ fn mutated_checkpoints_never_escape_or_panic() {
         refused > 250,
         "only {refused} of 300 corruptions were noticed"
     );
+}
+
+/// Read every regular file of `ix` whole; the first refusal.
+fn read_every_file(ix: &fsnap::SectionIndex) -> Result<(), String> {
+    for id in 1..=ix.len() as u64 {
+        let node = ix.node(id).unwrap();
+        if node.entry.kind == fsnap::tar::Kind::File {
+            let mut buf = vec![0u8; node.entry.size as usize];
+            ix.read_at(id, 0, &mut buf).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
 }
 
 /// Every reader of a checkpoint: inspect (the manifest alone), verify, restore.

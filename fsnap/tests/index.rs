@@ -346,6 +346,13 @@ fn both_refuse(tar: &[u8], files: u64, needle: &str) {
         e.contains(needle),
         "index: {e:?} does not mention {needle:?}"
     );
+    // Built from block hashes (headers only), the index refuses it in the same words.
+    add_block_hashes(&snap);
+    let lazy = build(&snap, &RestoreOptions::default())
+        .map(|_| ())
+        .expect_err("the index from block hashes took a hostile section")
+        .to_string();
+    assert_eq!(lazy, e, "the header-only build refused it differently");
     let target = t.path().join("target");
     let e = restore_one(&snap, 0, &target)
         .expect_err("extraction took a hostile section")
@@ -630,6 +637,27 @@ fn random_sections_are_judged_alike_and_read_alike() {
             overlay_layer: rand(2) == 0,
         };
         let index = build(&snap, &opts);
+        // The same section with block hashes: built from its headers alone, the same verdict
+        // and the same index.
+        add_block_hashes(&snap);
+        let lazy = build(&snap, &opts);
+        match (&index, &lazy) {
+            (Ok(full), Ok(lazy)) => assert_eq!(
+                describe_index(full),
+                describe_index(lazy),
+                "round {round}: the header-only index differs"
+            ),
+            (Err(f), Err(l)) => assert_eq!(
+                f.to_string(),
+                l.to_string(),
+                "round {round}: the header-only build refused it differently"
+            ),
+            (f, l) => panic!(
+                "round {round}: full pass {:?} but header-only {:?}",
+                f.as_ref().map(|_| ()),
+                l.as_ref().map(|_| ())
+            ),
+        }
         let restored = fsnap::restore(&snap, &[(0, out.clone())], &opts, &Default::default());
         match (index, restored) {
             (Ok(ix), Ok(_)) => {
@@ -736,4 +764,25 @@ fn data_changed_after_the_build_is_refused_not_served() {
     // Blocks of the section away from the change still read.
     let n = ix.read_at(p, 0, &mut buf).unwrap();
     assert_eq!(&buf[..n], &plain[..8192]);
+}
+
+/// A pax `size` so large that its data area (rounded up to whole tar blocks) does not fit in
+/// 64 bits, on a file and on a directory: refused as a truncated stream by every reader, the
+/// header-only build too — never a file whose data lies past the section.
+#[test]
+fn sizes_past_the_section_are_refused() {
+    for (size, typeflag) in [
+        (&b"18446744073709551615"[..], b'0'),
+        (&b"18446744073709551615"[..], b'5'),
+        (&b"18446744073709551000"[..], b'0'),
+        (&b"1099511627776"[..], b'0'),
+    ] {
+        let (h, body) = pax(&[("size", size)]);
+        let (t, n) = tar(&[
+            (h, body),
+            (header("huge", typeflag, 0, "", (0, 0)), &b""[..]),
+            file("after", b"x"),
+        ]);
+        both_refuse(&t, n - 1, "truncated");
+    }
 }

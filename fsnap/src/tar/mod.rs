@@ -12,9 +12,9 @@ pub mod sparse;
 /// Tar's block size.
 pub const BLOCK: u64 = 512;
 
-/// Round `n` up to whole blocks.
+/// Round `n` up to whole blocks (saturating: a hostile size near 2^64 stays past any end).
 pub fn padded(n: u64) -> u64 {
-    n.div_ceil(BLOCK) * BLOCK
+    n.div_ceil(BLOCK).saturating_mul(BLOCK)
 }
 
 /// What an entry is.

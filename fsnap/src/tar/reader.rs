@@ -35,14 +35,21 @@ impl<R: Read> Reader<R> {
     }
 
     fn read_exact(&mut self, buf: &mut [u8]) -> Result<(), String> {
-        self.inner.read_exact(buf).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::UnexpectedEof {
-                "the tar stream ends early (truncated)".to_string()
-            } else {
-                format!("read: {e}")
-            }
-        })?;
+        self.inner.read_exact(buf).map_err(read_error)?;
         self.offset += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Pass over what is left of the current entry's data area with `skip` (e.g. a seek of
+    /// the underlying reader) instead of reading it; its content is no longer handed out.
+    pub fn skip_content_with(
+        &mut self,
+        skip: impl FnOnce(&mut R, u64) -> std::io::Result<()>,
+    ) -> Result<(), String> {
+        let n = std::mem::take(&mut self.pending);
+        self.runs.clear();
+        skip(&mut self.inner, n).map_err(read_error)?;
+        self.offset += n;
         Ok(())
     }
 
@@ -243,6 +250,16 @@ impl<R: Read> Reader<R> {
                 Err(e) => return Err(format!("read: {e}")),
             }
         }
+    }
+}
+
+/// A failed read, as a sentence (the end of the input is a truncated stream; bytes refused as
+/// invalid say why themselves).
+fn read_error(e: std::io::Error) -> String {
+    match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => "the tar stream ends early (truncated)".to_string(),
+        std::io::ErrorKind::InvalidData => e.to_string(),
+        _ => format!("read: {e}"),
     }
 }
 

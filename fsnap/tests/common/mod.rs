@@ -385,3 +385,40 @@ pub fn write_one_section_manifest(snap: &Path, len: u64, files: u64, hash: &blak
     .write(snap)
     .unwrap();
 }
+
+/// Give the checkpoint in `snap` a block hashes file as the format describes it (each
+/// section's BLAKE3 chaining values of its 64 KiB blocks, none for a section of one block or
+/// less), computed here independently of fsnap, and name it in the manifest's `extensions`.
+pub fn add_block_hashes(snap: &Path) {
+    use blake3::hazmat::HasherExt;
+    const BLOCK: usize = 64 * 1024;
+    let mpath = snap.join(fsnap::manifest::MANIFEST_FILE);
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    let data = std::fs::read(snap.join(m["data_file"].as_str().unwrap())).unwrap();
+    let mut out = Vec::new();
+    for s in m["sections"].as_array().unwrap() {
+        let range = &data
+            [s["tar_start"].as_u64().unwrap() as usize..s["tar_end"].as_u64().unwrap() as usize];
+        if range.len() > BLOCK {
+            for (i, block) in range.chunks(BLOCK).enumerate() {
+                let mut h = blake3::Hasher::new();
+                h.set_input_offset((i * BLOCK) as u64);
+                h.update(block);
+                out.extend(h.finalize_non_root());
+            }
+        }
+    }
+    std::fs::write(snap.join(fsnap::blocks_file::BLOCKS_FILE), out).unwrap();
+    m["extensions"]["block_hashes"] =
+        serde_json::json!({"file": "fscheckpoint.blocks", "block_size": 65536});
+    std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+}
+
+/// Take the block hashes file and its manifest entry away (a checkpoint saved before them).
+pub fn remove_block_hashes(snap: &Path) {
+    let mpath = snap.join(fsnap::manifest::MANIFEST_FILE);
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&mpath).unwrap()).unwrap();
+    m.as_object_mut().unwrap().remove("extensions");
+    std::fs::write(&mpath, serde_json::to_vec(&m).unwrap()).unwrap();
+    std::fs::remove_file(snap.join(fsnap::blocks_file::BLOCKS_FILE)).unwrap();
+}
