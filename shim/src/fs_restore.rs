@@ -606,7 +606,7 @@ impl ContainerRestore {
             .map_err(|e| format!("create {}: {e}", parent.display()))?;
         let layer = LazyLayer::mount(tree, at, hex).map_err(|e| e.to_string())?;
         info!(
-            "container {}: section {index} verified and indexed in {} ms",
+            "container {}: section {index} checked and indexed in {} ms",
             self.id,
             started.elapsed().as_millis()
         );

@@ -798,7 +798,7 @@ fn fs_restore_pod_removed_while_its_cache_fills(s: &Suite, case: &str) -> Result
                 .and_then(|l| l.split("indexed in ").nth(1))
                 .and_then(|r| r.split(' ').next());
             print!(
-                "512 MiB section verified, indexed and mounted in {} ms ",
+                "512 MiB section checked, indexed and mounted in {} ms ",
                 indexed.unwrap_or("?")
             );
         }
