@@ -41,6 +41,12 @@ pub struct RestoreOptions {
     /// a lower layer; every other `trusted.overlay.*` attribute (redirect, metacopy, origin,
     /// ...) is dropped, so a checkpoint cannot steer overlayfs's lookups in the layers below.
     pub overlay_layer: bool,
+    /// For an index ([`crate::index::SectionIndex::build`]) of a checkpoint that carries block
+    /// hashes: read and verify only the blocks holding headers, and verify file data block by
+    /// block when it is read (a changed data byte fails that read, not the build). Off (the
+    /// default): the build reads the whole section and checks its checksum, so any corrupt
+    /// byte fails the build.
+    pub verify_data_on_read: bool,
 }
 
 /// Extract section `index` of `data` into the empty directory `dir`.

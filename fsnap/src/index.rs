@@ -80,9 +80,10 @@ impl SectionIndex {
     /// Section `index` of the checkpoint in `dir` (whose validated manifest is `manifest`):
     /// parses every header, checks every name, link and device node, with the same rules and
     /// the same errors (naming the section and the cause) as extraction, and records where
-    /// each file's data lies. With the checkpoint's block hashes (refused naming the section
-    /// unless they merge into its checksum) it reads and verifies only the blocks holding
-    /// headers; without them it reads the whole section and checks its checksum. Blocking.
+    /// each file's data lies. With [`RestoreOptions::verify_data_on_read`] and the checkpoint's
+    /// block hashes (refused naming the section unless they merge into its checksum) it reads
+    /// and verifies only the blocks holding headers; otherwise it reads the whole section and
+    /// checks its checksum. Blocking.
     pub fn build(
         dir: &Path,
         manifest: &Manifest,
@@ -116,7 +117,11 @@ impl SectionIndex {
                 reason,
             })
         };
-        let (blocks, build_read) = match crate::blocks_file::load(dir, manifest, index)? {
+        let blocks = match opts.verify_data_on_read {
+            true => crate::blocks_file::load(dir, manifest, index)?,
+            false => None,
+        };
+        let (blocks, build_read) = match blocks {
             Some(blocks) => {
                 // Headers only, each block verified as it is read; files' data skipped.
                 let mut r = Reader::new(VerifiedReader::new(Blocks {

@@ -19,10 +19,18 @@ const MIB: usize = 1 << 20;
 
 fn build(snap: &Path, section: usize) -> fsnap::Result<SectionIndex> {
     let m = Manifest::load(snap)?;
-    SectionIndex::build(snap, &m, section, &RestoreOptions::default())
+    SectionIndex::build(snap, &m, section, &on_read())
 }
 
 /// Bytes of `len` that never repeat a 16-byte run, so a place in the data file is found.
+/// Header-only builds from the block hashes (the full pass is the default).
+fn on_read() -> RestoreOptions {
+    RestoreOptions {
+        verify_data_on_read: true,
+        ..Default::default()
+    }
+}
+
 fn counter(len: usize, tag: u8) -> Vec<u8> {
     (0..len / 4)
         .flat_map(|i| ((i as u32) ^ (u32::from(tag) << 24)).to_be_bytes())
@@ -144,6 +152,25 @@ fn flip(snap: &Path, needle: &[u8], skip: usize) {
         .expect("needle in the data file");
     data[at + skip] ^= 0x40;
     std::fs::write(&path, &data).unwrap();
+}
+
+#[test]
+fn by_default_the_build_reads_the_whole_section_even_with_block_hashes() {
+    let t = tmp();
+    let (snap, files) = large_checkpoint(t.path());
+    let m = Manifest::load(&snap).unwrap();
+    let full = SectionIndex::build(&snap, &m, 0, &RestoreOptions::default()).unwrap();
+    assert_eq!(full.bytes_read_to_build(), section_len(&snap, 0));
+    let (_, bytes) = &files[1];
+    let at = 1_500_000;
+    flip(&snap, &bytes[at..at + 16], 0);
+    let e = SectionIndex::build(&snap, &m, 0, &RestoreOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("section 0") && e.contains("checksum mismatch"),
+        "{e}"
+    );
 }
 
 #[test]

@@ -317,7 +317,11 @@ fn mutated_checkpoints_never_escape_or_panic() {
         // pass (no block hashes) with the very same error; from the block hashes, refused at
         // its build or when a file's data is read — never served.
         if let Ok(m) = fsnap::Manifest::load(&pristine_dir) {
-            let lazy = fsnap::SectionIndex::build(&pristine_dir, &m, 0, &Default::default())
+            let on_read = fsnap::RestoreOptions {
+                verify_data_on_read: true,
+                ..Default::default()
+            };
+            let lazy = fsnap::SectionIndex::build(&pristine_dir, &m, 0, &on_read)
                 .map_err(|e| e.to_string())
                 .and_then(|ix| read_every_file(&ix));
             assert_eq!(

@@ -348,10 +348,16 @@ fn both_refuse(tar: &[u8], files: u64, needle: &str) {
     );
     // Built from block hashes (headers only), the index refuses it in the same words.
     add_block_hashes(&snap);
-    let lazy = build(&snap, &RestoreOptions::default())
-        .map(|_| ())
-        .expect_err("the index from block hashes took a hostile section")
-        .to_string();
+    let lazy = build(
+        &snap,
+        &RestoreOptions {
+            verify_data_on_read: true,
+            ..Default::default()
+        },
+    )
+    .map(|_| ())
+    .expect_err("the index from block hashes took a hostile section")
+    .to_string();
     assert_eq!(lazy, e, "the header-only build refused it differently");
     let target = t.path().join("target");
     let e = restore_one(&snap, 0, &target)
@@ -635,12 +641,19 @@ fn random_sections_are_judged_alike_and_read_alike() {
         let opts = RestoreOptions {
             allow_devices: rand(2) == 0,
             overlay_layer: rand(2) == 0,
+            ..Default::default()
         };
         let index = build(&snap, &opts);
         // The same section with block hashes: built from its headers alone, the same verdict
         // and the same index.
         add_block_hashes(&snap);
-        let lazy = build(&snap, &opts);
+        let lazy = build(
+            &snap,
+            &RestoreOptions {
+                verify_data_on_read: true,
+                ..opts.clone()
+            },
+        );
         match (&index, &lazy) {
             (Ok(full), Ok(lazy)) => assert_eq!(
                 describe_index(full),

@@ -175,6 +175,7 @@ impl LayerCache {
             &fsnap::RestoreOptions {
                 allow_devices: false,
                 overlay_layer: true,
+                ..Default::default()
             },
             progress,
         );

@@ -88,11 +88,14 @@ impl Tree for fsnap::index::SectionIndex {
 /// `manifest`) as a tree to serve as an overlay lower layer: verified in one read-only pass
 /// (every entry by the extraction's rules, whiteouts and opaque directories kept as an overlay
 /// lower layer has them, the checksum checked) that indexes it. A corrupt or hostile section
-/// fails naming the section and the cause. Blocking.
+/// fails naming the section and the cause. With `verify_data_on_read` (and the checkpoint's
+/// block hashes) only the blocks holding headers are read: a corrupt byte of a file's data
+/// then fails that file's reads instead. Blocking.
 pub fn index_section(
     checkpoint: &Path,
     manifest: &fsnap::Manifest,
     index: usize,
+    verify_data_on_read: bool,
 ) -> Result<Arc<dyn Tree>> {
     let tree = fsnap::index::SectionIndex::build(
         checkpoint,
@@ -101,6 +104,7 @@ pub fn index_section(
         &fsnap::RestoreOptions {
             allow_devices: false,
             overlay_layer: true,
+            verify_data_on_read,
         },
     )
     .map_err(|e| Error::Checkpoint {
@@ -627,6 +631,7 @@ mod tests {
                 &fsnap::RestoreOptions {
                     allow_devices: false,
                     overlay_layer: true,
+                    ..Default::default()
                 },
             )
             .unwrap(),

@@ -19,6 +19,11 @@ pub const CONTAINER_NAME: &str = "io.kubernetes.cri.container-name";
 /// Pod annotation: restore the filesystem checkpoint in this directory (or the one its
 /// `latest` link names) into the new pod (see `crate::fs_restore`).
 pub const FS_RESTORE_IMAGE_PATH: &str = "dev.cryo.fs-restore.image-path";
+/// Pod annotation: when a restore checks a section's file data — `full` (default: the whole
+/// section is read and its checksum checked before the container starts) or `on-read` (with
+/// the checkpoint's block hashes, only the blocks holding headers before; each block of file
+/// data when it is read).
+pub const FS_RESTORE_VERIFY: &str = "dev.cryo.fs-restore.verify";
 
 /// Pod volume hints: `dev.cryo.spec.mount.<volume>.{source,type,share,options}`
 /// (see `crate::volumes::rules` for what they mean).

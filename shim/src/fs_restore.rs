@@ -55,7 +55,7 @@ use log::{info, warn};
 use oci_spec::runtime::Spec;
 use std::os::unix::fs::DirBuilderExt;
 
-use crate::annotations::{self, FS_RESTORE_IMAGE_PATH};
+use crate::annotations::{self, FS_RESTORE_IMAGE_PATH, FS_RESTORE_VERIFY};
 use crate::checkpoint_root::{CheckpointRoot, Tenant};
 use crate::error::{Error, Result};
 use crate::trigger::destination::LATEST;
@@ -340,6 +340,7 @@ impl PodRestore {
         let label = annotations::get(spec, annotations::CONTAINER_NAME)
             .unwrap_or(id)
             .to_string();
+        let verify_data_on_read = verify_on_read(annotations::get(spec, FS_RESTORE_VERIFY))?;
         let known = self.lock().checkpoint.clone();
         let checkpoint = match known {
             Some(c) if c.value == value => c,
@@ -374,6 +375,7 @@ impl PodRestore {
             checkpoint,
             cache: LayerCache::from_env(),
             tmpfs: Mutex::default(),
+            verify_data_on_read,
         }))
     }
 
@@ -529,6 +531,21 @@ pub struct ContainerRestore {
     cache: LayerCache,
     /// Tmpfs volumes to fill once mounted: (mount path, layer).
     tmpfs: Mutex<Vec<(PathBuf, PathBuf)>>,
+    /// [`FS_RESTORE_VERIFY`] is `on-read`.
+    verify_data_on_read: bool,
+}
+
+/// The value of [`FS_RESTORE_VERIFY`]: whether file data is verified when read (`on-read`)
+/// rather than before the container starts (`full`, the default). A refusal names the
+/// annotation and the value.
+fn verify_on_read(value: Option<&str>) -> Result<bool> {
+    match value {
+        None | Some("full") => Ok(false),
+        Some("on-read") => Ok(true),
+        Some(other) => Err(Error::InvalidArgument(format!(
+            "annotation {FS_RESTORE_VERIFY}={other:?}: not full or on-read"
+        ))),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -593,8 +610,8 @@ impl ContainerRestore {
     fn lazy(&self, index: usize, hex: &str, at: &Path) -> std::result::Result<LazyLayer, String> {
         let c = &self.checkpoint;
         let started = std::time::Instant::now();
-        let tree =
-            lazy_layer::index_section(&c.dir, &c.manifest, index).map_err(|e| e.to_string())?;
+        let tree = lazy_layer::index_section(&c.dir, &c.manifest, index, self.verify_data_on_read)
+            .map_err(|e| e.to_string())?;
         let parent = at.parent().unwrap_or(at);
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -788,6 +805,18 @@ pub fn cleanup_bundle(bundle: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verify_is_full_unless_on_read_and_a_bad_value_is_named() {
+        assert!(!verify_on_read(None).unwrap());
+        assert!(!verify_on_read(Some("full")).unwrap());
+        assert!(verify_on_read(Some("on-read")).unwrap());
+        let e = verify_on_read(Some("On-Read")).unwrap_err().to_string();
+        assert!(
+            e.contains(FS_RESTORE_VERIFY) && e.contains("\"On-Read\""),
+            "{e}"
+        );
+    }
 
     #[test]
     fn hostile_values_are_refused_by_annotation_and_value() {

@@ -18,11 +18,23 @@ pub const KNOWN: &[(&[&str], &str)] = &[(
 )];
 
 /// Warnings that report cryo doing its job on hostile input: not complaints.
-pub const EXPECTED: &[(&[&str], &str)] = &[(
-    &["msg=\"refused a connection from uid "],
-    "the shim refused a peer that is neither root nor containerd's uid (the socket cases \
-     connect as uid 65534 on purpose)",
-)];
+pub const EXPECTED: &[(&[&str], &str)] = &[
+    (
+        &["msg=\"refused a connection from uid "],
+        "the shim refused a peer that is neither root nor containerd's uid (the socket cases \
+         connect as uid 65534 on purpose)",
+    ),
+    (
+        &["msg=\"lazy layer: read node ", "checksum mismatch"],
+        "a lazy layer refused to serve a block that does not match its checksum (a case \
+         changes a byte of a checkpoint's file data on purpose)",
+    ),
+    (
+        &["background fill failed", "checksum mismatch"],
+        "the layer cache refused to keep a section that does not match its checksum (the same \
+         case)",
+    ),
+];
 
 /// The error and warning lines of a log caused by cryo.
 #[derive(Debug, Default)]

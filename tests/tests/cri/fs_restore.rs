@@ -53,12 +53,17 @@ pub(super) const CASES: &[(&str, Case)] = &[
         "fs_restore_failed_create_leaves_no_lazy_layer",
         fs_restore_failed_create_leaves_no_lazy_layer,
     ),
+    (
+        "fs_restore_verifies_data_before_start_or_on_read",
+        fs_restore_verifies_data_before_start_or_on_read,
+    ),
 ];
 
 /// Cases of this module that need containerd 2.x's CRI (ignored on 1.6 with the suite's reason).
 pub(super) const NEEDS_V2: &[&str] = &[];
 
 const ANNOTATION: &str = "dev.cryo.fs-restore.image-path";
+const VERIFY: &str = "dev.cryo.fs-restore.verify";
 
 /// `cryo fscheckpoint --leave-running` of `pod` with `paths` (`--path` each) into a fresh
 /// temp dir, then the pod removed: the temp dir (kept alive by the caller) and the checkpoint.
@@ -1007,6 +1012,95 @@ fn fs_restore_failed_create_leaves_no_lazy_layer(s: &Suite, case: &str) -> Resul
     ensure!(
         got == format!("{case}\n"),
         "the restored container sees {got:?}"
+    );
+    Ok(())
+}
+
+/// A checkpoint with one changed byte in the middle of a 1 MiB file (far from any tar header):
+/// by default (`dev.cryo.fs-restore.verify` unset, or `full`) the whole section is checked
+/// before the container starts, so StartContainer fails naming the section; with `on-read`
+/// the container starts (only the blocks holding headers were read) and reading that file
+/// fails (EIO) while the rest of the tree reads; a bad value fails RunPodSandbox naming the
+/// annotation and the value.
+fn fs_restore_verifies_data_before_start_or_on_read(s: &Suite, case: &str) -> Result<()> {
+    let marker = format!("flip-me-{}", uid(case));
+    let (pod, _) = seed_pod(s, case, &[])?;
+    let app = start(
+        s,
+        &pod,
+        "app",
+        &format!(
+            "head -c 524288 /dev/zero | tr '\\0' a > /big && echo {marker} >> /big && \
+             head -c 524288 /dev/zero | tr '\\0' b >> /big && echo ok > /small && \
+             exec sleep 100000"
+        ),
+        &[],
+    )?;
+    eventually("app wrote", || {
+        Ok(s.cri.exec_sync(&app, &["cat", "/small"])?.0 == 0)
+    })?;
+    let (_tmp, ck) = save_and_remove(s, &pod, &[])?;
+    let ck_text = ck.display().to_string();
+    let data = ck.join("data.multitar");
+    let mut bytes = std::fs::read(&data)?;
+    let at = bytes
+        .windows(marker.len())
+        .position(|w| w == marker.as_bytes())
+        .context("the marker is not in the data file")?;
+    bytes[at] ^= 0x20;
+    std::fs::write(&data, &bytes)?;
+
+    for verify in [None, Some("full")] {
+        let mut annotations = vec![(ANNOTATION, ck_text.as_str())];
+        annotations.extend(verify.map(|v| (VERIFY, v)));
+        let (new, _) = seed_pod(
+            s,
+            &format!("{case}-{}", verify.unwrap_or("default")),
+            &annotations,
+        )?;
+        let id = create(s, &new, "app", "exec sleep 100000", &[])?;
+        let e = s.cri.start_container(&id).err().with_context(|| {
+            format!("verify {verify:?}: StartContainer of a corrupt section succeeded")
+        })?;
+        let e = format!("{e:#}");
+        for want in ["rootfs-upper app:/", "checksum mismatch"] {
+            ensure!(
+                e.contains(want),
+                "verify {verify:?}: the error does not name {want:?}: {e}"
+            );
+        }
+        s.cri.remove_pod_fully(&new.id)?;
+    }
+
+    let (new, _) = seed_pod(
+        s,
+        &format!("{case}-on-read"),
+        &[(ANNOTATION, &ck_text), (VERIFY, "on-read")],
+    )?;
+    let id = start(s, &new, "app", "exec sleep 100000", &[])?;
+    let small = s.cri.exec_sync(&id, &["cat", "/small"])?;
+    ensure!(
+        small.0 == 0 && small.1 == "ok\n",
+        "reading /small: {small:?}"
+    );
+    let big = s.cri.exec_sync(&id, &["md5sum", "/big"])?;
+    ensure!(
+        big.0 != 0 && big.2.contains("Input/output error"),
+        "reading the changed file did not fail with EIO: {big:?}"
+    );
+    s.cri.remove_pod_fully(&new.id)?;
+
+    let e = seed_pod(
+        s,
+        &format!("{case}-bad"),
+        &[(ANNOTATION, &ck_text), (VERIFY, "later")],
+    )
+    .err()
+    .context("RunPodSandbox with a bad verify value succeeded")?;
+    let e = format!("{e:#}");
+    ensure!(
+        e.contains(VERIFY) && e.contains("\"later\""),
+        "the error does not name the annotation and its value: {e}"
     );
     Ok(())
 }
