@@ -482,6 +482,26 @@ fn fsync_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(format!("fsync {}", dir.display()), e))
 }
 
+/// For tests: save `src` as the rootfs of container `c` into a checkpoint at `ck`.
+#[cfg(test)]
+pub(crate) fn save_dir(src: PathBuf, ck: PathBuf) -> (PathBuf, Manifest) {
+    let m = fsnap::save(
+        &[fsnap::Source {
+            resource: fsnap::ResourceId {
+                container: "c".into(),
+                path: "/".into(),
+                kind: fsnap::ResourceKind::RootfsUpper,
+            },
+            dir: src,
+        }],
+        &ck,
+        &fsnap::SaveOptions::default(),
+        &fsnap::Progress::default(),
+    )
+    .unwrap();
+    (ck, m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,25 +527,6 @@ mod tests {
         )
         .unwrap();
         save_dir(src, t.join("ck"))
-    }
-
-    /// Save `src` as the rootfs of container `c` into a checkpoint at `ck`.
-    fn save_dir(src: PathBuf, ck: PathBuf) -> (PathBuf, Manifest) {
-        let m = fsnap::save(
-            &[fsnap::Source {
-                resource: fsnap::ResourceId {
-                    container: "c".into(),
-                    path: "/".into(),
-                    kind: fsnap::ResourceKind::RootfsUpper,
-                },
-                dir: src,
-            }],
-            &ck,
-            &fsnap::SaveOptions::default(),
-            &fsnap::Progress::default(),
-        )
-        .unwrap();
-        (ck, m)
     }
 
     fn entries(dir: &Path) -> Vec<String> {

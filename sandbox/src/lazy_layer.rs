@@ -604,22 +604,7 @@ mod tests {
             std::os::unix::fs::PermissionsExt::from_mode(0o751),
         )
         .unwrap();
-        let ck = t.join("ck");
-        let m = fsnap::save(
-            &[fsnap::Source {
-                resource: fsnap::ResourceId {
-                    container: "c".into(),
-                    path: "/".into(),
-                    kind: fsnap::ResourceKind::RootfsUpper,
-                },
-                dir: src,
-            }],
-            &ck,
-            &fsnap::SaveOptions::default(),
-            &fsnap::Progress::default(),
-        )
-        .unwrap();
-        (ck, m)
+        crate::layer_cache::save_dir(src, t.join("ck"))
     }
 
     fn index(ck: &Path, m: &fsnap::Manifest) -> Arc<fsnap::index::SectionIndex> {
