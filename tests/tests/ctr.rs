@@ -610,11 +610,20 @@ fn exec_errors(s: &Suite, rt: Runtime, id: &str) -> Result<()> {
     Ok(())
 }
 
+/// `script` running `command` with `/bin/sh` in a new terminal, whatever the caller's SHELL
+/// (`script` runs `$SHELL -c`). bash execs a lone command where dash forks it, so a command
+/// that moved ctr into a process group of its own (`timeout`) had ctr stopped by SIGTTIN when
+/// it read the terminal under dash only: commands here keep ctr in the terminal's foreground.
+fn script(command: &str) -> std::process::Command {
+    let mut c = std::process::Command::new("script");
+    c.env("SHELL", "/bin/sh")
+        .args(["-qec", command, "/dev/null"]);
+    c
+}
+
 /// Run `command` under `script` so that ctr has a terminal.
 fn in_terminal(command: &str) -> Result<Output> {
-    let mut c = std::process::Command::new("script");
-    c.args(["-qec", command, "/dev/null"]);
-    harness::cmd::run(&mut c, None, harness::containerd::CTR_LIMIT)
+    harness::cmd::run(&mut script(command), None, harness::containerd::CTR_LIMIT)
 }
 
 /// Run `command` (a `ctr` that stays attached, so never ends by itself) in a terminal until
@@ -627,9 +636,8 @@ fn in_terminal_until(
 ) -> Result<Output> {
     use std::io::Read;
     use std::sync::{Arc, Mutex};
-    let mut c = std::process::Command::new("script");
-    c.args(["-qec", &format!("exec {command}"), "/dev/null"])
-        .stdin(std::process::Stdio::null())
+    let mut c = script(&format!("exec {command}"));
+    c.stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null());
     let mut child = c.spawn().context("spawn script")?;

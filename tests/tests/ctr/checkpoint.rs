@@ -1344,7 +1344,7 @@ fn terminal_container_round_trips(s: &Suite, rt: Runtime, id: &str) -> Result<()
             ticks(printed).iter().any(|&n| n > before + 1)
         })?
     } else {
-        in_terminal(&format!("timeout 60 {restore}"))?
+        in_terminal(&restore)?
     };
     eprintln!("{}: restore of a terminal container: {out:?}", rt.name());
     if !s.cd.release.is_v2() {
