@@ -43,8 +43,12 @@ const CAP_SETGID: u64 = 1 << 6;
 const CAP_SETUID: u64 = 1 << 7;
 const CAP_SYS_RESOURCE: u64 = 1 << 24;
 
+/// `ioctl(NS_GET_USERNS)`: the user namespace owning a namespace, as a new descriptor.
+const NS_GET_USERNS: libc::c_ulong = 0xb701;
 /// `ioctl(NS_GET_PARENT)`: the parent of a user namespace, as a new descriptor (Linux 4.9+).
 const NS_GET_PARENT: libc::c_ulong = 0xb702;
+/// The namespaces other than user a thread has, by their `/proc/<pid>/ns` names.
+const OWNED_NAMESPACES: [&str; 7] = ["mnt", "net", "pid", "ipc", "uts", "cgroup", "time"];
 /// The kernel nests user namespaces at most 32 deep.
 const MAX_USERNS_DEPTH: usize = 33;
 
@@ -218,10 +222,14 @@ impl Allowed {
 pub enum Userns {
     /// The container's own.
     Container,
-    /// Nested below the container's, with these maps (as the host reads them).
+    /// Nested below the container's, with these maps (as the host reads them); `owns`: the
+    /// thread's other namespaces (`mnt`, `net`, ...) owned by a user namespace other than the
+    /// container's (CRIU recreates the container's namespaces under a restored user namespace,
+    /// where the original's were the runtime's).
     Nested {
         uid_map: Vec<IdRange>,
         gid_map: Vec<IdRange>,
+        owns: Vec<String>,
     },
     /// Neither.
     Outside,
@@ -336,21 +344,22 @@ pub fn judge(allowed: &Allowed, thread: &Thread) -> Result<(), String> {
                  below it"
             ))
         }
-        Userns::Container => {
-            for ((_, set), value) in CAP_SETS.iter().zip(thread.caps) {
-                let extra = value & !allowed.bounding;
-                if extra != 0 {
-                    return Err(format!(
-                        "{who} holds {} in its {set} capabilities: the checkpoint claims more \
-                         than the spec's process.capabilities.bounding allows",
-                        crate::init::capability_names(extra).join(", ")
-                    ));
-                }
-            }
-        }
-        Userns::Nested { uid_map, gid_map } => {
+        Userns::Container => bounded(allowed, &who, &thread.caps, "")?,
+        Userns::Nested {
+            uid_map,
+            gid_map,
+            owns,
+        } => {
             nested_map(allowed, &who, "uid", uid_map)?;
             nested_map(allowed, &who, "gid", gid_map)?;
+            if !owns.is_empty() {
+                let note = format!(
+                    " (held in a nested user namespace that owns its {} namespaces, which \
+                     they reach)",
+                    owns.join(", ")
+                );
+                bounded(allowed, &who, &thread.caps, &note)?;
+            }
         }
     }
     if allowed.seccomp && !thread.seccomp {
@@ -393,6 +402,21 @@ pub fn judge(allowed: &Allowed, thread: &Thread) -> Result<(), String> {
                     allowed.lacks(CAP_SYS_RESOURCE)
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// No capability in any of `caps` outside the spec's bounding set.
+fn bounded(allowed: &Allowed, who: &str, caps: &[u64; 5], note: &str) -> Result<(), String> {
+    for ((_, set), value) in CAP_SETS.iter().zip(caps) {
+        let extra = value & !allowed.bounding;
+        if extra != 0 {
+            return Err(format!(
+                "{who} holds {} in its {set} capabilities{note}: the checkpoint claims more \
+                 than the spec's process.capabilities.bounding allows",
+                crate::init::capability_names(extra).join(", ")
+            ));
         }
     }
     Ok(())
@@ -535,33 +559,56 @@ fn container_userns(spec: &Spec) -> Result<NsId, String> {
 /// container's `home`, nested below it (walked up with `NS_GET_PARENT`), or neither.
 fn userns_of(dir: &Path, home: NsId) -> Result<Userns, String> {
     let file = File::open(dir.join("ns/user")).map_err(|e| format!("its user namespace: {e}"))?;
-    let id = |f: &File| f.metadata().map(|m| (m.dev(), m.ino()));
-    if id(&file).map_err(|e| format!("its user namespace: {e}"))? == home {
+    if ns_id(&file)? == home {
         return Ok(Userns::Container);
     }
     let mut current = file;
     for _ in 0..MAX_USERNS_DEPTH {
-        // SAFETY: NS_GET_PARENT takes no argument and returns a new descriptor or -1.
-        let fd = unsafe { libc::ioctl(current.as_raw_fd(), NS_GET_PARENT as _) };
-        if fd < 0 {
+        let Some(parent) = ns_ioctl(&current, NS_GET_PARENT) else {
             // EPERM: the parent is outside the engine's view; ENOENT: none.
             return Ok(Userns::Outside);
-        }
-        // SAFETY: a new descriptor the ioctl returned, owned here.
-        current = unsafe { File::from_raw_fd(fd) };
-        if id(&current).map_err(|e| format!("a parent user namespace: {e}"))? == home {
+        };
+        current = parent;
+        if ns_id(&current)? == home {
             let map = |name: &str| {
                 std::fs::read_to_string(dir.join(name))
                     .map_err(|e| format!("its {name}: {e}"))
                     .and_then(|t| IdRange::parse_map(&t))
             };
+            let mut owns = Vec::new();
+            for name in OWNED_NAMESPACES {
+                let Ok(ns) = File::open(dir.join("ns").join(name)) else {
+                    continue; // a kernel without this type
+                };
+                let owner = ns_ioctl(&ns, NS_GET_USERNS)
+                    .ok_or_else(|| format!("the owner of its {name} namespace: unreadable"))?;
+                if ns_id(&owner)? != home {
+                    owns.push(name.to_string());
+                }
+            }
             return Ok(Userns::Nested {
                 uid_map: map("uid_map")?,
                 gid_map: map("gid_map")?,
+                owns,
             });
         }
     }
     Ok(Userns::Outside)
+}
+
+fn ns_id(file: &File) -> Result<NsId, String> {
+    file.metadata()
+        .map(|m| (m.dev(), m.ino()))
+        .map_err(|e| format!("a user namespace: {e}"))
+}
+
+/// An nsfs `ioctl` that answers with a new namespace descriptor (`None`: it failed).
+fn ns_ioctl(ns: &File, request: libc::c_ulong) -> Option<File> {
+    // SAFETY: NS_GET_PARENT and NS_GET_USERNS take no argument and return a new descriptor
+    // or -1.
+    let fd = unsafe { libc::ioctl(ns.as_raw_fd(), request as _) };
+    // SAFETY: a new descriptor the ioctl returned, owned here.
+    (fd >= 0).then(|| unsafe { File::from_raw_fd(fd) })
 }
 
 #[cfg(test)]
@@ -747,8 +794,21 @@ mod tests {
         t.userns = Userns::Nested {
             uid_map: own(1000),
             gid_map: own(1000),
+            owns: vec![],
         };
         assert!(judge(&allowed, &t).is_ok(), "{:?}", judge(&allowed, &t));
+        // ... unless that namespace owns the thread's others (as when CRIU recreated the
+        // container's under it): there they reach the container's mounts, network, ...
+        t.userns = Userns::Nested {
+            uid_map: own(1000),
+            gid_map: own(1000),
+            owns: vec!["mnt".into(), "net".into()],
+        };
+        let err = judge(&allowed, &t).unwrap_err();
+        assert!(
+            err.contains("CAP_SYS_ADMIN") && err.contains("owns its mnt, net namespaces"),
+            "{err}"
+        );
         // A nested namespace mapping the host's root: its full capabilities could take uid 0.
         t.userns = Userns::Nested {
             uid_map: vec![IdRange {
@@ -757,6 +817,7 @@ mod tests {
                 count: 65536,
             }],
             gid_map: own(1000),
+            owns: vec![],
         };
         let err = judge(&allowed, &t).unwrap_err();
         assert!(
@@ -800,6 +861,92 @@ mod tests {
                 count: u32::MAX
             }]
         );
+    }
+
+    /// A `sleep` in a new user namespace mapping this process's own ids (`unshare -r`, with
+    /// `extra` flags), killed when dropped.
+    struct Nested(std::process::Child);
+
+    impl Nested {
+        fn start(extra: &[&str]) -> (Self, i32) {
+            let child = std::process::Command::new("unshare")
+                .args(["-U", "-r"])
+                .args(extra)
+                .args(["sleep", "60"])
+                .spawn()
+                .expect("unshare (util-linux)");
+            let pid = child.id() as i32;
+            // Until unshare has exec'd sleep in the new namespace.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap() != "sleep\n" {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "unshare never ran sleep"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            (Nested(child), pid)
+        }
+    }
+
+    impl Drop for Nested {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn a_nested_user_namespace_is_found_with_its_maps_and_what_it_owns() {
+        let home = container_userns(&spec(&[], false)).unwrap();
+        let me = Path::new("/proc/self/task").join(std::process::id().to_string());
+        assert_eq!(userns_of(&me, home).unwrap(), Userns::Container);
+        let uid = nix::unistd::geteuid().as_raw();
+        let gid = nix::unistd::getegid().as_raw();
+        let (_child, pid) = Nested::start(&[]);
+        let dir = Path::new("/proc")
+            .join(pid.to_string())
+            .join("task")
+            .join(pid.to_string());
+        let own = |id| {
+            vec![IdRange {
+                inside: 0,
+                outside: id,
+                count: 1,
+            }]
+        };
+        assert_eq!(
+            userns_of(&dir, home).unwrap(),
+            Userns::Nested {
+                uid_map: own(uid),
+                gid_map: own(gid),
+                owns: vec![]
+            }
+        );
+        let (_child, pid) = Nested::start(&["-m", "-n"]);
+        let dir = Path::new("/proc")
+            .join(pid.to_string())
+            .join("task")
+            .join(pid.to_string());
+        let Userns::Nested { owns, .. } = userns_of(&dir, home).unwrap() else {
+            panic!("not nested");
+        };
+        assert_eq!(owns, ["mnt", "net"]);
+    }
+
+    #[test]
+    fn full_capabilities_inside_a_nested_user_namespace_are_not_the_containers() {
+        // `unshare -r` as this (root) process: every capability, in a namespace mapping only
+        // uid 0 and gid 0, whose other namespaces are the host's.
+        let me = nix::unistd::geteuid().as_raw();
+        assert_eq!(me, 0, "needs root (as CI runs)");
+        let (_child, pid) = Nested::start(&[]);
+        let none = spec(&[], false);
+        assert!(check(&none, &[pid]).is_ok(), "{:?}", check(&none, &[pid]));
+        // Owning its mount and network namespaces, they reach those.
+        let (_child, pid) = Nested::start(&["-m", "-n"]);
+        let err = check(&none, &[pid]).unwrap_err();
+        assert!(err.contains("owns its mnt, net namespaces"), "{err}");
     }
 
     #[test]
