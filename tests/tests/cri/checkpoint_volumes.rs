@@ -333,17 +333,16 @@ fn as_user(
     drop: &[&str],
 ) -> k8s_cri::v1::ContainerConfig {
     let id = user.map(|value| k8s_cri::v1::Int64Value { value });
-    config.linux = Some(k8s_cri::v1::LinuxContainerSecurityContext {
-        run_as_user: id.clone(),
-        run_as_group: id,
-        capabilities: Some(k8s_cri::v1::Capability {
-            drop_capabilities: drop.iter().map(|c| c.to_string()).collect(),
+    config.linux = Some(k8s_cri::v1::LinuxContainerConfig {
+        security_context: Some(k8s_cri::v1::LinuxContainerSecurityContext {
+            run_as_user: id,
+            run_as_group: id,
+            capabilities: Some(k8s_cri::v1::Capability {
+                drop_capabilities: drop.iter().map(|c| c.to_string()).collect(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
-        ..Default::default()
-    })
-    .map(|security_context| k8s_cri::v1::LinuxContainerConfig {
-        security_context: Some(security_context),
         ..Default::default()
     });
     config
