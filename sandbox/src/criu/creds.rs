@@ -9,9 +9,12 @@
 //!
 //! - **Capabilities**, compared in the thread's own user namespace: in the container's, no
 //!   capability in any set outside the spec's `process.capabilities.bounding`. A thread in a
-//!   user namespace nested below the container's holds its capabilities there only, where they
-//!   reach nothing of the container's or the host's: they are not compared, but what such a
-//!   namespace maps is (below). A thread in any other user namespace is refused.
+//!   user namespace nested below the container's holds its capabilities there only: they are
+//!   not compared when that namespace owns none of the thread's other namespaces (then they
+//!   reach nothing of the container's or the host's), but what it maps is (below). When it owns
+//!   some they are compared as in the container's: CRIU recreates the namespaces of a dumped
+//!   user namespace under it, where the original's were the runtime's (and its mounts locked).
+//!   A thread in any other user namespace is refused.
 //! - **Confinement**: seccomp-filtered when the spec has a profile, no_new_privs when it asks.
 //! - **Identity**: every uid (real, effective, saved, fs) is the spec's `process.user.uid`,
 //!   every gid its `gid`, every supplementary group one of `gid` + `additionalGids` — unless
@@ -25,8 +28,8 @@
 //!
 //! "Could reach by itself" is the spec's bounding set — a root process regains it at every
 //! exec, any other through a setuid-root or file-capability binary — except when the spec sets
-//! `process.noNewPrivileges`: then no exec grants anything and the process never holds more
-//! than the spec's permitted set.
+//! `process.noNewPrivileges`: then no exec grants more than the permitted set the runtime
+//! hands over (a file-capability binary can still take back up to it).
 
 use std::collections::BTreeSet;
 use std::fs::File;
