@@ -50,6 +50,8 @@ mod hardening5;
 mod launch_hardening;
 #[path = "ctr/log_uri.rs"]
 mod log_uri;
+#[path = "ctr/restore_creds.rs"]
+mod restore_creds;
 #[path = "ctr/shim_hardening.rs"]
 mod shim_hardening;
 #[path = "ctr/socket.rs"]
@@ -78,6 +80,7 @@ fn all_cases() -> Vec<(&'static str, Case, Option<&'static str>)> {
         (fs_restore::CASES, fs_restore::RUNC_FALLS_SHORT),
         (log_uri::CASES, log_uri::RUNC_FALLS_SHORT),
         (hardening5::CASES, hardening5::RUNC_FALLS_SHORT),
+        (restore_creds::CASES, restore_creds::RUNC_FALLS_SHORT),
     ];
     let mut all = Vec::new();
     for (cases, excused) in topics {

@@ -22,6 +22,10 @@ pub(super) const CASES: &[(&str, Case)] = &[
         "a_restore_gets_no_capability_its_spec_withholds",
         a_restore_gets_no_capability_its_spec_withholds,
     ),
+    (
+        "a_restore_gets_no_uid_its_spec_withholds",
+        a_restore_gets_no_uid_its_spec_withholds,
+    ),
 ];
 
 /// Cases of this module that need containerd 2.x's CRI (ignored on 1.6 with the suite's reason).
@@ -29,6 +33,7 @@ pub(super) const NEEDS_V2: &[&str] = &[
     "restore_brings_back_a_private_overlay_volume",
     "two_restored_containers_keep_private_volumes_apart",
     "a_restore_gets_no_capability_its_spec_withholds",
+    "a_restore_gets_no_uid_its_spec_withholds",
 ];
 
 /// The hints of a private overlay emptyDir `cpriv`.
@@ -306,6 +311,102 @@ fn a_restore_gets_no_capability_its_spec_withholds(s: &Suite, case: &str) -> Res
     // (A pod of its own: its pids are the checkpoint's, free in a new pod's pid namespace.)
     let granting = super::run_pod(s, &format!("{case}-granted"), &[])?;
     let config = with_caps(restore_config("capped", &archive), &CAPS);
+    let id = s
+        .cri
+        .create_container(&granting.id, config, &granting.config)?;
+    s.cri.start_container(&id)?;
+    let restored = count(s, &id)?;
+    eventually("the restored counter counts on", || {
+        Ok(count(s, &id)? > restored)
+    })?;
+    s.cri.stop_container(&id, 2)?;
+    s.cri.remove_container(&id)?;
+    std::fs::remove_file(&archive)?;
+    Ok(())
+}
+
+/// A config whose container runs as `user` (uid and gid; `None`: the image's) without the
+/// capabilities `drop`.
+fn as_user(
+    mut config: k8s_cri::v1::ContainerConfig,
+    user: Option<i64>,
+    drop: &[&str],
+) -> k8s_cri::v1::ContainerConfig {
+    let id = user.map(|value| k8s_cri::v1::Int64Value { value });
+    config.linux = Some(k8s_cri::v1::LinuxContainerConfig {
+        security_context: Some(k8s_cri::v1::LinuxContainerSecurityContext {
+            run_as_user: id,
+            run_as_group: id,
+            capabilities: Some(k8s_cri::v1::Capability {
+                drop_capabilities: drop.iter().map(|c| c.to_string()).collect(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    config
+}
+
+/// A root container (without CAP_SETUID and CAP_SETGID, so that its capabilities are within
+/// the new spec's) is checkpointed through CRI; restored into a new pod by a request with
+/// `runAsUser: 1000`, `runAsGroup: 1000` and the same dropped capabilities, it must not run as
+/// root (CRIU sets the uids the images claim): StartContainer fails naming the uid, the field
+/// and CAP_SETUID, and no process of it is left. Restored by a request that keeps the default
+/// capabilities (CAP_SETUID within reach: a setuid-root binary gives it back without
+/// no_new_privs), it runs on.
+fn a_restore_gets_no_uid_its_spec_withholds(s: &Suite, case: &str) -> Result<()> {
+    const DROP: [&str; 2] = ["SETUID", "SETGID"];
+    let pod = super::run_pod(s, case, &[])?;
+    let config = as_user(cri::container_config("rooted", COUNTER, &[]), None, &DROP);
+    let app = s.cri.create_container(&pod.id, config, &pod.config)?;
+    s.cri.start_container(&app)?;
+    eventually("the counter counts", || Ok(count(s, &app)? >= 3))?;
+    let archive = s.kubelet.join("checkpoints").join(format!("{case}.tar"));
+    std::fs::create_dir_all(archive.parent().context("no parent")?)?;
+    s.cri.checkpoint_container(&app, &archive, 60)?;
+    s.cri.remove_pod_fully(&pod.id)?;
+
+    let new = super::run_pod(s, &format!("{case}-restored"), &[])?;
+    let config = as_user(restore_config("rooted", &archive), Some(1000), &DROP);
+    let id = s.cri.create_container(&new.id, config, &new.config)?;
+    let started = s.cri.start_container(&id);
+    let left: Vec<String> = std::fs::read_dir("/proc")?
+        .flatten()
+        .filter(|e| std::fs::read_to_string(e.path().join("cgroup")).is_ok_and(|c| c.contains(&id)))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let err = match started {
+        Ok(()) => {
+            let pid = s.cri.container_pid(&id)?;
+            let ids = std::fs::read_to_string(format!("/proc/{pid}/status"))?
+                .lines()
+                .filter(|l| l.starts_with("Uid:") || l.starts_with("Gid:"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            anyhow::bail!(
+                "the restore into a runAsUser 1000 spec ran with the checkpoint's ids: {ids}"
+            );
+        }
+        Err(e) => format!("{e:#}"),
+    };
+    eprintln!("the restore into a runAsUser 1000 spec: {err}");
+    ensure!(
+        err.contains("uid 0")
+            && err.contains("process.user.uid is 1000")
+            && err.contains("CAP_SETUID"),
+        "the refusal names neither the uid, the field nor CAP_SETUID: {err}"
+    );
+    ensure!(
+        left.is_empty(),
+        "processes of the refused restore: {left:?}"
+    );
+    s.cri.remove_container(&id)?;
+    s.cri.remove_pod_fully(&new.id)?;
+
+    // (A pod of its own: its pids are the checkpoint's, free in a new pod's pid namespace.)
+    let granting = super::run_pod(s, &format!("{case}-granted"), &[])?;
+    let config = as_user(restore_config("rooted", &archive), Some(1000), &[]);
     let id = s
         .cri
         .create_container(&granting.id, config, &granting.config)?;

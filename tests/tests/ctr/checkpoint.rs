@@ -136,7 +136,7 @@ impl Drop for Cleanup<'_> {
 
 /// A checkpoint image name no other run or case uses (containerd refuses a second checkpoint
 /// with the same content under one name).
-fn unique_ref(id: &str) -> String {
+pub(super) fn unique_ref(id: &str) -> String {
     format!("docker.io/cryo-tests/{id}:{}", nanos())
 }
 
@@ -189,7 +189,7 @@ fn counter(s: &Suite, id: &str) -> Result<u64> {
 
 /// Kill the task with SIGKILL, remove it, and return `ctr task rm`'s warning (where ctr puts
 /// the exit code).
-fn kill_and_remove_task(s: &Suite, id: &str) -> Result<String> {
+pub(super) fn kill_and_remove_task(s: &Suite, id: &str) -> Result<String> {
     s.cd.ctr(&["task", "kill", "-s", "SIGKILL", id])?.ok()?;
     wait_status(s, id, "STOPPED")?;
     let out = s.cd.ctr(&["task", "rm", id])?.ok()?;
@@ -347,8 +347,20 @@ fn checkpoint_of_sleeper(s: &Suite, rt: Runtime, id: &str) -> Result<String> {
 /// A copy of checkpoint image `image` under a new name whose CRIU directory `edit` changed
 /// (the image's blobs fetched, the CRIU tar rebuilt, a new index, `ctr image import`).
 fn doctored(s: &Suite, image: &str, edit: impl Fn(&Path) -> Result<()>) -> Result<String> {
+    doctored_blobs(s, image, |media_type, blob, work| {
+        criu_tar_edited(media_type, blob, work, &edit)
+    })
+}
+
+/// A copy of checkpoint image `image` under a new name, each blob replaced by the file
+/// `edit(media type, fetched blob, a work directory)` returns (`None`: kept), imported.
+pub(super) fn doctored_blobs(
+    s: &Suite,
+    image: &str,
+    edit: impl Fn(&str, &Path, &Path) -> Result<Option<std::path::PathBuf>>,
+) -> Result<String> {
     let work = tempfile::tempdir_in(&s.cd.dir)?;
-    let (tar, name) = checkpoint_tar(s, image, work.path(), edit)?;
+    let (tar, name) = rebuilt_tar(s, image, work.path(), edit)?;
     s.cd.ctr(&[
         "image",
         "import",
@@ -368,6 +380,49 @@ fn checkpoint_tar(
     image: &str,
     work: &Path,
     edit: impl Fn(&Path) -> Result<()>,
+) -> Result<(std::path::PathBuf, String)> {
+    rebuilt_tar(s, image, work, |media_type, blob, work| {
+        criu_tar_edited(media_type, blob, work, &edit)
+    })
+}
+
+/// For [`rebuilt_tar`]: the CRIU tar (`blob`, when of the CRIU media type) rebuilt after
+/// `edit` changed its extracted directory.
+fn criu_tar_edited(
+    media_type: &str,
+    blob: &Path,
+    work: &Path,
+    edit: &impl Fn(&Path) -> Result<()>,
+) -> Result<Option<std::path::PathBuf>> {
+    let criu_type = "application/vnd.containerd.container.criu.checkpoint.criu.tar";
+    if media_type != criu_type {
+        return Ok(None);
+    }
+    let dir = work.join("criu");
+    std::fs::create_dir_all(&dir)?;
+    sh(Command::new("tar").arg("-xf").arg(blob).arg("-C").arg(&dir))?;
+    edit(&dir)?;
+    let mut names: Vec<String> = std::fs::read_dir(&dir)?
+        .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_>>()?;
+    names.sort();
+    let new = work.join("criu.tar");
+    sh(Command::new("tar")
+        .arg("-cf")
+        .arg(&new)
+        .arg("-C")
+        .arg(&dir)
+        .args(&names))?;
+    Ok(Some(new))
+}
+
+/// An OCI layout tar (in `work`) of checkpoint image `image` with each blob replaced by what
+/// `edit` returns for it, under a new name: (the tar, the name).
+fn rebuilt_tar(
+    s: &Suite,
+    image: &str,
+    work: &Path,
+    edit: impl Fn(&str, &Path, &Path) -> Result<Option<std::path::PathBuf>>,
 ) -> Result<(std::path::PathBuf, String)> {
     let blobs = work.join("layout/blobs/sha256");
     std::fs::create_dir_all(&blobs)?;
@@ -392,7 +447,6 @@ fn checkpoint_tar(
     };
     let mut index: serde_json::Value =
         serde_json::from_slice(&std::fs::read(fetch(&index_digest)?)?)?;
-    let criu_type = "application/vnd.containerd.container.criu.checkpoint.criu.tar";
     for m in index["manifests"]
         .as_array_mut()
         .context("index has no manifests")?
@@ -402,28 +456,10 @@ fn checkpoint_tar(
             .context("descriptor digest")?
             .to_string();
         let blob = fetch(&digest)?;
-        if m["mediaType"] != criu_type {
+        let media_type = m["mediaType"].as_str().unwrap_or_default().to_string();
+        let Some(new) = edit(&media_type, &blob, work)? else {
             continue;
-        }
-        let dir = work.join("criu");
-        std::fs::create_dir_all(&dir)?;
-        sh(Command::new("tar")
-            .arg("-xf")
-            .arg(&blob)
-            .arg("-C")
-            .arg(&dir))?;
-        edit(&dir)?;
-        let mut names: Vec<String> = std::fs::read_dir(&dir)?
-            .map(|e| Ok(e?.file_name().to_string_lossy().into_owned()))
-            .collect::<Result<_>>()?;
-        names.sort();
-        let new = work.join("criu.tar");
-        sh(Command::new("tar")
-            .arg("-cf")
-            .arg(&new)
-            .arg("-C")
-            .arg(&dir)
-            .args(&names))?;
+        };
         let (hex, size) = add_blob(&blobs, &new)?;
         m["digest"] = format!("sha256:{hex}").into();
         m["size"] = size.into();
@@ -486,7 +522,7 @@ fn sh(cmd: &mut Command) -> Result<()> {
 
 /// After a failed restore of `id`: no process of it runs; removing what ctr left (task,
 /// container) leaves nothing (no task, no mount).
-fn nothing_left_after_failed_restore(s: &Suite, id: &str) -> Result<()> {
+pub(super) fn nothing_left_after_failed_restore(s: &Suite, id: &str) -> Result<()> {
     let ps = s.cd.ctr(&["task", "ps", id])?;
     let running: Vec<&str> = ps
         .stdout
@@ -1041,7 +1077,7 @@ fn null_io_container_round_trips(s: &Suite, rt: Runtime, id: &str) -> Result<()>
 }
 
 /// The pid of task `id` as `ctr task ls` shows it.
-fn task_pid(s: &Suite, id: &str) -> Result<u32> {
+pub(super) fn task_pid(s: &Suite, id: &str) -> Result<u32> {
     let ls = s.cd.ctr(&["task", "ls"])?.ok()?.stdout;
     ls.lines()
         .find(|l| l.split_whitespace().next() == Some(id))
