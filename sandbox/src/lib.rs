@@ -29,6 +29,7 @@ pub mod init;
 mod launch;
 pub mod layer_cache;
 pub mod layer_copy;
+pub mod lease;
 pub mod lazy_layer;
 mod lsm;
 pub mod mount;

@@ -5,7 +5,9 @@
 //! whose `latest` symlink names one of its own entries (a plain name, or an absolute path
 //! whose parent is `DIR`). It is resolved and its manifest validated once per pod, when the
 //! pod's sandbox container is created (a bad value fails RunPodSandbox), so every container of
-//! the pod restores the same checkpoint even if `latest` moves meanwhile.
+//! the pod restores the same checkpoint even if `latest` moves meanwhile. The pod holds a
+//! lease on that checkpoint's directory (`cryo_sandbox::lease`) from then until it ends, so
+//! that the fscheckpoint trigger's retention does not remove it under the pod.
 //!
 //! Each container whose label (its CRI container name, else its id — what `cryo fscheckpoint`
 //! records) matches a `rootfs-upper` section at `/` starts with that state: the section's
@@ -51,6 +53,7 @@ use containerd_shim_protos::api;
 use cryo_sandbox::fscheckpoint::{ResourceKind, MANIFEST_FILE};
 use cryo_sandbox::layer_cache::{Filling, LayerCache, Manifest};
 use cryo_sandbox::lazy_layer::{self, LazyLayer};
+use cryo_sandbox::lease::Lease;
 use log::{info, warn};
 use oci_spec::runtime::Spec;
 use std::os::unix::fs::DirBuilderExt;
@@ -62,6 +65,8 @@ use crate::trigger::destination::LATEST;
 
 /// Longest annotation value taken (the kernel's PATH_MAX).
 const MAX_PATH: usize = 4096;
+/// How many times a checkpoint removed while it was resolved is resolved again.
+const LEASE_TRIES: usize = 5;
 /// Lazy layers are mounted at `<bundle>/cryo-lazy/<section checksum hex>`.
 pub const LAZY_DIR: &str = "cryo-lazy";
 
@@ -72,6 +77,9 @@ pub struct Checkpoint {
     /// The checkpoint directory it resolved to.
     dir: PathBuf,
     manifest: Manifest,
+    /// The pod's lease on `dir` (so that the trigger's retention keeps it while the pod may
+    /// restore from it); `None` only in tests.
+    _lease: Option<Lease>,
 }
 
 impl Checkpoint {
@@ -84,17 +92,34 @@ impl Checkpoint {
                 "annotation {FS_RESTORE_IMAGE_PATH}={value:?}: {why}"
             ))
         };
-        let dir = parse(value).map_err(&refuse)?;
-        root.check(&dir).map_err(&refuse)?;
-        let dir = resolve(&dir).map_err(&refuse)?;
-        root.check(&dir).map_err(&refuse)?;
-        tenant.may_read(&dir).map_err(&refuse)?;
-        let manifest = Manifest::load(&dir).map_err(|e| refuse(e.to_string()))?;
-        Ok(Checkpoint {
-            value: value.to_string(),
-            dir,
-            manifest,
-        })
+        let named = parse(value).map_err(&refuse)?;
+        root.check(&named).map_err(&refuse)?;
+        // Leased before its manifest is read: a round the trigger's retention removes between
+        // the resolution and the lease is not leased, and `latest` is resolved again.
+        for _ in 0..LEASE_TRIES {
+            let dir = resolve(&named).map_err(&refuse)?;
+            root.check(&dir).map_err(&refuse)?;
+            tenant.may_read(&dir).map_err(&refuse)?;
+            let lease = Lease::shared(&dir, true)
+                .map_err(|e| refuse(format!("lease {}: {e}", dir.display())))?;
+            let Some(lease) = lease else {
+                info!(
+                    "{FS_RESTORE_IMAGE_PATH}={value:?}: {} was removed as it was resolved; resolving again",
+                    dir.display()
+                );
+                continue;
+            };
+            let manifest = Manifest::load(&dir).map_err(|e| refuse(e.to_string()))?;
+            return Ok(Checkpoint {
+                value: value.to_string(),
+                dir,
+                manifest,
+                _lease: Some(lease),
+            });
+        }
+        Err(refuse(format!(
+            "the checkpoint it names was removed {LEASE_TRIES} times as it was resolved"
+        )))
     }
 
     /// The sections of `container`'s resource at `path` of a kind `kind_ok` accepts: its
@@ -882,6 +907,7 @@ mod tests {
             value: "/ck".into(),
             dir: "/ck".into(),
             manifest: Manifest::new(sections, 0),
+            _lease: None,
         }
     }
 
