@@ -30,10 +30,10 @@ use crate::mount::{mount_with, MountOptions};
 
 /// The data file of the volumes' sections in the checkpoint directory.
 pub const DATA_FILE: &str = "cryo-volumes.multitar";
-/// fsnap's manifest of those sections, in the checkpoint directory.
-pub use fsnap::manifest::MANIFEST_FILE;
 /// fsnap's block hashes of those sections (named in the manifest), in the checkpoint directory.
 pub use fsnap::blocks_file::BLOCKS_FILE;
+/// fsnap's manifest of those sections, in the checkpoint directory.
+pub use fsnap::manifest::MANIFEST_FILE;
 /// Where a save is assembled before its two files move into the checkpoint directory.
 const SAVE_TMP: &str = ".cryo-volumes.tmp";
 

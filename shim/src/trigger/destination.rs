@@ -166,8 +166,7 @@ fn retry_leftovers(dest: &Path) -> std::io::Result<Vec<Pruned>> {
         let Some(n) = name.to_str().and_then(|n| n.strip_prefix(PRUNING)) else {
             continue;
         };
-        if number(std::ffi::OsStr::new(n)).is_none()
-            || !entry.file_type().is_ok_and(|t| t.is_dir())
+        if number(std::ffi::OsStr::new(n)).is_none() || !entry.file_type().is_ok_and(|t| t.is_dir())
         {
             continue;
         }

@@ -648,7 +648,17 @@ fn trigger_keeps_the_newest_rounds(s: &Suite, case: &str) -> Result<()> {
         round(s, &agent, &format!("echo {r} > /round.txt"))?;
     }
     ensure!(
-        entries(&dest)? == [".cryo-owner", "1", "5", "6", "7", "8", "admin-notes.txt", "latest"],
+        entries(&dest)?
+            == [
+                ".cryo-owner",
+                "1",
+                "5",
+                "6",
+                "7",
+                "8",
+                "admin-notes.txt",
+                "latest"
+            ],
         "after seven rounds with keep=2 and pods restoring from 5 and 6: {:?}",
         entries(&dest)?
     );
@@ -668,7 +678,17 @@ fn trigger_keeps_the_newest_rounds(s: &Suite, case: &str) -> Result<()> {
     s.cri.remove_pod_fully(&late.id)?;
     s.cri.remove_pod_fully(&restored.id)?;
     ensure!(
-        entries(&dest)? == [".cryo-owner", "1", "5", "6", "7", "8", "admin-notes.txt", "latest"],
+        entries(&dest)?
+            == [
+                ".cryo-owner",
+                "1",
+                "5",
+                "6",
+                "7",
+                "8",
+                "admin-notes.txt",
+                "latest"
+            ],
         "removing the restoring pods changed the destination: {:?}",
         entries(&dest)?
     );
