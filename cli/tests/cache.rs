@@ -53,15 +53,42 @@ fn bad_arguments_are_refused_by_flag_and_value() {
     let layer = t.path().join("a".repeat(64));
     std::fs::create_dir(&layer).unwrap();
     for (args, needles) in [
-        (vec!["prune", "--max-size", "10X"], vec!["--max-size", "\"10X\""]),
-        (vec!["prune", "--max-size=-1G"], vec!["--max-size", "\"-1G\""]),
-        (vec!["prune", "--max-size", "99999999999T"], vec!["--max-size", "99999999999T"]),
-        (vec!["prune", "--unused-for", "5"], vec!["--unused-for", "\"5\""]),
-        (vec!["prune", "--unused-for", "1w"], vec!["--unused-for", "\"1w\""]),
-        (vec!["prune", "--all", "--max-size", "1G"], vec!["--all", "--max-size"]),
-        (vec!["prune", "--all", "--unused-for", "1h"], vec!["--all", "--unused-for"]),
-        (vec!["ls", "--layer-root", "relative/dir"], vec!["--layer-root relative/dir", "absolute"]),
-        (vec!["ls", "--layer-root", "/nonexistent/cryo"], vec!["--layer-root /nonexistent/cryo"]),
+        (
+            vec!["prune", "--max-size", "10X"],
+            vec!["--max-size", "\"10X\""],
+        ),
+        (
+            vec!["prune", "--max-size=-1G"],
+            vec!["--max-size", "\"-1G\""],
+        ),
+        (
+            vec!["prune", "--max-size", "99999999999T"],
+            vec!["--max-size", "99999999999T"],
+        ),
+        (
+            vec!["prune", "--unused-for", "5"],
+            vec!["--unused-for", "\"5\""],
+        ),
+        (
+            vec!["prune", "--unused-for", "1w"],
+            vec!["--unused-for", "\"1w\""],
+        ),
+        (
+            vec!["prune", "--all", "--max-size", "1G"],
+            vec!["--all", "--max-size"],
+        ),
+        (
+            vec!["prune", "--all", "--unused-for", "1h"],
+            vec!["--all", "--unused-for"],
+        ),
+        (
+            vec!["ls", "--layer-root", "relative/dir"],
+            vec!["--layer-root relative/dir", "absolute"],
+        ),
+        (
+            vec!["ls", "--layer-root", "/nonexistent/cryo"],
+            vec!["--layer-root /nonexistent/cryo"],
+        ),
         (vec!["nonsense"], vec!["nonsense"]),
     ] {
         let mut args = args;
@@ -73,14 +100,20 @@ fn bad_arguments_are_refused_by_flag_and_value() {
     // A file is no cache root.
     let file = t.path().join("file");
     std::fs::write(&file, b"").unwrap();
-    refused(&["ls", "--layer-root", file.to_str().unwrap()], &["not a directory"]);
+    refused(
+        &["ls", "--layer-root", file.to_str().unwrap()],
+        &["not a directory"],
+    );
     // Nothing was touched.
     assert_eq!(names(t.path()), ["a".repeat(64), "file".into()]);
 }
 
 #[test]
 fn ls_lists_and_prune_removes_leftovers_and_evicts_unused_layers() {
-    assert!(unsafe { libc::geteuid() } == 0, "needs root: run as root, as CI does");
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "needs root: run as root, as CI does"
+    );
     let t = tempfile::tempdir().unwrap();
     let root = t.path().to_str().unwrap();
     let (a, b) = ("a".repeat(64), "b".repeat(64));
@@ -91,8 +124,19 @@ fn ls_lists_and_prune_removes_leftovers_and_evicts_unused_layers() {
     assert!(listed.contains(&a) && listed.contains(" no\n"), "{listed}");
     assert!(!listed.contains(&b), "{listed}");
     // Used just now: not unused for an hour, and 1 MiB is more than it uses.
-    let out = ok(&["prune", "--layer-root", root, "--unused-for", "1h", "--max-size", "1M"]);
-    assert!(out.contains("removed leftover") && !out.contains("evicted a"), "{out}");
+    let out = ok(&[
+        "prune",
+        "--layer-root",
+        root,
+        "--unused-for",
+        "1h",
+        "--max-size",
+        "1M",
+    ]);
+    assert!(
+        out.contains("removed leftover") && !out.contains("evicted a"),
+        "{out}"
+    );
     assert_eq!(names(t.path()), [a.clone()]);
     let out = ok(&["prune", "--layer-root", root, "--max-size", "0"]);
     assert!(out.contains(&format!("evicted {a}")), "{out}");
