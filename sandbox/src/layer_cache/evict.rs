@@ -451,13 +451,18 @@ pub fn parse_duration(value: &str) -> std::result::Result<Duration, String> {
 /// The size limit [`MAX_SIZE_ENV`] sets (`None`: unset or empty); a refusal names the
 /// variable and its value.
 pub fn max_size_from_env() -> std::result::Result<Option<u64>, String> {
-    match std::env::var_os(MAX_SIZE_ENV) {
+    max_size(std::env::var_os(MAX_SIZE_ENV).as_deref())
+}
+
+/// [`max_size_from_env`] of the variable's value.
+fn max_size(value: Option<&std::ffi::OsStr>) -> std::result::Result<Option<u64>, String> {
+    match value {
         None => Ok(None),
         Some(v) if v.is_empty() => Ok(None),
         Some(v) => match v.to_str() {
             Some(s) => parse_size(s)
                 .map(Some)
-                .map_err(|why| format!("{MAX_SIZE_ENV}: {why}")),
+                .map_err(|why| format!("{MAX_SIZE_ENV}={s:?}: {why}")),
             None => Err(format!("{MAX_SIZE_ENV}={v:?}: not UTF-8")),
         },
     }
@@ -748,6 +753,11 @@ mod tests {
             let e = parse_size(bad).unwrap_err();
             assert!(e.contains(&format!("{bad:?}")), "{bad}: {e}");
         }
+        assert_eq!(max_size(None), Ok(None));
+        assert_eq!(max_size(Some("".as_ref())), Ok(None));
+        assert_eq!(max_size(Some("2G".as_ref())), Ok(Some(2 << 30)));
+        let e = max_size(Some("2 GB".as_ref())).unwrap_err();
+        assert!(e.starts_with("CRYO_LAYER_CACHE_MAX_SIZE=\"2 GB\": "), "{e}");
         assert_eq!(parse_duration("90m"), Ok(Duration::from_secs(5400)));
         assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86400)));
         assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
