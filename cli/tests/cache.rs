@@ -137,7 +137,7 @@ fn ls_lists_and_prune_removes_leftovers_and_evicts_unused_layers() {
         out.contains("removed leftover") && !out.contains("evicted a"),
         "{out}"
     );
-    assert_eq!(names(t.path()), [a.clone()]);
+    assert_eq!(names(t.path()), vec![a.clone()]);
     let out = ok(&["prune", "--layer-root", root, "--max-size", "0"]);
     assert!(out.contains(&format!("evicted {a}")), "{out}");
     assert!(names(t.path()).is_empty(), "{:?}", names(t.path()));
