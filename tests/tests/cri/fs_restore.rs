@@ -468,7 +468,7 @@ fn fs_restore_chain_of_restored_pods(s: &Suite, case: &str) -> Result<()> {
 
 /// A checkpoint whose rootfs section's data was changed: CreateContainer fails naming the
 /// annotation, the section and the checksum mismatch; no container, mount or layer is left
-/// (only the section's lock file), and the pod still takes a container without a section.
+/// (only the section's lock file, and other layers' last-use stamps), and the pod still takes a container without a section.
 fn fs_restore_of_a_corrupt_checkpoint_fails_creation(s: &Suite, case: &str) -> Result<()> {
     let marker = format!("corrupt-me-{}", uid(case));
     let (pod, _) = seed_pod(s, case, &[])?;
@@ -532,7 +532,7 @@ fn fs_restore_of_a_corrupt_checkpoint_fails_creation(s: &Suite, case: &str) -> R
     };
     ensure!(
         left.iter()
-            .all(|n| n.ends_with(".lock") || !n.starts_with('.')),
+            .all(|n| n.ends_with(".lock") || n.ends_with(".used") || !n.starts_with('.')),
         "an unfinished extraction is left in the cache: {left:?}"
     );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
