@@ -20,9 +20,10 @@ pub enum Cache {
         #[arg(long)]
         layer_root: Option<PathBuf>,
     },
-    /// Remove what crashed extractions left, and evict unused layers (never one a pod's
-    /// overlay stands on): all of them, those unused for a while, or least recently used
-    /// first until the cache is at most a size.
+    /// Remove what crashed extractions and evictions left, and evict unused layers (never
+    /// one a pod's overlay stands on): all of them, those unused for a while, or least
+    /// recently used first until the cache is at most a size (without --all, --max-size or
+    /// --unused-for: only the leftovers).
     Prune {
         /// The cache's root (default: $CRYO_LAYER_ROOT, else /var/lib/cryo/layers).
         #[arg(long)]

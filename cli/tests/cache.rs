@@ -97,6 +97,18 @@ fn bad_arguments_are_refused_by_flag_and_value() {
         }
         refused(&args, &needles);
     }
+    // Only root: the cache is root's.
+    let out = Command::new("setpriv")
+        .args(["--reuid", "65534", "--regid", "65534", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_cryo"))
+        .args(["cache", "prune", "--all", "--layer-root", root])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("must run as root"),
+        "as nobody: {err}"
+    );
     // A file is no cache root.
     let file = t.path().join("file");
     std::fs::write(&file, b"").unwrap();
