@@ -448,7 +448,7 @@ impl FillJob {
         match self.cache.prune(&policy) {
             Ok(p) if p.bytes_after > max => log::warn!(
                 "layer cache {}: {} bytes after evicting {} layers, above {MAX_SIZE_ENV}={max}: \
-                 the rest is in use",
+                 the rest is in use or was just filled",
                 self.cache.root.display(),
                 p.bytes_after,
                 p.evicted.len()

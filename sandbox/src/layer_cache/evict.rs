@@ -180,6 +180,7 @@ impl LayerCache {
                 continue;
             }
             if l.in_use {
+                log::info!("layer cache: kept {}: in use", l.hex);
                 done.kept_in_use.push(l.hex.clone());
                 continue;
             }
@@ -189,7 +190,10 @@ impl LayerCache {
                     size = size.saturating_sub(l.bytes);
                     done.evicted.push((l.hex.clone(), l.bytes));
                 }
-                Ok(false) => done.kept_in_use.push(l.hex.clone()),
+                Ok(false) => {
+                    log::info!("layer cache: kept {}: in use", l.hex);
+                    done.kept_in_use.push(l.hex.clone())
+                }
                 Err(e) => {
                     log::warn!("layer cache: evict {}: {e}", l.hex);
                     done.failures.push(format!("{}: {e}", l.hex));
