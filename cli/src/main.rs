@@ -1,8 +1,10 @@
 //! `cryo`: the command-line face of cryo. `cryo fscheckpoint save | restore | verify |
 //! inspect`: filesystem checkpoints of plain directories (`fscheckpoint.rs`, printed by
 //! `output.rs`); `cryo fscheckpoint [OPTIONS] ID` and `cryo ps`: running pods, through their
-//! shims' control sockets (`pod.rs`, `control.rs`).
+//! shims' control sockets (`pod.rs`, `control.rs`); `cryo cache ls | prune`: the node's layer
+//! cache (`cache.rs`).
 
+mod cache;
 mod control;
 mod fscheckpoint;
 mod output;
@@ -24,6 +26,11 @@ enum Command {
     Fscheckpoint(FscheckpointCmd),
     /// The pods and containers the shims on this node serve.
     Ps(pod::Ps),
+    /// The node's layer cache of restored checkpoints: list, prune.
+    Cache {
+        #[command(subcommand)]
+        command: cache::Cache,
+    },
 }
 
 #[derive(Args)]
@@ -42,6 +49,7 @@ fn main() {
         }) => fscheckpoint::run(cmd),
         Command::Fscheckpoint(FscheckpointCmd { command: None, pod }) => pod::fscheckpoint(pod),
         Command::Ps(args) => pod::ps(args),
+        Command::Cache { command } => cache::run(command),
     };
     if let Err(e) = result {
         eprintln!("cryo: {e:#}");

@@ -10,8 +10,9 @@
 //!   them in a lower layer, and no other `trusted.overlay.*` attribute — every section alike,
 //!   so that a section stacked above others (a restored pod's checkpoint) hides, in the
 //!   overlay's lower stack, what it deleted or replaced in the sections below;
-//! - `.<hex>.lock`: taken (flock) by whoever extracts that section, so concurrent restores of
-//!   one section extract it once;
+//! - `.<hex>.lock`: taken (flock) by whoever extracts or evicts that section, so concurrent
+//!   restores of one section extract it once;
+//! - `.<hex>.used`: its mtime is the layer's last use (its extraction, or a lease: [`evict`]);
 //! - `.<hex>.partial-*` (and fsnap's own work directory beside it): an extraction in progress.
 //!   It is checksum-verified, synced, then renamed to `<hex>` in one step: a layer directory
 //!   exists only complete, and a crash leaves only partial directories, which the next
@@ -25,8 +26,9 @@
 //!
 //! A layer's name is the checksum of the section's bytes that were verified while extracting
 //! it, so a hit serves exactly the content the checkpoint's manifest names. The cache is never
-//! written through: overlays mount it as a lower layer. Eviction is not done here (layers stay
-//! until removed by hand).
+//! written through: overlays mount it as a lower layer. Leases (what keeps a layer while an
+//! overlay uses it), the record of each layer's last use (`.<hex>.used`) and eviction are
+//! [`evict`]'s.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -39,6 +41,9 @@ pub use fsnap::{Manifest, Section};
 
 use crate::error::{Error, Result};
 
+pub mod evict;
+pub use evict::{parse_duration, parse_size, CachedLayer, Policy, Pruned, MAX_SIZE_ENV};
+
 /// The environment variable naming the cache root.
 pub const ROOT_ENV: &str = "CRYO_LAYER_ROOT";
 /// The cache root when [`ROOT_ENV`] is unset.
@@ -48,6 +53,9 @@ pub const DEFAULT_ROOT: &str = "/var/lib/cryo/layers";
 #[derive(Debug, Clone)]
 pub struct LayerCache {
     root: PathBuf,
+    /// After a background fill extracted a layer, evict least recently used unused layers
+    /// until the cache uses at most this many bytes.
+    max_bytes: Option<u64>,
 }
 
 /// One section as a layer.
@@ -61,7 +69,16 @@ pub struct Layer {
 
 impl LayerCache {
     pub fn new(root: impl Into<PathBuf>) -> LayerCache {
-        LayerCache { root: root.into() }
+        LayerCache {
+            root: root.into(),
+            max_bytes: None,
+        }
+    }
+
+    /// This cache, with background fills keeping it under `max_bytes` (see [`evict`]).
+    pub fn with_max_size(mut self, max_bytes: Option<u64>) -> LayerCache {
+        self.max_bytes = max_bytes;
+        self
     }
 
     /// The cache at `$CRYO_LAYER_ROOT`, else at [`DEFAULT_ROOT`].
@@ -217,6 +234,7 @@ impl LayerCache {
             let _ = std::fs::remove_dir_all(&partial);
             return Err(e);
         }
+        self.touch(hex);
         Ok(path)
     }
 
@@ -239,8 +257,27 @@ impl LayerCache {
     }
 
     /// The extraction lock of one section (released when dropped); `None` when `wait` is
-    /// false and someone else holds it.
+    /// false and someone else holds it. An eviction unlinks the lock file holding it: a lock
+    /// taken on a file no longer at its path is let go and taken again on the new one.
     fn lock(&self, hex: &str, wait: bool) -> Result<Option<File>> {
+        loop {
+            if let Some(held) = self.lock_once(hex, wait)? {
+                let path = self.root.join(format!(".{hex}.lock"));
+                let ours = held
+                    .metadata()
+                    .map_err(|e| Error::io(format!("stat {}", path.display()), e))?;
+                match std::fs::symlink_metadata(&path) {
+                    Ok(md) if md.dev() == ours.dev() && md.ino() == ours.ino() => {
+                        return Ok(Some(held))
+                    }
+                    _ => continue,
+                }
+            }
+            return Ok(None);
+        }
+    }
+
+    fn lock_once(&self, hex: &str, wait: bool) -> Result<Option<File>> {
         let path = self.root.join(format!(".{hex}.lock"));
         let f = std::fs::OpenOptions::new()
             .create(true)
@@ -381,6 +418,11 @@ impl FillJob {
         lower_priority();
         let index = self.index;
         let outcome = self.fill();
+        if let (Filled::Extracted(_), Some(max), Ok(hex)) =
+            (&outcome, self.cache.max_bytes, &self.hex)
+        {
+            self.evict_to(max, hex);
+        }
         match &outcome {
             Filled::Failed(why) => log::warn!(
                 "layer cache: section {index} of {}: background fill failed: {why}",
@@ -393,6 +435,30 @@ impl FillJob {
             _ => {}
         }
         outcome
+    }
+
+    /// Evict least recently used unused layers (never `hex`, just filled) until the cache
+    /// uses at most `max` bytes; logged.
+    fn evict_to(&self, max: u64, hex: &str) {
+        let policy = Policy {
+            max_bytes: Some(max),
+            spare: Some(hex.to_string()),
+            ..Policy::default()
+        };
+        match self.cache.prune(&policy) {
+            Ok(p) if p.bytes_after > max => log::warn!(
+                "layer cache {}: {} bytes after evicting {} layers, above {MAX_SIZE_ENV}={max}: \
+                 the rest is in use or was just filled",
+                self.cache.root.display(),
+                p.bytes_after,
+                p.evicted.len()
+            ),
+            Ok(_) => {}
+            Err(e) => log::warn!(
+                "layer cache {}: evict to {MAX_SIZE_ENV}={max}: {e}",
+                self.cache.root.display()
+            ),
+        }
     }
 
     fn fill(&self) -> Filled {
@@ -557,7 +623,11 @@ mod tests {
         let hex = checksum_hex(&m.sections[0].checksum).unwrap();
         assert_eq!(
             entries(cache.root()),
-            vec![format!(".{hex}.lock"), hex.to_string()]
+            vec![
+                format!(".{hex}.lock"),
+                format!(".{hex}.used"),
+                hex.to_string()
+            ]
         );
         assert_eq!(
             std::fs::metadata(cache.root()).unwrap().mode() & 0o777,
@@ -581,7 +651,7 @@ mod tests {
         assert!(layers.iter().all(|l| l.path == layers[0].path));
         assert_eq!(
             entries(cache.root()).len(),
-            2,
+            3,
             "{:?}",
             entries(cache.root())
         );
@@ -675,7 +745,11 @@ mod tests {
         let hex = checksum_hex(&m.sections[0].checksum).unwrap();
         assert_eq!(
             entries(cache.root()),
-            vec![format!(".{hex}.lock"), hex.to_string()]
+            vec![
+                format!(".{hex}.lock"),
+                format!(".{hex}.used"),
+                hex.to_string()
+            ]
         );
     }
 
@@ -718,7 +792,11 @@ mod tests {
         let hex = checksum_hex(&m.sections[0].checksum).unwrap();
         assert_eq!(
             entries(cache.root()),
-            vec![format!(".{hex}.lock"), hex.to_string()]
+            vec![
+                format!(".{hex}.lock"),
+                format!(".{hex}.used"),
+                hex.to_string()
+            ]
         );
     }
 

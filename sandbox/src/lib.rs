@@ -30,6 +30,7 @@ mod launch;
 pub mod layer_cache;
 pub mod layer_copy;
 pub mod lazy_layer;
+pub mod lease;
 mod lsm;
 pub mod mount;
 mod sealed_exe;

@@ -5,7 +5,9 @@
 //! whose `latest` symlink names one of its own entries (a plain name, or an absolute path
 //! whose parent is `DIR`). It is resolved and its manifest validated once per pod, when the
 //! pod's sandbox container is created (a bad value fails RunPodSandbox), so every container of
-//! the pod restores the same checkpoint even if `latest` moves meanwhile.
+//! the pod restores the same checkpoint even if `latest` moves meanwhile. The pod holds a
+//! lease on that checkpoint's directory (`cryo_sandbox::lease`) from then until it ends, so
+//! that the fscheckpoint trigger's retention does not remove it under the pod.
 //!
 //! Each container whose label (its CRI container name, else its id — what `cryo fscheckpoint`
 //! records) matches a `rootfs-upper` section at `/` starts with that state: the section's
@@ -13,7 +15,9 @@
 //! layers; the container's own upper directory stays its own, so its writes never reach the
 //! layer. A section's layer is:
 //! - on a cache hit, its directory in the node's layer cache (`cryo_sandbox::layer_cache`),
-//!   keyed by the section's checksum: nothing is read from the checkpoint;
+//!   keyed by the section's checksum: nothing is read from the checkpoint; the layer's owner
+//!   (the container, or the pod for a share=pod volume) holds a lease on it until its overlay
+//!   is gone, so that the cache's eviction leaves it (`cryo_sandbox::layer_cache::evict`);
 //! - on a miss (the first restore on the node), a LAZY layer: the section is verified in one
 //!   read-only pass (structure and checksum, the same rules and errors as an extraction) that
 //!   builds an index of its tree (`fsnap::index`), and that tree is served in place, read-only,
@@ -49,8 +53,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use containerd_shim_protos::api;
 use cryo_sandbox::fscheckpoint::{ResourceKind, MANIFEST_FILE};
-use cryo_sandbox::layer_cache::{Filling, LayerCache, Manifest};
+use cryo_sandbox::layer_cache::{self, Filling, LayerCache, Manifest};
 use cryo_sandbox::lazy_layer::{self, LazyLayer};
+use cryo_sandbox::lease::Lease;
 use log::{info, warn};
 use oci_spec::runtime::Spec;
 use std::os::unix::fs::DirBuilderExt;
@@ -62,6 +67,8 @@ use crate::trigger::destination::LATEST;
 
 /// Longest annotation value taken (the kernel's PATH_MAX).
 const MAX_PATH: usize = 4096;
+/// How many times a checkpoint removed while it was resolved is resolved again.
+const LEASE_TRIES: usize = 5;
 /// Lazy layers are mounted at `<bundle>/cryo-lazy/<section checksum hex>`.
 pub const LAZY_DIR: &str = "cryo-lazy";
 
@@ -72,6 +79,9 @@ pub struct Checkpoint {
     /// The checkpoint directory it resolved to.
     dir: PathBuf,
     manifest: Manifest,
+    /// The pod's lease on `dir` (so that the trigger's retention keeps it while the pod may
+    /// restore from it); `None` only in tests.
+    _lease: Option<Lease>,
 }
 
 impl Checkpoint {
@@ -84,17 +94,34 @@ impl Checkpoint {
                 "annotation {FS_RESTORE_IMAGE_PATH}={value:?}: {why}"
             ))
         };
-        let dir = parse(value).map_err(&refuse)?;
-        root.check(&dir).map_err(&refuse)?;
-        let dir = resolve(&dir).map_err(&refuse)?;
-        root.check(&dir).map_err(&refuse)?;
-        tenant.may_read(&dir).map_err(&refuse)?;
-        let manifest = Manifest::load(&dir).map_err(|e| refuse(e.to_string()))?;
-        Ok(Checkpoint {
-            value: value.to_string(),
-            dir,
-            manifest,
-        })
+        let named = parse(value).map_err(&refuse)?;
+        root.check(&named).map_err(&refuse)?;
+        // Leased before its manifest is read: a round the trigger's retention removes between
+        // the resolution and the lease is not leased, and `latest` is resolved again.
+        for _ in 0..LEASE_TRIES {
+            let dir = resolve(&named).map_err(&refuse)?;
+            root.check(&dir).map_err(&refuse)?;
+            tenant.may_read(&dir).map_err(&refuse)?;
+            let lease = Lease::shared(&dir, true)
+                .map_err(|e| refuse(format!("lease {}: {e}", dir.display())))?;
+            let Some(lease) = lease else {
+                info!(
+                    "{FS_RESTORE_IMAGE_PATH}={value:?}: {} was removed as it was resolved; resolving again",
+                    dir.display()
+                );
+                continue;
+            };
+            let manifest = Manifest::load(&dir).map_err(|e| refuse(e.to_string()))?;
+            return Ok(Checkpoint {
+                value: value.to_string(),
+                dir,
+                manifest,
+                _lease: Some(lease),
+            });
+        }
+        Err(refuse(format!(
+            "the checkpoint it names was removed {LEASE_TRIES} times as it was resolved"
+        )))
     }
 
     /// The sections of `container`'s resource at `path` of a kind `kind_ok` accepts: its
@@ -317,6 +344,9 @@ struct Known {
     lazy: HashMap<String, Vec<LazyLayer>>,
     /// The cache fills this pod started, by section checksum hex (dropping one cancels it).
     fills: HashMap<String, Filling>,
+    /// Leases on the cached layers in use, by owner (as `lazy`): they keep the layers from
+    /// eviction while the owner's overlays stand on them.
+    leases: HashMap<String, Vec<Lease>>,
 }
 
 impl PodRestore {
@@ -341,6 +371,13 @@ impl PodRestore {
             .unwrap_or(id)
             .to_string();
         let verify_data_on_read = verify_on_read(annotations::get(spec, FS_RESTORE_VERIFY))?;
+        // Checked where the cache is first used (a pod that restores: its RunPodSandbox), so
+        // that a bad value fails the pods that would grow the cache, naming it, and no other.
+        let max_size = layer_cache::evict::max_size_from_env().map_err(|why| {
+            Error::InvalidArgument(format!(
+                "{why} (the node's layer cache size limit, in containerd's environment)"
+            ))
+        })?;
         let known = self.lock().checkpoint.clone();
         let checkpoint = match known {
             Some(c) if c.value == value => c,
@@ -373,7 +410,7 @@ impl PodRestore {
             id: id.to_string(),
             label,
             checkpoint,
-            cache: LayerCache::from_env(),
+            cache: LayerCache::from_env().with_max_size(max_size),
             tmpfs: Mutex::default(),
             verify_data_on_read,
         }))
@@ -404,6 +441,8 @@ impl PodRestore {
         let (lazies, ended) = {
             let mut known = self.lock();
             let lazies = known.lazy.remove(id).unwrap_or_default();
+            // The owner's overlays are unmounted: its layers may be evicted.
+            known.leases.remove(id);
             let ended = (known.pod.as_deref() == Some(id)).then(|| std::mem::take(&mut *known));
             (lazies, ended)
         };
@@ -436,6 +475,15 @@ impl PodRestore {
             pod: Some(self.clone()),
             id: id.to_string(),
         }
+    }
+
+    /// Keep `lease` for `owner`.
+    fn add_lease(&self, owner: &str, lease: Lease) {
+        self.lock()
+            .leases
+            .entry(owner.to_string())
+            .or_default()
+            .push(lease);
     }
 
     /// Keep `layer` mounted for `owner`.
@@ -575,12 +623,24 @@ impl ContainerRestore {
         let hex = fsnap_hex(&section.checksum)
             .ok_or_else(|| refuse("no valid checksum".into()))?
             .to_ascii_lowercase();
-        let (path, how) = match self.cache.cached(&c.manifest, index) {
+        // A cached layer is leased for its owner (an eviction between the look and the lease
+        // leaves none: then it is served lazily, as on a miss).
+        let leased = match self.cache.cached(&c.manifest, index) {
             Some(path) => {
                 check_layer_path(
                     &path,
                     &format!("layer cache {}", self.cache.root().display()),
                 )?;
+                self.cache
+                    .lease(&hex)
+                    .map_err(|e| refuse(e.to_string()))?
+                    .map(|lease| (path, lease))
+            }
+            None => None,
+        };
+        let (path, how) = match leased {
+            Some((path, lease)) => {
+                self.pod.add_lease(owner, lease);
                 (path, "reused from the cache:")
             }
             None => {
@@ -882,6 +942,7 @@ mod tests {
             value: "/ck".into(),
             dir: "/ck".into(),
             manifest: Manifest::new(sections, 0),
+            _lease: None,
         }
     }
 

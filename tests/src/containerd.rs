@@ -154,6 +154,8 @@ pub struct StartOptions {
     /// ([`Containerd::criu_switch`]) to the `criu` on `PATH`, so that a case can take CRIU away
     /// from this daemon's shims (and give it back) without touching the machine's.
     pub criu_switch: bool,
+    /// More environment for containerd (and so its shims), after (and over) the defaults.
+    pub env: Vec<(String, String)>,
 }
 
 impl Containerd {
@@ -231,6 +233,7 @@ impl Containerd {
             // Pods may name checkpoints (trigger destinations, restore sources) beneath /tmp,
             // where the cases make theirs (`CRYO_CHECKPOINT_ROOT`).
             .env("CRYO_CHECKPOINT_ROOT", CHECKPOINT_ROOT)
+            .envs(options.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -7,7 +7,8 @@
 //! At a dump every such upper directory is saved with fsnap, one section per volume (resource
 //! path = the mount's destination, kind `pod-volume`), into the checkpoint directory itself,
 //! flat (containerd 2.x's CRI copies the directory's entries one by one): fsnap's manifest
-//! [`fsnap::manifest::MANIFEST_FILE`] and the data file [`DATA_FILE`]; the directory is an
+//! [`fsnap::manifest::MANIFEST_FILE`], the data file [`DATA_FILE`] and the block hashes the
+//! manifest names ([`BLOCKS_FILE`]); the directory is an
 //! fsnap checkpoint that fsnap's own tools verify. The manifest of the checkpoint lists each
 //! volume by destination and section.
 //!
@@ -29,6 +30,8 @@ use crate::mount::{mount_with, MountOptions};
 
 /// The data file of the volumes' sections in the checkpoint directory.
 pub const DATA_FILE: &str = "cryo-volumes.multitar";
+/// fsnap's block hashes of those sections (named in the manifest), in the checkpoint directory.
+pub use fsnap::blocks_file::BLOCKS_FILE;
 /// fsnap's manifest of those sections, in the checkpoint directory.
 pub use fsnap::manifest::MANIFEST_FILE;
 /// Where a save is assembled before its two files move into the checkpoint directory.
@@ -120,6 +123,13 @@ fn save_into(sources: &[fsnap::Source], tmp: &Path, image_dir: &Path) -> Result<
     .map_err(|e| failed(e.to_string()))?;
     std::fs::rename(tmp.join(&manifest.data_file), image_dir.join(DATA_FILE))
         .map_err(|e| failed(format!("move the data file: {e}")))?;
+    // The block hashes the manifest names (by a fixed name) come along, so that a reader
+    // verifies blocks as it reads them instead of reading each section in full first.
+    let blocks = tmp.join(BLOCKS_FILE);
+    if std::fs::symlink_metadata(&blocks).is_ok() {
+        std::fs::rename(&blocks, image_dir.join(BLOCKS_FILE))
+            .map_err(|e| failed(format!("move {BLOCKS_FILE}: {e}")))?;
+    }
     manifest.data_file = DATA_FILE.to_string();
     let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| failed(e.to_string()))?;
     let written = tmp.join(MANIFEST_FILE);
@@ -131,6 +141,7 @@ fn save_into(sources: &[fsnap::Source], tmp: &Path, image_dir: &Path) -> Result<
 /// Remove what [`save`] wrote into `image_dir` (after a failed dump).
 pub fn remove(image_dir: &Path) {
     let _ = std::fs::remove_file(image_dir.join(DATA_FILE));
+    let _ = std::fs::remove_file(image_dir.join(BLOCKS_FILE));
     let _ = std::fs::remove_file(image_dir.join(MANIFEST_FILE));
 }
 
@@ -343,13 +354,26 @@ mod tests {
                 section: 0
             }]
         );
-        // Flat: two files, no directory.
+        // Flat: three files, no directory; the block hashes the manifest names are there
+        // (a reader verifies blocks as it reads), and they check out.
         let mut names: Vec<String> = std::fs::read_dir(&images)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         names.sort();
-        assert_eq!(names, [DATA_FILE, MANIFEST_FILE]);
+        assert_eq!(names, [DATA_FILE, BLOCKS_FILE, MANIFEST_FILE]);
+        let manifest = fsnap::verify::verify(&images).unwrap();
+        assert!(manifest
+            .extensions
+            .contains_key(fsnap::blocks_file::EXTENSION));
+        let blocks = images.join(BLOCKS_FILE);
+        let good = std::fs::read(&blocks).unwrap();
+        let mut bad = good.clone();
+        bad[0] ^= 1;
+        std::fs::write(&blocks, bad).unwrap();
+        let err = fsnap::verify::verify(&images).unwrap_err().to_string();
+        assert!(err.contains(BLOCKS_FILE), "{err}");
+        std::fs::write(&blocks, good).unwrap();
 
         let fresh = dir.path().join("fresh");
         std::fs::create_dir(&fresh).unwrap();

@@ -14,15 +14,20 @@
 //! under an exclusive `flock` of the destination directory ([`lock`]), so that a pod sharing
 //! the destination never prunes a checkpoint between its mark and its `latest`. A checkpoint
 //! goes by a rename to a hidden name (a restore resolving it sees all of it or nothing), then
-//! a recursive removal; a failure is the caller's to log. A restored pod whose lazy layer
-//! serves a removed checkpoint keeps working: it holds the data file open, so its blocks stay
-//! on disk until that layer is unmounted (see `crate::fs_restore`).
+//! a recursive removal; a failure is the caller's to log, and the next prune removes the
+//! hidden directory again. A checkpoint a pod restores from is leased by that pod (a shared
+//! `flock` of its directory from RunPodSandbox until the pod ends, `crate::fs_restore`,
+//! [`cryo_sandbox::lease`]): a prune skips it (it cannot lock it exclusively), and a later
+//! round's prune removes it once the pod ended. (A restored pod whose lazy layer serves a
+//! removed checkpoint would keep working anyway: it holds the data file open.)
 
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+
+use cryo_sandbox::lease::Lease;
 
 /// The link to the newest checkpoint.
 pub const LATEST: &str = "latest";
@@ -101,33 +106,84 @@ pub fn mark(dir: &Path, whose: &str) -> std::io::Result<()> {
     f.write_all(whose.as_bytes())
 }
 
-/// A checkpoint the trigger made that [`prune`] removed, or failed to.
+/// A checkpoint the trigger made that [`prune`] removed, skipped or failed to remove.
 #[derive(Debug)]
 pub struct Pruned {
     pub dir: PathBuf,
-    pub result: std::io::Result<()>,
+    pub outcome: Outcome,
+}
+
+/// What [`prune`] did with one checkpoint.
+#[derive(Debug)]
+pub enum Outcome {
+    Removed,
+    /// A pod holds a lease on it (it restores from it): left for a later round's prune.
+    InUse,
+    Failed(std::io::Error),
 }
 
 /// Remove the trigger's checkpoints in `dest` marked `whose` beyond the newest `keep`, oldest
-/// first, never the one `latest` names (call it holding [`lock`], after `latest` moved).
+/// first, never the one `latest` names nor one a pod holds a lease on (it restores from it:
+/// [`cryo_sandbox::lease`]; it goes at a later round's prune once the pod ended); first, what
+/// an earlier prune failed to remove (hidden `.cryo-pruning-N` directories) is removed again.
+/// Call it holding [`lock`], after `latest` moved.
 pub fn prune(dest: &Path, keep: u32, whose: &str) -> std::io::Result<Vec<Pruned>> {
+    let mut out = retry_leftovers(dest)?;
     let latest = std::fs::read_link(dest.join(LATEST))
         .ok()
         .and_then(|target| target.file_name().and_then(number));
     let made = trigger_made(dest, whose)?;
-    Ok(beyond(&made, keep, latest)
-        .into_iter()
-        .map(|n| {
-            let dir = dest.join(n.to_string());
-            let hidden = dest.join(format!("{PRUNING}{n}"));
-            let result = std::fs::rename(&dir, &hidden).and_then(|()| {
-                std::fs::remove_dir_all(&hidden).map_err(|e| {
-                    std::io::Error::new(e.kind(), format!("remove {}: {e}", hidden.display()))
-                })
-            });
-            Pruned { dir, result }
-        })
-        .collect())
+    out.extend(beyond(&made, keep, latest).into_iter().map(|n| {
+        let dir = dest.join(n.to_string());
+        let outcome = match Lease::exclusive(&dir) {
+            Ok(None) => Outcome::InUse,
+            Ok(Some(_removing)) => {
+                // Renamed and removed holding the exclusive lease: a pod about to lease it
+                // waits, then finds it gone and resolves `latest` again.
+                let hidden = dest.join(format!("{PRUNING}{n}"));
+                match std::fs::rename(&dir, &hidden).and_then(|()| remove(&hidden)) {
+                    Ok(()) => Outcome::Removed,
+                    Err(e) => Outcome::Failed(e),
+                }
+            }
+            Err(e) => Outcome::Failed(std::io::Error::new(
+                e.kind(),
+                format!("lock {}: {e}", dir.display()),
+            )),
+        };
+        Pruned { dir, outcome }
+    }));
+    Ok(out)
+}
+
+/// Remove again the hidden directories of checkpoints an earlier prune renamed but failed to
+/// remove (`.cryo-pruning-N`, directories, not links).
+fn retry_leftovers(dest: &Path) -> std::io::Result<Vec<Pruned>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dest)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let Some(n) = name.to_str().and_then(|n| n.strip_prefix(PRUNING)) else {
+            continue;
+        };
+        if number(std::ffi::OsStr::new(n)).is_none() || !entry.file_type().is_ok_and(|t| t.is_dir())
+        {
+            continue;
+        }
+        let dir = entry.path();
+        let outcome = match remove(&dir) {
+            Ok(()) => Outcome::Removed,
+            Err(e) => Outcome::Failed(e),
+        };
+        out.push(Pruned { dir, outcome });
+    }
+    Ok(out)
+}
+
+/// Remove the directory `hidden`, an error naming it.
+fn remove(hidden: &Path) -> std::io::Result<()> {
+    std::fs::remove_dir_all(hidden)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("remove {}: {e}", hidden.display())))
 }
 
 /// The numbers of the checkpoints in `dest` the trigger made for `whose`: entries named as
@@ -290,7 +346,10 @@ mod tests {
         let pruned = prune(&dest, 2, "kubernetes namespace a\n").unwrap();
         let gone: Vec<PathBuf> = pruned.iter().map(|p| p.dir.clone()).collect();
         assert_eq!(gone, vec![dest.join("1"), dest.join("3")]);
-        assert!(pruned.iter().all(|p| p.result.is_ok()), "{pruned:?}");
+        assert!(
+            pruned.iter().all(|p| matches!(p.outcome, Outcome::Removed)),
+            "{pruned:?}"
+        );
         assert_eq!(
             names(&dest),
             vec![
@@ -326,6 +385,71 @@ mod tests {
         assert!(dest.join("3000").join(MARK).exists());
         // The other tenant's rule: only its own go (none beyond its newest one).
         assert!(prune(&dest, 1, NO_TENANT).unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_checkpoint_a_pod_leases_is_kept_until_a_later_prune() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("ck");
+        std::fs::create_dir(&dest).unwrap();
+        for n in ["1", "2", "3", "4"] {
+            round(&dest, n);
+        }
+        link_latest(&dest, &dest.join("4")).unwrap();
+        // A pod restores from 1 (it resolved `latest` when it was 1).
+        let lease = Lease::shared(&dest.join("1"), false).unwrap().unwrap();
+        let pruned = prune(&dest, 1, "kubernetes namespace a\n").unwrap();
+        let what: Vec<(PathBuf, bool)> = pruned
+            .iter()
+            .map(|p| (p.dir.clone(), matches!(p.outcome, Outcome::InUse)))
+            .collect();
+        assert_eq!(
+            what,
+            vec![
+                (dest.join("1"), true),
+                (dest.join("2"), false),
+                (dest.join("3"), false)
+            ]
+        );
+        assert!(dest.join("1/sub/data").exists());
+        assert_eq!(names(&dest), vec!["1", "4", "latest"]);
+        // The pod ended: the next prune removes it.
+        drop(lease);
+        let pruned = prune(&dest, 1, "kubernetes namespace a\n").unwrap();
+        assert_eq!(pruned.len(), 1);
+        assert!(matches!(pruned[0].outcome, Outcome::Removed));
+        assert_eq!(names(&dest), vec!["4", "latest"]);
+    }
+
+    #[test]
+    fn what_a_failed_prune_left_is_removed_at_the_next() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dest = tmp.path().join("ck");
+        std::fs::create_dir(&dest).unwrap();
+        round(&dest, "5");
+        link_latest(&dest, &dest.join("5")).unwrap();
+        // A removal that failed half way left the renamed round (its mark may be gone).
+        std::fs::create_dir_all(dest.join(".cryo-pruning-3/sub")).unwrap();
+        std::fs::write(dest.join(".cryo-pruning-3/sub/data"), b"x").unwrap();
+        // Not the prune's: a file, a link, a name it does not give.
+        std::fs::write(dest.join(".cryo-pruning-4"), b"x").unwrap();
+        std::os::unix::fs::symlink(dest.join("5"), dest.join(".cryo-pruning-6")).unwrap();
+        std::fs::create_dir(dest.join(".cryo-pruning-x")).unwrap();
+        let pruned = prune(&dest, 1, "kubernetes namespace a\n").unwrap();
+        assert_eq!(pruned.len(), 1, "{pruned:?}");
+        assert_eq!(pruned[0].dir, dest.join(".cryo-pruning-3"));
+        assert!(matches!(pruned[0].outcome, Outcome::Removed));
+        assert_eq!(
+            names(&dest),
+            vec![
+                ".cryo-pruning-4",
+                ".cryo-pruning-6",
+                ".cryo-pruning-x",
+                "5",
+                "latest"
+            ]
+        );
+        assert!(dest.join("5/sub/data").exists());
     }
 
     #[test]

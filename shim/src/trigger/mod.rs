@@ -34,6 +34,7 @@ use crate::error::{Error, Result};
 use crate::pod::Pod;
 use crate::process::Process;
 use config::PodSettings;
+use destination::Outcome;
 use fs::TriggerFs;
 use server::{Served, Server};
 
@@ -378,9 +379,16 @@ fn publish(dest: &Path, saved: &Path, keep: u32, whose: &str, what: &str) -> Res
     match destination::prune(dest, keep, whose) {
         Ok(pruned) => {
             for p in pruned {
-                match p.result {
-                    Ok(()) => info!("{what}: removed {} (keep {keep})", p.dir.display()),
-                    Err(e) => warn!("{what}: remove {} (keep {keep}): {e}", p.dir.display()),
+                match p.outcome {
+                    Outcome::Removed => info!("{what}: removed {} (keep {keep})", p.dir.display()),
+                    Outcome::InUse => info!(
+                        "{what}: kept {} beyond keep {keep}: a pod restores from it (a later \
+                         round removes it)",
+                        p.dir.display()
+                    ),
+                    Outcome::Failed(e) => {
+                        warn!("{what}: remove {} (keep {keep}): {e}", p.dir.display())
+                    }
                 }
             }
         }

@@ -68,6 +68,23 @@ fn restore_brings_back_a_private_overlay_volume(s: &Suite, case: &str) -> Result
     let archive = s.kubelet.join("checkpoints").join(format!("{case}.tar"));
     std::fs::create_dir_all(archive.parent().context("no parent")?)?;
     s.cri.checkpoint_container(&app, &archive, 60)?;
+    // The volume's checkpoint is in the archive whole: its data file, manifest and the block
+    // hashes the manifest names.
+    let listing = std::process::Command::new("tar")
+        .arg("-tf")
+        .arg(&archive)
+        .output()?;
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    for file in [
+        "cryo-volumes.multitar",
+        "fscheckpoint.json",
+        "fscheckpoint.blocks",
+    ] {
+        ensure!(
+            listing.lines().any(|l| l.ends_with(&format!("/{file}"))),
+            "the archive lacks the volume checkpoint's {file}:\n{listing}"
+        );
+    }
     s.cri.remove_pod_fully(&pod.id)?;
     // kubelet deletes a removed pod's emptyDirs.
     std::fs::remove_dir_all(&dir)?;

@@ -57,6 +57,10 @@ pub(super) const CASES: &[(&str, Case)] = &[
         "fs_restore_verifies_data_before_start_or_on_read",
         fs_restore_verifies_data_before_start_or_on_read,
     ),
+    (
+        "fs_restore_cache_evicts_only_what_no_pod_uses",
+        fs_restore_cache_evicts_only_what_no_pod_uses,
+    ),
 ];
 
 /// Cases of this module that need containerd 2.x's CRI (ignored on 1.6 with the suite's reason).
@@ -464,7 +468,7 @@ fn fs_restore_chain_of_restored_pods(s: &Suite, case: &str) -> Result<()> {
 
 /// A checkpoint whose rootfs section's data was changed: CreateContainer fails naming the
 /// annotation, the section and the checksum mismatch; no container, mount or layer is left
-/// (only the section's lock file), and the pod still takes a container without a section.
+/// (only the section's lock file, and other layers' last-use stamps), and the pod still takes a container without a section.
 fn fs_restore_of_a_corrupt_checkpoint_fails_creation(s: &Suite, case: &str) -> Result<()> {
     let marker = format!("corrupt-me-{}", uid(case));
     let (pod, _) = seed_pod(s, case, &[])?;
@@ -528,7 +532,7 @@ fn fs_restore_of_a_corrupt_checkpoint_fails_creation(s: &Suite, case: &str) -> R
     };
     ensure!(
         left.iter()
-            .all(|n| n.ends_with(".lock") || !n.starts_with('.')),
+            .all(|n| n.ends_with(".lock") || n.ends_with(".used") || !n.starts_with('.')),
         "an unfinished extraction is left in the cache: {left:?}"
     );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
@@ -1102,5 +1106,142 @@ fn fs_restore_verifies_data_before_start_or_on_read(s: &Suite, case: &str) -> Re
         e.contains(VERIFY) && e.contains("\"later\""),
         "the error does not name the annotation and its value: {e}"
     );
+    Ok(())
+}
+
+/// `cryo cache` on the node's layer cache: a pod restored from a cached layer holds it (a
+/// lease, and its overlay stands on it): `ls` shows it in use and `prune --all` keeps it
+/// while the pod reads its files; once the pod is gone, `prune --all` evicts it, and the next
+/// pod restoring the checkpoint is served lazily again (and fills the cache again).
+fn fs_restore_cache_evicts_only_what_no_pod_uses(s: &Suite, case: &str) -> Result<()> {
+    let (pod, _) = seed_pod(s, case, &[])?;
+    let app = start(
+        s,
+        &pod,
+        "app",
+        &format!(
+            "echo {case} > /mark.txt && head -c 1048576 /dev/urandom > /big && md5sum /big > /big.md5 && exec sleep 100000"
+        ),
+        &[],
+    )?;
+    eventually("app wrote", || {
+        Ok(s.cri.exec_sync(&app, &["test", "-s", "/big.md5"])?.0 == 0)
+    })?;
+    let (_tmp, ck) = save_and_remove(s, &pod, &["/"])?;
+    let ck_text = ck.display().to_string();
+    let layer = layer_of(s, &ck, Some("app"), "/")?;
+    let hex = layer
+        .file_name()
+        .context("no layer name")?
+        .to_string_lossy()
+        .into_owned();
+    let root = s.cd.layer_root().display().to_string();
+    let cache = |args: &[&str]| -> Result<String> {
+        let mut all = vec!["cache"];
+        all.extend_from_slice(args);
+        all.extend(["--layer-root", &root]);
+        Ok(cryo(s, &all)?.ok()?.stdout)
+    };
+    let sleep = "exec sleep 100000";
+    // The first restore fills the cache; the second uses the cached layer.
+    let (one, _) = seed_pod(s, &format!("{case}-1"), &[(ANNOTATION, &ck_text)])?;
+    start(s, &one, "app", sleep, &[])?;
+    eventually("the cache filled", || Ok(layer.is_dir()))?;
+    s.cri.remove_pod_fully(&one.id)?;
+    let (two, _) = seed_pod(s, &format!("{case}-2"), &[(ANNOTATION, &ck_text)])?;
+    let id2 = start(s, &two, "app", sleep, &[])?;
+    let top = top_lower(
+        &format!("/proc/{}/mountinfo", s.cri.container_pid(&id2)?),
+        "/",
+    )?;
+    ensure!(
+        Path::new(&top) == layer,
+        "the second pod's rootfs is not on the cached layer: {top}"
+    );
+    let listed = cache(&["ls"])?;
+    ensure!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&hex) && l.ends_with(" yes")),
+        "ls does not show {hex} in use:\n{listed}"
+    );
+    let pruned = cache(&["prune", "--all"])?;
+    ensure!(
+        pruned.contains(&format!("kept {hex}: in use")) && layer.is_dir(),
+        "prune --all did not keep the layer a pod uses:\n{pruned}"
+    );
+    // The shim's lease alone keeps it: a prune in a mount namespace where the pod's overlays
+    // are not mounted (so the mount table names no overlay on the layer).
+    let overlays: Vec<String> = std::fs::read_to_string("/proc/self/mountinfo")?
+        .lines()
+        .filter(|l| {
+            l.contains(" - overlay ") && l.contains(&format!("lowerdir={}", layer.display()))
+        })
+        .filter_map(|l| l.split(' ').nth(4).map(str::to_string))
+        .collect();
+    ensure!(
+        !overlays.is_empty(),
+        "no overlay on {} in the mount table",
+        layer.display()
+    );
+    let unmount: String = overlays
+        .iter()
+        .map(|m| format!("umount -l {m} && "))
+        .collect();
+    let bin = harness::built_shim()?.with_file_name("cryo");
+    let script = format!(
+        "{unmount}{} cache prune --all --layer-root {root}",
+        bin.display()
+    );
+    let out = harness::cmd::run(
+        std::process::Command::new("unshare").args([
+            "-m",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            &script,
+        ]),
+        None,
+        std::time::Duration::from_secs(60),
+    )?
+    .ok()?;
+    ensure!(
+        out.stdout.contains(&format!("kept {hex}: in use")) && layer.is_dir(),
+        "a prune that sees no overlay on the layer did not keep it (no lease?):\n{}",
+        out.stdout
+    );
+    let (code, out, err) = s.cri.exec_sync(&id2, &["md5sum", "-c", "/big.md5"])?;
+    ensure!(
+        code == 0 && out.contains("OK"),
+        "the pod reading its layer after a prune: exit {code}, {out:?}, {err:?}"
+    );
+    s.cri.remove_pod_fully(&two.id)?;
+    let pruned = cache(&["prune", "--all"])?;
+    ensure!(
+        pruned.contains(&format!("evicted {hex}")) && !layer.exists(),
+        "prune --all did not evict the unused layer:\n{pruned}"
+    );
+    let left: Vec<String> = std::fs::read_dir(s.cd.layer_root())?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<std::io::Result<Vec<_>>>()?
+        .into_iter()
+        .filter(|n| n.contains(&hex))
+        .collect();
+    ensure!(left.is_empty(), "eviction left {left:?}");
+    // Evicted: the next restore is lazy again, and right.
+    let (three, _) = seed_pod(s, &format!("{case}-3"), &[(ANNOTATION, &ck_text)])?;
+    let id3 = start(s, &three, "app", sleep, &[])?;
+    let top = top_lower(
+        &format!("/proc/{}/mountinfo", s.cri.container_pid(&id3)?),
+        "/",
+    )?;
+    ensure!(
+        lazy_mount(&top)?.is_some(),
+        "the third pod's rootfs is not on a lazy layer: {top}"
+    );
+    ensure!(s.cri.sh(&id3, "cat /mark.txt")?.trim() == case);
+    eventually("the cache filled again", || Ok(layer.is_dir()))?;
+    s.cri.remove_pod_fully(&three.id)?;
     Ok(())
 }

@@ -563,11 +563,12 @@ fn trigger_pod(
 
 /// With `keep=2`, four rounds leave the last two and `latest` on the newest; what the admin
 /// put in the destination (a file, a round of its own `ctr` pod's trigger) stays.
-/// A pod restored from `latest` (on a lazy layer: its first restore on the node) keeps reading
-/// its files after later rounds removed that checkpoint (the lazy layer holds the data file
-/// open). A pod that resolved `latest` at RunPodSandbox but creates its container only after
-/// that checkpoint went (and is not in the node's layer cache) fails StartContainer naming
-/// the missing data file.
+/// A pod restored from `latest` (on a lazy layer: its first restore on the node) holds a lease
+/// on that checkpoint from RunPodSandbox until it ends, and so does a pod that resolved
+/// `latest` but creates its container only after later rounds: retention keeps both
+/// checkpoints beyond `keep` (the late pod's container starts with its round's state, the
+/// first pod reads a file it never read before), and the first round after both pods ended
+/// removes them.
 fn trigger_keeps_the_newest_rounds(s: &Suite, case: &str) -> Result<()> {
     let (_tmp, dest) = destination()?;
     std::fs::create_dir(&dest)?;
@@ -631,9 +632,9 @@ fn trigger_keeps_the_newest_rounds(s: &Suite, case: &str) -> Result<()> {
         rootfs_on_a_lazy_layer(s.cri.container_pid(&copy)?)?,
         "the restored container's rootfs is not on a lazy layer"
     );
-    // A pod restored from `latest` (6, never restored, so not in the node's layer cache)
-    // whose container is created only after 6 went: the pod resolved `latest` once, at
-    // RunPodSandbox, and its container's creation fails naming what is missing.
+    // A pod that resolved `latest` (6, never restored, so not in the node's layer cache) at
+    // RunPodSandbox and creates its container only after two more rounds: 5 and 6 are beyond
+    // keep=2, and both are leased (4 went at the round that made 6).
     round(s, &agent, "echo 5 > /round.txt")?;
     let late = run_pod(
         s,
@@ -646,40 +647,63 @@ fn trigger_keeps_the_newest_rounds(s: &Suite, case: &str) -> Result<()> {
     for r in 6..=7 {
         round(s, &agent, &format!("echo {r} > /round.txt"))?;
     }
-    let msg = match create(s, &late, "agent", "exec sleep 100000", &[])
-        .and_then(|id| s.cri.start_container(&id).map(|_| id))
-    {
-        Ok(id) => bail!(
-            "a container restored from a removed checkpoint started: {id}, sees round {}",
-            s.cri.sh(&id, "cat /round.txt")?
-        ),
-        Err(e) => format!("{e:#}"),
-    };
-    let missing = dest.join("6").join("data.multitar");
     ensure!(
-        msg.contains("StartContainer")
-            && msg.contains("dev.cryo.fs-restore.image-path")
-            && msg.contains(&format!("{}: cannot open: No such file", missing.display())),
-        "the late container's error does not name the removed checkpoint: {msg}"
-    );
-    s.cri.remove_pod_fully(&late.id)?;
-    ensure!(
-        entries(&dest)? == [".cryo-owner", "1", "7", "8", "admin-notes.txt", "latest"],
-        "after seven rounds with keep=2: {:?}",
+        entries(&dest)?
+            == [
+                ".cryo-owner",
+                "1",
+                "5",
+                "6",
+                "7",
+                "8",
+                "admin-notes.txt",
+                "latest"
+            ],
+        "after seven rounds with keep=2 and pods restoring from 5 and 6: {:?}",
         entries(&dest)?
     );
-    ensure!(std::fs::read_link(dest.join("latest"))? == Path::new("8"));
-    // /big was never read before: its data comes from the removed checkpoint's data file.
+    let late_agent = create(s, &late, "agent", "exec sleep 100000", &[])
+        .and_then(|id| s.cri.start_container(&id).map(|_| id))
+        .context("a container restored from a checkpoint retention would have removed")?;
+    ensure!(
+        s.cri.sh(&late_agent, "cat /round.txt")?.trim() == "5",
+        "the late pod is not round 5's"
+    );
+    // /big was never read before: its data comes from 5's data file.
     let (code, out, err) = s.cri.exec_sync(&copy, &["md5sum", "-c", "/big.md5"])?;
     ensure!(
         code == 0 && out.contains("OK"),
-        "the restored pod reading a removed checkpoint: exit {code}, {out:?}, {err:?}"
+        "the restored pod reading its checkpoint: exit {code}, {out:?}, {err:?}"
     );
+    s.cri.remove_pod_fully(&late.id)?;
     s.cri.remove_pod_fully(&restored.id)?;
+    ensure!(
+        entries(&dest)?
+            == [
+                ".cryo-owner",
+                "1",
+                "5",
+                "6",
+                "7",
+                "8",
+                "admin-notes.txt",
+                "latest"
+            ],
+        "removing the restoring pods changed the destination: {:?}",
+        entries(&dest)?
+    );
+    // Their leases ended: the next round removes what is beyond keep=2.
+    round(s, &agent, "echo 8 > /round.txt")?;
+    ensure!(
+        entries(&dest)? == [".cryo-owner", "1", "8", "9", "admin-notes.txt", "latest"],
+        "after eight rounds with keep=2: {:?}",
+        entries(&dest)?
+    );
+    ensure!(std::fs::read_link(dest.join("latest"))? == Path::new("9"));
     s.cri.remove_pod_fully(&pod.id)?;
     ensure!(
-        entries(&dest)? == [".cryo-owner", "1", "7", "8", "admin-notes.txt", "latest"],
-        "removing the pods changed the destination: {:?}",
+        entries(&dest)? == [".cryo-owner", "1", "8", "9", "admin-notes.txt", "latest"],
+        "removing the pod changed the destination: {:?}",
         entries(&dest)?
     );
     Ok(())
