@@ -257,24 +257,6 @@ fn two_restored_containers_keep_private_volumes_apart(s: &Suite, case: &str) -> 
     Ok(())
 }
 
-/// A config whose container adds `caps` to the default capabilities.
-fn with_caps(
-    mut config: k8s_cri::v1::ContainerConfig,
-    caps: &[&str],
-) -> k8s_cri::v1::ContainerConfig {
-    config.linux = Some(k8s_cri::v1::LinuxContainerConfig {
-        security_context: Some(k8s_cri::v1::LinuxContainerSecurityContext {
-            capabilities: Some(k8s_cri::v1::Capability {
-                add_capabilities: caps.iter().map(|c| c.to_string()).collect(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    });
-    config
-}
-
 /// A container granted CAP_SYS_ADMIN and CAP_SYS_MODULE is checkpointed through CRI; restored
 /// into a new pod by a request that grants only the defaults, it must not come back with them
 /// (CRIU sets the capabilities the checkpoint's images claim; a checkpoint's author could claim
@@ -283,7 +265,12 @@ fn with_caps(
 fn a_restore_gets_no_capability_its_spec_withholds(s: &Suite, case: &str) -> Result<()> {
     const CAPS: [&str; 2] = ["SYS_ADMIN", "SYS_MODULE"];
     let pod = super::run_pod(s, case, &[])?;
-    let config = with_caps(cri::container_config("capped", COUNTER, &[]), &CAPS);
+    let config = secured(
+        cri::container_config("capped", COUNTER, &[]),
+        None,
+        &CAPS,
+        &[],
+    );
     let app = s.cri.create_container(&pod.id, config, &pod.config)?;
     s.cri.start_container(&app)?;
     eventually("the counter counts", || Ok(count(s, &app)? >= 3))?;
@@ -327,7 +314,7 @@ fn a_restore_gets_no_capability_its_spec_withholds(s: &Suite, case: &str) -> Res
 
     // (A pod of its own: its pids are the checkpoint's, free in a new pod's pid namespace.)
     let granting = super::run_pod(s, &format!("{case}-granted"), &[])?;
-    let config = with_caps(restore_config("capped", &archive), &CAPS);
+    let config = secured(restore_config("capped", &archive), None, &CAPS, &[]);
     let id = s
         .cri
         .create_container(&granting.id, config, &granting.config)?;
@@ -342,20 +329,23 @@ fn a_restore_gets_no_capability_its_spec_withholds(s: &Suite, case: &str) -> Res
     Ok(())
 }
 
-/// A config whose container runs as `user` (uid and gid; `None`: the image's) without the
-/// capabilities `drop`.
-fn as_user(
+/// A config whose container runs as `user` (uid and gid; `None`: the image's) with the
+/// capabilities `add` added to the defaults and `drop` dropped.
+fn secured(
     mut config: k8s_cri::v1::ContainerConfig,
     user: Option<i64>,
+    add: &[&str],
     drop: &[&str],
 ) -> k8s_cri::v1::ContainerConfig {
     let id = user.map(|value| k8s_cri::v1::Int64Value { value });
+    let names = |caps: &[&str]| caps.iter().map(|c| c.to_string()).collect();
     config.linux = Some(k8s_cri::v1::LinuxContainerConfig {
         security_context: Some(k8s_cri::v1::LinuxContainerSecurityContext {
             run_as_user: id,
             run_as_group: id,
             capabilities: Some(k8s_cri::v1::Capability {
-                drop_capabilities: drop.iter().map(|c| c.to_string()).collect(),
+                add_capabilities: names(add),
+                drop_capabilities: names(drop),
                 ..Default::default()
             }),
             ..Default::default()
@@ -375,7 +365,12 @@ fn as_user(
 fn a_restore_gets_no_uid_its_spec_withholds(s: &Suite, case: &str) -> Result<()> {
     const DROP: [&str; 2] = ["SETUID", "SETGID"];
     let pod = super::run_pod(s, case, &[])?;
-    let config = as_user(cri::container_config("rooted", COUNTER, &[]), None, &DROP);
+    let config = secured(
+        cri::container_config("rooted", COUNTER, &[]),
+        None,
+        &[],
+        &DROP,
+    );
     let app = s.cri.create_container(&pod.id, config, &pod.config)?;
     s.cri.start_container(&app)?;
     eventually("the counter counts", || Ok(count(s, &app)? >= 3))?;
@@ -385,7 +380,7 @@ fn a_restore_gets_no_uid_its_spec_withholds(s: &Suite, case: &str) -> Result<()>
     s.cri.remove_pod_fully(&pod.id)?;
 
     let new = super::run_pod(s, &format!("{case}-restored"), &[])?;
-    let config = as_user(restore_config("rooted", &archive), Some(1000), &DROP);
+    let config = secured(restore_config("rooted", &archive), Some(1000), &[], &DROP);
     let id = s.cri.create_container(&new.id, config, &new.config)?;
     let started = s.cri.start_container(&id);
     let left: Vec<String> = std::fs::read_dir("/proc")?
@@ -423,7 +418,7 @@ fn a_restore_gets_no_uid_its_spec_withholds(s: &Suite, case: &str) -> Result<()>
 
     // (A pod of its own: its pids are the checkpoint's, free in a new pod's pid namespace.)
     let granting = super::run_pod(s, &format!("{case}-granted"), &[])?;
-    let config = as_user(restore_config("rooted", &archive), Some(1000), &[]);
+    let config = secured(restore_config("rooted", &archive), Some(1000), &[], &[]);
     let id = s
         .cri
         .create_container(&granting.id, config, &granting.config)?;
